@@ -1,4 +1,314 @@
-import hydra
-@hydra.main(config_path="pkg://prefopt.conf", config_name="train", version_base=None)
-def main(cfg):
-    print(cfg)
+"""The Hydra app behind ``prefopt-train`` (same as ``python -m prefopt.train``).
+
+    prefopt-train algo=dpo algo.beta=0.05 trainer.max_steps=200 seed=1
+    prefopt-train -m algo.beta=0.05,0.1,0.5 seed=0,1
+    prefopt-train --cfg job
+
+:func:`run` composes the pieces: typed configs → data → models → objective → trainer → evaluation
+→ outputs. It reads the objective's declarations (``needs``) and never its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.errors import UserError
+
+GROUPS = ("algo", "model", "data", "trainer", "reward")
+
+
+def _conf_options(group: str) -> list:
+    from importlib.resources import files
+
+    d = files("prefopt.conf") / group
+    try:
+        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+    except FileNotFoundError:
+        return []
+
+
+def precheck_argv(argv: list) -> None:
+    """Fail fast, in one line, on what Hydra would report in many: unknown group options, and
+    a run directory that already holds a run."""
+    resume = any(a.startswith("trainer.resume=") for a in argv)
+    for a in argv:
+        if "=" not in a or a.startswith(("-", "+", "~")):
+            continue
+        key, value = a.split("=", 1)
+        if key in GROUPS:
+            options = _conf_options(key)
+            values = value[len("choice(") : -1] if value.startswith("choice(") else value
+            for v in values.split(","):
+                v = v.strip()
+                if v and v not in options:
+                    raise UserError(f"unknown {key} '{v}'; available: {', '.join(options)}")
+        if key == "hydra.run.dir" and not resume:
+            for marker in ("metrics.jsonl", "summary.json", "checkpoints"):
+                if os.path.exists(os.path.join(value, marker)):
+                    raise UserError(
+                        f"hydra.run.dir={value} already holds a run ({marker}); nothing was changed. "
+                        "Accepted: a new directory, or trainer.resume=auto to continue it"
+                    )
+
+
+def data_schema(name: str):
+    from prefopt.data import DataConfig
+    from prefopt.testbed.world import TestbedConfig
+
+    if name == "hf":
+        return DataConfig
+
+    @dataclass
+    class TestbedData(DataConfig):
+        testbed: TestbedConfig = field(default_factory=TestbedConfig)
+
+    return TestbedData
+
+
+def config_hash(cfg: DictConfig) -> str:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tr = c.get("trainer", {})
+    for k in ("resume", "progress", "tensorboard", "log_every_steps"):
+        tr.pop(k, None)
+    c.pop("output_dir", None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from importlib.metadata import version
+
+    return {"prefopt": version("prefopt"), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
+    """One training run; returns the summary dict (also written to out_dir/summary.json)."""
+    import torch
+    from accelerate import Accelerator
+    from rich.console import Console
+
+    from prefopt import data as D
+    from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_trainer, typed
+    from prefopt.evaluate import Evaluator, chat_prompt_ids
+    from prefopt.models import load_policy, load_tokenizer, make_reference
+    from prefopt.registry import get_objective
+    from prefopt.rollout import HFSampler, SamplingConfig
+    from prefopt.trainer import OfflineSource, Trainer, TrainingDiverged, peak_mem_mb, seed_everything
+
+    t_start = time.perf_counter()
+    console = console or Console(stderr=False)
+
+    # 1. Typed configs: every mistake surfaces here, before any model or data is loaded.
+    if "algo" not in cfg or "name" not in cfg.algo:
+        raise UserError("config key 'algo.name' is missing; choose a preset with algo=NAME")
+    Obj = get_objective(cfg.algo.name)
+    acfg = typed(Obj.Config, cfg.algo, "algo")
+    mcfg: ModelConfig = typed(ModelConfig, cfg.get("model"), "model")
+    tcfg: TrainerConfig = typed(TrainerConfig, cfg.get("trainer"), "trainer")
+    ecfg: EvalConfig = typed(EvalConfig, cfg.get("eval"), "eval")
+    data_name = cfg.data.get("name", "hf")
+    dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
+    seed = int(cfg.get("seed", 0))
+    needs = Obj.needs
+    objective = Obj(acfg)
+
+    accelerator = Accelerator(cpu=tcfg.cpu)
+    is_main = accelerator.is_main_process
+    micro_per_step = check_trainer(tcfg, accelerator.num_processes)
+    resume_from = None
+    if tcfg.resume:
+        from prefopt.trainer import Trainer as _T
+
+        resume_from = _T.newest_checkpoint(out_dir) if tcfg.resume == "auto" else tcfg.resume
+        if tcfg.resume != "auto" and not os.path.isdir(tcfg.resume):
+            raise UserError(f"trainer.resume: '{tcfg.resume}' is not a checkpoint directory; accepted: auto or a path")
+    elif os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
+        raise UserError(f"output directory {out_dir} already holds a run; use a new hydra.run.dir or trainer.resume=auto")
+
+    seed_everything(seed)
+    # 2. Data and the tokenizer / base weights it goes with.
+    gold_fn, eval_texts = None, None
+    if data_name != "hf":
+        from prefopt.testbed import world as W
+
+        with accelerator.main_process_first():
+            world = W.build_world(dcfg.testbed, needs.data, console if is_main else None)
+        tok = world.tokenizer
+        rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
+        if dcfg.num_rows:
+            rows = rows[: dcfg.num_rows]
+        base_path = mcfg.name_or_path or (None if mcfg.arch else world.policy_path)
+        gold_fn, eval_texts = world.task.gold_reward, world.eval_prompts
+        row_kind = D.detect_kind(rows)
+    else:
+        if not dcfg.path:
+            raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
+        rows, source_name = D.load_rows(dcfg)
+        row_kind = D.detect_kind(rows)
+        base_path = mcfg.name_or_path
+        if base_path is None and mcfg.arch is None:
+            from prefopt.testbed import world as W
+
+            with accelerator.main_process_first():
+                base_path = W.sft_policy_path(W.TestbedConfig(), console if is_main else None)
+        tok = None
+    if row_kind != needs.data:
+        if dcfg.convert:
+            rows = D.convert_rows(rows, row_kind, needs.data, source_name)
+        else:
+            raise UserError(
+                f"{source_name}: algo '{acfg.name}' needs {needs.data} data but the rows are {row_kind}; "
+                f"accepted: {needs.data} rows, or an explicit data.convert (e.g. data.convert={row_kind}_to_{needs.data})"
+            )
+    D.validate_rows(rows, needs.data, source_name)
+    if tok is None:
+        tok = load_tokenizer(mcfg.tokenizer or base_path or W.tokenizer_path(), mcfg.trust_remote_code)
+    examples, report = D.tokenize_rows(rows, needs.data, tok, dcfg, source_name)
+    if eval_texts is None:
+        # A user's own data has no held-out prompts of the testbed's kind: evaluate KL, length and
+        # repetition on the first training prompts (the gold fields stay null).
+        eval_texts = [e["prompt_text"] for e in examples[: ecfg.num_prompts]]
+        eval_ids = [list(e["prompt_ids"]) for e in examples[: ecfg.num_prompts]]
+    else:
+        eval_texts = eval_texts[: ecfg.num_prompts]
+        eval_ids = [chat_prompt_ids(tok, p) for p in eval_texts]
+
+    # 3. Models.
+    policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    reference = None
+    if needs.reference and not getattr(acfg, "precompute_ref", False):
+        reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    eval_reference = reference or make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    device = accelerator.device
+    policy.to(device)
+    eval_reference.to(device)
+
+    # 4. Batches, evaluation, trainer.
+    world_size, rank = accelerator.num_processes, accelerator.process_index
+    source = OfflineSource(examples, lambda ex: D.collate(ex, needs.data, tok.pad_token_id),
+                           tcfg.examples_per_step, tcfg.examples_per_device, seed=seed, rank=rank, world_size=world_size)
+    total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
+    sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
+    scfg = SamplingConfig(temperature=ecfg.temperature, max_new_tokens=ecfg.max_new_tokens,
+                          samples_per_prompt=ecfg.samples_per_prompt, prompts_per_batch=ecfg.prompts_per_batch)
+    evaluator = Evaluator(tokenizer=tok, reference=eval_reference, prompts_text=eval_texts, prompts_ids=eval_ids,
+                          sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919)
+    trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
+                      total_steps=total_steps, evaluator=evaluator, device=device, console=console)
+    if is_main:
+        n_params = sum(p.numel() for p in policy.parameters())
+        n_train = sum(p.numel() for p in trainer.params)
+        console.print(
+            f"[bold]prefopt[/] algo={acfg.name} data={data_name} model={mcfg.name} seed={seed} → {out_dir}\n"
+            f"  data: {report.rows_kept}/{report.rows_in} rows kept ({report.dropped} dropped, {report.truncated} truncated), "
+            f"{len(examples)} {needs.data} examples from {source_name}\n"
+            f"  batch: {tcfg.examples_per_step} examples/step = {tcfg.examples_per_device} examples/device × "
+            f"{world_size} process(es) × {micro_per_step} micro-batches; {total_steps} steps "
+            f"(≈{total_steps / max(1, source.steps_per_epoch):.2f} epochs of {source.steps_per_epoch} steps)\n"
+            f"  params: {n_params:,} ({n_train:,} trainable); reference: "
+            f"{type(reference).__name__ if reference else ('precomputed' if needs.reference else 'none')}; device: {device}"
+        )
+    if resume_from:
+        trainer.load_checkpoint(resume_from)
+        if is_main:
+            console.print(f"  resumed from {resume_from} (step {trainer.state.step})")
+    try:
+        trainer.fit()
+    except TrainingDiverged as e:
+        raise UserError(str(e)) from None
+    ev = trainer.evaluate() if tcfg.eval_at_end else None
+
+    # 5. Outputs.
+    summary = None
+    if is_main:
+        if tcfg.save_model:
+            from prefopt.models import save_model
+
+            save_model(policy, tok, os.path.join(out_dir, "model"))
+        params = {k: v for k, v in asdict(acfg).items() if k != "name"}
+        wall = time.perf_counter() - t_start
+        summary = {
+            "algo": acfg.name,
+            "task": dcfg.testbed.task if data_name != "hf" else None,
+            "data": data_name,
+            "seed": seed,
+            "model": mcfg.name,
+            "params": params,
+            "steps": trainer.state.step,
+            "wall_time_s": round(wall, 3),
+            "gen_time_s": round(trainer.state.gen_time_s, 3),
+            "train_time_s": round(trainer.state.train_time_s, 3),
+            "peak_mem_mb": round(peak_mem_mb(device), 1),
+            "tokens_per_s": round(trainer.state.tokens / max(trainer.state.train_time_s, 1e-9), 1),
+            "final_metrics": trainer.state.history[-1] if trainer.state.history else None,
+            "eval": ev,
+            "config_hash": config_hash(cfg),
+            "versions": versions(),
+        }
+        tmp = os.path.join(out_dir, ".summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(out_dir, "summary.json"))
+        print_summary(summary, console)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def print_summary(s: dict, console):
+    from rich.table import Table
+
+    ev = s.get("eval") or {}
+    t = Table(title=f"{s['algo']} on {s.get('task') or s.get('data')} (seed {s['seed']}, {s['steps']} steps)")
+    t.add_column("")
+    t.add_column("policy π", justify="right")
+    t.add_column("reference π_ref", justify="right")
+    f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    t.add_row("gold reward", f(ev.get("gold_reward")), f(ev.get("gold_reward_ref")))
+    t.add_row("win rate vs π_ref", f(ev.get("win_rate_vs_ref")), "0.500" if ev.get("win_rate_vs_ref") is not None else "—")
+    t.add_row("KL(π‖π_ref)", f(ev.get("kl_to_ref")), "0.000")
+    t.add_row("mean length (tokens)", f(ev.get("mean_length")), f(ev.get("mean_length_ref")))
+    t.add_row("repetition rate", f(ev.get("repetition_rate")), "")
+    console.print(t)
+    console.print(f"  wall {s['wall_time_s']:.1f}s, {s['tokens_per_s']:,.0f} tokens/s, peak memory {s['peak_mem_mb']:,.0f} MB")
+
+
+def _hydra_main():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(config_path="pkg://prefopt.conf", config_name="train", version_base=None)
+    def app(cfg: DictConfig):
+        out_dir = HydraConfig.get().runtime.output_dir
+        # The contract: .hydra/ holds the resolved config too (Hydra's own copy keeps interpolations).
+        with open(os.path.join(out_dir, ".hydra", "resolved.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        try:
+            return run(cfg, out_dir)
+        except UserError as e:
+            print(f"prefopt-train: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app()
+
+
+def main():
+    try:
+        precheck_argv(sys.argv[1:])
+    except UserError as e:
+        print(f"prefopt-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The one place log-probs come from.
+
+The decoder produces hidden states; ``prefopt_kernels.fused_logprobs`` turns the hidden states at
+completion positions into log-probs of the next token without materializing [tokens x vocab]
+logits. Objectives call :class:`Scorer`; none of them computes full logits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import prefopt_kernels
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics of the completion tokens, [B, T] fp32, zero where ``mask`` is False.
+
+    Position t holds log p(x_t | x_<t) (predicted from the hidden state at t-1)."""
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
+    kl: Optional[torch.Tensor] = None  # exact KL(pi || pi_ref) per token, when asked
+
+    def seq_sum(self) -> torch.Tensor:
+        return self.logps.sum(-1)
+
+    def seq_mean(self) -> torch.Tensor:
+        return self.logps.sum(-1) / self.mask.sum(-1).clamp(min=1)
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+
+def _unwrap(model):
+    # peft's PeftModel keeps the transformers model under get_base_model(); LoRA layers live inside
+    # it, so calling its decoder directly still applies the adapters.
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@dataclass
+class Head:
+    decoder: torch.nn.Module
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    softcap: Optional[float]
+    logit_scale: float
+
+
+_warned: set = set()
+
+
+def _warn_once(key, msg):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, stacklevel=3)
+
+
+def find_head(model) -> Optional[Head]:
+    """Decoder + output projection of a causal LM, or None when the fused op cannot serve it."""
+    base = _unwrap(model)
+    decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or decoder is base or head is None:
+        return None
+    # Only a plain nn.Linear has a [V, H] weight that *is* the head: a quantized (bnb) or
+    # LoRA-wrapped head computes something else, so the caller falls back to full logits.
+    if type(head) is not torch.nn.Linear:
+        return None
+    weight = head.weight
+    if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        return None
+    cfg = base.config
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    return Head(decoder, weight, head.bias, softcap, float(scale) if scale else 1.0)
+
+
+def hidden_states(model, kw):
+    """(head, last hidden states [B, T, H]) of a model for decoder keyword arguments ``kw``."""
+    head = find_head(model)
+    return head, head.decoder(**kw).last_hidden_state
+
+
+def token_stats(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    position_ids=None,
+    ref_hidden_fn=None,
+) -> TokenStats:
+    """Log-probs (and optionally entropy) of the tokens where ``loss_mask`` is set.
+
+    ``ref_hidden_fn(kw) -> (ref_head, ref_hidden)``: when given, also returns the exact per-token
+    KL(pi || pi_ref) over the whole vocabulary (evaluation); the reference side has no gradient."""
+    B, T = input_ids.shape
+    head = find_head(model)
+    sel = loss_mask[:, 1:].bool()  # token t is predicted from position t-1
+    targets = input_ids[:, 1:][sel]
+    zeros = lambda: torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)  # noqa: E731
+    if head is None:
+        _warn_once(
+            type(_unwrap(model)).__name__,
+            f"prefopt: the fused log-prob op cannot read the output head of {type(_unwrap(model)).__name__}; "
+            "falling back to full logits (more memory, same numbers)",
+        )
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits[:, :-1][sel].float() / temperature
+        lp_all = torch.log_softmax(logits, -1)
+        lp = lp_all.gather(-1, targets[:, None]).squeeze(-1)
+        ent = -(lp_all.exp() * lp_all).sum(-1) if return_entropy else None
+        kl = None
+        if ref_hidden_fn is not None:
+            raise NotImplementedError("exact KL needs a model whose head the fused op can read")
+    else:
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if position_ids is not None:
+            kw["position_ids"] = position_ids
+        hidden = head.decoder(**kw).last_hidden_state[:, :-1][sel]
+        extra = {}
+        if ref_hidden_fn is not None:
+            with torch.no_grad():
+                rhead, rh = ref_hidden_fn(kw)
+            extra = dict(ref_hidden=rh[:, :-1][sel], ref_weight=rhead.weight, ref_bias=rhead.bias)
+        out = prefopt_kernels.fused_logprobs(
+            hidden,
+            head.weight,
+            targets,
+            bias=head.bias,
+            temperature=temperature,
+            softcap=head.softcap,
+            logit_scale=head.logit_scale,
+            return_entropy=return_entropy,
+            **extra,
+        )
+        if isinstance(out, torch.Tensor):
+            lp, ent, kl = out, None, None
+        else:
+            lp, ent, kl = out.logprobs, out.entropy, out.kl
+    res = TokenStats(logps=zeros(), mask=torch.zeros_like(loss_mask, dtype=torch.bool))
+    res.mask[:, 1:] = sel
+    res.logps = _scatter(lp, sel, B, T)
+    if ent is not None:
+        res.entropy = _scatter(ent, sel, B, T)
+    if kl is not None:
+        res.kl = _scatter(kl, sel, B, T)
+    return res
+
+
+def _scatter(values, sel, B, T):
+    # masked_scatter keeps the autograd graph back to the fused op's [N] output.
+    out = torch.zeros(B, T, dtype=values.dtype, device=values.device)
+    full_sel = torch.zeros(B, T, dtype=torch.bool, device=values.device)
+    full_sel[:, 1:] = sel
+    return out.masked_scatter(full_sel, values)
+
+
+def side_keys(side: Optional[str]):
+    p = f"{side}_" if side else ""
+    return f"{p}input_ids", f"{p}attention_mask", f"{p}loss_mask"
+
+
+class Scorer:
+    """What an objective sees of the models: policy log-probs (with grad) and reference log-probs
+    (without). The reference source is chosen by the trainer from the objective's declarations:
+    a frozen copy, the adapter-disabled policy under LoRA, or log-probs precomputed into the batch
+    (batch key ``{side}_ref_logps``)."""
+
+    def __init__(self, policy, reference=None, temperature: float = 1.0):
+        self.policy = policy
+        self.reference = reference
+        self.temperature = temperature
+
+    def logps(self, batch, side: Optional[str] = None, *, entropy: bool = False) -> TokenStats:
+        ids, am, lm = side_keys(side)
+        return token_stats(
+            self.policy, batch[ids], batch[am], batch[lm], temperature=self.temperature, return_entropy=entropy
+        )
+
+    @torch.no_grad()
+    def ref_logps(self, batch, side: Optional[str] = None) -> TokenStats:
+        ids, am, lm = side_keys(side)
+        cached = f"{side}_ref_logps" if side else "ref_logps"
+        if cached in batch:
+            mask = torch.zeros_like(batch[lm], dtype=torch.bool)
+            mask[:, 1:] = batch[lm][:, 1:].bool()
+            return TokenStats(logps=batch[cached].float() * mask, mask=mask)
+        if self.reference is None:
+            raise RuntimeError("this objective declared no reference policy but asked for one")
+        return self.reference.token_stats(batch[ids], batch[am], batch[lm], temperature=self.temperature)

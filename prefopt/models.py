@@ -1,0 +1,199 @@
+"""Load the policy, its reference and tokenizer; LoRA through peft; 4-bit through bitsandbytes;
+save standard HF artifacts."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from contextlib import contextmanager, nullcontext
+from typing import Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from prefopt.config import ModelConfig
+from prefopt.errors import UserError
+from prefopt.logprobs import token_stats
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def torch_dtype(name: str):
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UserError(f"model.dtype='{name}' is not known; accepted: {', '.join(DTYPES)}") from None
+
+
+def _check_path(path: str, key: str):
+    # A string with a path separator that doesn't exist locally is a typo, not a hub id; say so
+    # instead of letting the hub client time out.
+    looks_local = path.startswith((".", "/", "~")) or os.path.sep in path and path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(path)):
+        raise UserError(f"{key}: '{path}' does not exist; accepted: a local model directory or a hub id")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    _check_path(path, "model.tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"model.tokenizer: cannot load a tokenizer from '{path}' ({str(e).splitlines()[0]})") from None
+    if tok.pad_token_id is None:
+        # Padding positions are masked everywhere; any id works, eos is the usual choice.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _quantization(cfg: ModelConfig):
+    if not cfg.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(cfg.bnb_4bit_compute_dtype),
+    )
+
+
+def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+    """A randomly initialized model of a family from an architecture config (no weights needed)."""
+    arch = dict(cfg.arch)
+    model_type = arch.pop("model_type", None)
+    if model_type is None:
+        raise UserError("model.arch needs a 'model_type' key (e.g. llama, qwen2, mistral, gemma2)")
+    arch.setdefault("vocab_size", vocab_size)
+    try:
+        config = AutoConfig.for_model(model_type, **arch)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"model.arch: {str(e).splitlines()[0]}") from None
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0):
+    """The trainable policy: base weights (optionally 4-bit), plus LoRA adapters when model.lora.r > 0."""
+    path = path or cfg.name_or_path
+    tmp = None
+    if cfg.arch is not None:
+        model = build_random(cfg, vocab_size, seed)
+        if cfg.load_in_4bit:
+            # bitsandbytes quantizes while loading; go through a saved copy of the random weights.
+            tmp = tempfile.TemporaryDirectory(prefix="prefopt-arch-")
+            model.save_pretrained(tmp.name)
+            path, model = tmp.name, None
+    else:
+        model = None
+        _check_path(path, "model.name_or_path")
+    if model is None:
+        kw = dict(
+            dtype=torch_dtype(cfg.dtype),
+            trust_remote_code=cfg.trust_remote_code,
+            quantization_config=_quantization(cfg),
+        )
+        if cfg.attn_implementation:
+            kw["attn_implementation"] = cfg.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        except OSError as e:
+            raise UserError(f"model.name_or_path: cannot load '{path}' ({str(e).splitlines()[0]})") from None
+    else:
+        model = model.to(torch_dtype(cfg.dtype) if cfg.dtype != "auto" else torch.float32)
+    if tmp is not None:
+        tmp.cleanup()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.r > 0:
+        model = apply_lora(model, cfg)
+    elif cfg.load_in_4bit:
+        raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
+    return model
+
+
+def apply_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    target = cfg.lora.target_modules
+    target = list(target) if not isinstance(target, str) else target
+    lcfg = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise UserError(f"model.lora.target_modules: {str(e).splitlines()[0]}") from None
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+class FrozenReference:
+    """A frozen copy of the initial policy."""
+
+    def __init__(self, model):
+        self.model = model.eval().requires_grad_(False)
+
+    def token_stats(self, input_ids, attention_mask, loss_mask, temperature=1.0):
+        return token_stats(self.model, input_ids, attention_mask, loss_mask, temperature=temperature)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def active(self):
+        """Context manager yielding the module that computes the reference."""
+        return nullcontext(self.model)
+
+
+class AdapterDisabledReference:
+    """Under LoRA the reference is the policy with its adapters switched off: one copy in memory."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def token_stats(self, input_ids, attention_mask, loss_mask, temperature=1.0):
+        # Dropout off for the reference pass: the reference is a fixed function of its input.
+        with self.active() as m:
+            return token_stats(m, input_ids, attention_mask, loss_mask, temperature=temperature)
+
+    @property
+    def model(self):
+        return self.policy
+
+    def to(self, device):
+        return self
+
+    @contextmanager
+    def active(self):
+        was_training = self.policy.training
+        self.policy.eval()
+        with self.policy.disable_adapter():
+            yield self.policy
+        self.policy.train(was_training)
+
+
+def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_size=None, seed: int = 0):
+    if is_peft(policy):
+        return AdapterDisabledReference(policy)
+    if cfg.arch is not None:
+        # Same seed -> same random weights as the policy's initialization.
+        return FrozenReference(build_random(cfg, vocab_size, seed).to(torch_dtype(cfg.dtype)))
+    return FrozenReference(copy.deepcopy(policy))
+
+
+def save_model(model, tokenizer, out_dir: str):
+    """Standard HF artifacts: the full model or, under LoRA, the adapter; plus the tokenizer."""
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,76 @@
+"""Objectives register by name and declare what they need; the trainer reads the declarations.
+
+An objective is a class with:
+
+- ``needs``: a :class:`Needs` (data kind, reference policy, reward, value head, rollouts);
+- ``Config``: a dataclass of its hyperparameters (the structured config behind conf/algo/NAME.yaml);
+- ``__init__(self, cfg)``;
+- ``units(self, batch) -> int``: how many loss units (pairs, sequences or tokens) a micro-batch holds;
+  the trainer divides the summed loss of a whole optimizer step by the step's total units, so the
+  loss does not depend on how the step is split into micro-batches or processes;
+- ``loss(self, batch, scorer) -> (loss_sum, metric_sums)``: the loss summed over units, and metrics
+  summed over the same units (the trainer reports them divided by the unit count).
+
+Nothing outside this module maps algorithm names to code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from prefopt.errors import UserError
+
+DATA_KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
+
+
+@dataclass(frozen=True)
+class Needs:
+    data: str
+    reference: bool = False
+    reward: bool = False
+    value_head: bool = False
+    rollouts: bool = False
+
+    def __post_init__(self):
+        if self.data not in DATA_KINDS:
+            raise ValueError(f"Needs.data must be one of {DATA_KINDS}, got {self.data!r}")
+
+
+OBJECTIVES: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("dpo")``."""
+
+    def wrap(cls):
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} registered twice")
+        for attr in ("needs", "Config", "units", "loss"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"objective {name!r} lacks {attr!r}")
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"objective {name!r}: Config must be a dataclass")
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_builtin():
+    # Importing the package registers every built-in objective (one file per method).
+    import prefopt.objectives  # noqa: F401
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(OBJECTIVES)
+
+
+def get_objective(name: str) -> type:
+    _load_builtin()
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise UserError(f"unknown algo '{name}'; available: {', '.join(sorted(OBJECTIVES))}") from None

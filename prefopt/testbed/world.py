@@ -1,0 +1,232 @@
+"""The testbed's tiny world on disk: tokenizer, SFT policy, preference pairs, held-out prompts.
+
+Everything is built on first use and cached under ``$PREFOPT_CACHE`` (default ~/.cache/prefopt),
+keyed by a hash of what determines it, so a changed config never reads a stale artifact. Builds
+write into a temporary directory and rename it into place under a file lock, so parallel jobs
+(Hydra's joblib launcher) neither corrupt nor duplicate each other's work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from filelock import FileLock
+
+from prefopt.testbed.tasks import TASKS, get_task
+from prefopt.testbed.tokenizer import build_tokenizer
+
+# The policy: a Llama-architecture model small enough to train on 2 CPU cores in about a minute.
+TINY_ARCH = dict(
+    model_type="llama",
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+
+
+@dataclass
+class TestbedConfig:
+    task: str = "reviews"
+    # SFT stage that makes the reference policy.
+    sft_steps: int = 300
+    sft_examples_per_step: int = 64
+    sft_lr: float = 3e-3
+    sft_seed: int = 0
+    # Preference pairs sampled from the SFT policy, labelled by Bradley-Terry draws on gold reward.
+    pair_prompts: int = 2048
+    completions_per_prompt: int = 2
+    label_temperature: float = 0.5  # P(a > b) = σ((r_a − r_b) / label_temperature)
+    label_flip_rate: float = 0.0
+    pair_seed: int = 0
+    sample_temperature: float = 1.0
+    eval_prompts: int = 128
+
+
+def cache_root() -> str:
+    return os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt"))
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build_once(path: str, build):
+    """Run ``build(tmpdir)`` unless ``path`` exists; atomic rename under a lock."""
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileLock(path + ".lock"):
+        if os.path.exists(path):
+            return path
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        build(tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def tokenizer_path() -> str:
+    words = sorted({w for name in TASKS for w in get_task(name).vocabulary()})
+    path = os.path.join(cache_root(), "testbed", f"tokenizer-{_hash(words)}")
+    return _build_once(path, lambda d: build_tokenizer(words).save_pretrained(d))
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_path())
+
+
+def _conv(prompt: str) -> list:
+    return [{"role": "user", "content": prompt}]
+
+
+def _asst(text: str) -> list:
+    return [{"role": "assistant", "content": text}]
+
+
+def demonstration_rows(task, n: int, seed: int) -> list:
+    rng = random.Random(seed)
+    return [{"prompt": _conv(p), "completion": _asst(c)} for p, c in task.demonstrations(n, rng)]
+
+
+def eval_prompts(task, n: int) -> list:
+    # Fixed across runs and seeds: every method is evaluated on the same held-out prompts.
+    return task.sample_prompts(n, random.Random(12345), split="eval")
+
+
+def _limits(task):
+    return task.max_prompt_tokens + 8, task.max_prompt_tokens + task.max_completion_tokens + 8
+
+
+def sft_policy_path(tb: TestbedConfig, console=None) -> str:
+    """Train (once) the tiny policy by SFT on the task's demonstrations; return its directory."""
+    tok_dir = tokenizer_path()
+    key = {"arch": TINY_ARCH, "tok": os.path.basename(tok_dir), "task": tb.task, "steps": tb.sft_steps,
+           "bs": tb.sft_examples_per_step, "lr": tb.sft_lr, "seed": tb.sft_seed, "v": 1}
+    path = os.path.join(cache_root(), "testbed", f"sft-{tb.task}-{_hash(key)}")
+
+    def build(out):
+        from prefopt.config import ModelConfig, TrainerConfig
+        from prefopt.data import DataConfig, collate, tokenize_rows
+        from prefopt.models import load_policy
+        from prefopt.objectives.sft import SFT
+        from prefopt.trainer import OfflineSource, Trainer, seed_everything
+
+        if console is not None:
+            console.print(f"[dim]testbed: training the {tb.task} SFT policy once ({tb.sft_steps} steps); cached at {path}")
+        task = get_task(tb.task)
+        tok = load_tokenizer()
+        seed_everything(tb.sft_seed)
+        n = tb.sft_steps * tb.sft_examples_per_step
+        rows = demonstration_rows(task, n, tb.sft_seed)
+        max_prompt, max_len = _limits(task)
+        dcfg = DataConfig(name=tb.task, max_length=max_len, max_prompt_length=max_prompt)
+        examples, _ = tokenize_rows(rows, "demonstrations", tok, dcfg, f"testbed:{tb.task}")
+        model = load_policy(ModelConfig(arch=dict(TINY_ARCH)), vocab_size=len(tok), seed=tb.sft_seed)
+        tcfg = TrainerConfig(max_steps=tb.sft_steps, examples_per_step=tb.sft_examples_per_step,
+                             examples_per_device=tb.sft_examples_per_step, lr=tb.sft_lr, warmup_steps=tb.sft_steps // 20,
+                             progress=False, log_every_steps=50, eval_at_end=False)
+        source = OfflineSource(examples, lambda ex: collate(ex, "demonstrations", tok.pad_token_id),
+                               tcfg.examples_per_step, tcfg.examples_per_device, seed=tb.sft_seed)
+        obj = SFT(SFT.Config())
+        trainer = Trainer(objective=obj, policy=model, reference=None, source=source, cfg=tcfg, out_dir=out,
+                          total_steps=tb.sft_steps)
+        trainer.fit()
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        with open(os.path.join(out, "testbed.json"), "w") as f:
+            json.dump(key, f)
+
+    return _build_once(path, build)
+
+
+def preference_rows(tb: TestbedConfig, policy_path: str, console=None) -> list:
+    """Pairs sampled from π_SFT and labelled by Bradley–Terry draws on the gold reward."""
+    key = {"policy": os.path.basename(policy_path), **{k: v for k, v in asdict(tb).items() if not k.startswith("sft_")}, "v": 1}
+    path = os.path.join(cache_root(), "testbed", f"pairs-{tb.task}-{_hash(key)}")
+
+    def build(out):
+        from transformers import AutoModelForCausalLM
+
+        from prefopt.evaluate import chat_prompt_ids
+        from prefopt.rollout import HFSampler, SamplingConfig
+
+        if console is not None:
+            console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and labelling pairs")
+        task = get_task(tb.task)
+        tok = load_tokenizer()
+        model = AutoModelForCausalLM.from_pretrained(policy_path)
+        rng = random.Random(tb.pair_seed)
+        prompts = task.sample_prompts(tb.pair_prompts, rng, split="train")
+        prompt_ids = [chat_prompt_ids(tok, p) for p in prompts]
+        K = tb.completions_per_prompt
+        scfg = SamplingConfig(temperature=tb.sample_temperature, max_new_tokens=task.max_completion_tokens,
+                              samples_per_prompt=K, prompts_per_batch=256)
+        comps = HFSampler(tok.pad_token_id, tok.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
+        texts = [tok.decode(c, skip_special_tokens=True) for c in comps]
+        gold = task.gold_reward([p for p in prompts for _ in range(K)], texts)
+        rows = []
+        for i, p in enumerate(prompts):
+            cand = [(texts[i * K + j], gold[i * K + j]) for j in range(K) if texts[i * K + j].strip()]
+            for a in range(len(cand)):
+                for b in range(a + 1, len(cand)):
+                    (ta, ra), (tb_, rb) = cand[a], cand[b]
+                    if ta == tb_:
+                        continue  # identical completions carry no preference
+                    p_a = 1.0 / (1.0 + math.exp(-(ra - rb) / tb.label_temperature))
+                    a_wins = rng.random() < p_a
+                    if rng.random() < tb.label_flip_rate:
+                        a_wins = not a_wins
+                    (cw, rw), (cl, rl) = ((ta, ra), (tb_, rb)) if a_wins else ((tb_, rb), (ta, ra))
+                    rows.append({"prompt": _conv(p), "chosen": _asst(cw), "rejected": _asst(cl),
+                                 "gold_chosen": rw, "gold_rejected": rl})
+        with open(os.path.join(out, "pairs.jsonl"), "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    _build_once(path, build)
+    with open(os.path.join(path, "pairs.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+@dataclass
+class World:
+    task: object
+    tokenizer: object
+    policy_path: str
+    eval_prompts: list
+    rows_by_kind: dict = field(default_factory=dict)
+
+
+def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
+    """The rows for a data kind plus what evaluation needs. Pairs are only sampled when asked for."""
+    task = get_task(tb.task)
+    policy = sft_policy_path(tb, console)
+    if kind in ("paired", "unpaired"):
+        rows = preference_rows(tb, policy, console)
+    elif kind == "demonstrations":
+        rows = demonstration_rows(task, tb.pair_prompts, tb.pair_seed + 1)
+    else:  # prompt_only
+        rows = [{"prompt": _conv(p)} for p in task.sample_prompts(tb.pair_prompts, random.Random(tb.pair_seed), split="train")]
+    return World(task=task, tokenizer=load_tokenizer(), policy_path=policy,
+                 eval_prompts=eval_prompts(task, tb.eval_prompts), rows_by_kind={kind: rows})
+
+
+def limits(task_name: str):
+    """(max_prompt_length, max_length) in tokens for a task."""
+    return _limits(get_task(task_name))
