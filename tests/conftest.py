@@ -1,0 +1,62 @@
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One testbed cache for the whole suite (and across runs): the SFT policy and pairs are built once,
+# under a file lock, even with several pytest workers.
+os.environ.setdefault("PREFOPT_CACHE", str(ROOT / ".cache" / "prefopt-test"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def compose(overrides=()):
+    from hydra import compose as _compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="prefopt.conf", version_base=None):
+        return _compose("train", overrides=list(overrides))
+
+
+FAST = ["trainer.progress=false", "eval.num_prompts=16", "eval.max_new_tokens=16"]
+
+
+@pytest.fixture
+def run_cfg(tmp_path):
+    """Run prefopt in-process with Hydra overrides; returns (summary, out_dir)."""
+    from prefopt.train import run
+
+    def _run(*overrides, out=None):
+        cfg = compose([*FAST, *overrides])
+        out_dir = str(out or tmp_path / "run")
+        return run(cfg, out_dir), out_dir
+
+    return _run
+
+
+TINY = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+
+
+def tiny_model(seed=0, vocab=50, **arch):
+    from prefopt.config import ModelConfig
+    from prefopt.models import load_policy
+
+    return load_policy(ModelConfig(arch={**TINY, **arch}), vocab_size=vocab, seed=seed)
+
+
+def synthetic_examples(kind, n=16, vocab=50, seed=0, eos=2):
+    """Random token examples in the tokenized-example contract of prefopt.data."""
+    import random
+
+    rng = random.Random(seed)
+    seq = lambda lo, hi: [rng.randrange(4, vocab) for _ in range(rng.randint(lo, hi))]  # noqa: E731
+    out = []
+    for i in range(n):
+        p = seq(2, 6)
+        if kind == "paired":
+            out.append({"row": i, "prompt_ids": p, "chosen_ids": seq(1, 7) + [eos], "rejected_ids": seq(1, 7) + [eos], "prompt_text": "x"})
+        else:
+            out.append({"row": i, "prompt_ids": p, "completion_ids": seq(1, 9) + [eos], "prompt_text": "x"})
+    return out
