@@ -156,11 +156,6 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
         rows, source_name = D.load_rows(dcfg)
         row_kind = D.detect_kind(rows)
         base_path = mcfg.name_or_path
-        if base_path is None and mcfg.arch is None:
-            from prefopt.testbed import world as W
-
-            with accelerator.main_process_first():
-                base_path = W.sft_policy_path(W.TestbedConfig(), console if is_main else None)
         tok = None
     if row_kind != needs.data:
         if dcfg.convert:
@@ -171,7 +166,15 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
                 f"accepted: {needs.data} rows, or an explicit data.convert (e.g. data.convert={row_kind}_to_{needs.data})"
             )
     D.validate_rows(rows, needs.data, source_name)
+    if base_path is None and mcfg.arch is None:
+        # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
+        from prefopt.testbed import world as W
+
+        with accelerator.main_process_first():
+            base_path = W.sft_policy_path(W.TestbedConfig(), console if is_main else None)
     if tok is None:
+        from prefopt.testbed import world as W
+
         tok = load_tokenizer(mcfg.tokenizer or base_path or W.tokenizer_path(), mcfg.trust_remote_code)
     examples, report = D.tokenize_rows(rows, needs.data, tok, dcfg, source_name)
     if eval_texts is None:
@@ -282,9 +285,27 @@ def print_summary(s: dict, console):
     console.print(f"  wall {s['wall_time_s']:.1f}s, {s['tokens_per_s']:,.0f} tokens/s, peak memory {s['peak_mem_mb']:,.0f} MB")
 
 
+def run_stamp() -> str:
+    """The run directory's time stamp. Processes started together by torchrun / accelerate launch
+    (WORLD_SIZE > 1) share their launcher, so they take its start time and agree on one directory;
+    a single process uses the current time to the microsecond."""
+    import datetime
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import psutil
+
+        parent = psutil.Process(os.getppid())
+        t = datetime.datetime.fromtimestamp(parent.create_time())
+        return t.strftime("%H-%M-%S-") + f"{t.microsecond:06d}-p{parent.pid}"
+    return datetime.datetime.now().strftime("%H-%M-%S-%f")
+
+
 def _hydra_main():
     import hydra
     from hydra.core.hydra_config import HydraConfig
+
+    if not OmegaConf.has_resolver("prefopt_stamp"):
+        OmegaConf.register_new_resolver("prefopt_stamp", run_stamp, use_cache=True)
 
     @hydra.main(config_path="pkg://prefopt.conf", config_name="train", version_base=None)
     def app(cfg: DictConfig):
