@@ -149,23 +149,13 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
             rows = rows[: dcfg.num_rows]
         base_path = mcfg.name_or_path or (None if mcfg.arch else world.policy_path)
         gold_fn, eval_texts = world.task.gold_reward, world.eval_prompts
-        row_kind = D.detect_kind(rows)
     else:
         if not dcfg.path:
             raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
         rows, source_name = D.load_rows(dcfg)
-        row_kind = D.detect_kind(rows)
         base_path = mcfg.name_or_path
         tok = None
-    if row_kind != needs.data:
-        if dcfg.convert:
-            rows = D.convert_rows(rows, row_kind, needs.data, source_name)
-        else:
-            raise UserError(
-                f"{source_name}: algo '{acfg.name}' needs {needs.data} data but the rows are {row_kind}; "
-                f"accepted: {needs.data} rows, or an explicit data.convert (e.g. data.convert={row_kind}_to_{needs.data})"
-            )
-    D.validate_rows(rows, needs.data, source_name)
+    rows = D.prepare_rows(rows, needs.data, dcfg, source_name)
     if base_path is None and mcfg.arch is None:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
         from prefopt.testbed import world as W

@@ -210,6 +210,7 @@ class Trainer:
     def log(self, row: dict):
         if not self.is_main:
             return
+        os.makedirs(self.out_dir, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.cfg.tensorboard:
