@@ -64,7 +64,9 @@ def test_lora_reference_is_the_adapter_disabled_base():
 
 
 def test_qlora_training_step_runs(tmp_path):
-    cfg = ModelConfig(arch=dict(TINY), load_in_4bit=True, lora=LoraConfig(r=4, alpha=8))
+    # bitsandbytes quantizes in blocks of 64 along the input dimension: widths must be multiples of 64.
+    cfg = ModelConfig(arch={**TINY, "hidden_size": 64, "intermediate_size": 128}, load_in_4bit=True,
+                      lora=LoraConfig(r=4, alpha=8))
     policy = load_policy(cfg, vocab_size=50, seed=0)
     assert any("4bit" in type(m).__name__ for m in policy.modules())
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -77,6 +79,7 @@ def test_qlora_training_step_runs(tmp_path):
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable))
     ref = make_reference(policy, cfg, vocab_size=50)
+    assert isinstance(ref, AdapterDisabledReference)
     assert torch.isfinite(Scorer(policy, ref).ref_logps(b, "chosen").logps).all()
 
 
