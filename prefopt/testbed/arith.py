@@ -1,0 +1,78 @@
+"""Task ``arith``: two-number addition with a verifiable reward.
+
+Prompts are ``a+b=`` with operands 0–99; the completion is the sum's digits; the gold reward
+is 1.0 for the exact answer and 0.0 otherwise — the setting of RL with verifiable rewards.
+Demonstrations are right only ``DEMO_ACCURACY`` of the time (otherwise off by a little, like a
+careless student), so an SFT policy is imperfect and preference or RL training has headroom.
+
+``a+b`` and ``b+a`` fall in the same split, so eval measures addition on unseen operand pairs
+rather than recall of the commuted prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from prefopt.testbed.tasks import Split, sample_distinct, split_of
+from prefopt.testbed.tokenizer import pre_tokenize
+
+MAX_OPERAND = 99
+DEMO_ACCURACY = 0.55
+# Typical slips: a unit off, or a forgotten/extra carry.
+DEMO_ERRORS = [-3, -2, -1, 1, 2, 3, -10, 10]
+
+_PROMPT = re.compile(r"(\d+)\+(\d+)=")
+
+
+def _answer(prompt: str) -> int:
+    m = _PROMPT.fullmatch("".join(prompt.split()))
+    if m is None:
+        raise ValueError(f"not an arith prompt: {prompt!r}")
+    return int(m[1]) + int(m[2])
+
+
+def exact_match(prompt: str, completion: str) -> float:
+    """1.0 iff the completion, spaces ignored ("4 2" as decoded, or "42"), is the sum."""
+    return float("".join(completion.split()) == str(_answer(prompt)))
+
+
+class ArithTask:
+    """Add two numbers; gold reward = exact match."""
+
+    name = "arith"
+
+    def __init__(self):
+        self._prompts: dict[Split, list[str]] = {"train": [], "eval": []}
+        for a in range(MAX_OPERAND + 1):
+            for b in range(MAX_OPERAND + 1):
+                self._prompts[split_of(f"{min(a, b)}+{max(a, b)}=")].append(f"{a}+{b}=")
+        longest = f"{MAX_OPERAND}+{MAX_OPERAND}="
+        self.max_prompt_tokens = len(pre_tokenize(longest)) + 2  # + <|user|> <|assistant|>
+        self.max_completion_tokens = len(str(2 * MAX_OPERAND)) + 1  # + </s>
+
+    def vocabulary(self) -> list[str]:
+        return [str(d) for d in range(10)] + ["+", "="]
+
+    def prompts(self, split: Split) -> list[str]:
+        """All prompts of ``split``."""
+        return list(self._prompts[split])
+
+    def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
+        pool = self._prompts[split]
+        return sample_distinct(pool, [1.0] * len(pool), n, rng)
+
+    def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
+        demos = []
+        for prompt in rng.choices(self._prompts["train"], k=n):
+            answer = _answer(prompt)
+            if rng.random() >= DEMO_ACCURACY:
+                slip = rng.choice(DEMO_ERRORS)
+                answer = answer + slip if answer + slip >= 0 else answer - slip
+            demos.append((prompt, str(answer)))
+        return demos
+
+    def gold_reward(self, prompts: list[str], completions: list[str]) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        return [exact_match(p, c) for p, c in zip(prompts, completions)]

@@ -1,0 +1,97 @@
+"""Testbed tasks: what a task provides, and the registry that finds one by name.
+
+A task is a tiny, fully known world: a prompt distribution with disjoint train and eval
+prompts, demonstrations for SFT, and a gold reward that the methods under test never see
+directly (except online methods that are *given* it as their reward). Because the gold reward
+is known exactly, method comparisons on the testbed are honest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import random
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+from prefopt.errors import UserError
+
+Split = Literal["train", "eval"]
+
+# name -> "module:Class"; imported on first use so that importing the registry stays cheap.
+_TASK_CLASSES = {
+    "reviews": "prefopt.testbed.reviews:ReviewsTask",
+    "arith": "prefopt.testbed.arith:ArithTask",
+}
+TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
+
+EVAL_FRACTION_PERCENT = 20
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A testbed task.
+
+    ``max_prompt_tokens`` bounds the length, in testbed-tokenizer tokens, of any prompt after
+    the chat template (``<|user|> PROMPT <|assistant|>``); ``max_completion_tokens`` bounds any
+    demonstration's completion including its ``</s>``. Use them as max prompt length and
+    ``max_new_tokens``.
+    """
+
+    name: str
+    max_prompt_tokens: int
+    max_completion_tokens: int
+
+    def vocabulary(self) -> list[str]:
+        """Every word the task's prompts, demonstrations and rewarded completions use."""
+        ...
+
+    def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
+        """``n`` prompts (user-message text) from ``split``; distinct while ``n`` allows."""
+        ...
+
+    def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
+        """``n`` (prompt, completion) pairs for SFT, on train prompts only."""
+        ...
+
+    def gold_reward(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """The true reward of each completion (as decoded text or as normal text)."""
+        ...
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name`` (one shared instance per name)."""
+    if name not in _TASK_CLASSES:
+        raise UserError(f"unknown testbed task {name!r}; available: {', '.join(TASKS)}")
+    return _load(name)
+
+
+@functools.cache
+def _load(name: str) -> Task:
+    module, cls = _TASK_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def combined_vocabulary(names: Sequence[str] = TASKS) -> list[str]:
+    """The sorted union of the named tasks' vocabularies: what ``build_tokenizer`` needs."""
+    return sorted({w for name in names for w in get_task(name).vocabulary()})
+
+
+def split_of(key: str) -> Split:
+    """Stable train/eval assignment of a prompt key (same on every machine and Python run,
+    unlike ``hash``), so eval prompts are never trained on."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return "eval" if h % 100 < EVAL_FRACTION_PERCENT else "train"
+
+
+def sample_distinct(items: Sequence, weights: Sequence[float], n: int, rng: random.Random) -> list:
+    """``n`` items drawn in proportion to ``weights`` without replacement; when ``n`` exceeds
+    the pool, the pool is drawn whole again (so repeats appear only when unavoidable)."""
+    out: list = []
+    while len(out) < n:
+        # Efraimidis–Spirakis: the k largest u ** (1 / w) are a weighted sample without
+        # replacement.
+        keys = [rng.random() ** (1.0 / w) for w in weights]
+        order = sorted(range(len(items)), key=keys.__getitem__, reverse=True)
+        out.extend(items[i] for i in order[: n - len(out)])
+    return out

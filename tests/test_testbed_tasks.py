@@ -1,0 +1,159 @@
+"""The testbed's tiny world: tokenizer, task registry, reviews grammar and gold reward, arith."""
+
+import random
+import statistics
+
+import pytest
+
+from prefopt.errors import UserError
+from prefopt.testbed import rewards
+from prefopt.testbed.reviews import is_grammatical, split_sentences
+from prefopt.testbed.tasks import TASKS, Task, get_task, combined_vocabulary
+from prefopt.testbed.tokenizer import SPECIAL_TOKENS, build_tokenizer, pre_tokenize
+
+REVIEWS_PROMPT = "the acting of this film was"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(combined_vocabulary())
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def test_tokenizer_round_trip_and_chat_template(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    assert len(tokenizer) < 300
+    assert tokenizer.convert_ids_to_tokens(list(range(6))) == SPECIAL_TOKENS
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert (loaded.pad_token, loaded.unk_token, loaded.bos_token, loaded.eos_token) == (
+        "<pad>", "<unk>", "<s>", "</s>")
+
+    prompt = [{"role": "user", "content": REVIEWS_PROMPT}]
+    text = loaded.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert text == f"<|user|> {REVIEWS_PROMPT} <|assistant|>"
+    full = prompt + [{"role": "assistant", "content": "good."}]
+    full_text = loaded.apply_chat_template(full, tokenize=False)
+    assert full_text == f"<|user|> {REVIEWS_PROMPT} <|assistant|> good. </s>"
+    prompt_ids = loaded(text, add_special_tokens=False)["input_ids"]
+    full_ids = loaded(full_text, add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids and full_ids[-1] == loaded.eos_token_id
+    assert loaded.unk_token_id not in full_ids
+    assert loaded.decode(full_ids, skip_special_tokens=True) == f"{REVIEWS_PROMPT} good ."
+
+
+def test_tokenizer_splits_digits_and_is_deterministic(tokenizer):
+    ids = tokenizer("17+25=", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["1", "7", "+", "2", "5", "="]
+    assert tokenizer.decode(tokenizer("42")["input_ids"]) == "4 2"
+    shuffled = list(reversed(combined_vocabulary()))
+    assert build_tokenizer(shuffled).get_vocab() == tokenizer.get_vocab()
+
+
+# ---------------------------------------------------------------- registry
+
+def test_registry():
+    assert TASKS == ("reviews", "arith")
+    for name in TASKS:
+        task = get_task(name)
+        assert isinstance(task, Task) and task.name == name
+    with pytest.raises(UserError, match="reviews, arith"):
+        get_task("sentiment")
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_prompts_split_disjoint_deterministic_and_fit(name, tokenizer):
+    task = get_task(name)
+    assert not set(task.prompts("train")) & set(task.prompts("eval"))
+    assert len(task.prompts("eval")) >= 64
+    eval_prompts = task.sample_prompts(64, random.Random(0), "eval")
+    assert len(set(eval_prompts)) == 64 and set(eval_prompts) <= set(task.prompts("eval"))
+    assert task.sample_prompts(50, random.Random(1)) == task.sample_prompts(50, random.Random(1))
+    demos = task.demonstrations(300, random.Random(2))
+    assert demos == task.demonstrations(300, random.Random(2))
+    assert {p for p, _ in demos} <= set(task.prompts("train"))
+
+    vocab = set(task.vocabulary())
+    for prompt, completion in demos:
+        assert set(pre_tokenize(prompt + " " + completion)) <= vocab
+        chat = [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        assert len(ids) <= task.max_prompt_tokens
+        assert len(tokenizer(completion)["input_ids"]) + 1 <= task.max_completion_tokens
+
+
+# ---------------------------------------------------------------- reviews
+
+def test_reviews_grammar_generates_grammatical_reviews():
+    task = get_task("reviews")
+    for prompt, completion in task.demonstrations(500, random.Random(3)):
+        sentences, unfinished = split_sentences(pre_tokenize(prompt + " " + completion))
+        assert not unfinished and 1 <= len(sentences) <= 3
+        assert all(is_grammatical(" ".join(s)) for s in sentences), (prompt, completion)
+    assert is_grammatical("honestly the plot of this movie felt very dull and slow")
+    assert not is_grammatical("the plot was great great great")
+    assert not is_grammatical("great the was plot")
+
+
+def test_reviews_gold_reward_orders_sentiment_and_punishes_gaming():
+    task = get_task("reviews")
+
+    def gold(completion, prompt=REVIEWS_PROMPT):
+        return task.gold_reward([prompt], [completion])[0]
+
+    positive = gold("masterful. i would recommend it.")
+    neutral = gold("long. the plot was simple.")
+    negative = gold("awful. i would avoid it.")
+    assert positive > neutral > negative
+    assert gold("very good.") > gold("good.") > gold("fairly good.") > 0
+
+    # Repeating positive words, word salad, and cut-off or empty text all score below an
+    # honest positive review, however positive their words are.
+    gaming = ["great great great", "great great great.", "great. great. great.",
+              "masterful brilliant superb wonderful.", "masterful. the plot was masterful.",
+              "masterful and brilliant", "", "."]
+    for text in gaming:
+        assert gold(text) < positive and gold(text) < gold("good. it was nice."), text
+    assert gold("great great great great great.") < negative
+
+    # Decoded form (spaces around punctuation, lower case) and normal text score the same.
+    assert gold("masterful . i would recommend it .") == positive
+    assert gold("Masterful. I would recommend it.") == positive
+
+
+def test_reviews_demonstrations_balanced_and_spread():
+    task = get_task("reviews")
+    demos = task.demonstrations(2000, random.Random(4))
+    gold = task.gold_reward([p for p, _ in demos], [c for _, c in demos])
+    assert abs(statistics.mean(gold)) < 0.15
+    assert 0.8 < statistics.pstdev(gold) < 1.5
+
+
+# ---------------------------------------------------------------- arith
+
+def test_arith_exact_match():
+    task = get_task("arith")
+    prompts = ["17+25="] * 6 + ["1 7 + 2 5 ="]
+    completions = ["42", "4 2", " 42 ", "43", "042", "4 2 .", "4 2"]
+    assert task.gold_reward(prompts, completions) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    demos = task.demonstrations(4000, random.Random(5))
+    accuracy = statistics.mean(task.gold_reward([p for p, _ in demos], [c for _, c in demos]))
+    assert 0.5 < accuracy < 0.6
+    assert all(c.isdigit() for _, c in demos)
+
+
+def test_arith_commuted_prompts_share_a_split():
+    task = get_task("arith")
+    train = set(task.prompts("train"))
+    for prompt in task.prompts("eval"):
+        a, b = prompt[:-1].split("+")
+        assert f"{b}+{a}=" not in train
+
+
+def test_reward_functions():
+    assert rewards.arith_exact_match(["2+2=", "2+2="], ["4", "5"], step=3) == [1.0, 0.0]
+    assert rewards.reviews_gold([REVIEWS_PROMPT], ["good."]) == [1.0]
