@@ -60,17 +60,11 @@ def precheck_argv(argv: list) -> None:
 
 
 def data_schema(name: str):
+    """data=hf: prefopt.data.DataConfig; testbed tasks add a ``testbed`` section."""
     from prefopt.data import DataConfig
-    from prefopt.testbed.world import TestbedConfig
+    from prefopt.testbed.world import TestbedDataConfig
 
-    if name == "hf":
-        return DataConfig
-
-    @dataclass
-    class TestbedData(DataConfig):
-        testbed: TestbedConfig = field(default_factory=TestbedConfig)
-
-    return TestbedData
+    return DataConfig if name == "hf" else TestbedDataConfig
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -55,6 +55,19 @@ class TestbedConfig:
     eval_prompts: int = 128
 
 
+def _data_config():
+    from prefopt.data import DataConfig
+
+    return DataConfig
+
+
+@dataclass
+class TestbedDataConfig(_data_config()):
+    """``data=reviews`` / ``data=arith``: the data options plus the testbed's own section."""
+
+    testbed: TestbedConfig = field(default_factory=TestbedConfig)
+
+
 def cache_root() -> str:
     return os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt"))
 
