@@ -183,6 +183,36 @@ class AdapterDisabledReference:
         self.policy.train(was_training)
 
 
+class LazyReference:
+    """The initial policy, loaded only when first used. Evaluation needs π_ref even for methods
+    that train without one (SFT, ORPO, SimPO); loading it lazily keeps it out of memory during
+    training."""
+
+    def __init__(self, build):
+        self._build = build
+        self._ref = None
+        self._device = None
+
+    def _get(self):
+        if self._ref is None:
+            self._ref = self._build()
+            if self._device is not None:
+                self._ref.to(self._device)
+        return self._ref
+
+    def to(self, device):
+        self._device = device
+        if self._ref is not None:
+            self._ref.to(device)
+        return self
+
+    def active(self):
+        return self._get().active()
+
+    def token_stats(self, *a, **kw):
+        return self._get().token_stats(*a, **kw)
+
+
 def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_size=None, seed: int = 0):
     if is_peft(policy):
         return AdapterDisabledReference(policy)
@@ -190,6 +220,18 @@ def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_s
         # Same seed -> same random weights as the policy's initialization.
         return FrozenReference(build_random(cfg, vocab_size, seed).to(torch_dtype(cfg.dtype)))
     return FrozenReference(copy.deepcopy(policy))
+
+
+def lazy_reference(cfg: ModelConfig, path: Optional[str], vocab_size=None, seed: int = 0, policy=None):
+    """A reference for evaluation only: the adapter-disabled policy under LoRA (free), otherwise
+    the initial weights reloaded on first use."""
+    if policy is not None and is_peft(policy):
+        return AdapterDisabledReference(policy)
+
+    def build():
+        return FrozenReference(load_policy(cfg, path=path, vocab_size=vocab_size, seed=seed))
+
+    return LazyReference(build)
 
 
 def save_model(model, tokenizer, out_dir: str):

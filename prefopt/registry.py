@@ -31,10 +31,15 @@ class Needs:
     reward: bool = False
     value_head: bool = False
     rollouts: bool = False
+    # What the trained model is: "lm" (a causal LM policy) or "scalar" (a sequence classifier with
+    # one output, e.g. a reward model).
+    head: str = "lm"
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:
             raise ValueError(f"Needs.data must be one of {DATA_KINDS}, got {self.data!r}")
+        if self.head not in ("lm", "scalar"):
+            raise ValueError(f"Needs.head must be 'lm' or 'scalar', got {self.head!r}")
 
 
 OBJECTIVES: dict[str, type] = {}

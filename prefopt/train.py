@@ -85,8 +85,20 @@ def versions() -> dict:
     return {"prefopt": version("prefopt"), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def quiet_libraries():
+    """Keep the console to prefopt's own lines: no weight-loading bars or optional-backend notices."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     """One training run; returns the summary dict (also written to out_dir/summary.json)."""
+    quiet_libraries()
     import torch
     from accelerate import Accelerator
     from rich.console import Console
@@ -94,7 +106,7 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     from prefopt import data as D
     from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_trainer, typed
     from prefopt.evaluate import Evaluator, chat_prompt_ids
-    from prefopt.models import load_policy, load_tokenizer, make_reference
+    from prefopt.models import lazy_reference, load_policy, load_tokenizer, make_reference
     from prefopt.registry import get_objective
     from prefopt.rollout import HFSampler, SamplingConfig
     from prefopt.trainer import OfflineSource, Trainer, TrainingDiverged, peak_mem_mb, seed_everything
@@ -175,7 +187,7 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     reference = None
     if needs.reference and not getattr(acfg, "precompute_ref", False):
         reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
-    eval_reference = reference or make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    eval_reference = reference or lazy_reference(mcfg, base_path, vocab_size=len(tok), seed=seed, policy=policy)
     device = accelerator.device
     policy.to(device)
     eval_reference.to(device)
