@@ -50,7 +50,7 @@ class TrainerConfig:
     examples_per_step: int = 32  # global batch per optimizer step, all processes together
     examples_per_device: int = 32  # micro-batch per forward pass on one device
     optimizer: str = "adamw"
-    lr: float = 5e-5
+    lr: float = 2e-4
     weight_decay: float = 0.0
     adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
