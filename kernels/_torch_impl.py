@@ -105,7 +105,7 @@ def _buf(cache: dict, name: str, rows: int, vocab: int, device) -> torch.Tensor:
 
 
 def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None):
-    """Returns (logp, lse, entropy|None, kl|None), each fp32 [N], zero on rows not in ``rows``."""
+    """Returns (logp, lse, entropy|None, kl|None, aux=None), fp32 [N], zero on rows not in ``rows``."""
     N = hidden.shape[0]
     V = cfg.vocab_size
     dev = hidden.device
@@ -150,10 +150,10 @@ def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None):
         chunk_lse = m.squeeze(1) + logS
         _put(lse, sl, idx, chunk_lse + bshift)
         _put(logp, sl, idx, tgt - chunk_lse)
-    return logp, lse, ent, kl
+    return logp, lse, ent, kl, None
 
 
-def chunked_backward(hidden, weight, bias, targets, rows, cfg: Config, ref, lse, ent, kl,
+def chunked_backward(hidden, weight, bias, targets, rows, cfg: Config, ref, lse, ent, kl, aux,
                      g_lp, g_ent, g_kl, g_lse, needs: Tuple[bool, bool, bool]):
     """Gradients (hidden, weight, bias) given per-row upstream grads (None = zero).
 
@@ -275,4 +275,4 @@ def naive_forward(hidden, weight, bias, targets, cfg: Config, ref=None):
         with torch.no_grad():
             logq = torch.log_softmax(tempered(rh, rw, rb), -1)
         kl = torch.where(valid, (logsm.exp() * (logsm - logq)).sum(-1), zero)
-    return logp, lse, ent, kl
+    return logp, lse, ent, kl, None

@@ -31,8 +31,9 @@ class _FusedLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, cfg, impl):
         fwd, bwd = _backend(impl, hidden.device)
         ref = (ref_h, ref_w, ref_b) if cfg.need_exact_kl else None
-        logp, lse, ent, kl = fwd(hidden, weight, bias, targets, rows, cfg, ref)
-        ctx.save_for_backward(hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, lse, ent, kl)
+        logp, lse, ent, kl, aux = fwd(hidden, weight, bias, targets, rows, cfg, ref)
+        ctx.save_for_backward(hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, lse, ent, kl,
+                              aux)
         ctx.cfg, ctx.bwd = cfg, bwd
         ctx.set_materialize_grads(False)
         return logp, lse, ent, kl
@@ -40,7 +41,7 @@ class _FusedLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp, g_lse, g_ent, g_kl):
-        hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, lse, ent, kl = ctx.saved_tensors
+        hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, lse, ent, kl, aux = ctx.saved_tensors
         cfg = ctx.cfg
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  bias is not None and ctx.needs_input_grad[2])
@@ -48,7 +49,7 @@ class _FusedLogprobs(torch.autograd.Function):
             return (None,) * 10
         ref = (ref_h, ref_w, ref_b) if cfg.need_exact_kl else None
         f = lambda g: None if g is None else g.float()  # noqa: E731
-        gh, gw, gb = ctx.bwd(hidden, weight, bias, targets, rows, cfg, ref, lse, ent, kl,
+        gh, gw, gb = ctx.bwd(hidden, weight, bias, targets, rows, cfg, ref, lse, ent, kl, aux,
                              f(g_lp), f(g_ent), f(g_kl), f(g_lse), needs)
         if gh is not None and gh.dtype != hidden.dtype:
             gh = gh.to(hidden.dtype)
@@ -172,7 +173,7 @@ def fused_logprobs(
 
     if impl == "naive":
         ref = (ref_h, ref_w, ref_b) if exact_kl else None
-        logp, lse, ent, kl = _torch_impl.naive_forward(hidden, weight, bias, targets, cfg, ref)
+        logp, lse, ent, kl, _ = _torch_impl.naive_forward(hidden, weight, bias, targets, cfg, ref)
     else:
         logp, lse, ent, kl = _FusedLogprobs.apply(hidden, weight, bias, safe_t, ref_h, ref_w,
                                                   ref_b, rows, cfg, impl)

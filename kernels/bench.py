@@ -1,0 +1,278 @@
+"""Benchmark: per-token log-probs of a linear head, forward and forward+backward.
+
+    python kernels/bench.py [--quick] [--cases N:H:V,...] [--providers ...] [--out FILE]
+
+Providers
+    naive   matmul → float → log_softmax → gather (materializes [N, V])
+    lce     torch.nn.functional.linear_cross_entropy(..., reduction="none",
+            options=torch.nn.LinearCrossEntropyOptions()), negated (torch's chunked op)
+    liger   liger_kernel LigerFusedLinearCrossEntropyLoss(reduction="none"), negated
+    ours    prefopt_kernels.fused_logprobs (impl="auto": Triton on CUDA, chunked torch on CPU)
+
+Each (case, provider) runs in a fresh subprocess, so one provider's allocations cannot hide
+another's.  Memory is the peak above what the process held after the inputs were built:
+    CPU   peak resident set size (VmHWM from /proc/self/status, reset through
+          /proc/self/clear_refs once the inputs exist) minus the RSS at that moment; torch's CPU
+          allocator returns large blocks to the OS, so this is what the operation really touched.
+    CUDA  torch.cuda.max_memory_allocated() minus memory_allocated() after the inputs.
+Gradients w.r.t. hidden and weight count as memory above inputs for every provider alike.
+Time is the median of --repeats runs after one warm-up; forward is timed with autograd
+recording (as in training).  Error is max |log p − log p_float64| over the tokens, and for
+the gradient max |∂/∂h − float64| / max|float64 ∂/∂h| with a fixed random upstream gradient,
+where the float64 reference is computed in row chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROVIDERS = ("naive", "lce", "liger", "ours")
+CPU_CASES = [(n, 512, v) for v in (32000, 128256) for n in (1024, 4096, 16384)]
+GPU_CASES = [(n, h, v) for (h, v) in ((4096, 128256), (2048, 151936)) for n in (4096, 16384)]
+NAIVE_LIMIT_BYTES = 16e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _provider_fn(name, torch, device):
+    F = torch.nn.functional
+    if name == "naive":
+        def fn(h, W, t):
+            return torch.log_softmax((h @ W.T).float(), -1).gather(1, t[:, None]).squeeze(1)
+        return fn
+    if name == "lce":
+        opts = torch.nn.LinearCrossEntropyOptions()
+
+        def fn(h, W, t):
+            return -F.linear_cross_entropy(h, W, t, reduction="none", options=opts)
+        return fn
+    if name == "liger":
+        from liger_kernel.transformers.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyLoss,
+        )
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
+
+        def fn(h, W, t):
+            return -loss(W, h, t).float()
+        return fn
+    if name == "ours":
+        sys.path.insert(0, os.path.dirname(HERE))
+        import prefopt_kernels
+
+        def fn(h, W, t):
+            return prefopt_kernels.fused_logprobs(h, W, t)
+        return fn
+    raise ValueError(name)
+
+
+def _reference(torch, h, W, t, g, chunk=256):
+    """float64 log-probs and ∂(Σ g·logp)/∂h, row-chunked so that it fits in memory."""
+    W64 = W.double()
+    lp = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+    gh = torch.empty(h.shape, dtype=torch.float64, device=h.device)
+    for i in range(0, h.shape[0], chunk):
+        l = h[i:i + chunk].double() @ W64.T
+        ls = torch.log_softmax(l, -1)
+        tt = t[i:i + chunk]
+        lp[i:i + chunk] = ls.gather(1, tt[:, None]).squeeze(1)
+        p = ls.exp_()
+        gg = g[i:i + chunk].double()
+        gh[i:i + chunk] = gg[:, None] * (W64[tt] - p @ W64)
+    return lp, gh
+
+
+def child(args) -> dict:
+    import torch
+
+    N, H, V = args.case
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    res = dict(provider=args.provider, N=N, H=H, V=V, dtype=args.dtype, device=args.device)
+    try:
+        fn = _provider_fn(args.provider, torch, device)
+    except Exception as e:  # missing optional dependency
+        return dict(res, status="n/a", reason=f"{type(e).__name__}: {e}")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(N, H, generator=gen).to(device, dtype).requires_grad_()
+    W = (torch.randn(V, H, generator=gen) / H**0.5 * 4).to(device, dtype).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=gen).to(device)
+    g = torch.randn(N, generator=gen).to(device)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def fwd_bwd():
+        h.grad = W.grad = None
+        lp = fn(h, W, t)
+        lp.backward(g.to(lp.dtype))
+        return lp
+
+    # memory: one cold-ish run (after a warm-up that also catches unsupported providers)
+    try:
+        fwd_bwd()
+        sync()
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return dict(res, status="n/a", reason=f"{type(e).__name__}: {msg}")
+    h.grad = W.grad = None
+    import gc
+    gc.collect()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+        _reset_hwm()
+    lp = fn(h, W, t)
+    sync()
+    peak_fwd = (torch.cuda.max_memory_allocated() if cuda else _hwm_bytes()) - base
+    lp.backward(g.to(lp.dtype))
+    sync()
+    peak = (torch.cuda.max_memory_allocated() if cuda else _hwm_bytes()) - base
+    lp_val = lp.detach().float()
+    gh = h.grad.detach().double()
+    del lp
+
+    def timed(f):
+        ts = []
+        for _ in range(args.repeats):
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    t_fwd = timed(lambda: fn(h, W, t))
+    t_fb = timed(fwd_bwd)
+    res.update(status="ok", fwd_s=t_fwd, fwd_bwd_s=t_fb, peak_fwd_mb=peak_fwd / 2**20,
+               peak_mb=peak / 2**20)
+    if not args.no_error:
+        ref_lp, ref_gh = _reference(torch, h.detach(), W.detach(), t, g)
+        res["max_err_logp"] = (lp_val.double() - ref_lp).abs().max().item()
+        res["max_rel_err_grad_h"] = ((gh - ref_gh).abs().max() / ref_gh.abs().max()).item()
+    return res
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+        return torch.cuda.get_device_name()
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {os.cpu_count()} cores, {model}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--cases", default=None, help="comma list of N:H:V, e.g. 4096:512:32000")
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="N=1024 and N=4096 at V=32000, 1 repeat")
+    ap.add_argument("--no-error", action="store_true", help="skip the float64 error columns")
+    ap.add_argument("--out", default=os.path.join(HERE, "bench_results.json"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--provider", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        args.case = tuple(int(x) for x in args.case.split(":"))
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    if args.cases:
+        cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
+    elif args.quick:
+        cases = [(1024, 512, 32000), (4096, 512, 32000)] if device == "cpu" else GPU_CASES[:1]
+    else:
+        cases = CPU_CASES if device == "cpu" else GPU_CASES
+    repeats = 1 if args.quick and args.repeats == 3 else args.repeats
+    esize = 4 if dtype == "float32" else 2
+    rows = []
+    print(f"device: {device_name(device)}; dtype {dtype}; torch {torch.__version__}", flush=True)
+    hdr = (f"{'N':>6} {'H':>5} {'V':>7} {'provider':>8} {'fwd s':>8} {'fwd+bwd s':>10} "
+           f"{'peak MB':>9} {'fwd MB':>8} {'err logp':>9} {'rel err dh':>10}")
+    print(hdr)
+    for case in cases:
+        N, H, V = case
+        for prov in args.providers.split(","):
+            # naive holds logits, log_softmax output and two [N, V] grads in fp32
+            naive_bytes = 4 * N * V * 4 + esize * N * V
+            if prov == "naive" and naive_bytes > NAIVE_LIMIT_BYTES:
+                r = dict(provider=prov, N=N, H=H, V=V, dtype=dtype, device=device, status="skipped",
+                         reason=f"naive would need ~{naive_bytes / 1e9:.0f} GB")
+            else:
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", "--provider", prov,
+                       "--case", f"{N}:{H}:{V}", "--device", device, "--dtype", dtype,
+                       "--repeats", str(repeats)] + (["--no-error"] if args.no_error else [])
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+                if line:
+                    r = json.loads(line[-1][7:])
+                else:
+                    tail = (p.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                    r = dict(provider=prov, N=N, H=H, V=V, dtype=dtype, device=device,
+                             status="failed", reason=f"exit {p.returncode}: {tail}")
+            rows.append(r)
+            if r["status"] == "ok":
+                print(f"{N:>6} {H:>5} {V:>7} {prov:>8} {r['fwd_s']:>8.3f} {r['fwd_bwd_s']:>10.3f} "
+                      f"{r['peak_mb']:>9.0f} {r['peak_fwd_mb']:>8.0f} "
+                      f"{r.get('max_err_logp', float('nan')):>9.2e} "
+                      f"{r.get('max_rel_err_grad_h', float('nan')):>10.2e}", flush=True)
+            else:
+                print(f"{N:>6} {H:>5} {V:>7} {prov:>8} {r['status']}: {r['reason']}", flush=True)
+    meta = dict(device=device_name(device), torch=torch.__version__, python=platform.python_version(),
+                date=datetime.date.today().isoformat(), dtype=dtype, repeats=repeats,
+                memory_method="CPU: VmHWM-RSS in a fresh subprocess; CUDA: max_memory_allocated",
+                results=rows)
+    with open(args.out, "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
