@@ -309,8 +309,9 @@ def prepare_rows(rows: list[dict], kind: str, cfg: DataConfig, source: str) -> l
     if found != kind:
         if kind == "prompt_only":
             return convert_rows(rows, found, kind, source)
+        to_kind = [c for c in CONVERSIONS if c.endswith(f"_to_{kind}")]
         hint = (f"; or data.convert={found}_to_{kind}" if f"{found}_to_{kind}" in CONVERSIONS
-                else f"; or data.convert set to one of: {_conversions_to(kind)}")
+                else f"; or data.convert set to one of: {', '.join(to_kind)}" if to_kind else "")
         missing = [c for c in _required_columns(kind, rows) if c not in rows[0]]
         loc = where(source, 0, missing[0]) if missing else source
         raise UserError(f"{loc}: this algorithm needs {kind} data but the columns found "
