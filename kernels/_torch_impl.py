@@ -19,9 +19,10 @@ import torch
 
 from ._common import Config
 
-# Bytes of one [C, V] float32 workspace buffer; up to four such buffers live at once
-# (logits, probabilities, reference logits, soft-cap derivative).
-CHUNK_BYTES = int(os.environ.get("PREFOPT_KERNELS_CHUNK_BYTES", 32 << 20))
+# Bytes of one [C, V] float32 workspace buffer.  Log-probs/lse use one buffer; entropy, exact
+# KL and soft-cap add up to three more (probabilities, reference logits, tanh derivative).
+# 64 MiB keeps C ≥ 512 rows at V = 32k, enough for MKL to run the GEMMs near full speed.
+CHUNK_BYTES = int(os.environ.get("PREFOPT_KERNELS_CHUNK_BYTES", 64 << 20))
 
 
 def _chunks(n_rows: int, vocab: int, rows: Optional[torch.Tensor]):

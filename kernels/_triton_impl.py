@@ -269,6 +269,13 @@ def _acc_mm(acc32, a, b):
     if a.dtype == torch.float32:
         acc32.addmm_(a, b)
         return
+    # bf16 GEMM with fp32 output straight into the accumulator (torch ≥ 2.8 on CUDA); the
+    # fallbacks cost a [V, H] temporary
+    try:
+        torch.addmm(acc32, a, b, out_dtype=torch.float32, out=acc32)
+        return
+    except (RuntimeError, TypeError):
+        pass
     try:
         acc32.add_(torch.mm(a, b, out_dtype=torch.float32))
     except (RuntimeError, TypeError):
