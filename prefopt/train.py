@@ -110,7 +110,7 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     from prefopt import data as D
     from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_trainer, typed
     from prefopt.evaluate import Evaluator, chat_prompt_ids
-    from prefopt.models import lazy_reference, load_policy, load_tokenizer, make_reference
+    from prefopt.models import lazy_reference, load_policy, load_reward_model, load_tokenizer, make_reference
     from prefopt.registry import get_objective
     from prefopt.rollout import HFSampler, SamplingConfig
     from prefopt.trainer import OfflineSource, Trainer, TrainingDiverged, peak_mem_mb, seed_everything
@@ -129,10 +129,11 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     data_name = cfg.data.get("name", "hf")
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
     seed = int(cfg.get("seed", 0))
-    needs = Obj.needs
     objective = Obj(acfg)
+    needs = objective.needs  # an objective may refine its class declaration from its config (no KL: no reference)
 
-    accelerator = Accelerator(cpu=tcfg.cpu)
+    # On a machine without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
+    accelerator = Accelerator(cpu=tcfg.cpu or not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     micro_per_step = check_trainer(tcfg, accelerator.num_processes)
     resume_from = None
@@ -187,37 +188,82 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
         eval_ids = [chat_prompt_ids(tok, p) for p in eval_texts]
 
     # 3. Models.
-    policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    # Objective hooks (optional, read by declaration, never by name): a data check / filter run
+    # before any model loads, and a collate that replaces data.collate (e.g. KTO's mismatched pairs).
+    prepare_examples = getattr(objective, "prepare_examples", None)
+    if prepare_examples is not None:
+        examples = prepare_examples(examples, rows, source_name)
+    pairwise_eval = None
+    if needs.head == "scalar":
+        # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
+        examples, pairwise_eval = _heldout_pairs(examples, rows, dcfg, acfg, tok, gold_fn, seed, source_name)
+        policy = load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed, pad_token_id=tok.pad_token_id)
+    else:
+        policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+    precompute_ref = needs.reference and getattr(acfg, "precompute_ref", False)
     reference = None
-    if needs.reference and not getattr(acfg, "precompute_ref", False):
+    if needs.reference and not precompute_ref:
         reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
     eval_reference = reference or lazy_reference(mcfg, base_path, vocab_size=len(tok), seed=seed, policy=policy)
     device = accelerator.device
     policy.to(device)
     eval_reference.to(device)
+    if precompute_ref:
+        # π_ref = the policy before any update: one no-grad pass, cached on disk; no reference model.
+        from prefopt import reference_cache
+
+        with accelerator.main_process_first():
+            examples = reference_cache.attach(
+                policy, examples, model_key=reference_cache.model_fingerprint(mcfg, base_path, seed),
+                batch_size=tcfg.examples_per_device, device=device, pad_token_id=tok.pad_token_id,
+                console=console if is_main else None)
+    objective_collate = getattr(objective, "collate", None)
+
+    def collate_examples(ex):
+        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else D.collate(ex, needs.data, tok.pad_token_id)
+        return reference_cache.add_to_batch(batch, ex) if precompute_ref else batch
 
     # 4. Batches, evaluation, trainer.
     world_size, rank = accelerator.num_processes, accelerator.process_index
-    source = OfflineSource(examples, lambda ex: D.collate(ex, needs.data, tok.pad_token_id),
+    source = OfflineSource(examples, collate_examples,
                            tcfg.examples_per_step, tcfg.examples_per_device, seed=seed, rank=rank, world_size=world_size)
     total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
+    # -- online methods (issue #4): reward source, value head, rollout source (prefopt/online.py) --
+    online = None
+    if needs.rollouts or needs.reward or needs.value_head:
+        from prefopt.online import setup_online
+
+        online = setup_online(cfg, objective, needs, acfg=acfg, examples=examples, policy=policy, reference=reference,
+                              tokenizer=tok, dcfg=dcfg, mcfg=mcfg, tcfg=tcfg, base_path=base_path, gold_fn=gold_fn,
+                              task=dcfg.testbed.task if data_name != "hf" else None, seed=seed, rank=rank,
+                              world_size=world_size, device=device)
+        if online.source is not None:
+            source, total_steps = online.source, online.total_steps
+    # -- end online methods --
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     scfg = SamplingConfig(temperature=ecfg.temperature, max_new_tokens=ecfg.max_new_tokens,
                           samples_per_prompt=ecfg.samples_per_prompt, prompts_per_batch=ecfg.prompts_per_batch)
     evaluator = Evaluator(tokenizer=tok, reference=eval_reference, prompts_text=eval_texts, prompts_ids=eval_ids,
-                          sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919)
+                          sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919,
+                          proxy_fn=online.proxy_fn if online else None)
+    evaluator = pairwise_eval or evaluator  # a scalar head: held-out pairwise accuracy instead
     trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
                       total_steps=total_steps, evaluator=evaluator, device=device, console=console)
     if is_main:
         n_params = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
+        if online is not None and online.source is not None:
+            batch_line = "".join(f"  {line}\n" for line in online.lines)
+        else:
+            batch_line = (f"  batch: {tcfg.examples_per_step} examples/step = {tcfg.examples_per_device} examples/device × "
+                          f"{world_size} process(es) × {micro_per_step} micro-batches; {total_steps} steps "
+                          f"(≈{total_steps / max(1, source.steps_per_epoch):.2f} epochs of {source.steps_per_epoch} steps)\n")
+            batch_line += "".join(f"  {line}\n" for line in (online.lines if online else []))
         console.print(
             f"[bold]prefopt[/] algo={acfg.name} data={data_name} model={mcfg.name} seed={seed} → {out_dir}\n"
             f"  data: {report.rows_kept}/{report.rows_in} rows kept ({report.dropped} dropped, {report.truncated} truncated), "
             f"{len(examples)} {needs.data} examples from {source_name}\n"
-            f"  batch: {tcfg.examples_per_step} examples/step = {tcfg.examples_per_device} examples/device × "
-            f"{world_size} process(es) × {micro_per_step} micro-batches; {total_steps} steps "
-            f"(≈{total_steps / max(1, source.steps_per_epoch):.2f} epochs of {source.steps_per_epoch} steps)\n"
+            f"{batch_line}"
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
             f"{type(reference).__name__ if reference else ('precomputed' if needs.reference else 'none')}; device: {device}"
         )
@@ -267,6 +313,43 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     return summary
 
 
+def _heldout_pairs(examples, rows, dcfg, acfg, tok, gold_fn, seed, source_name):
+    """(training pairs, PairwiseEvaluator on held-out pairs) for a scalar head (reward model).
+
+    Held out: ``data.eval_split`` when set (user data), else a seeded ``data.eval_fraction`` or
+    ``algo.eval_fraction`` of the pairs. On the testbed the gold reward of each held-out completion
+    is attached too, for accuracy against the gold ordering."""
+    import random
+
+    from prefopt import data as D
+    from prefopt.evaluate import PairwiseEvaluator
+
+    eval_examples = None
+    if getattr(dcfg, "eval_split", None) and dcfg.name == "hf":
+        eval_rows, _ = D.load_rows(dcfg, dcfg.eval_split)
+        eval_rows = D.prepare_rows(eval_rows, "paired", dcfg, f"{source_name}[{dcfg.eval_split}]")
+        eval_examples, _ = D.tokenize_rows(eval_rows, "paired", tok, dcfg, f"{source_name}[{dcfg.eval_split}]")
+        rows = eval_rows
+    else:
+        frac = dcfg.eval_fraction or getattr(acfg, "eval_fraction", 0.0)
+        if frac <= 0:
+            return examples, None
+        n_eval = max(1, round(len(examples) * frac))
+        if n_eval >= len(examples):
+            raise UserError(f"{source_name}: holding out {frac} of {len(examples)} pairs for evaluation leaves none "
+                            "to train on; accepted: a smaller algo.eval_fraction, or more pairs")
+        held = set(random.Random(seed).sample(range(len(examples)), n_eval))
+        eval_examples = [ex for i, ex in enumerate(examples) if i in held]
+        examples = [ex for i, ex in enumerate(examples) if i not in held]
+    gold = None
+    if gold_fn is not None:
+        text = lambda v: v if isinstance(v, str) else v[-1]["content"]  # noqa: E731
+        prompts = [ex["prompt_text"] for ex in eval_examples]
+        gold = list(zip(gold_fn(prompts, [text(rows[ex["row"]]["chosen"]) for ex in eval_examples]),
+                        gold_fn(prompts, [text(rows[ex["row"]]["rejected"]) for ex in eval_examples])))
+    return examples, PairwiseEvaluator(eval_examples, lambda ex: D.collate(ex, "paired", tok.pad_token_id), gold=gold)
+
+
 def print_summary(s: dict, console):
     from rich.table import Table
 
@@ -281,6 +364,9 @@ def print_summary(s: dict, console):
     t.add_row("KL(π‖π_ref)", f(ev.get("kl_to_ref")), "0.000")
     t.add_row("mean length (tokens)", f(ev.get("mean_length")), f(ev.get("mean_length_ref")))
     t.add_row("repetition rate", f(ev.get("repetition_rate")), "")
+    if ev.get("pairwise_accuracy") is not None:  # a reward model
+        t.add_row("held-out pairwise accuracy", f(ev.get("pairwise_accuracy")), "")
+        t.add_row("… against the gold ordering", f(ev.get("pairwise_accuracy_gold")), "")
     console.print(t)
     console.print(f"  wall {s['wall_time_s']:.1f}s, {s['tokens_per_s']:,.0f} tokens/s, peak memory {s['peak_mem_mb']:,.0f} MB")
 
