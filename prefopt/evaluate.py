@@ -6,6 +6,9 @@ repetition.
 - KL(π‖π_ref): mean over π's sampled completions of Σ_t KL(π(·|x,y_<t) ‖ π_ref(·|x,y_<t)), the exact
   per-token KL over the whole vocabulary (no sampling noise inside a position);
 - repetition rate: the fraction of a completion's words that already appeared earlier in it.
+
+A reward model (scalar head) is evaluated by :class:`PairwiseEvaluator` instead: accuracy on
+held-out preference pairs.
 """
 
 from __future__ import annotations
@@ -121,4 +124,65 @@ class Evaluator:
         if self.proxy_fn is not None:
             proxy = self.proxy_fn(prompts, texts)
             res["proxy_reward"] = sum(proxy) / len(proxy)
+        return res
+
+
+class PairwiseEvaluator:
+    """Callable(model) -> the ``eval`` block for a scalar head (a reward model): accuracy on
+    held-out preference pairs, never trained on.
+
+    - pairwise_accuracy: fraction of pairs with r(chosen) > r(rejected), ties counted 1/2;
+    - pairwise_accuracy_gold: the same against the gold reward's ordering, over the pairs whose gold
+      rewards differ (testbed only; null otherwise). The labels themselves are Bradley–Terry draws
+      on the gold reward, so this is what the reward model is really for;
+    - label_accuracy_gold: how often the held-out labels agree with the gold ordering (the
+      labels' own noise, for scale);
+    - reward_margin: mean r(chosen) − r(rejected); reward_mean / reward_std over all completions.
+
+    The generative fields of the summary's eval block are null."""
+
+    GENERATIVE = ("gold_reward", "gold_reward_ref", "win_rate_vs_ref", "kl_to_ref", "proxy_reward", "mean_length",
+                  "mean_length_ref", "repetition_rate")
+
+    def __init__(self, examples: list, collate: Callable, gold: Optional[list] = None, batch_size: int = 64):
+        self.examples = examples
+        self.collate = collate
+        self.gold = gold
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def scores(self, model):
+        from prefopt.logprobs import Scorer
+
+        device = next(model.parameters()).device
+        scorer = Scorer(model)
+        r_c, r_r = [], []
+        for i in range(0, len(self.examples), self.batch_size):
+            b = self.collate(self.examples[i : i + self.batch_size])
+            b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            r_c += scorer.scores(b, "chosen").tolist()
+            r_r += scorer.scores(b, "rejected").tolist()
+        return r_c, r_r
+
+    def __call__(self, model) -> dict:
+        r_c, r_r = self.scores(model)
+        n = len(r_c)
+        win = lambda a, b: 1.0 if a > b else 0.5 if a == b else 0.0  # noqa: E731
+        res = {k: None for k in self.GENERATIVE}
+        allr = r_c + r_r
+        mean = sum(allr) / len(allr)
+        res.update({
+            "pairwise_accuracy": sum(win(a, b) for a, b in zip(r_c, r_r)) / n,
+            "pairwise_accuracy_gold": None,
+            "label_accuracy_gold": None,
+            "reward_margin": sum(a - b for a, b in zip(r_c, r_r)) / n,
+            "reward_mean": mean,
+            "reward_std": (sum((r - mean) ** 2 for r in allr) / len(allr)) ** 0.5,
+            "num_pairs": n,
+        })
+        if self.gold is not None:
+            decided = [(a, b, gc > gr) for a, b, (gc, gr) in zip(r_c, r_r, self.gold) if gc != gr]
+            if decided:
+                res["pairwise_accuracy_gold"] = sum(win(a, b) if c_wins else win(b, a) for a, b, c_wins in decided) / len(decided)
+                res["label_accuracy_gold"] = sum(c_wins for _, _, c_wins in decided) / len(decided)
         return res

@@ -186,6 +186,13 @@ class Scorer:
             self.policy, batch[ids], batch[am], batch[lm], temperature=self.temperature, return_entropy=entropy
         )
 
+    def scores(self, batch, side: Optional[str] = None) -> torch.Tensor:
+        """[B] fp32 scores of a sequence classifier with one output (a reward model), read at the
+        last non-pad token exactly as ``AutoModelForSequenceClassification`` pools them, so a saved
+        reward model scores what was trained. The one log-prob-free path."""
+        ids, am, _ = side_keys(side)
+        return self.policy(input_ids=batch[ids], attention_mask=batch[am], use_cache=False).logits[:, 0].float()
+
     @torch.no_grad()
     def ref_logps(self, batch, side: Optional[str] = None) -> TokenStats:
         ids, am, lm = side_keys(side)

@@ -114,7 +114,7 @@ def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Option
     return model
 
 
-def apply_lora(model, cfg: ModelConfig):
+def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.load_in_4bit:
@@ -126,12 +126,71 @@ def apply_lora(model, cfg: ModelConfig):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=target,
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS: peft keeps the score head trainable (modules_to_save)
     )
     try:
         return get_peft_model(model, lcfg)
     except ValueError as e:
         raise UserError(f"model.lora.target_modules: {str(e).splitlines()[0]}") from None
+
+
+# ---- reward model (a sequence classifier with one output) --------------------------------------
+
+
+def load_reward_model(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0,
+                      pad_token_id: Optional[int] = None):
+    """An ``AutoModelForSequenceClassification`` with num_labels=1, initialized from the same base
+    as a policy would be (a checkpoint's decoder plus a new score head, or a random ``model.arch``),
+    with pad_token_id set so it scores the last non-pad token; LoRA (task SEQ_CLS) and 4-bit as for
+    the policy."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = path or cfg.name_or_path
+    tmp = None
+    kw = dict(num_labels=1, pad_token_id=pad_token_id)
+    if cfg.arch is not None:
+        arch = dict(cfg.arch)
+        model_type = arch.pop("model_type", None)
+        if model_type is None:
+            raise UserError("model.arch needs a 'model_type' key (e.g. llama, qwen2, mistral, gemma2)")
+        arch.setdefault("vocab_size", vocab_size)
+        try:
+            config = AutoConfig.for_model(model_type, **arch, **kw)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"model.arch: {str(e).splitlines()[0]}") from None
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        if cfg.load_in_4bit:
+            tmp = tempfile.TemporaryDirectory(prefix="prefopt-arch-")
+            model.save_pretrained(tmp.name)
+            path, model = tmp.name, None
+        else:
+            model = model.to(torch_dtype(cfg.dtype) if cfg.dtype != "auto" else torch.float32)
+    else:
+        model = None
+        _check_path(path, "model.name_or_path")
+    if model is None:
+        load_kw = dict(dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+                       quantization_config=_quantization(cfg), **kw)
+        if cfg.attn_implementation:
+            load_kw["attn_implementation"] = cfg.attn_implementation
+        torch.manual_seed(seed)  # the new score head's initialization
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **load_kw)
+        except (OSError, ValueError) as e:
+            raise UserError(f"model.name_or_path: cannot load '{path}' as a sequence classifier "
+                            f"({str(e).splitlines()[0]})") from None
+    if tmp is not None:
+        tmp.cleanup()
+    model.config.pad_token_id = pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.r > 0:
+        model = apply_lora(model, cfg, task_type="SEQ_CLS")
+    elif cfg.load_in_4bit:
+        raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
+    return model
 
 
 def is_peft(model) -> bool:
@@ -237,5 +296,11 @@ def lazy_reference(cfg: ModelConfig, path: Optional[str], vocab_size=None, seed:
 def save_model(model, tokenizer, out_dir: str):
     """Standard HF artifacts: the full model or, under LoRA, the adapter; plus the tokenizer."""
     os.makedirs(out_dir, exist_ok=True)
+    if is_peft(model) and getattr(model.peft_config.get("default"), "task_type", None) == "SEQ_CLS" \
+            and getattr(model.get_base_model().config, "quantization_config", None) is None:
+        # Reward models are consumed by plain AutoModelForSequenceClassification (the online
+        # methods, other tools): merge the adapters into the weights and save the full model.
+        # (QLoRA reward models keep the adapter: merging would re-quantize the base.)
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -11,6 +11,13 @@ An objective is a class with:
 - ``loss(self, batch, scorer) -> (loss_sum, metric_sums)``: the loss summed over units, and metrics
   summed over the same units (the trainer reports them divided by the unit count).
 
+Optional hooks (train.py calls them when present, never by name):
+
+- ``prepare_examples(self, examples, rows, source) -> examples``: checks and filters the tokenized
+  examples before any model loads (raise UserError for bad input), or attaches per-example data;
+- ``collate(self, examples, pad_token_id) -> batch``: replaces ``data.collate`` (e.g. to add extra
+  sequences per example).
+
 Nothing outside this module maps algorithm names to code.
 """
 

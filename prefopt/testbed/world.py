@@ -230,8 +230,14 @@ def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
     """The rows for a data kind plus what evaluation needs. Pairs are only sampled when asked for."""
     task = get_task(tb.task)
     policy = sft_policy_path(tb, console)
-    if kind in ("paired", "unpaired"):
+    if kind == "paired":
         rows = preference_rows(tb, policy, console)
+    elif kind == "unpaired":
+        # The testbed's native unpaired data: every pair split into (chosen, desirable) and
+        # (rejected, undesirable), as data.convert=paired_to_unpaired does for a user's pairs.
+        from prefopt.data import convert_rows
+
+        rows = convert_rows(preference_rows(tb, policy, console), "paired", "unpaired", f"testbed:{tb.task}")
     elif kind == "demonstrations":
         rows = demonstration_rows(task, tb.pair_prompts, tb.pair_seed + 1)
     else:  # prompt_only

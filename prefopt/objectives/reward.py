@@ -1,0 +1,98 @@
+r"""Bradley–Terry reward model (Bradley & Terry, 1952; as trained for RLHF by Ouyang et al., 2022,
+arXiv:2203.02155, eq. 1).
+
+A sequence classifier with one output scores a prompt + completion: r(x, y) ∈ ℝ, read at the last
+non-pad token (exactly how ``AutoModelForSequenceClassification`` pools, so the saved artifact
+scores what was trained). For a pair (x, y_c ≻ y_r) with an optional margin m (data column
+``margin``, Llama 2's graded preferences, Touvron et al. 2023, eq. 2; 0 when absent):
+
+    L = −log σ(r(x, y_c) − r(x, y_r) − m) + c · (r(x, y_c) + r(x, y_r))²
+
+The second term (c = ``center_rewards_coefficient``, off by default) keeps rewards centred on 0
+(Eisenstein et al., 2023, arXiv:2312.09244); the Bradley–Terry likelihood only sees differences,
+so without it the mean reward drifts freely. Both terms and the margin match TRL's RewardTrainer.
+
+Ties: a Bradley–Terry pair says which completion won, so a pair with no winner carries no
+signal. A row is a tie when it has a true ``tie`` column, or ``score_chosen == score_rejected``
+(UltraFeedback-style score columns). Ties are dropped before training (the count is reported);
+data made only of ties is a user error. ``margin = 0`` is *not* a tie: it is a preference with no
+extra margin. (chosen identical to rejected is rejected earlier by the data checks.)
+
+The run holds out a seeded ``eval_fraction`` of the pairs (unless the data config names an eval
+split), never trained on, and reports pairwise accuracy on them, plus accuracy against the gold
+reward's ordering on the testbed. ``model/`` is a standard ``AutoModelForSequenceClassification``
+(num_labels=1, pad_token_id set) that the online methods can use as their reward.
+
+The loss is summed over pairs; the trainer divides by the step's pair count.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch.nn.functional as F
+
+from prefopt.errors import UserError
+from prefopt.registry import Needs, register
+
+
+def is_tie(row: dict) -> bool:
+    if row.get("tie") is True or row.get("tie") == 1:
+        return True
+    sc, sr = row.get("score_chosen"), row.get("score_rejected")
+    return sc is not None and sr is not None and sc == sr
+
+
+@register("reward")
+class RewardModel:
+    needs = Needs(data="paired", head="scalar")
+
+    @dataclass
+    class Config:
+        name: str = "reward"
+        center_rewards_coefficient: Optional[float] = None
+        eval_fraction: float = 0.1  # held-out pairs for pairwise accuracy (seeded), never trained on
+
+        def __post_init__(self):
+            c = self.center_rewards_coefficient
+            if c is not None and c < 0:
+                raise UserError(f"algo.center_rewards_coefficient={c} must be >= 0 (or null)")
+            if not 0.0 <= self.eval_fraction < 1.0:
+                raise UserError(f"algo.eval_fraction={self.eval_fraction} must be in [0, 1)")
+
+    def __init__(self, cfg: "RewardModel.Config"):
+        self.cfg = cfg
+
+    def prepare_examples(self, examples: list, rows: list, source: str) -> list:
+        kept = [ex for ex in examples if not is_tie(rows[ex["row"]])]
+        if not kept:
+            raise UserError(f"{source}: all {len(examples)} pairs are ties (a true 'tie' column, or score_chosen == "
+                            "score_rejected); a Bradley-Terry reward model needs pairs with a winner; accepted: "
+                            "data where chosen is preferred to rejected")
+        if len(kept) < len(examples):
+            warnings.warn(f"reward: dropped {len(examples) - len(kept)} of {len(examples)} pairs that are ties",
+                          stacklevel=2)
+        return kept
+
+    def units(self, batch) -> int:
+        return batch["chosen_input_ids"].shape[0]
+
+    def loss(self, batch, scorer):
+        c = self.cfg.center_rewards_coefficient or 0.0
+        r_c = scorer.scores(batch, "chosen")
+        r_r = scorer.scores(batch, "rejected")
+        m = batch["margin"].to(r_c) if "margin" in batch else 0.0
+
+        L = -F.logsigmoid(r_c - r_r - m)
+        if c:
+            L = L + c * (r_c + r_r) ** 2
+
+        metrics = {
+            "accuracy": (r_c > r_r).float().sum(),
+            "margin": (r_c - r_r).detach().sum(),
+            "rewards/chosen": r_c.detach().sum(),
+            "rewards/rejected": r_r.detach().sum(),
+        }
+        return L.sum(), metrics

@@ -1,0 +1,184 @@
+"""Precomputed reference log-probs (``algo.precompute_ref=true``).
+
+Offline methods compare the policy with π_ref on a fixed dataset, so π_ref's log-probs can be
+computed once, before the first update, instead of at every step. The policy itself *is* π_ref
+before any update, so no reference model is ever loaded: one no-grad pass through the same fused
+log-prob path (``token_stats``), in eval mode. The per-token log-probs are attached to each
+tokenized example (``{field}_ref_logps`` next to ``{field}_ids``) and collated into the batch as
+``{side}_ref_logps`` [B, T], where ``Scorer.ref_logps`` reads them; nothing but those floats stays
+in memory during training.
+
+Cache: one file per (model fingerprint, data fingerprint) under ``$PREFOPT_CACHE/reference_logps``
+(default ~/.cache/prefopt). The model fingerprint covers what decides π_ref's numbers (weights
+source and their files, dtype, 4-bit, attention implementation, random-init arch + seed); the data
+fingerprint is a hash of every token id, so any change of data, tokenizer, template or truncation
+gives a new entry. Writes go to a temporary file renamed into place under a file lock, so parallel
+jobs (Hydra's joblib launcher) compute an entry once and never read a half-written one.
+
+Which sequences: every ``X_ids`` list of an example other than ``prompt_ids`` is scored as
+prompt + X. Its batch side is None for ``completion`` (batch keys ``input_ids``...),
+``kl`` for ``kl_completion`` (KTO's mismatched pairs: ``kl_input_ids``...), and X otherwise
+(``chosen``, ``rejected``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+import torch
+from filelock import FileLock
+
+from prefopt.logprobs import token_stats
+
+VERSION = 1
+
+
+def cache_dir() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt")), "reference_logps")
+
+
+def sequence_fields(example: dict) -> list:
+    return sorted(k[: -len("_ids")] for k, v in example.items()
+                  if k.endswith("_ids") and k != "prompt_ids" and isinstance(v, (list, tuple)))
+
+
+def side_of(field: str) -> Optional[str]:
+    if field == "completion":
+        return None
+    if field.endswith("_completion"):
+        return field[: -len("_completion")]
+    return field
+
+
+def _files_signature(path: str) -> list:
+    """(name, size, mtime) of a local model directory's files; a hub id stands for itself."""
+    p = os.path.expanduser(path)
+    if not os.path.isdir(p):
+        return [path]
+    out = []
+    for name in sorted(os.listdir(p)):
+        if name.endswith((".safetensors", ".bin", ".json", ".model")):
+            st = os.stat(os.path.join(p, name))
+            out.append((name, st.st_size, int(st.st_mtime)))
+    return [os.path.realpath(p), out]
+
+
+def model_fingerprint(mcfg, path: Optional[str], seed: int) -> str:
+    key = {
+        "v": VERSION,
+        "weights": _files_signature(path) if path and mcfg.arch is None else None,
+        "arch": mcfg.arch,
+        "seed": seed if mcfg.arch is not None else None,  # random init depends on the seed
+        "dtype": mcfg.dtype,
+        "4bit": [mcfg.load_in_4bit, mcfg.bnb_4bit_compute_dtype if mcfg.load_in_4bit else None],
+        "attn": mcfg.attn_implementation,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(examples: list) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        for f in ["prompt"] + sequence_fields(ex):
+            h.update(f.encode())
+            h.update(torch.tensor(ex[f"{f}_ids"], dtype=torch.int64).numpy().tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 0, temperature: float = 1.0) -> dict:
+    """{field: [fp32 tensor of len(X_ids)] per example}: log p_model(x_t | x_<t) of each
+    completion token, in eval mode (π_ref is a fixed function of its input)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    try:
+        for f in sequence_fields(examples[0]):
+            vals = []
+            # Sorting by length keeps padding (and wasted work) low; results go back in order.
+            order = sorted(range(len(examples)), key=lambda i: len(examples[i]["prompt_ids"]) + len(examples[i][f"{f}_ids"]))
+            by_index = {}
+            for j in range(0, len(order), batch_size):
+                idx = order[j : j + batch_size]
+                seqs = [(examples[i]["prompt_ids"], examples[i][f"{f}_ids"]) for i in idx]
+                T = max(len(p) + len(c) for p, c in seqs)
+                ids = torch.full((len(idx), T), pad_token_id, dtype=torch.long)
+                am = torch.zeros((len(idx), T), dtype=torch.long)
+                lm = torch.zeros((len(idx), T), dtype=torch.bool)
+                for b, (p, c) in enumerate(seqs):
+                    ids[b, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
+                    am[b, : len(p) + len(c)] = 1
+                    lm[b, len(p) : len(p) + len(c)] = True
+                st = token_stats(model, ids.to(device), am.to(device), lm.to(device), temperature=temperature)
+                lp = st.logps.float().cpu()
+                for b, (i, (p, c)) in enumerate(zip(idx, seqs)):
+                    by_index[i] = lp[b, len(p) : len(p) + len(c)].clone()
+            vals = [by_index[i] for i in range(len(examples))]
+            out[f] = vals
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _save(path: str, values: dict):
+    flat = {f: (torch.cat(v) if v else torch.zeros(0), torch.tensor([len(x) for x in v], dtype=torch.long))
+            for f, v in values.items()}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(flat, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: str) -> dict:
+    flat = torch.load(path, map_location="cpu")
+    return {f: list(torch.split(vals, lens.tolist())) for f, (vals, lens) in flat.items()}
+
+
+def attach(model, examples: list, *, model_key: str, batch_size: int, device, pad_token_id: int = 0,
+           temperature: float = 1.0, console=None) -> list:
+    """Examples with ``{field}_ref_logps`` attached, read from the cache or computed (once) and cached."""
+    if not examples:
+        return examples
+    os.makedirs(cache_dir(), exist_ok=True)
+    key = f"{model_key}-{data_fingerprint(examples)}-t{temperature:g}"
+    path = os.path.join(cache_dir(), f"{key}.pt")
+    with FileLock(path + ".lock"):
+        if os.path.exists(path):
+            values = _load(path)
+            if console is not None:
+                console.print(f"  reference log-probs: cached ({path})")
+        else:
+            if console is not None:
+                console.print(f"  reference log-probs: one pass over {len(examples)} examples with the initial policy → {path}")
+            values = compute(model, examples, batch_size, device, pad_token_id, temperature)
+            _save(path, values)
+    out = []
+    for i, ex in enumerate(examples):
+        ex = dict(ex)
+        for f, v in values.items():
+            if len(v[i]) != len(ex[f"{f}_ids"]):  # a fingerprint collision or a corrupted file: never guess
+                raise RuntimeError(f"reference cache {path}: example {i} field {f} length mismatch")
+            ex[f"{f}_ref_logps"] = v[i]
+        out.append(ex)
+    return out
+
+
+def add_to_batch(batch: dict, examples: list) -> dict:
+    """Collate the examples' ``{field}_ref_logps`` into ``{side}_ref_logps`` [B, T] fp32, aligned
+    with the batch's ``{side}_loss_mask`` (completion token t at position len(prompt) + t)."""
+    for f in sequence_fields(examples[0]):
+        if f"{f}_ref_logps" not in examples[0]:
+            continue
+        side = side_of(f)
+        p = f"{side}_" if side else ""
+        T = batch[f"{p}input_ids"].shape[1]
+        ref = torch.zeros(len(examples), T, dtype=torch.float32)
+        for b, ex in enumerate(examples):
+            start = len(ex["prompt_ids"])
+            v = ex[f"{f}_ref_logps"]
+            ref[b, start : start + len(v)] = v
+        batch[f"{p}ref_logps"] = ref
+    return batch
