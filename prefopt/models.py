@@ -19,6 +19,23 @@ from prefopt.logprobs import token_stats
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+@contextmanager
+def dropout_off(model):
+    """Inference behaviour without ``model.eval()``: switch off only the dropout layers.
+
+    Why not eval(): bitsandbytes repacks 4-bit CPU weights the first time a Linear4bit runs in
+    eval mode, and its repacked path adds the bias in place, which breaks autograd for every
+    later training step. Decoder LMs have no other train/eval-dependent layers."""
+    flipped = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in flipped:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m in flipped:
+            m.training = True
+
+
 def torch_dtype(name: str):
     try:
         return DTYPES[name]
@@ -235,11 +252,8 @@ class AdapterDisabledReference:
 
     @contextmanager
     def active(self):
-        was_training = self.policy.training
-        self.policy.eval()
-        with self.policy.disable_adapter():
+        with dropout_off(self.policy), self.policy.disable_adapter():
             yield self.policy
-        self.policy.train(was_training)
 
 
 class LazyReference:

@@ -276,6 +276,7 @@ class Trainer:
         self.state.train_time_s += dt - gen_s
         self.state.gen_time_s += gen_s
         row = {"step": self.state.step, "loss": loss_total, "lr": lr, "tokens": tokens, "step_time_s": dt}
+        row.update(getattr(self.source, "last_metrics", None) or {})  # e.g. an online source's rollout statistics
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
         for k, v in metric_sums.items():
@@ -316,8 +317,8 @@ class Trainer:
     def evaluate(self):
         if not self.is_main or self.evaluator is None:
             return None
-        self.policy.eval()
-        with torch.no_grad():
+        from prefopt.models import dropout_off
+
+        with torch.no_grad(), dropout_off(self.policy):
             out = self.evaluator(self.policy)
-        self.policy.train()
         return out
