@@ -53,7 +53,8 @@ def _logit_tile(h_ptr, stride_hn, stride_hk, row_idx, row_mask,
         k_mask = kk < H
         a = tl.load(h_ptr + row_idx[:, None] * stride_hn + kk[None, :] * stride_hk,
                     mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        bt = tl.load(w_ptr + offs_v[None, :] * stride_wv + kk[:, None] * stride_wk,
+        # int64 offsets: V·H passes 2³¹ for large heads (e.g. 256k × 8192)
+        bt = tl.load(w_ptr + offs_v.to(tl.int64)[None, :] * stride_wv + kk[:, None] * stride_wk,
                      mask=v_mask[None, :] & k_mask[:, None], other=0.0)
         acc = tl.dot(a, bt.to(a.dtype), acc, input_precision=PREC)
     acc = acc * mult
@@ -167,7 +168,7 @@ def _bwd_kernel(h_ptr, stride_hn, stride_hk, rows_ptr, t_ptr, n_rows,
         t = tl.where(v_mask[None, :], l, 0.0) / cap_out
         g = g * (cap_out * (1.0 - t * t))
     g = g * mult
-    ptrs = g_ptr + offs_m[:, None] * stride_gn + offs_v[None, :]
+    ptrs = g_ptr + offs_m.to(tl.int64)[:, None] * stride_gn + offs_v[None, :]
     tl.store(ptrs, g.to(g_ptr.dtype.element_ty), mask=row_mask[:, None] & v_mask[None, :])
 
 

@@ -62,6 +62,14 @@ def _reset_hwm() -> None:
         f.write("5")
 
 
+def _loadavg() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
 def _provider_fn(name, torch, device):
     F = torch.nn.functional
     if name == "naive":
@@ -249,10 +257,13 @@ def main(argv=None):
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", "--provider", prov,
                        "--case", f"{N}:{H}:{V}", "--device", device, "--dtype", dtype,
                        "--repeats", str(repeats)] + (["--no-error"] if args.no_error else [])
+                load0 = _loadavg()
                 p = subprocess.run(cmd, capture_output=True, text=True)
                 line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
                 if line:
                     r = json.loads(line[-1][7:])
+                    # other processes on the machine slow every provider alike; kept for the record
+                    r["loadavg_1min"] = [load0, _loadavg()]
                 else:
                     tail = (p.stderr.strip().splitlines() or ["no output"])[-1][:200]
                     r = dict(provider=prov, N=N, H=H, V=V, dtype=dtype, device=device,

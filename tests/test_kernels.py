@@ -293,3 +293,16 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     h, W, b, t, _ = _inputs()
     with pytest.raises(ValueError):
         pk.fused_logprobs(h, W, t, impl="triton")
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive"])
+def test_all_rows_ignored_and_empty(impl):
+    h, W, b, t, _ = _inputs()
+    h.requires_grad_()
+    W.requires_grad_()
+    out = pk.fused_logprobs(h, W, torch.full_like(t, -100), return_entropy=True, impl=impl)
+    assert out.logprobs.abs().max().item() == 0 and out.entropy.abs().max().item() == 0
+    (out.logprobs.sum() + out.entropy.sum()).backward()
+    assert h.grad.abs().max().item() == 0 and W.grad.abs().max().item() == 0
+    empty = pk.fused_logprobs(h[:0], W, t[:0], impl=impl)
+    assert empty.shape == (0,)

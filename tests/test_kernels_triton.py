@@ -68,3 +68,12 @@ else:
                                   impl=impl, **extra) for impl in ("triton", "torch")]
         for a, c in zip(*outs):
             close(a, c)
+
+    def test_all_rows_ignored():
+        h, W, b, t, _ = _inputs()
+        h.requires_grad_()
+        out = pk.fused_logprobs(h, W, torch.full_like(t, -100), return_entropy=True,
+                                impl="triton")
+        assert out.logprobs.abs().max().item() == 0 and out.entropy.abs().max().item() == 0
+        (out.logprobs.sum() + out.entropy.sum()).backward()
+        assert h.grad.abs().max().item() == 0
