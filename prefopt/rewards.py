@@ -1,0 +1,249 @@
+"""Reward sources for online methods (config group ``reward``, conf/reward/*.yaml).
+
+    reward=auto                      the testbed task's gold reward on testbed data (the default;
+                                     needs no trained reward model); an error on a user's data
+    reward=arith_exact | reviews_gold  the testbed's gold rewards as callables
+    reward=function reward.function=MODULE:FUNCTION
+                                     fn(prompts: list[str], completions: list[str], **kw) -> list[float]
+                                     kw: prompt_ids, completion_ids, finished (and reward.kwargs)
+    reward=model reward.path=DIR     any HF sequence-classification checkpoint with one output
+                                     (e.g. the model/ of an ``algo=reward`` run)
+    reward=sum reward.terms=[...]    Σ_i weight_i · term_i, each term a function or a model
+
+Then, in this order: ``missing_eos_penalty`` is subtracted from completions that hit
+max_new_tokens without EOS (TRL's option of the same name), and the total is clipped to
+[−clip, clip] when ``clip`` is set. A source returns a float32 tensor [N].
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from prefopt.errors import UserError
+
+KINDS = ("auto", "function", "model", "sum")
+
+
+@dataclass
+class RewardTerm:
+    kind: str = "function"  # function | model
+    function: Optional[str] = None  # MODULE:FUNCTION
+    path: Optional[str] = None  # sequence-classification checkpoint
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)  # extra keyword arguments of the function
+
+
+@dataclass
+class RewardConfig:
+    """The ``reward`` config group."""
+
+    name: str = "auto"
+    kind: str = "auto"  # auto | function | model | sum
+    function: Optional[str] = None
+    path: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
+    terms: list[RewardTerm] = field(default_factory=list)  # kind=sum
+    missing_eos_penalty: Optional[float] = None  # subtracted when a completion has no EOS
+    clip: Optional[float] = None  # clip the total to [−clip, clip]
+    sequences_per_device: int = 64  # reward-model batch
+
+
+# ---- sources ------------------------------------------------------------------------------------
+
+
+class FunctionReward:
+    def __init__(self, spec: Optional[str], kwargs: Optional[dict] = None, key: str = "reward.function"):
+        self.fn = load_function(spec, key)
+        self.kwargs = dict(kwargs or {})
+        self.name = spec.split(":")[-1]
+        self.key = key
+
+    def __call__(self, prompts, completions, **kw) -> torch.Tensor:
+        out = self.fn(prompts, completions, **kw, **self.kwargs)
+        try:
+            vals = [float(v) for v in out]
+        except (TypeError, ValueError):
+            raise UserError(f"{self.key}: {self.name} must return a list of numbers, one per completion; "
+                            f"got {type(out).__name__}") from None
+        if len(vals) != len(completions):
+            raise UserError(f"{self.key}: {self.name} returned {len(vals)} rewards for {len(completions)} completions; "
+                            "accepted: one number per completion")
+        return torch.tensor(vals, dtype=torch.float32)
+
+
+def load_function(spec: Optional[str], key: str = "reward.function") -> Callable:
+    if not spec or ":" not in spec:
+        raise UserError(f"{key}='{spec}': expected MODULE:FUNCTION, e.g. prefopt.testbed.rewards:arith_exact_match")
+    module, _, name = spec.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"{key}='{spec}': cannot import module '{module}' ({str(e).splitlines()[0]}); "
+                        "accepted: an importable MODULE:FUNCTION") from None
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise UserError(f"{key}='{spec}': module '{module}' has no function '{name}'; accepted: an importable "
+                        "MODULE:FUNCTION with signature fn(prompts, completions, **kw) -> list[float]")
+    return fn
+
+
+class ModelReward:
+    """A sequence classifier with one output, scored on prompt + completion at the last non-pad
+    token, exactly as ``AutoModelForSequenceClassification`` pools (the way ``algo=reward`` trains).
+
+    When the reward model's tokenizer has the policy's vocabulary, it scores the very token ids
+    that were sampled (prompt ids + completion ids, as in training pairs); otherwise it
+    re-tokenizes the text through its own chat template."""
+
+    def __init__(self, path: Optional[str], policy_tokenizer, device=None, batch_size: int = 64, key: str = "reward.path"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not path:
+            raise UserError(f"{key} is missing; accepted: {key}=DIR, a sequence-classification checkpoint "
+                            "(e.g. the model/ directory of an algo=reward run)")
+        local = os.path.expanduser(path)
+        if not os.path.isdir(local) or not os.path.exists(os.path.join(local, "config.json")):
+            raise UserError(f"{key}: '{path}' is not a model directory (no config.json); accepted: a directory with an "
+                            "HF sequence-classification checkpoint, e.g. the model/ of an algo=reward run")
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(local)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{key}: cannot load '{path}' as a sequence classifier ({str(e).splitlines()[0]})") from None
+        if self.model.config.num_labels != 1:
+            raise UserError(f"{key}: '{path}' has num_labels={self.model.config.num_labels}; accepted: a reward model "
+                            "with one output (num_labels=1)")
+        try:
+            self.tok = AutoTokenizer.from_pretrained(local)
+        except (OSError, ValueError):
+            self.tok = policy_tokenizer
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tok.pad_token_id
+        self.same_vocab = self.tok.get_vocab() == policy_tokenizer.get_vocab()
+        self.device = device or torch.device("cpu")
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+        self.name = "reward_model"
+
+    def _text_ids(self, prompt: str, completion: str) -> list:
+        if getattr(self.tok, "chat_template", None):
+            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt},
+                                                {"role": "assistant", "content": completion}], tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return self.tok(prompt + completion)["input_ids"]
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None, **kw) -> torch.Tensor:
+        if self.same_vocab and prompt_ids is not None and completion_ids is not None:
+            seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+        else:
+            seqs = [self._text_ids(p, c) for p, c in zip(prompts, completions)]
+        out = []
+        pad = self.model.config.pad_token_id
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i : i + self.batch_size]
+            T = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+            am = torch.zeros((len(chunk), T), dtype=torch.long)
+            for j, s in enumerate(chunk):
+                ids[j, : len(s)] = torch.tensor(s)
+                am[j, : len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=am.to(self.device), use_cache=False).logits
+            out.append(logits[:, 0].float().cpu())
+        return torch.cat(out)
+
+
+class GoldReward:
+    def __init__(self, fn, name):
+        self.fn, self.name = fn, name
+
+    def __call__(self, prompts, completions, **kw) -> torch.Tensor:
+        return torch.tensor(self.fn(prompts, completions), dtype=torch.float32)
+
+
+class Reward:
+    """Σ weight · term, then the missing-EOS penalty, then clipping."""
+
+    def __init__(self, terms: list, cfg: RewardConfig):
+        self.terms = terms  # [(weight, source)]
+        self.cfg = cfg
+
+    @property
+    def uses_model(self) -> bool:
+        return any(isinstance(s, ModelReward) for _, s in self.terms)
+
+    def __call__(self, prompts, completions, *, prompt_ids=None, completion_ids=None, finished=None, with_terms=False):
+        total = torch.zeros(len(completions))
+        parts = {}
+        for w, src in self.terms:
+            v = src(prompts, completions, prompt_ids=prompt_ids, completion_ids=completion_ids,
+                    finished=None if finished is None else finished.tolist())
+            parts[f"reward/{src.name}"] = v
+            total = total + w * v
+        if self.cfg.missing_eos_penalty is not None and finished is not None:
+            total = total - self.cfg.missing_eos_penalty * (~finished).float()
+        if self.cfg.clip is not None:
+            total = total.clamp(-self.cfg.clip, self.cfg.clip)
+        return (total, parts) if with_terms else total
+
+    def describe(self) -> str:
+        s = " + ".join(f"{w:g}·{src.name}" for w, src in self.terms)
+        if self.cfg.missing_eos_penalty is not None:
+            s += f" − {self.cfg.missing_eos_penalty:g}·[no EOS]"
+        if self.cfg.clip is not None:
+            s = f"clip({s}, ±{self.cfg.clip:g})"
+        return s
+
+
+def check(cfg: RewardConfig) -> None:
+    """Cheap checks that need no model: run before anything loads."""
+    if cfg.kind not in KINDS:
+        raise UserError(f"reward.kind='{cfg.kind}' is not known; accepted: {', '.join(KINDS)}")
+    if cfg.kind == "function":
+        load_function(cfg.function, "reward.function")
+    if cfg.kind == "model" and not cfg.path:
+        raise UserError("reward=model needs reward.path=DIR (a sequence-classification checkpoint, e.g. the model/ "
+                        "directory of an algo=reward run)")
+    if cfg.kind == "sum":
+        if not cfg.terms:
+            raise UserError("reward=sum needs reward.terms: a list of {kind: function|model, function|path, weight}")
+        for i, t in enumerate(cfg.terms):
+            if t.kind not in ("function", "model"):
+                raise UserError(f"reward.terms[{i}].kind='{t.kind}' is not known; accepted: function, model")
+            if t.kind == "function":
+                load_function(t.function, f"reward.terms[{i}].function")
+            elif not t.path:
+                raise UserError(f"reward.terms[{i}] is a model and needs a path")
+    if cfg.clip is not None and cfg.clip <= 0:
+        raise UserError(f"reward.clip={cfg.clip} must be > 0 (or null)")
+    if cfg.sequences_per_device <= 0:
+        raise UserError(f"reward.sequences_per_device={cfg.sequences_per_device} must be positive")
+
+
+def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, task: Optional[str] = None) -> Reward:
+    """The reward source of a run. ``gold_fn``/``task``: the testbed task's gold reward (kind=auto)."""
+    check(cfg)
+    if cfg.kind == "auto":
+        if gold_fn is None:
+            raise UserError("this algo needs a reward and the data has no built-in one; accepted: "
+                            "reward=model reward.path=DIR, reward=function reward.function=MODULE:FUNCTION, or reward=sum")
+        terms = [(1.0, GoldReward(gold_fn, f"{task or 'task'}_gold"))]
+    elif cfg.kind == "function":
+        terms = [(1.0, FunctionReward(cfg.function, cfg.kwargs))]
+    elif cfg.kind == "model":
+        terms = [(1.0, ModelReward(cfg.path, tokenizer, device, cfg.sequences_per_device))]
+    else:
+        terms = []
+        for i, t in enumerate(cfg.terms):
+            if t.kind == "function":
+                src = FunctionReward(t.function, t.kwargs, f"reward.terms[{i}].function")
+            else:
+                src = ModelReward(t.path, tokenizer, device, cfg.sequences_per_device, f"reward.terms[{i}].path")
+            terms.append((float(t.weight), src))
+    return Reward(terms, cfg)
