@@ -1,0 +1,264 @@
+r"""Policy-gradient objectives: PPO, RLOO, GRPO, Dr. GRPO, DAPO: one loss, presets over its axes.
+
+The online pipeline (:mod:`prefopt.online`) samples G prompts × K completions y_i from π_old,
+scores them (r_i, :mod:`prefopt.rewards`), and keeps log π_old, log π_ref and V_old per token.
+
+Advantages (``advantage``; :mod:`prefopt.advantages`). With the KL in the reward
+(``kl_in=reward``), r_i ← r_i − β Σ_t k(t) for the sequence estimators, and for GAE the per-token
+reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al. 2022).
+
+    gae: A_t from (r_t, V_old);  leave_one_out: A_i = r_i − mean_{j≠i} r_j;
+    group: A_i = (r_i − mean_g r) / (std_g r + ε)  (``scale_by_std=false``: no division);
+    baseline: A_i = r_i − b (moving average);  optionally whitened over the rollout.
+
+Policy loss, per completion token t of sequence i (Schulman et al. 2017, arXiv:1707.06347, eq. 7;
+asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 10):
+
+    ρ_t = π(y_t | ·) / π_old(y_t | ·)                                ratio_level=token
+    ρ_t = sg[s_i] · π(y_t) / sg[π(y_t)],  s_i = exp((1/|y_i|) Σ_t log(π/π_old))     ratio_level=sequence
+          (GSPO, Zheng et al. 2025, arXiv:2507.18071: the value is the sequence ratio s_i)
+    ℓ_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)
+        + β k(t)                           when kl_in=loss; k = k1 | k2 | k3 (:mod:`prefopt.kl`)
+        − c_H H_t                          entropy bonus, c_H = ``entropy_coef``
+        + c_V · ½ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, ±ε_V) − R_t)²)   (gae only)
+
+Aggregation (``loss_agg``; the trainer divides the summed loss by ``units`` summed over the
+optimizer step, so each mode is exact and independent of the micro-batch split):
+
+    token-mean                L = Σ_{i,t} ℓ_t / Σ_i |y_i|                  units = tokens
+    seq-mean-token-mean       L = (1/N) Σ_i (1/|y_i|) Σ_t ℓ_t              units = sequences
+    seq-mean-token-sum-norm   L = (1/(N·L_max)) Σ_{i,t} ℓ_t                units = sequences × L_max
+                              (Dr. GRPO's constant normalizer, L_max = max_new_tokens)
+
+β is fixed, or adapted after each rollout towards ``kl_target`` (Ziegler et al.). Presets
+(conf/algo/*.yaml; the classes below set the same defaults):
+
+    ppo      gae + critic, whitened advantages, value clipping, k1 KL in the reward, adaptive β
+    rloo     leave_one_out, K=4, k1 KL in the reward (Ahmadian et al. 2024)
+    grpo     group (÷std), k3 KL in the loss, seq-mean-token-mean (Shao et al. 2024)
+    dr_grpo  group without ÷std, seq-mean-token-sum-norm (Liu et al. 2025)
+    dapo     group (÷std), ε = (0.2, 0.28), token-mean, no KL, dynamic sampling (Yu et al. 2025)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from prefopt import advantages as adv
+from prefopt.errors import UserError
+from prefopt.kl import ESTIMATORS as KL_ESTIMATORS
+from prefopt.kl import KLController, kl_estimate
+from prefopt.online import RolloutFields
+from prefopt.registry import Needs, register
+
+LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+RATIO_LEVELS = ("token", "sequence")
+CRITICS = ("separate", "shared")
+
+
+def _choice(key, value, accepted):
+    if value not in accepted:
+        raise UserError(f"algo.{key}='{value}' is not known; accepted: {', '.join(accepted)}")
+
+
+@dataclass
+class PGConfig(RolloutFields):
+    name: str = "grpo"
+    # advantage
+    advantage: str = "group"  # gae | leave_one_out | group | baseline
+    scale_by_std: bool = True  # group: divide by the group's std (false: Dr. GRPO)
+    whiten_advantages: bool = False
+    gamma: float = 1.0  # gae
+    lam: float = 0.95  # gae
+    baseline_decay: float = 0.9  # baseline: moving-average decay
+    # policy loss
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    ratio_level: str = "token"  # token | sequence (GSPO)
+    loss_agg: str = "seq-mean-token-mean"
+    entropy_coef: float = 0.0
+    # KL to the reference
+    kl_coef: float = 0.04  # β; 0 disables (and no reference is kept)
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in: str = "loss"  # loss | reward
+    kl_target: Optional[float] = None  # set: adaptive β towards this sequence KL (Ziegler et al.)
+    kl_horizon: int = 10000
+    # value function (advantage=gae)
+    critic: str = "separate"  # separate | shared
+    critic_path: Optional[str] = None  # separate critic's init; None: the reward model, else the policy
+    vf_coef: float = 0.1
+    value_clip: Optional[float] = 0.2
+
+    def __post_init__(self):
+        _choice("advantage", self.advantage, adv.ESTIMATORS)
+        _choice("loss_agg", self.loss_agg, LOSS_AGG)
+        _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("kl_in", self.kl_in, ("loss", "reward"))
+        _choice("critic", self.critic, CRITICS)
+        if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
+            raise UserError(f"algo.clip_eps_low={self.clip_eps_low} must be in [0, 1) and clip_eps_high >= 0")
+        if self.kl_coef < 0:
+            raise UserError(f"algo.kl_coef={self.kl_coef} must be >= 0")
+        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef <= 0):
+            raise UserError("algo.kl_target (adaptive KL) needs kl_target > 0 and an initial kl_coef > 0")
+        if self.advantage in ("group", "leave_one_out") and self.samples_per_prompt < 2:
+            raise UserError(f"algo.samples_per_prompt={self.samples_per_prompt}: advantage={self.advantage} compares "
+                            "samples of the same prompt; accepted: samples_per_prompt >= 2")
+        if self.dynamic_sampling and self.samples_per_prompt < 2:
+            raise UserError("algo.dynamic_sampling drops groups whose rewards are all equal; accepted: samples_per_prompt >= 2")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise UserError("algo.gamma and algo.lam must be in [0, 1]")
+
+
+class PolicyGradient:
+    """The shared policy-gradient objective; registered below under each preset's name."""
+
+    needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True)
+    Config = PGConfig
+
+    def __init__(self, cfg: PGConfig):
+        self.cfg = cfg
+        # The declarations follow the config: no reference without a KL term, a value head for GAE.
+        self.needs = dataclasses.replace(type(self).needs, reference=cfg.kl_coef > 0,
+                                         value_head=cfg.advantage == "gae")
+        self.needs_groups = cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling
+        self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.baseline = adv.MovingBaseline(cfg.baseline_decay)
+        self.value_model = None  # set by the run when needs.value_head
+
+    # ---- rollout → advantages (called by the online pipeline, no gradient) --------------------
+    def prepare(self, roll: dict):
+        c = self.cfg
+        mask = torch.zeros_like(roll["loss_mask"])
+        mask[:, 1:] = roll["loss_mask"][:, 1:]
+        maskf = mask.float()
+        scores = roll["scores"]
+        metrics = {}
+        β = self.kl.value
+        kl_tok = None
+        if "ref_logps" in roll:
+            kl_tok = kl_estimate(roll["old_logps"], roll["ref_logps"], c.kl_estimator) * maskf
+            seq_kl_k1 = ((roll["old_logps"] - roll["ref_logps"]) * maskf).sum(-1)
+            if seq_kl_k1.numel():
+                metrics["rollout/kl_ref"] = float(seq_kl_k1.mean())
+            metrics["rollout/kl_coef"] = β
+        if c.kl_in == "reward" and kl_tok is not None:
+            scores = scores - β * kl_tok.sum(-1)
+        if scores.numel() == 0:
+            roll["advantages"] = torch.zeros_like(maskf)
+            return roll, metrics
+        if c.advantage == "gae":
+            rewards = torch.zeros_like(maskf)
+            last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask  # the last completion token
+            rewards[last] = roll["scores"]
+            if c.kl_in == "reward" and kl_tok is not None:
+                rewards = rewards - β * kl_tok
+            A, R = adv.gae(rewards, roll["old_values"], maskf, c.gamma, c.lam)
+            roll["returns"] = R
+        else:
+            K = roll["group_size"]
+            if c.advantage == "leave_one_out":
+                a = adv.leave_one_out(scores, K)
+            elif c.advantage == "group":
+                a = adv.group_normalized(scores, K, c.scale_by_std)
+            else:
+                a = self.baseline(scores)
+            A = adv.broadcast(a, mask)
+        if c.whiten_advantages:
+            A = adv.whiten(A, mask)
+        roll["advantages"] = A
+        metrics["rollout/advantage_abs_mean"] = float((A.abs() * maskf).sum() / maskf.sum().clamp(min=1))
+        if "ref_logps" in roll:
+            self.kl.update(metrics.get("rollout/kl_ref", 0.0), int(scores.numel()))
+        return roll, metrics
+
+    # ---- loss ---------------------------------------------------------------------------------
+    def units(self, batch) -> int:
+        n = batch["input_ids"].shape[0]
+        if self.cfg.loss_agg == "token-mean":
+            return int(batch["loss_mask"][:, 1:].sum())
+        if self.cfg.loss_agg == "seq-mean-token-mean":
+            return n
+        return n * int(batch["norm_tokens"])
+
+    def _agg(self, x: torch.Tensor, mask: torch.Tensor, norm_tokens: int) -> torch.Tensor:
+        """Σ over the units of the aggregation mode (see the module docstring)."""
+        s = (x * mask).sum(-1)
+        if self.cfg.loss_agg == "seq-mean-token-mean":
+            return (s / mask.sum(-1).clamp(min=1)).sum()
+        return s.sum()
+
+    def _metric(self, x, mask, norm_tokens):
+        # Metric sums in the loss's units, so that sum / units is a mean of the same kind.
+        if self.cfg.loss_agg == "seq-mean-token-sum-norm":
+            return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() * norm_tokens
+        return self._agg(x, mask, norm_tokens)
+
+    def loss(self, batch, scorer):
+        c = self.cfg
+        want_entropy = c.entropy_coef > 0
+        stats = scorer.logps(batch, entropy=want_entropy)
+        V = self.value_model.values(batch) if self.value_model is not None and "returns" in batch else None
+        logp, mask = stats.logps, stats.mask.float()
+        old, A = batch["old_logps"], batch["advantages"]
+        L = int(batch.get("norm_tokens", 1))
+
+        if c.ratio_level == "token":
+            log_ρ = logp - old
+        else:
+            seq = ((logp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+            log_ρ = seq.detach()[:, None] + logp - logp.detach()
+        ρ = torch.exp(log_ρ.clamp(max=20.0)) * mask
+        ρ_clip = ρ.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high)
+        pg = torch.maximum(-A * ρ, -A * ρ_clip)
+        ℓ = pg
+        metrics = {}
+        if c.kl_in == "loss" and self.kl.value > 0:
+            kl = kl_estimate(logp, scorer.ref_logps(batch).logps, c.kl_estimator)
+            ℓ = ℓ + self.kl.value * kl
+            metrics["kl_ref"] = self._metric(kl.detach(), mask, L)
+        if want_entropy:
+            ℓ = ℓ - c.entropy_coef * stats.entropy
+            metrics["entropy"] = self._metric(stats.entropy.detach(), mask, L)
+        if V is not None:
+            R, V_old = batch["returns"], batch["old_values"]
+            vl = (V - R) ** 2
+            if c.value_clip is not None:
+                V_clip = V_old + (V - V_old).clamp(-c.value_clip, c.value_clip)
+                vl = torch.maximum(vl, (V_clip - R) ** 2)
+            ℓ = ℓ + c.vf_coef * 0.5 * vl
+            metrics["value_loss"] = self._metric(0.5 * vl.detach(), mask, L)
+        with torch.no_grad():
+            clipped = ((ρ < 1 - c.clip_eps_low) & (A < 0)) | ((ρ > 1 + c.clip_eps_high) & (A > 0))
+            metrics["policy_loss"] = self._metric(pg.detach(), mask, L)
+            metrics["clip_frac"] = self._metric(clipped.float(), mask, L)
+            metrics["ratio"] = self._metric(ρ.detach(), mask, L)
+            d = logp.detach() - old
+            metrics["approx_kl_old"] = self._metric(torch.exp(-d) - 1 + d, mask, L)  # k3 of KL(π‖π_old)
+        return self._agg(ℓ, mask, L), metrics
+
+
+def _preset(name: str, **defaults):
+    """A registered subclass whose Config has the preset's defaults (mirrors conf/algo/NAME.yaml)."""
+    hints = typing.get_type_hints(PGConfig)
+    fields = [(k, hints[k], dataclasses.field(default=v)) for k, v in defaults.items()]
+    cfg = dataclasses.make_dataclass(f"{name.upper()}Config", [("name", str, dataclasses.field(default=name)), *fields],
+                                     bases=(PGConfig,))
+    cls = type(name.upper(), (PolicyGradient,), {"Config": cfg, "__doc__": f"Preset '{name}' of PolicyGradient."})
+    return register(name)(cls)
+
+
+PPO = _preset("ppo", advantage="gae", whiten_advantages=True, samples_per_prompt=1, prompts_per_step=64,
+              minibatches_per_rollout=2, epochs_per_rollout=2, kl_estimator="k1", kl_in="reward", kl_coef=0.05,
+              kl_target=6.0, loss_agg="token-mean")
+RLOO = _preset("rloo", advantage="leave_one_out", samples_per_prompt=4, prompts_per_step=32, kl_estimator="k1",
+               kl_in="reward", kl_coef=0.05, loss_agg="token-mean")
+GRPO = _preset("grpo")
+DR_GRPO = _preset("dr_grpo", scale_by_std=False, loss_agg="seq-mean-token-sum-norm", kl_coef=0.0)
+DAPO = _preset("dapo", clip_eps_high=0.28, loss_agg="token-mean", kl_coef=0.0, dynamic_sampling=True)

@@ -1,0 +1,379 @@
+"""The online pipeline shared by every online method: rollout → reward → advantage → policy loss.
+
+:class:`RolloutSource` is the batch source the trainer pulls from (the online counterpart of
+``trainer.OfflineSource``). Per rollout it
+
+1. takes ``prompts_per_step`` prompts (each process a strided share, whole groups per process),
+2. samples ``samples_per_prompt`` completions per prompt from the *current* policy (adapters on
+   under LoRA) through a sampler (:mod:`prefopt.rollout`), timing generation separately,
+3. scores them with the reward source (:mod:`prefopt.rewards`); with ``dynamic_sampling`` drops
+   groups whose rewards are all equal and samples more prompts to refill (DAPO),
+4. recomputes, without gradient, log π_old (through the fused kernel, same temperature), log π_ref
+   when the objective needs a reference, and V_old when it has a value head,
+5. hands the rollout to ``objective.prepare`` (the method's advantage / selection step),
+
+then yields ``epochs_per_rollout × minibatches_per_rollout`` optimizer steps from it, each a
+list of micro-batches of at most ``sequences_per_device`` sequences, reshuffled every epoch.
+
+Batch sizes (units in the names; the trainer's ``examples_per_step`` / ``examples_per_device``
+are the offline knobs and are not used here):
+
+    sequences per rollout (all processes)  = prompts_per_step × samples_per_prompt
+    sequences per optimizer step           = that / minibatches_per_rollout
+    micro-batches per step per process     = that / processes / sequences_per_device
+    optimizer steps per rollout            = epochs_per_rollout × minibatches_per_rollout
+
+``trainer.max_steps`` counts optimizer steps, as for offline methods. An impossible split is a
+UserError before anything loads. Resume regenerates the current rollout from the checkpointed
+policy (identical to an uninterrupted run when checkpoints fall on rollout boundaries); the
+adaptive KL coefficient and the moving baseline restart from their initial values.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from prefopt.errors import UserError
+from prefopt.logprobs import token_stats
+from prefopt.rollout import SamplingConfig
+
+
+@dataclass
+class RolloutFields:
+    """Rollout and batch keys every online objective's Config has (conf/algo/*.yaml)."""
+
+    prompts_per_step: int = 16  # prompts per rollout, all processes together
+    samples_per_prompt: int = 8  # completions per prompt (the group size)
+    sequences_per_device: int = 64  # micro-batch of the loss's forward/backward on one device
+    minibatches_per_rollout: int = 1  # optimizer steps per pass over one rollout
+    epochs_per_rollout: int = 1  # passes over one rollout (PPO epochs; GRPO's μ)
+    sequences_per_generate: int = 256  # generation batch on one device
+    temperature: float = 1.0  # sampling, and the recomputed log-probs
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    max_new_tokens: Optional[int] = None  # None: data.max_length − data.max_prompt_length
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal, refill (DAPO)
+    max_rollout_rounds: int = 3  # dynamic sampling: generation rounds at most per rollout
+
+
+@dataclass
+class BatchPlan:
+    prompts_per_process: int
+    sequences_per_rollout: int
+    sequences_per_step: int
+    sequences_per_step_per_process: int
+    micro_batches_per_step: int
+    steps_per_rollout: int
+
+    def describe(self, c: RolloutFields, world: int) -> str:
+        return (f"{c.prompts_per_step} prompts/rollout × {c.samples_per_prompt} samples/prompt = "
+                f"{self.sequences_per_rollout} sequences/rollout; {c.epochs_per_rollout} epoch(s) × "
+                f"{c.minibatches_per_rollout} minibatch(es) = {self.steps_per_rollout} optimizer steps/rollout of "
+                f"{self.sequences_per_step} sequences = {min(c.sequences_per_device, self.sequences_per_step_per_process)} "
+                f"sequences/device × {world} process(es) × {self.micro_batches_per_step} micro-batches")
+
+
+def plan_batches(c: RolloutFields, world_size: int = 1, needs_groups: bool = False) -> BatchPlan:
+    """Check the rollout's batch split; the derived numbers. Raises UserError on an impossible one."""
+    for key in ("prompts_per_step", "samples_per_prompt", "sequences_per_device", "minibatches_per_rollout",
+                "epochs_per_rollout", "sequences_per_generate", "max_rollout_rounds"):
+        if getattr(c, key) <= 0:
+            raise UserError(f"algo.{key}={getattr(c, key)} must be a positive integer")
+    if needs_groups and c.samples_per_prompt < 2:
+        raise UserError(f"algo.samples_per_prompt={c.samples_per_prompt}: this advantage estimator compares samples "
+                        "of the same prompt; accepted: samples_per_prompt >= 2")
+    if c.prompts_per_step % world_size:
+        raise UserError(f"algo.prompts_per_step={c.prompts_per_step} does not split over {world_size} processes "
+                        f"(each holds whole groups); accepted: a multiple of {world_size}")
+    n = c.prompts_per_step * c.samples_per_prompt
+    per_proc = n // world_size
+    if per_proc % c.minibatches_per_rollout:
+        raise UserError(f"algo.minibatches_per_rollout={c.minibatches_per_rollout} does not divide the "
+                        f"{per_proc} sequences per process of a rollout (prompts_per_step × samples_per_prompt / "
+                        "processes); accepted: a divisor of it")
+    step_proc = per_proc // c.minibatches_per_rollout
+    micro = min(c.sequences_per_device, step_proc)
+    if step_proc % micro:
+        raise UserError(f"algo.sequences_per_device={c.sequences_per_device} does not divide the {step_proc} "
+                        "sequences per optimizer step per process; accepted: a divisor of it (or a value >= it)")
+    if c.temperature <= 0:
+        raise UserError(f"algo.temperature={c.temperature} must be > 0")
+    if not 0 < c.top_p <= 1:
+        raise UserError(f"algo.top_p={c.top_p} must be in (0, 1]")
+    if c.max_new_tokens is not None and c.max_new_tokens <= 0:
+        raise UserError(f"algo.max_new_tokens={c.max_new_tokens} must be positive (or null)")
+    return BatchPlan(prompts_per_process=c.prompts_per_step // world_size, sequences_per_rollout=n,
+                     sequences_per_step=n // c.minibatches_per_rollout, sequences_per_step_per_process=step_proc,
+                     micro_batches_per_step=step_proc // micro,
+                     steps_per_rollout=c.epochs_per_rollout * c.minibatches_per_rollout)
+
+
+def _pad_right(seqs: list, value, dtype) -> torch.Tensor:
+    T = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), T), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=dtype)
+    return out
+
+
+def build_sequences(prompt_ids: list, completions: list, pad_id: int) -> dict:
+    """Right-padded prompt + completion tensors, ``loss_mask`` True at the completion tokens."""
+    full = [list(p) + list(c) for p, c in zip(prompt_ids, completions)]
+    lm = [[False] * len(p) + [True] * len(c) for p, c in zip(prompt_ids, completions)]
+    return {"input_ids": _pad_right(full, pad_id, torch.long),
+            "attention_mask": _pad_right([[1] * len(s) for s in full], 0, torch.long),
+            "loss_mask": _pad_right(lm, False, torch.bool)}
+
+
+# Rollout tensors indexed by sequence (dim 0); everything else in a rollout dict is per rollout.
+PER_SEQUENCE = ("input_ids", "attention_mask", "loss_mask", "old_logps", "ref_logps", "old_values", "advantages",
+                "returns", "scores", "finished", "group")
+
+
+def select(roll: dict, idx) -> dict:
+    """The sub-rollout of sequences ``idx`` (a LongTensor or bool mask)."""
+    out = dict(roll)
+    for k in PER_SEQUENCE:
+        if k in roll:
+            out[k] = roll[k][idx]
+    for k in ("prompt_text", "completion_text"):
+        if k in roll:
+            ids = idx.nonzero().view(-1).tolist() if idx.dtype == torch.bool else idx.tolist()
+            out[k] = [roll[k][i] for i in ids]
+    return out
+
+
+class RolloutSource:
+    """Micro-batches for online methods; see the module docstring."""
+
+    def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
+                 seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None):
+        self.examples = examples
+        self.obj = objective
+        self.c: RolloutFields = objective.cfg
+        self.policy = policy
+        self.reference = reference
+        self.value_model = value_model
+        self.reward = reward
+        self.sampler = sampler
+        self.tok = tokenizer
+        self.seed = seed
+        self.rank, self.world = rank, world_size
+        self.device = device or torch.device("cpu")
+        self.plan = plan_batches(self.c, world_size, getattr(objective, "needs_groups", False))
+        self.max_new_tokens = max_new_tokens
+        self.scfg = SamplingConfig(temperature=self.c.temperature, top_p=self.c.top_p, top_k=self.c.top_k,
+                                   max_new_tokens=max_new_tokens, samples_per_prompt=self.c.samples_per_prompt,
+                                   prompts_per_batch=self.c.sequences_per_generate)
+        if len(examples) < self.c.prompts_per_step:
+            raise UserError(f"the dataset has {len(examples)} prompts, fewer than algo.prompts_per_step="
+                            f"{self.c.prompts_per_step}; accepted: a smaller prompts_per_step or more prompts")
+        self.last_gen_time_s = 0.0
+        self.last_metrics: dict = {}
+        self._roll_idx, self._roll = None, None
+        self._perm_cache: dict = {}
+
+    @property
+    def steps_per_rollout(self) -> int:
+        return self.plan.steps_per_rollout
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def _perm(self, epoch):
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm_cache = {epoch: torch.randperm(len(self.examples), generator=g).tolist()}
+        return self._perm_cache[epoch]
+
+    def _prompts(self, block: int) -> list:
+        """Prompt block ``block`` of the concatenated epoch permutations; this process's share."""
+        P = self.c.prompts_per_step
+        per_epoch = len(self.examples) // P
+        epoch, k = divmod(block, per_epoch)
+        idx = self._perm(epoch)[k * P : (k + 1) * P]
+        return [self.examples[i] for i in idx[self.rank :: self.world]]
+
+    # ---- the trainer's interface ---------------------------------------------------------------
+    def step_batches(self, step: int) -> list:
+        r, j = divmod(step, self.plan.steps_per_rollout)
+        self.last_gen_time_s, self.last_metrics = 0.0, {}
+        if self._roll_idx != r:
+            self._roll = self.make_rollout(r)
+            self._roll_idx = r
+        epoch, m = divmod(j, self.c.minibatches_per_rollout)
+        roll = self._roll
+        n = roll["input_ids"].shape[0]
+        if n == 0:
+            return []
+        g = torch.Generator().manual_seed(self.seed * 7_919 + r * 104_729 + epoch * 13 + self.rank)
+        perm = torch.randperm(n, generator=g)
+        chunks = torch.tensor_split(perm, self.c.minibatches_per_rollout)[m]
+        micro = min(self.c.sequences_per_device, self.plan.sequences_per_step_per_process)
+        return [self._micro(roll, idx) for idx in torch.split(chunks, micro) if idx.numel()]
+
+    def _micro(self, roll, idx) -> dict:
+        b = {k: roll[k][idx] for k in PER_SEQUENCE if k in roll and isinstance(roll[k], torch.Tensor)}
+        # Trim the padding columns this micro-batch does not use.
+        T = int(b["attention_mask"].sum(-1).max())
+        for k, v in b.items():
+            if v.dim() == 2:
+                b[k] = v[:, :T]
+        b["norm_tokens"] = self.max_new_tokens  # seq-mean-token-sum-norm's constant
+        return b
+
+    # ---- one rollout ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_rollout(self, r: int) -> dict:
+        c, K = self.c, self.c.samples_per_prompt
+        rounds = c.max_rollout_rounds if c.dynamic_sampling else 1
+        want = self.plan.prompts_per_process
+        parts, gen_s, n_groups_seen, reward_metrics = [], 0.0, 0, {}
+        all_scores = []
+        for q in range(rounds):
+            exs = self._prompts(r * rounds + q)
+            prompt_ids = [list(e["prompt_ids"]) for e in exs]
+            t0 = time.perf_counter()
+            self.sampler.sync_weights(self.policy)
+            s = self.sampler.sample(self.policy, prompt_ids, self.scfg,
+                                    seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank)
+            gen_s += time.perf_counter() - t0
+            p_ids = [p for p in prompt_ids for _ in range(K)]
+            p_txt = [e["prompt_text"] for e in exs for _ in range(K)]
+            texts = [self.tok.decode(x, skip_special_tokens=True) for x in s.completions]
+            finished = torch.tensor(s.finished, dtype=torch.bool)
+            scores, terms = self.reward(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions,
+                                        finished=finished, with_terms=True)
+            for k, v in terms.items():
+                reward_metrics.setdefault(k, []).append(v)
+            all_scores.append(scores)
+            keep = torch.ones(len(exs), dtype=torch.bool)
+            if c.dynamic_sampling:
+                keep = scores.view(-1, K).std(-1, unbiased=False) > 0
+            n_groups_seen += len(exs)
+            for gi in keep.nonzero().view(-1).tolist():
+                sl = slice(gi * K, (gi + 1) * K)
+                parts.append(dict(p=p_ids[sl], pt=p_txt[sl], c=s.completions[sl], t=texts[sl], s=scores[sl],
+                                  f=finished[sl]))
+            if len(parts) >= want:
+                break
+        parts = parts[:want]
+        self.last_gen_time_s = gen_s
+        roll = self._tensors(parts)
+        roll, obj_metrics = self.obj.prepare(roll)
+        # Metrics of the sampled batch (before any selection), averaged per sequence.
+        sc = torch.cat(all_scores) if all_scores else torch.zeros(0)
+        m = {"rollout/reward_mean": float(sc.mean()) if sc.numel() else 0.0,
+             "rollout/reward_std": float(sc.std()) if sc.numel() > 1 else 0.0,
+             "rollout/gen_time_s": gen_s}
+        for k, vs in reward_metrics.items():
+            v = torch.cat(vs)
+            m[f"rollout/{k}"] = float(v.mean()) if v.numel() else 0.0
+        if parts:
+            lens = torch.tensor([len(x) for p in parts for x in p["c"]], dtype=torch.float32)
+            m["rollout/completion_tokens"] = float(lens.mean())
+            m["rollout/finished_frac"] = float(torch.cat([p["f"] for p in parts]).float().mean())
+        if c.dynamic_sampling:
+            m["rollout/groups_kept_frac"] = len(parts) / max(1, n_groups_seen)
+            m["rollout/generation_rounds"] = q + 1
+        m.update(obj_metrics)
+        self.last_metrics = m
+        return roll
+
+    def _tensors(self, parts: list) -> dict:
+        K = self.c.samples_per_prompt
+        if not parts:
+            z = torch.zeros(0, 1, dtype=torch.long)
+            return {"input_ids": z, "attention_mask": z, "loss_mask": z.bool(), "scores": torch.zeros(0),
+                    "finished": torch.zeros(0, dtype=torch.bool), "group": torch.zeros(0, dtype=torch.long),
+                    "group_size": K, "prompt_text": [], "completion_text": []}
+        p_ids = [x for p in parts for x in p["p"]]
+        comps = [x for p in parts for x in p["c"]]
+        roll = build_sequences(p_ids, comps, self.tok.pad_token_id)
+        roll["scores"] = torch.cat([p["s"] for p in parts]).float()
+        roll["finished"] = torch.cat([p["f"] for p in parts])
+        roll["group"] = torch.arange(len(parts)).repeat_interleave(K)
+        roll["group_size"] = K
+        roll["prompt_text"] = [x for p in parts for x in p["pt"]]
+        roll["completion_text"] = [x for p in parts for x in p["t"]]
+        # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
+        needs_ref = self.reference is not None and getattr(self.obj, "needs", None) is not None and self.obj.needs.reference
+        old, ref, val = [], [], []
+        was_training = self.policy.training
+        self.policy.eval()  # no dropout: π_old is a fixed function of the weights
+        n = roll["input_ids"].shape[0]
+        for i in range(0, n, self.c.sequences_per_device):
+            sl = slice(i, i + self.c.sequences_per_device)
+            ids, am, lm = (roll[k][sl].to(self.device) for k in ("input_ids", "attention_mask", "loss_mask"))
+            old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
+            if self.value_model is not None:
+                # Right after the policy's forward: a value head on the policy reuses its hidden states.
+                val.append(self.value_model.values({"input_ids": ids, "attention_mask": am, "loss_mask": lm}).float().cpu())
+            if needs_ref:
+                ref.append(self.reference.token_stats(ids, am, lm, temperature=self.c.temperature).logps.cpu())
+        self.policy.train(was_training)
+        roll["old_logps"] = torch.cat(old)
+        if val:
+            roll["old_values"] = torch.cat(val)
+        if ref:
+            roll["ref_logps"] = torch.cat(ref)
+        return roll
+
+
+# ---- wiring (called by train.run when the objective declares rollouts / reward / value head) ------
+
+
+@dataclass
+class OnlineSetup:
+    source: Optional["RolloutSource"]
+    total_steps: Optional[int]
+    reward: object
+    proxy_fn: object  # evaluation's proxy reward: the training reward when a model is part of it
+    lines: list  # start-up lines
+
+
+def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, tokenizer, dcfg, mcfg, tcfg, base_path,
+                 gold_fn, task, seed, rank, world_size, device) -> OnlineSetup:
+    """Reward source (needs.reward), value model (needs.value_head) and rollout source
+    (needs.rollouts) of a run. Cheap checks first, so mistakes fail before any model is built."""
+    from prefopt.config import typed
+    from prefopt.rewards import RewardConfig, build_reward, check
+    from prefopt.rollout import HFSampler
+
+    plan = plan_batches(acfg, world_size, getattr(objective, "needs_groups", False)) if needs.rollouts else None
+    rcfg = typed(RewardConfig, cfg.get("reward"), "reward")
+    reward = proxy_fn = None
+    lines = []
+    if needs.reward:
+        check(rcfg)
+        reward = build_reward(rcfg, tokenizer=tokenizer, device=device, gold_fn=gold_fn, task=task)
+        if rcfg.kind == "auto":
+            lines.append(f"reward: auto → the testbed task's gold reward ({task})")
+        else:
+            lines.append(f"reward: {rcfg.name} = {reward.describe()}")
+        if reward.uses_model:
+            proxy_fn = lambda p, c: reward(p, c).tolist()  # noqa: E731
+    value_model = None
+    if needs.value_head:
+        from prefopt.value import build_value_model
+
+        value_model, desc = build_value_model(acfg, policy, mcfg, base_path, rcfg if needs.reward else None,
+                                              vocab_size=len(tokenizer), seed=seed, device=device,
+                                              pad_token_id=tokenizer.pad_token_id)
+        objective.value_model = value_model
+        lines.append(f"value: {desc}")
+    if not needs.rollouts:
+        return OnlineSetup(None, None, reward, proxy_fn, lines)
+    max_new = acfg.max_new_tokens or (dcfg.max_length - dcfg.max_prompt_length)
+    source = RolloutSource(examples=examples, objective=objective, policy=policy, reward=reward,
+                           sampler=HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id), tokenizer=tokenizer,
+                           max_new_tokens=max_new, seed=seed, reference=reference, value_model=value_model,
+                           rank=rank, world_size=world_size, device=device)
+    rollouts_per_epoch = max(1, len(examples) // acfg.prompts_per_step)
+    total = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * rollouts_per_epoch * plan.steps_per_rollout
+    lines.insert(0, f"batch: {plan.describe(acfg, world_size)}; {total} optimizer steps "
+                    f"(≈{total / plan.steps_per_rollout:.0f} rollouts; {max_new} max new tokens; "
+                    f"trainer.examples_per_* unused by online methods)")
+    return OnlineSetup(source, total, reward, proxy_fn, lines)

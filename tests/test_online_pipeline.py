@@ -1,0 +1,183 @@
+"""The online pipeline's parts: rollout engine, reward sources, batch plan, rejection sampling."""
+
+import pytest
+import torch
+
+from conftest import TINY, tiny_model
+from prefopt.errors import UserError
+from prefopt.logprobs import token_stats
+from prefopt.online import RolloutFields, build_sequences, plan_batches
+from prefopt.rewards import RewardConfig, RewardTerm, build_reward
+from prefopt.rollout import HFSampler, SamplingConfig
+
+EOS, PAD = 2, 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_recomputed_logprobs_equal_the_samplers(temperature):
+    torch.manual_seed(0)
+    model = tiny_model(seed=3)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    cfg = SamplingConfig(temperature=temperature, max_new_tokens=6, samples_per_prompt=3, prompts_per_batch=4)
+    s = HFSampler(PAD, EOS).sample(model, prompts, cfg, seed=1, return_logprobs=True)
+    assert len(s.completions) == 9 and len(s.finished) == 9
+    for c, f in zip(s.completions, s.finished):
+        assert (c[-1] == EOS) == f and EOS not in c[:-1] and 1 <= len(c) <= 6
+    p_ids = [p for p in prompts for _ in range(3)]
+    b = build_sequences(p_ids, s.completions, PAD)
+    st = token_stats(model, b["input_ids"], b["attention_mask"], b["loss_mask"], temperature=temperature)
+    for i, lp in enumerate(s.logprobs):
+        got = st.logps[i][st.mask[i]]
+        torch.testing.assert_close(got, torch.tensor(lp), rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_is_seeded_and_keeps_the_callers_rng():
+    model = tiny_model(seed=3)
+    cfg = SamplingConfig(max_new_tokens=5, samples_per_prompt=2)
+    torch.manual_seed(123)
+    a = HFSampler(PAD, EOS).sample(model, [[5, 6]], cfg, seed=7).completions
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    b = HFSampler(PAD, EOS).sample(model, [[5, 6]], cfg, seed=7).completions
+    assert a == b and torch.equal(after, torch.rand(1))
+
+
+# ---- reward sources ---------------------------------------------------------------------------
+
+
+def test_function_reward_penalty_and_clip():
+    cfg = RewardConfig(kind="function", function="prefopt.testbed.rewards:arith_exact_match", missing_eos_penalty=0.5,
+                       clip=0.8)
+    r = build_reward(cfg)
+    out = r(["1+2=", "1+2=", "3+4="], ["3", "4", "7"], finished=torch.tensor([True, True, False]))
+    torch.testing.assert_close(out, torch.tensor([0.8, 0.0, 0.5]))
+
+
+def test_weighted_sum_of_sources():
+    cfg = RewardConfig(kind="sum", terms=[RewardTerm(function="prefopt.testbed.rewards:arith_exact_match", weight=2.0),
+                                          RewardTerm(function="prefopt.testbed.rewards:arith_exact_match", weight=-0.5)])
+    torch.testing.assert_close(build_reward(cfg)(["1+2="], ["3"]), torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    (RewardConfig(kind="function", function="no_such_module_xyz:f"), "cannot import module"),
+    (RewardConfig(kind="function", function="prefopt.testbed.rewards:nope"), "has no function 'nope'"),
+    (RewardConfig(kind="function", function="prefopt.testbed.rewards"), "expected MODULE:FUNCTION"),
+    (RewardConfig(kind="model"), "reward.path"),
+    (RewardConfig(kind="model", path="/does/not/exist"), "is not a model directory"),
+    (RewardConfig(kind="bogus"), "accepted: auto, function, model, sum"),
+    (RewardConfig(kind="auto"), "needs a reward"),
+])
+def test_bad_reward_config_is_one_line_user_error(cfg, msg):
+    with pytest.raises(UserError) as e:
+        build_reward(cfg)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_reward_model_source_scores_like_the_classifier(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from prefopt.testbed.world import load_tokenizer
+
+    tok = load_tokenizer()
+    arch = dict(TINY)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch, vocab_size=len(tok), num_labels=1,
+                                  pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_config(config)
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    src = build_reward(RewardConfig(kind="model", path=str(tmp_path / "rm")), tokenizer=tok)
+    p_ids = [[5, 6, 7], [8, 9]]
+    c_ids = [[10, tok.eos_token_id], [11, 12, 13, tok.eos_token_id]]
+    got = src(["a", "b"], ["x", "y"], prompt_ids=p_ids, completion_ids=c_ids)
+    with torch.no_grad():
+        want = [float(rm(input_ids=torch.tensor([p + c])).logits[0, 0]) for p, c in zip(p_ids, c_ids)]
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-4, atol=1e-5)
+    # Text only (evaluation's proxy reward): re-tokenized through the chat template.
+    assert src(["good movie"], ["it was great ."]).shape == (1,)
+
+
+# ---- batch plan -------------------------------------------------------------------------------
+
+
+def test_batch_plan_derived_numbers():
+    c = RolloutFields(prompts_per_step=16, samples_per_prompt=8, sequences_per_device=32, minibatches_per_rollout=2,
+                      epochs_per_rollout=3)
+    p = plan_batches(c, world_size=2)
+    assert (p.sequences_per_rollout, p.sequences_per_step, p.sequences_per_step_per_process) == (128, 64, 32)
+    assert (p.micro_batches_per_step, p.steps_per_rollout) == (1, 6)
+    assert "128 sequences/rollout" in p.describe(c, 2)
+
+
+@pytest.mark.parametrize("kw,world,msg", [
+    (dict(prompts_per_step=6), 4, "does not split over 4 processes"),
+    (dict(prompts_per_step=4, samples_per_prompt=3, minibatches_per_rollout=5), 1, "minibatches_per_rollout=5"),
+    (dict(prompts_per_step=4, samples_per_prompt=3, sequences_per_device=5), 1, "sequences_per_device=5"),
+    (dict(samples_per_prompt=0), 1, "samples_per_prompt=0"),
+])
+def test_impossible_split_is_a_user_error(kw, world, msg):
+    with pytest.raises(UserError, match=msg):
+        plan_batches(RolloutFields(**kw), world_size=world)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "dr_grpo", "dapo"])
+def test_group_size_one_fails_before_training(algo):
+    from conftest import compose
+    from prefopt.config import typed
+    from prefopt.registry import get_objective
+
+    cfg = compose([f"algo={algo}", "algo.samples_per_prompt=1"])
+    with pytest.raises(UserError, match="samples_per_prompt >= 2"):
+        typed(get_objective(algo).Config, cfg.algo, "algo")
+
+
+def test_presets_mirror_their_yaml():
+    import dataclasses
+
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from prefopt.registry import get_objective
+
+    for algo in ("ppo", "rloo", "grpo", "dr_grpo", "dapo", "rejection_sampling"):
+        y = OmegaConf.to_container(compose([f"algo={algo}"]).algo)
+        d = dataclasses.asdict(get_objective(algo).Config())
+        assert y == d, algo
+
+
+# ---- rejection sampling -----------------------------------------------------------------------
+
+
+def test_rejection_sampling_keeps_the_best_of_each_group():
+    from prefopt.objectives.rejection_sampling import RejectionSampling
+
+    torch.manual_seed(0)
+    K, G = 4, 6
+    scores = torch.randn(G * K)
+    roll = build_sequences([[5, 6]] * (G * K), [[7, EOS]] * (G * K), PAD)
+    roll.update(scores=scores, group_size=K, finished=torch.ones(G * K, dtype=torch.bool),
+                prompt_text=["p"] * (G * K), completion_text=[str(i) for i in range(G * K)])
+    obj = RejectionSampling(RejectionSampling.Config(samples_per_prompt=K, keep_per_prompt=1))
+    out, m = obj.prepare(roll)
+    assert out["scores"].shape == (G,)
+    torch.testing.assert_close(out["scores"], scores.view(G, K).max(-1).values)
+    assert out["completion_text"] == [str(g * K + int(scores.view(G, K)[g].argmax())) for g in range(G)]
+    assert m["rollout/selected_reward_mean"] > float(scores.mean())
+
+
+def test_best_of_n_reports_gold_and_analytic_kl():
+    from prefopt.evaluate import chat_prompt_ids
+    from prefopt.objectives.rejection_sampling import best_of_n, best_of_n_kl
+    from prefopt.testbed.rewards import arith_exact_match
+    from prefopt.testbed.world import load_tokenizer
+
+    tok = load_tokenizer()
+    model = tiny_model(seed=0, vocab=len(tok))
+    prompts = ["12+30=", "7+5="]
+    reward = build_reward(RewardConfig(kind="function", function="prefopt.testbed.rewards:arith_exact_match"))
+    res = best_of_n(model, tok, prompts, [chat_prompt_ids(tok, p) for p in prompts], reward, ns=(1, 4),
+                    gold_fn=arith_exact_match, max_new_tokens=4)
+    assert set(res) == {1, 4} and res[1]["kl_analytic"] == 0.0
+    assert res[4]["kl_analytic"] == pytest.approx(best_of_n_kl(4))
+    assert res[4]["proxy_reward"] >= res[1]["proxy_reward"]
