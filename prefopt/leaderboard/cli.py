@@ -1,0 +1,163 @@
+"""``prefopt-leaderboard``: run the protocol, render the board.
+
+    prefopt-leaderboard run suite=quick|standard [hydra/launcher=joblib hydra.launcher.n_jobs=2]
+    prefopt-leaderboard plan suite=standard          # list the jobs and which are done, run nothing
+    prefopt-leaderboard render                       # leaderboard/LEADERBOARD.md, frontier.png, index.html
+
+Options (key=value): ``suite`` (a name in conf/leaderboard/ or a YAML path), ``dir`` (default
+``leaderboard``: results/ and the rendered files; scratch under work/), ``seeds=[0,1]`` and
+``tasks=[reviews]`` (replace the suite's), ``only='[*dpo*,*-s0-*]'`` (job-id patterns; a job's reward
+model comes along), ``threads`` (torch threads per job; default: cores / jobs
+under the joblib launcher). ``hydra/…`` and ``hydra.…`` overrides go to the Hydra multirun of each
+stage; any other ``key=value`` is a conf/train.yaml override added to every run of the suite.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+
+from prefopt.errors import UserError
+
+USAGE = "usage: prefopt-leaderboard {run,plan,render} [suite=NAME] [dir=DIR] [key=value ...]"
+OWN = ("suite", "dir", "seeds", "tasks", "threads", "only")
+
+
+def parse(argv: list) -> tuple[str, dict, list, list]:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in ("run", "plan", "render"):
+        raise UserError(f"unknown command '{cmd}'; accepted: run, plan, render")
+    own, hydra_ovr, train_ovr = {}, [], []
+    for a in rest:
+        if "=" not in a:
+            raise UserError(f"'{a}' is not key=value; {USAGE}")
+        k, v = a.split("=", 1)
+        if k in OWN:
+            own[k] = v
+        elif k.startswith(("hydra/", "hydra.")):
+            hydra_ovr.append(a)
+        else:
+            train_ovr.append(a)
+    return cmd, own, hydra_ovr, train_ovr
+
+
+def _list(v: str) -> list:
+    import yaml
+
+    out = yaml.safe_load(v)
+    return out if isinstance(out, list) else [out]
+
+
+def _threads(own: dict, hydra_ovr: list) -> int:
+    if "threads" in own:
+        return int(own["threads"])
+    if not any(o.startswith("hydra/launcher=") and "joblib" in o for o in hydra_ovr):
+        return 0
+    n = os.cpu_count() or 1
+    for o in hydra_ovr:
+        if o.startswith("hydra.launcher.n_jobs="):
+            j = int(o.split("=", 1)[1])
+            n_jobs = j if j > 0 else max(1, n + 1 + j)
+            return max(1, n // n_jobs)
+    return 1  # joblib's default n_jobs=-1: one job per core
+
+
+def suite_for(own: dict, train_ovr: list) -> dict:
+    from prefopt.leaderboard.plan import load_suite
+
+    suite = load_suite(own.get("suite", "quick"))
+    if "seeds" in own:
+        suite["seeds"] = [int(s) for s in _list(own["seeds"])]
+    if "tasks" in own:
+        suite["tasks"] = [str(t) for t in _list(own["tasks"])]
+    suite["common"] = list(suite["common"]) + train_ovr
+    d = own.get("dir", "leaderboard")
+    suite["_results_dir"], suite["_work_dir"] = os.path.join(d, "results"), os.path.join(d, "work")
+    return suite
+
+
+def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
+    from prefopt.leaderboard import store
+    from prefopt.leaderboard.plan import plan, write_manifest
+
+    suite = suite_for(own, train_ovr)
+    res, work = suite["_results_dir"], suite["_work_dir"]
+    print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, seeds {suite['seeds']}; planning…", flush=True)
+    jobs, notes = plan(suite, work)
+    for n in notes:
+        print(f"  note: {n}")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}.json")
+    write_manifest(manifest, suite, jobs)
+    if "only" in own:
+        import fnmatch
+
+        pats = [p.strip() for p in own["only"].strip("[]").split(",") if p.strip()]
+        keep = {j.id for j in jobs if any(fnmatch.fnmatch(j.id, p) for p in pats)}
+        # a kept stage-2 job brings its reward model along
+        rms = {j.meta.get("rm_hash") for j in jobs if j.id in keep}
+        jobs = [j for j in jobs if j.id in keep or (j.stage == 1 and j.hash in rms)]
+    done = {j.id for j in jobs if store.has_result(res, j.hash)}
+    print(f"  {len(jobs)} jobs ({len(done)} already have a result); plan: {manifest}")
+    if dry:
+        for j in jobs:
+            print(f"  [{'done' if j.id in done else 'todo'}] stage {j.stage} {j.id} {j.hash}")
+        return 0
+    threads = _threads(own, hydra_ovr)
+    rc = 0
+    for stage in sorted({j.stage for j in jobs}):
+        todo = [j for j in jobs if j.stage == stage and j.id not in done]
+        blocked = [j for j in todo if j.meta.get("rm_hash") and not store.has_result(res, j.meta["rm_hash"])
+                   and stage > 1]
+        todo = [j for j in todo if j not in blocked]
+        for j in blocked:
+            print(f"  stage {stage}: {j.id} skipped: its reward model ({j.meta['rm_hash']}) has no result")
+        if not todo:
+            print(f"  stage {stage}: nothing to run")
+            continue
+        cmd = [sys.executable, "-m", "prefopt.leaderboard.job", "-m", f"manifest={manifest}",
+               f"job={','.join(j.id for j in todo)}", f"threads={threads}",
+               f"hydra.sweep.dir={os.path.join(work, 'multirun', suite['name'] + f'-{stamp}-stage{stage}')}",
+               "hydra.sweep.subdir=${job}", *hydra_ovr]
+        shown = " ".join(cmd[1:5] + [f"job=<{len(todo)} ids>"] + cmd[6:])
+        print(f"  stage {stage}: {len(todo)} jobs: python {shown}", flush=True)
+        p = subprocess.run(cmd)
+        rc = rc or p.returncode
+        ok = sum(store.has_result(res, j.hash) for j in todo)
+        print(f"  stage {stage}: {ok}/{len(todo)} succeeded", flush=True)
+        if ok < len(todo):
+            rc = rc or 1
+    return rc
+
+
+def cmd_render(own) -> int:
+    from prefopt.leaderboard.render import render
+
+    d = own.get("dir", "leaderboard")
+    report = render(d)
+    for line in report:
+        print(line)
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cmd, own, hydra_ovr, train_ovr = parse(argv)
+        if cmd == "render":
+            rc = cmd_render(own)
+        else:
+            rc = cmd_run(own, hydra_ovr, train_ovr, dry=cmd == "plan")
+    except UserError as e:
+        print(f"prefopt-leaderboard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""One leaderboard job, the task function of the Hydra multirun that `prefopt-leaderboard run` starts:
+
+    python -m prefopt.leaderboard.job -m manifest=PLAN.json job=ID1,ID2,... [hydra/launcher=joblib]
+
+A job reads its overrides from the plan, composes conf/train.yaml with them, checks the config hash,
+skips if ``results/<hash>.json`` already holds a successful result, otherwise runs
+:func:`prefopt.train.run` into ``work/runs/<hash>/`` and writes the result atomically. A failure is
+recorded as ``status: failed`` with its error (shown by ``render``, retried by the next ``run``);
+the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Optional
+
+from prefopt.leaderboard import store
+
+
+@dataclass
+class JobAppConfig:
+    manifest: str = "???"
+    job: str = "???"
+    threads: int = 0  # torch threads per job; 0: leave torch's default
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux ≥ 4.0: reset the peak RSS (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def run_job(manifest_path: str, job_id: str, threads: int = 0, console=None) -> dict:
+    """Run (or skip) one job of a plan; returns {"status": ..., "hash": ...}."""
+    from filelock import FileLock
+
+    from prefopt.leaderboard.plan import read_manifest
+
+    m = read_manifest(manifest_path)
+    if job_id not in m["jobs"]:
+        raise SystemExit(f"prefopt-leaderboard: job '{job_id}' is not in {manifest_path}")
+    job = m["jobs"][job_id]
+    results_dir, work_dir = m["suite"]["_results_dir"], m["suite"]["_work_dir"]
+    if store.has_result(results_dir, job.hash):
+        print(f"[leaderboard] {job_id}: result {job.hash} exists, skipped", flush=True)
+        return {"status": "skipped", "hash": job.hash}
+    os.makedirs(os.path.join(work_dir, "locks"), exist_ok=True)
+    with FileLock(os.path.join(work_dir, "locks", f"{job.hash}.lock")):
+        if store.has_result(results_dir, job.hash):
+            return {"status": "skipped", "hash": job.hash}
+        return _run_locked(job, results_dir, work_dir, threads, console)
+
+
+def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
+    import torch
+
+    from prefopt.errors import UserError
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    run_dir = os.path.join(work_dir, "runs", job.hash)
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)  # an earlier attempt that left no result
+    os.makedirs(run_dir)
+    base = {"config_hash": job.hash, "leaderboard": {**job.meta, "job": job.id, "stage": job.stage,
+                                                       "kind": job.kind, "overrides": job.overrides,
+                                                       "threads": torch.get_num_threads()},
+            "result_version": store.RESULT_VERSION}
+    print(f"[leaderboard] {job.id}: running → {run_dir}", flush=True)
+    t0 = time.perf_counter()
+    _reset_peak_rss()
+    try:
+        if job.kind == "best_of_n":
+            from prefopt.leaderboard.bon import run_best_of_n
+            from prefopt.train import versions
+
+            summary = run_best_of_n(job.spec, run_dir, console)
+            summary.update(config_hash=job.hash, versions=versions(), peak_mem_mb=None, testbed=job.spec["testbed"])
+        else:
+            summary = _train(job, run_dir, console)
+        rec = {**summary, **base, "status": "ok"}
+        # Peak memory of this run alone: RSS high-water mark since the job started (the process-
+        # lifetime figure of summary.json would carry over between jobs of one worker process).
+        rec["peak_mem_mb_process"] = summary.get("peak_mem_mb")
+        rec["peak_mem_mb"] = _peak_rss_mb() if not torch.cuda.is_available() else summary.get("peak_mem_mb")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 — recorded and shown, the sweep goes on
+        msg = str(e) if isinstance(e, UserError) else "".join(traceback.format_exception_only(type(e), e)).strip()
+        print(f"[leaderboard] {job.id}: FAILED: {msg}", file=sys.stderr, flush=True)
+        if not isinstance(e, UserError):
+            traceback.print_exc()
+        rec = {**base, "status": "failed", "error": msg[-2000:], "wall_time_s": round(time.perf_counter() - t0, 3)}
+    rec["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    store.write_result(results_dir, rec)
+    print(f"[leaderboard] {job.id}: {rec['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"status": rec["status"], "hash": job.hash}
+
+
+def _train(job, run_dir, console) -> dict:
+    from omegaconf import OmegaConf
+
+    from prefopt.leaderboard.plan import compose
+    from prefopt.train import config_hash, run
+
+    cfg = compose(job.overrides)
+    h = config_hash(cfg)
+    if h != job.hash:
+        raise RuntimeError(f"config hash {h} differs from the plan's {job.hash}: the config tree changed "
+                           "since the plan was made; run `prefopt-leaderboard run` again")
+    os.makedirs(os.path.join(run_dir, ".hydra"), exist_ok=True)
+    with open(os.path.join(run_dir, ".hydra", "resolved.yaml"), "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    with open(os.path.join(run_dir, ".hydra", "overrides.yaml"), "w") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(list(job.overrides))))
+    summary = run(cfg, run_dir, console)
+    tb = cfg.data.get("testbed") if "data" in cfg else None
+    summary["testbed"] = OmegaConf.to_container(tb, resolve=True) if tb is not None else None
+    return summary
+
+
+def main():
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
+
+    from prefopt.train import quiet_libraries
+
+    ConfigStore.instance().store(name="leaderboard_job", node=JobAppConfig)
+
+    @hydra.main(config_path="pkg://prefopt.conf", config_name="leaderboard_job", version_base=None)
+    def app(cfg: DictConfig):
+        quiet_libraries()
+        return run_job(cfg.manifest, cfg.job, int(cfg.threads))
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The results store: one JSON file per run, ``results/<config_hash>.json``.
+
+Writes are atomic: the record goes to a private temporary file in the same directory (unique per
+process and call), is flushed and fsynced, then ``os.replace``-d onto its name. A reader therefore
+sees either no file or a whole one, and parallel writers never interleave bytes: the last complete
+write of a hash wins, and writes of different hashes never touch each other.
+
+Reading is strict: a file that does not parse, is not an object, lacks the fields the leaderboard
+aggregates, or does not match its own name is *reported* (returned in ``problems``) and skipped,
+never silently counted. Temporary files left by a killed writer are reported as partial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+RESULT_VERSION = 1
+# What every counted record must carry (``eval`` may hold nulls: a field that does not apply).
+REQUIRED = ("config_hash", "status", "leaderboard")
+REQUIRED_OK = ("eval",)
+TMP_PREFIX = ".tmp-"
+
+
+def result_path(results_dir: str, config_hash: str) -> str:
+    return os.path.join(results_dir, f"{config_hash}.json")
+
+
+def write_result(results_dir: str, record: dict) -> str:
+    """Atomically write ``record`` (which names its ``config_hash``); returns the path."""
+    os.makedirs(results_dir, exist_ok=True)
+    h = record["config_hash"]
+    if not isinstance(h, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", h) or h.startswith("."):
+        raise ValueError(f"config_hash {h!r} is not a safe file name")
+    path = result_path(results_dir, h)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{h}-", suffix=".json", dir=results_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True, allow_nan=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _check(rec, name: str):
+    """None if ``rec`` is a countable record, else the reason it is not."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object ({type(rec).__name__})"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if f"{rec['config_hash']}.json" != name:
+        return f"config_hash {rec['config_hash']!r} does not match the file name"
+    if rec["status"] == "ok":
+        missing = [k for k in REQUIRED_OK if not isinstance(rec.get(k), dict)]
+        if missing:
+            return f"status ok but missing {', '.join(missing)}"
+    return None
+
+
+def read_result(path: str):
+    """(record, None) or (None, reason)."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({e.__class__.__name__}: {e})"
+    except json.JSONDecodeError as e:
+        return None, f"corrupt JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    why = _check(rec, os.path.basename(path))
+    return (None, why) if why else (rec, None)
+
+
+def has_result(results_dir: str, config_hash: str) -> bool:
+    """A complete, successful result exists for this hash (failed runs are retried)."""
+    rec, _ = read_result(result_path(results_dir, config_hash))
+    return rec is not None and rec.get("status") == "ok"
+
+
+@dataclass
+class Loaded:
+    ok: list = field(default_factory=list)  # status "ok" records
+    failed: list = field(default_factory=list)  # status "failed" records (reported, not aggregated)
+    problems: list = field(default_factory=list)  # (file name, reason): corrupt / partial / foreign
+
+
+def load_results(results_dir: str) -> Loaded:
+    out = Loaded()
+    if not os.path.isdir(results_dir):
+        return out
+    for name in sorted(os.listdir(results_dir)):
+        path = os.path.join(results_dir, name)
+        if name.startswith(TMP_PREFIX):
+            out.problems.append((name, "partial write (a temporary file left by an interrupted writer)"))
+            continue
+        if not name.endswith(".json") or not os.path.isfile(path):
+            continue
+        rec, why = read_result(path)
+        if rec is None:
+            out.problems.append((name, why))
+        elif rec["status"] == "ok":
+            out.ok.append(rec)
+        else:
+            out.failed.append(rec)
+    return out
