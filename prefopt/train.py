@@ -225,9 +225,6 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
 
     # 4. Batches, evaluation, trainer.
     world_size, rank = accelerator.num_processes, accelerator.process_index
-    source = OfflineSource(examples, collate_examples,
-                           tcfg.examples_per_step, tcfg.examples_per_device, seed=seed, rank=rank, world_size=world_size)
-    total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
     # -- online methods (issue #4): reward source, value head, rollout source (prefopt/online.py) --
     online = None
     if needs.rollouts or needs.reward or needs.value_head:
@@ -237,8 +234,12 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
                               tokenizer=tok, dcfg=dcfg, mcfg=mcfg, tcfg=tcfg, base_path=base_path, gold_fn=gold_fn,
                               task=dcfg.testbed.task if data_name != "hf" else None, seed=seed, rank=rank,
                               world_size=world_size, device=device)
-        if online.source is not None:
-            source, total_steps = online.source, online.total_steps
+    if online is not None and online.source is not None:
+        source, total_steps = online.source, online.total_steps
+    else:  # offline methods
+        source = OfflineSource(examples, collate_examples,
+                               tcfg.examples_per_step, tcfg.examples_per_device, seed=seed, rank=rank, world_size=world_size)
+        total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
     # -- end online methods --
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     scfg = SamplingConfig(temperature=ecfg.temperature, max_new_tokens=ecfg.max_new_tokens,
