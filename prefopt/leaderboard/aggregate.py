@@ -28,6 +28,8 @@ from typing import Optional
 from prefopt.leaderboard.stats import Estimate, bootstrap_ci
 
 METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps")
+# The proxy reward model's own evaluation (held-out pairs; prefopt.evaluate.PairwiseEvaluator).
+RM_METRICS = ("pairwise_accuracy", "pairwise_accuracy_gold", "label_accuracy_gold")
 REWARD_LABEL = {None: "pairs", "proxy": "proxy RM", "exact": "exact reward", "gold": "gold (oracle)"}
 
 
@@ -119,9 +121,14 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
     groups = defaultdict(dict)  # (suite, task, method, reward) -> {sweep: Point}
     meta = {}
     ref = defaultdict(lambda: defaultdict(lambda: Point({})))
+    rm_vals = defaultdict(lambda: defaultdict(dict))  # (suite, task) -> metric -> {seed: value}
     for (suite, task, method, reward, sweep, seed), rec in latest.items():
         lb = rec["leaderboard"]
         if lb.get("category") == "reward_model":
+            for k in RM_METRICS:
+                v = _num(_get(rec, "eval", k))
+                if v is not None:
+                    rm_vals[(suite, task)][k][seed] = v
             continue
         ev = rec.get("eval") or {}
         temp = _temperature(rec)
@@ -166,7 +173,10 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
         for task in out[suite]:
             out[suite][task].sort(key=lambda r: -(r.best.est["gold"].mean if r.best.est.get("gold") else float("-inf")))
     refs = {s: {t: p.estimate(boot_seed) for t, p in d.items()} for s, d in ref.items()}
-    return {"suites": out, "reference": refs, "superseded": superseded}
+    rms = defaultdict(dict)
+    for (suite, task), d in rm_vals.items():
+        rms[suite][task] = {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in d.items()}
+    return {"suites": out, "reference": refs, "superseded": superseded, "reward_models": rms}
 
 
 def _add(groups, meta, key, sweep, seed, metrics, category, params):

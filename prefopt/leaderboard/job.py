@@ -124,14 +124,18 @@ def _train(job, run_dir, console) -> dict:
     cfg = compose(job.overrides)
     h = config_hash(cfg)
     if h != job.hash:
-        raise RuntimeError(f"config hash {h} differs from the plan's {job.hash}: the config tree changed "
-                           "since the plan was made; run `prefopt-leaderboard run` again")
+        # conf/ changed while the suite ran (a new key, a new default). The result is filed under the
+        # plan's hash (dependants find it there) and keeps the hash it really ran under; the next
+        # `run` plans the new hash, finds no result for it, and runs it again.
+        print(f"[leaderboard] {job.id}: warning: config hash {h} differs from the plan's {job.hash} (conf/ changed "
+              "since planning)", file=sys.stderr, flush=True)
     os.makedirs(os.path.join(run_dir, ".hydra"), exist_ok=True)
     with open(os.path.join(run_dir, ".hydra", "resolved.yaml"), "w") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
     with open(os.path.join(run_dir, ".hydra", "overrides.yaml"), "w") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create(list(job.overrides))))
     summary = run(cfg, run_dir, console)
+    summary["run_config_hash"] = h
     tb = cfg.data.get("testbed") if "data" in cfg else None
     summary["testbed"] = OmegaConf.to_container(tb, resolve=True) if tb is not None else None
     return summary

@@ -142,8 +142,9 @@ def _plan(suite: dict, work_dir: str) -> tuple[list, list]:
         else:
             methods.append((name, Obj, kind))
 
-    for task in suite["tasks"]:
-        for seed in suite["seeds"]:
+    # Seed-major: an interrupted run leaves whole seeds, not a method missing everywhere.
+    for seed in suite["seeds"]:
+        for task in suite["tasks"]:
             base = [f"data={task}", *[f"{k}={seed}" for k in suite["seed_keys"]], *suite["common"]]
             meta0 = {"suite": suite["name"], "task": task, "seed": seed}
             # stage 1: the proxy reward model
@@ -165,11 +166,12 @@ def _plan(suite: dict, work_dir: str) -> tuple[list, list]:
                     if task in suite["exact_reward"]:
                         rewards.append(("exact", [f"reward={suite['exact_reward'][task]}"]))
                 sweep = suite["sweep"].get(name) or {}
-                points = [{}]
+                swept = [{}]
                 for key, values in sweep.items():
-                    points = [{**p, key: v} for p in points for v in values]
+                    swept = [{**p, key: v} for p in swept for v in values]
                 for rw in rewards:
-                    for point in points:
+                    # the sweep applies to the pairs / proxy-reward runs; the exact-reward run uses the preset
+                    for point in (swept if rw is None or rw[0] == "proxy" else [{}]):
                         sw = [f"{k}={_fmt(v)}" for k, v in point.items()]
                         label = name + ("" if rw is None or rw[0] == "proxy" else f"-{rw[0]}")
                         jid = _slug(f"{task}-s{seed}-{label}" + "".join(f"-{k.split('.')[-1]}{_fmt(v)}" for k, v in point.items()))

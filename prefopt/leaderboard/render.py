@@ -131,10 +131,18 @@ def markdown(agg, suite, budgets, loaded, versions) -> str:
         lines += [f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for cells, _ in rows:
             lines.append("| " + " | ".join(_md_cell(t, b) for t, _, b in cells) + " |")
-        lines.append("")
+        lines += ["", rm_line(agg, suite, task), ""]
     lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite)] + [""]
     lines += ["## Versions", ""] + [f"- {v}" for v in versions] + [""]
     return "\n".join(lines)
+
+
+def rm_line(agg, suite, task) -> str:
+    rm = agg.get("reward_models", {}).get(suite, {}).get(task) or {}
+    f = lambda k: _fmt(rm.get(k), 3)  # noqa: E731
+    return (f"Proxy reward model (held-out pairs): accuracy {f('pairwise_accuracy')} against the labels, "
+            f"{f('pairwise_accuracy_gold')} against the gold ordering (the noisy labels themselves agree with "
+            f"the gold ordering {f('label_accuracy_gold')}).")
 
 
 def _md_cell(text, best) -> str:
@@ -267,7 +275,7 @@ def html_page(agg, suite, budgets, loaded, versions, png: bytes) -> str:
             parts.append("<tr>" + "".join(
                 f"<td data-v='{e('' if v is None else str(v), quote=True)}'{best_attr if b else ''}>{e(t)}</td>"
                 for t, v, b in cells) + "</tr>")
-        parts.append("</tbody></table>")
+        parts.append(f"</tbody></table><p>{e(rm_line(agg, suite, task))}</p>")
     parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Notes</h2><ul>"]
     parts += [f"<li>{e(n)}</li>" for n in notes(agg, loaded, suite)]
     parts += ["</ul><h2>Versions</h2><ul>"] + [f"<li>{e(v)}</li>" for v in versions] + ["</ul>"]
