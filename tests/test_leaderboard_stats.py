@@ -99,3 +99,18 @@ def test_aggregation_missing_field_and_superseded_results():
     assert row.best.est["gold"].mean == pytest.approx(2.5)  # the newer seed-0 result (3.0) and seed 1 (2.0)
     assert row.best.est["kl"].n == 1 and row.best.est["kl"].mean == 2.0
     assert row.best.seeds == 2
+
+
+def test_best_of_n_estimator_by_hand():
+    import torch
+
+    from prefopt.leaderboard.bon import best_of_n_kl, expected_of_pick, pick_weights
+
+    # N = 3 samples scored (3, 1, 2) with values (30, 10, 20). The three 2-subsets pick, by score:
+    # {a, b} -> a (30), {a, c} -> a (30), {b, c} -> c (20): expected value 80/3.
+    score, value = torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[30.0, 10.0, 20.0]])
+    assert pick_weights(3, 2).tolist() == pytest.approx([0.0, 1 / 3, 2 / 3])
+    assert expected_of_pick(score, value, 2).item() == pytest.approx(80 / 3)
+    assert expected_of_pick(score, value, 1).item() == pytest.approx(20.0)  # n = 1: the plain mean
+    assert expected_of_pick(score, value, 3).item() == pytest.approx(30.0)  # n = N: the maximum
+    assert best_of_n_kl(1) == 0.0 and best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)

@@ -122,7 +122,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
     meta = {}
     ref = defaultdict(lambda: defaultdict(lambda: Point({})))
     rm_vals = defaultdict(lambda: defaultdict(dict))  # (suite, task) -> metric -> {seed: value}
-    for (suite, task, method, reward, sweep, seed), rec in latest.items():
+    for (suite, task, method, reward, sweep, seed), rec in sorted(latest.items(), key=lambda kv: kv[0][2] == "best_of_n"):
         lb = rec["leaderboard"]
         if lb.get("category") == "reward_model":
             for k in RM_METRICS:
@@ -134,7 +134,9 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
         temp = _temperature(rec)
         pref = proxy_ref.get((suite, task, seed))
         rp = ref[suite][task]
-        if _num(ev.get("gold_reward_ref")) is not None:
+        # π_SFT's gold reward: the evaluator's (the same samples for every method of a seed); the
+        # best-of-n job's own estimate (its n = 1 point) only where no training run has one.
+        if _num(ev.get("gold_reward_ref")) is not None and (method != "best_of_n" or seed not in rp.per_seed["gold"]):
             rp.per_seed["gold"][seed] = _num(ev["gold_reward_ref"])
             rp.per_seed["win"][seed] = 0.5
             rp.per_seed["kl"][seed] = 0.0
