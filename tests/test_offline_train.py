@@ -61,6 +61,8 @@ def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch
             l_pre, m_pre = obj.loss(b_pre, Scorer(policy, None))  # no reference model at all
         assert l_pre.item() == pytest.approx(l_live.item(), rel=1e-5, abs=1e-6)
         for k in m_live:
+            if "accuracy" in k:  # sign of a log-ratio that is ~0 at initialization: noise decides
+                continue
             assert float(m_pre[k]) == pytest.approx(float(m_live[k]), rel=1e-4, abs=1e-5), k
     # The second run reads the cache file and computes nothing.
     files = [f for f in os.listdir(reference_cache.cache_dir()) if f.endswith(".pt")]
@@ -99,7 +101,7 @@ TINY_ARCH = ("model.arch={model_type:llama,hidden_size:32,intermediate_size:64,n
 
 
 @pytest.mark.parametrize("algo,extra,metric,direction", [
-    ("dpo", ["algo.precompute_ref=true", "data.num_rows=384"], "rewards/margin", +1),
+    ("dpo", ["algo.precompute_ref=true"], "rewards/margin", +1),
     ("dpo", ["algo.loss_type=robust", "algo.label_smoothing=0.1"], "rewards/margin", +1),
     ("ipo", [], "logratio_gap", +1),
     ("kto", [], "rewards/signed", +1),
@@ -108,10 +110,12 @@ TINY_ARCH = ("model.arch={model_type:llama,hidden_size:32,intermediate_size:64,n
     ("sft", [TINY_ARCH], "nll", -1),
 ])
 def test_each_method_moves_its_metric(run_cfg, algo, extra, metric, direction):
-    s, out = run_cfg(f"algo={algo}", "trainer.max_steps=12", "trainer.lr=1e-3", *SHORT, *extra)
-    before, after = first_last(metrics(out), metric)
+    # 64 examples, 2 steps per epoch, 5 epochs: the first and the last epoch see the same examples,
+    # so comparing their averages measures training, not which batch came up.
+    s, out = run_cfg(f"algo={algo}", "data.num_rows=64", "trainer.max_steps=10", "trainer.lr=1e-3", *SHORT, *extra)
+    before, after = first_last(metrics(out), metric, k=2)
     assert direction * (after - before) > 0, (metric, before, after)
-    assert s["steps"] == 12 and s["algo"] == algo
+    assert s["steps"] == 10 and s["algo"] == algo
 
 
 # ---- reward model ----------------------------------------------------------------------------
@@ -122,7 +126,7 @@ def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg):
     s, out = run_cfg("algo=reward", "trainer.max_steps=40", "trainer.lr=3e-3", "trainer.log_every_steps=1",
                      "trainer.warmup_steps=0", "trainer.lr_schedule=constant")
     ev = s["eval"]
-    assert ev["num_pairs"] == 204  # 10% of the testbed's pairs, held out
+    assert 150 < ev["num_pairs"] < 260  # 10% of the testbed's ~2000 pairs, held out
     assert ev["pairwise_accuracy"] > 0.62, ev
     assert ev["pairwise_accuracy_gold"] > 0.62, ev
     assert ev["gold_reward"] is None and ev["kl_to_ref"] is None
