@@ -33,6 +33,12 @@ class FakeScorer:
     def scores(self, batch, side=None):
         return self._scores[side]
 
+    def pair_logps(self, batch, sides=("chosen", "rejected")):
+        return tuple(self.logps(batch, s) for s in sides)
+
+    def pair_ref_logps(self, batch, sides=("chosen", "rejected")):
+        return tuple(self.ref_logps(batch, s) for s in sides)
+
 
 # ---- float64 references, one scalar at a time, straight from the papers ----------------------
 
