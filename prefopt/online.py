@@ -39,6 +39,7 @@ import torch
 
 from prefopt.errors import UserError
 from prefopt.logprobs import token_stats
+from prefopt.models import dropout_disable, dropout_restore
 from prefopt.rollout import SamplingConfig
 
 
@@ -301,8 +302,8 @@ class RolloutSource:
         # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
         needs_ref = self.reference is not None and getattr(self.obj, "needs", None) is not None and self.obj.needs.reference
         old, ref, val = [], [], []
-        was_training = self.policy.training
-        self.policy.eval()  # no dropout: π_old is a fixed function of the weights
+        # No dropout: π_old is a fixed function of the weights (eval() would break 4-bit training).
+        flipped = dropout_disable(self.policy)
         n = roll["input_ids"].shape[0]
         for i in range(0, n, self.c.sequences_per_device):
             sl = slice(i, i + self.c.sequences_per_device)
@@ -313,7 +314,7 @@ class RolloutSource:
                 val.append(self.value_model.values({"input_ids": ids, "attention_mask": am, "loss_mask": lm}).float().cpu())
             if needs_ref:
                 ref.append(self.reference.token_stats(ids, am, lm, temperature=self.c.temperature).logps.cpu())
-        self.policy.train(was_training)
+        dropout_restore(flipped)
         roll["old_logps"] = torch.cat(old)
         if val:
             roll["old_values"] = torch.cat(val)

@@ -93,8 +93,9 @@ def data_fingerprint(examples: list) -> str:
 def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 0, temperature: float = 1.0) -> dict:
     """{field: [fp32 tensor of len(X_ids)] per example}: log p_model(x_t | x_<t) of each
     completion token, in eval mode (π_ref is a fixed function of its input)."""
-    was_training = model.training
-    model.eval()
+    from prefopt.models import dropout_disable, dropout_restore
+
+    flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
     out = {}
     try:
         for f in sequence_fields(examples[0]):
@@ -120,7 +121,7 @@ def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 
             vals = [by_index[i] for i in range(len(examples))]
             out[f] = vals
     finally:
-        model.train(was_training)
+        dropout_restore(flipped)
     return out
 
 

@@ -92,8 +92,9 @@ class HFSampler:
         for i, p in enumerate(prompts):
             ids[i, T - len(p) :] = torch.tensor(p)
             am[i, T - len(p) :] = 1
-        was_training = model.training
-        model.eval()
+        from prefopt.models import dropout_disable, dropout_restore
+
+        flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
         want_lp = out.logprobs is not None
         res = model.generate(
             input_ids=ids.to(device),
@@ -109,7 +110,7 @@ class HFSampler:
             return_dict_in_generate=want_lp,
             output_logits=want_lp,
         )
-        model.train(was_training)
+        dropout_restore(flipped)
         seqs = res.sequences if want_lp else res
         new = seqs[:, T:]
         if want_lp:

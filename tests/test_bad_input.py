@@ -70,3 +70,18 @@ def test_qlora_preset_trains_through_the_app(tmp_path):
     s = run(cfg, str(tmp_path / "run"))
     assert s["steps"] == 2 and s["model"] == "qwen2_5_qlora"
     assert "adapter_model.safetensors" in os.listdir(tmp_path / "run" / "model")
+
+
+def test_qlora_online_and_precomputed_reference_keep_training(tmp_path):
+    # Rollouts, π_old passes and the reference pre-pass must not put bitsandbytes layers in eval
+    # mode (its CPU repacking then breaks autograd); two online steps and two DPO steps train.
+    arch = ("model.arch={model_type: qwen2, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+            "num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: false}")
+    common = ["model=qwen2_5_qlora", "model.name_or_path=null", arch, "model.dtype=float32",
+              "model.bnb_4bit_compute_dtype=float32", "model.gradient_checkpointing=false", "trainer.max_steps=2",
+              "trainer.progress=false", "eval.num_prompts=4", "eval.max_new_tokens=8"]
+    s = run(compose([*common, "algo=grpo", "data=arith", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
+                     "algo.sequences_per_device=4"]), str(tmp_path / "grpo"))
+    assert s["steps"] == 2
+    s = run(compose([*common, "algo.precompute_ref=true", "data.num_rows=64"]), str(tmp_path / "dpo"))
+    assert s["steps"] == 2
