@@ -173,6 +173,11 @@ class Reward:
     def __init__(self, terms: list, cfg: RewardConfig):
         self.terms = terms  # [(weight, source)]
         self.cfg = cfg
+        seen: dict = {}
+        for _, src in terms:  # unique metric names when a sum has two terms of one kind
+            n = seen[src.name] = seen.get(src.name, 0) + 1
+            if n > 1:
+                src.name = f"{src.name}_{n}"
 
     @property
     def uses_model(self) -> bool:
