@@ -12,8 +12,10 @@ Providers
 Each (case, provider) runs in a fresh subprocess, so one provider's allocations cannot hide
 another's.  Memory is the peak above what the process held after the inputs were built:
     CPU   peak resident set size (VmHWM from /proc/self/status, reset through
-          /proc/self/clear_refs once the inputs exist) minus the RSS at that moment; torch's CPU
-          allocator returns large blocks to the OS, so this is what the operation really touched.
+          /proc/self/clear_refs once the inputs exist) minus the RSS at that moment, measured on
+          the second call (after a warm-up).  torch's CPU allocator is plain malloc; the child
+          runs with MALLOC_MMAP_THRESHOLD_=131072 so that every block over 128 KiB is an mmap
+          returned to the OS on free, and freed memory cannot hide in glibc's heap.
     CUDA  torch.cuda.max_memory_allocated() minus memory_allocated() after the inputs.
 Gradients w.r.t. hidden and weight count as memory above inputs for every provider alike.
 Time is the median of --repeats runs after one warm-up; forward is timed with autograd
@@ -181,10 +183,10 @@ def child(args) -> dict:
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    t_fwd = timed(lambda: fn(h, W, t))
-    t_fb = timed(fwd_bwd)
-    res.update(status="ok", fwd_s=t_fwd, fwd_bwd_s=t_fb, peak_fwd_mb=peak_fwd / 2**20,
-               peak_mb=peak / 2**20)
+    res.update(status="ok", peak_fwd_mb=peak_fwd / 2**20, peak_mb=peak / 2**20)
+    if args.memory_only:
+        return res
+    res.update(fwd_s=timed(lambda: fn(h, W, t)), fwd_bwd_s=timed(fwd_bwd))
     if not args.no_error:
         ref_lp, ref_gh = _reference(torch, h.detach(), W.detach(), t, g)
         res["max_err_logp"] = (lp_val.double() - ref_lp).abs().max().item()
@@ -262,6 +264,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N=1024 and N=4096 at V=32000, 1 repeat")
     ap.add_argument("--no-error", action="store_true", help="skip the float64 error columns")
+    ap.add_argument("--memory-only", action="store_true", help="peak memory only: no timing, no error")
     ap.add_argument("--paired-rounds", type=int, default=0,
                     help="instead of the sweep: alternate the providers' fwd+bwd in one process "
                          "for this many rounds per case and report per-round time ratios to the "
@@ -338,7 +341,10 @@ def main(argv=None):
                     r = dict(provider=prov, N=N, H=H, V=V, dtype=dtype, device=device,
                              status="failed", reason=f"exit {p.returncode}: {tail}")
             rows.append(r)
-            if r["status"] == "ok":
+            if r["status"] == "ok" and args.memory_only:
+                print(f"{N:>6} {H:>5} {V:>7} {prov:>8} {'':>8} {'':>10} {r['peak_mb']:>9.0f} "
+                      f"{r['peak_fwd_mb']:>8.0f}", flush=True)
+            elif r["status"] == "ok":
                 print(f"{N:>6} {H:>5} {V:>7} {prov:>8} {r['fwd_s']:>8.3f} {r['fwd_bwd_s']:>10.3f} "
                       f"{r['peak_mb']:>9.0f} {r['peak_fwd_mb']:>8.0f} "
                       f"{r.get('max_err_logp', float('nan')):>9.2e} "
