@@ -7,6 +7,7 @@ logits. Objectives call :class:`Scorer`; none of them computes full logits.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -164,6 +165,54 @@ def _scatter(values, sel, B, T):
     return out.masked_scatter(full_sel, values)
 
 
+# Packed row length: long enough to pack several items per row (little padding), short enough that
+# the dense [L, L] block mask keeps attention cheap next to the linear layers.
+ROW_TOKENS = int(os.environ.get("PREFOPT_ROW_TOKENS", "256"))
+
+
+def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row_tokens: Optional[int] = None):
+    """Log-probs of two right-padded batches ``a`` and ``b`` = (input_ids, attention_mask,
+    loss_mask) whose rows share a prompt (DPO's chosen and rejected), in **one** padding-free
+    forward: each prompt once, both completions continuing from it (:mod:`prefopt.packing`), every
+    completion token of both sides through one fused log-prob call. Same numbers as two
+    :func:`token_stats` calls up to fp32 rounding; returns None when the rows do not share a prompt
+    (or the head cannot be read): the caller then does two forwards."""
+    from prefopt.packing import pack, shared_prompt_lengths
+
+    head = find_head(model)
+    if head is None:
+        return None
+    P = shared_prompt_lengths(*a, *b)
+    if P is None:
+        return None
+    (ids_a, am_a, lm_a), (ids_b, am_b, lm_b) = a, b
+    na, nb = am_a.sum(-1).tolist(), am_b.sum(-1).tolist()
+    Pl = P.tolist()
+    items = [(ids_a[i, : Pl[i]], [ids_a[i, Pl[i] : na[i]], ids_b[i, Pl[i] : nb[i]]]) for i in range(len(Pl))]
+    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=ids_a.device)
+    hidden = head.decoder(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=pk.attention_mask,
+                          use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    idx, tgt, sels = [], [], []
+    for k, (ids, _, lm) in enumerate((a, b)):
+        sel = lm[:, 1:].bool()
+        rows, j = sel.nonzero(as_tuple=True)
+        idx.append(pk.flat_index(2 * rows + k, j))  # views: 2i = a, 2i + 1 = b
+        tgt.append(ids[:, 1:][sel])
+        sels.append(sel)
+    lp = prefopt_kernels.fused_logprobs(
+        hidden[torch.cat(idx)], head.weight, torch.cat(tgt), bias=head.bias, temperature=temperature,
+        softcap=head.softcap, logit_scale=head.logit_scale)
+    lp_a, lp_b = lp.split([idx[0].numel(), idx[1].numel()])
+    out = []
+    for lp_k, sel, (ids, _, lm) in zip((lp_a, lp_b), sels, (a, b)):
+        B, T = ids.shape
+        res = TokenStats(logps=_scatter(lp_k, sel, B, T), mask=torch.zeros_like(lm, dtype=torch.bool))
+        res.mask[:, 1:] = sel
+        out.append(res)
+    return tuple(out)
+
+
 def side_keys(side: Optional[str]):
     p = f"{side}_" if side else ""
     return f"{p}input_ids", f"{p}attention_mask", f"{p}loss_mask"
@@ -175,10 +224,11 @@ class Scorer:
     a frozen copy, the adapter-disabled policy under LoRA, or log-probs precomputed into the batch
     (batch key ``{side}_ref_logps``)."""
 
-    def __init__(self, policy, reference=None, temperature: float = 1.0):
+    def __init__(self, policy, reference=None, temperature: float = 1.0, shared_prompt: bool = True):
         self.policy = policy
         self.reference = reference
         self.temperature = temperature
+        self.shared_prompt = shared_prompt  # paired batches: one forward over each shared prompt
 
     def logps(self, batch, side: Optional[str] = None, *, entropy: bool = False) -> TokenStats:
         ids, am, lm = side_keys(side)
@@ -192,6 +242,29 @@ class Scorer:
         reward model scores what was trained. The one log-prob-free path."""
         ids, am, _ = side_keys(side)
         return self.policy(input_ids=batch[ids], attention_mask=batch[am], use_cache=False).logits[:, 0].float()
+
+    def pair_logps(self, batch, sides=("chosen", "rejected")) -> tuple:
+        """Policy log-probs of both sides of a paired batch: one shared-prompt forward when the
+        sides share their prompts, else one forward per side."""
+        a, b = (tuple(batch[k] for k in side_keys(s)) for s in sides)
+        if self.shared_prompt:
+            out = pair_token_stats(self.policy, a, b, temperature=self.temperature)
+            if out is not None:
+                return out
+        return self.logps(batch, sides[0]), self.logps(batch, sides[1])
+
+    @torch.no_grad()
+    def pair_ref_logps(self, batch, sides=("chosen", "rejected")) -> tuple:
+        """Reference log-probs of both sides (precomputed when in the batch), like :meth:`pair_logps`."""
+        cached = all(f"{s}_ref_logps" in batch for s in sides)
+        active = getattr(self.reference, "active", None)
+        if not cached and self.shared_prompt and active is not None:
+            a, b = (tuple(batch[k] for k in side_keys(s)) for s in sides)
+            with active() as ref_model:
+                out = pair_token_stats(ref_model, a, b, temperature=self.temperature)
+            if out is not None:
+                return out
+        return self.ref_logps(batch, sides[0]), self.ref_logps(batch, sides[1])
 
     @torch.no_grad()
     def ref_logps(self, batch, side: Optional[str] = None) -> TokenStats:

@@ -76,8 +76,13 @@ class DPO:
 
     def loss(self, batch, scorer):
         β, ε, kind = self.cfg.beta, self.cfg.label_smoothing, self.cfg.loss_type
-        π_w, π_l = scorer.logps(batch, "chosen"), scorer.logps(batch, "rejected")
-        ref_w, ref_l = scorer.ref_logps(batch, "chosen"), scorer.ref_logps(batch, "rejected")
+        # Both sides in one forward over each shared prompt (same numbers as one forward per side);
+        # a scorer without the paired calls (a test double, say) is asked side by side.
+        if hasattr(scorer, "pair_logps"):
+            (π_w, π_l), (ref_w, ref_l) = scorer.pair_logps(batch), scorer.pair_ref_logps(batch)
+        else:
+            π_w, π_l = scorer.logps(batch, "chosen"), scorer.logps(batch, "rejected")
+            ref_w, ref_l = scorer.ref_logps(batch, "chosen"), scorer.ref_logps(batch, "rejected")
         logπ_w, logπ_l = π_w.seq_sum(), π_l.seq_sum()
 
         ρ_w = logπ_w - ref_w.seq_sum()
