@@ -11,8 +11,13 @@ so a faster backend (vLLM on a GPU, say) can replace the default without touchin
 A backend that keeps its own copy of the weights also implements ``sync_weights(model)``; the
 online pipeline calls it before every rollout (a no-op here: ``generate`` reads the live model).
 
-The default backend is transformers' ``generate`` with a KV cache: temperature, top-p, top-k,
-max new tokens, stop at EOS. Under LoRA the model passed in is the policy with its adapters on.
+The default backend samples with its own decode loop (:class:`DecodeLoop`) for Llama-style decoders
+(llama, qwen2, mistral without a sliding window): the whole batch at once, a key/value cache
+preallocated for prompt + max new tokens, one call per layer module per token and no per-token
+framework machinery, stopping as soon as every sequence has emitted EOS. Other architectures
+use transformers' ``generate`` with a KV cache. Both: temperature, top-p, top-k, max new tokens,
+stop at EOS. ``evaluate``-style ``generate()`` keeps transformers' ``generate``, whose draws the
+testbed's cached data were built with. Under LoRA the model passed in is the policy with its adapters on.
 The log-probs that enter a loss are recomputed by the trainer through the fused kernel under the
 same temperature; the sampler's log-probs are only for checking that the two agree.
 """
@@ -54,12 +59,144 @@ class Sampler(Protocol):
     def sync_weights(self, model) -> None: ...
 
 
-class HFSampler:
-    """Batched sampling through ``model.generate`` (left-padded prompts, KV cache, stop at EOS)."""
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """transformers' top-k then top-p warpers (the kept set includes ties at the k-th value)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum <= 1 - top_p
+        remove[..., -1:] = False  # keep at least the most likely token
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
 
-    def __init__(self, pad_token_id: int, eos_token_id: int):
+
+class DecodeLoop:
+    """Batched sampling for Llama-style decoders with a preallocated KV cache.
+
+    Per new token, each layer runs its own modules (so LoRA adapters and quantized linears apply)
+    on one position per sequence: RMSNorm, q/k/v projections, rotary embedding, a write into the
+    preallocated cache, SDPA over the valid prefix, output projection, MLP. ``use_cache=False``
+    recomputes every position at every step through the model's own forward: the reference the
+    cached loop is tested against (same seed, same tokens)."""
+
+    ARCHS = ("llama", "qwen2", "mistral")
+
+    @staticmethod
+    def supports(model) -> bool:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = getattr(base, "config", None)
+        inner = getattr(base, "model", None)
+        if cfg is None or inner is None or getattr(cfg, "model_type", None) not in DecodeLoop.ARCHS:
+            return False
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama":
+            return False
+        layers = getattr(inner, "layers", None)
+        need = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        return bool(layers) and all(hasattr(layers[0], n) for n in need) and hasattr(inner, "rotary_emb") \
+            and hasattr(inner, "norm") and hasattr(base, "lm_head")
+
+    def __init__(self, model):
+        self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.inner = self.base.model
+        mod = __import__(type(self.base).__module__, fromlist=["apply_rotary_pos_emb"])
+        self.rope = mod.apply_rotary_pos_emb
+
+    def _layer(self, layer, x, cos, sin, kc, vc, start, mask):
+        """One decoder layer on positions [start, start + n) of every sequence; writes their keys and
+        values into kc/vc [N, kv_heads, S, d] and attends over [0, start + n)."""
+        N, n, _ = x.shape
+        attn = layer.self_attn
+        d = attn.head_dim
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(N, n, -1, d).transpose(1, 2)
+        k = attn.k_proj(h).view(N, n, -1, d).transpose(1, 2)
+        v = attn.v_proj(h).view(N, n, -1, d).transpose(1, 2)
+        q, k = self.rope(q, k, cos, sin)
+        kc[:, :, start : start + n] = k
+        vc[:, :, start : start + n] = v
+        K, V = kc[:, :, : start + n], vc[:, :, : start + n]
+        if K.shape[1] != q.shape[1]:
+            K = K.repeat_interleave(q.shape[1] // K.shape[1], dim=1)
+            V = V.repeat_interleave(q.shape[1] // V.shape[1], dim=1)
+        if n == 1:  # one query per sequence: plain matmuls beat the flash kernel's set-up cost on CPU
+            w = (q @ K.transpose(-1, -2)) * attn.scaling
+            o = w.masked_fill(~mask, float("-inf")).softmax(-1) @ V
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(N, n, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _forward(self, ids, pos, caches, start, valid):
+        """Last-position logits [N, V] of ``ids`` [N, n] at cache offset ``start``; ``valid`` [N, S]
+        marks the cache slots that hold real tokens."""
+        x = self.inner.embed_tokens(ids)
+        cos, sin = self.inner.rotary_emb(x, pos)
+        n = ids.shape[1]
+        S = start + n
+        causal = torch.ones(n, S, dtype=torch.bool, device=ids.device).tril(start)
+        mask = (valid[:, None, :S] & causal[None])[:, None]  # [N, 1, n, S]
+        mask = mask | ~mask.any(-1, keepdim=True)  # a left-pad query sees something: no NaN rows
+        for layer, (kc, vc) in zip(self.inner.layers, caches):
+            x = self._layer(layer, x, cos, sin, kc, vc, start, mask)
+        return self.base.lm_head(self.inner.norm(x[:, -1]))
+
+    @torch.no_grad()
+    def run(self, ids, am, cfg: SamplingConfig, eos: int, pad: int, gen: torch.Generator, use_cache: bool = True,
+            want_logprobs: bool = False):
+        """Left-padded prompts ``ids``/``am`` [N, T] → (new tokens [N, ≤ max_new], sampler log-probs or None)."""
+        N, T = ids.shape
+        M = cfg.max_new_tokens
+        dev = ids.device
+        valid = torch.zeros(N, T + M, dtype=torch.bool, device=dev)
+        valid[:, :T] = am.bool()
+        # Position of every slot once filled: prompt tokens count from 0 after the left padding.
+        pos_all = (torch.cat([am.long(), torch.ones(N, M, dtype=torch.long, device=dev)], 1).cumsum(-1) - 1).clamp(min=0)
+        c = self.base.config
+        kvh = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        d = self.inner.layers[0].self_attn.head_dim
+        dtype = self.inner.embed_tokens.weight.dtype
+        caches = [(torch.empty(N, kvh, T + M, d, dtype=dtype, device=dev),
+                   torch.empty(N, kvh, T + M, d, dtype=dtype, device=dev)) for _ in self.inner.layers] if use_cache else None
+        seq = torch.full((N, T + M), pad, dtype=torch.long, device=dev)
+        seq[:, :T] = ids
+        done = torch.zeros(N, dtype=torch.bool, device=dev)
+        lps = []
+        if use_cache:
+            logits = self._forward(ids, pos_all[:, :T], caches, 0, valid)
+        for t in range(M):
+            if not use_cache:
+                logits = self.base(input_ids=seq[:, : T + t], attention_mask=valid[:, : T + t].long(),
+                                   position_ids=pos_all[:, : T + t], use_cache=False).logits[:, -1]
+            scaled = logits.float() / cfg.temperature
+            probs = _filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
+            tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            tok = torch.where(done, torch.full_like(tok, pad), tok)
+            if want_logprobs:
+                lps.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1))
+            seq[:, T + t] = tok
+            valid[:, T + t] = True
+            done = done | (tok == eos)
+            if bool(done.all()) or t == M - 1:
+                M = t + 1
+                break
+            if use_cache:
+                p = pos_all[:, T + t : T + t + 1]
+                logits = self._forward(tok[:, None], p, caches, T + t, valid)
+        new = seq[:, T : T + M]
+        return new, (torch.stack(lps, 1) if want_logprobs else None)
+
+
+class HFSampler:
+    """Batched sampling (left-padded prompts, KV cache, stop at EOS): :class:`DecodeLoop` where the
+    architecture allows (``engine="auto"``), else ``model.generate`` (``engine="hf"`` forces it)."""
+
+    def __init__(self, pad_token_id: int, eos_token_id: int, engine: str = "auto"):
         self.pad = pad_token_id
         self.eos = eos_token_id
+        self.engine = engine
 
     def sync_weights(self, model) -> None:
         pass  # generate() runs on the live policy
@@ -68,13 +205,17 @@ class HFSampler:
     def generate(self, model, prompts: list, cfg: SamplingConfig, seed: int = 0) -> list:
         """Returns, for each prompt, ``samples_per_prompt`` completions (lists of token ids, ending
         with EOS when the model stopped, prompt-major order)."""
-        s = self.sample(model, prompts, cfg, seed)
+        s = self.sample(model, prompts, cfg, seed, _engine="hf")
         # Unfinished rows drop pad ids (the behaviour the testbed's cached pairs were built with).
         return [c if f else [t for t in c if t != self.pad] for c, f in zip(s.completions, s.finished)]
 
     @torch.no_grad()
-    def sample(self, model, prompts: list, cfg: SamplingConfig, seed: int = 0, *, return_logprobs: bool = False) -> Samples:
+    def sample(self, model, prompts: list, cfg: SamplingConfig, seed: int = 0, *, return_logprobs: bool = False,
+               _engine: Optional[str] = None) -> Samples:
         device = next(model.parameters()).device
+        engine = _engine or self.engine
+        if engine == "auto":
+            engine = "loop" if DecodeLoop.supports(model) else "hf"
         gen = torch.Generator(device="cpu").manual_seed(seed)
         out = Samples(completions=[], finished=[], logprobs=[] if return_logprobs else None)
         # generate() draws from the global RNG; fork it so sampling doesn't disturb training's RNG.
@@ -82,10 +223,10 @@ class HFSampler:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
             for i in range(0, len(flat), cfg.prompts_per_batch):
-                self._batch(model, flat[i : i + cfg.prompts_per_batch], cfg, device, out)
+                self._batch(model, flat[i : i + cfg.prompts_per_batch], cfg, device, out, engine, gen)
         return out
 
-    def _batch(self, model, prompts, cfg, device, out: Samples):
+    def _batch(self, model, prompts, cfg, device, out: Samples, engine: str = "hf", gen=None, use_cache: bool = True):
         T = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), T), self.pad, dtype=torch.long)
         am = torch.zeros((len(prompts), T), dtype=torch.long)
@@ -96,6 +237,15 @@ class HFSampler:
 
         flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
         want_lp = out.logprobs is not None
+        if engine == "loop":
+            g = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            try:
+                new, lp = DecodeLoop(model).run(ids.to(device), am.to(device), cfg, self.eos, self.pad, g,
+                                                use_cache=use_cache, want_logprobs=want_lp)
+            finally:
+                dropout_restore(flipped)
+            self._collect(new, lp.cpu() if lp is not None else None, out)
+            return
         res = model.generate(
             input_ids=ids.to(device),
             attention_mask=am.to(device),
@@ -117,10 +267,13 @@ class HFSampler:
             # Raw logits / temperature: the distribution the trainer's Scorer recomputes.
             logits = torch.stack(res.logits, 1)[:, : new.shape[1]].float() / cfg.temperature
             lp = torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1).cpu()
+        self._collect(new, lp if want_lp else None, out)
+
+    def _collect(self, new, lp, out: Samples):
         for b, row in enumerate(new.tolist()):
             finished = self.eos in row
             n = row.index(self.eos) + 1 if finished else len(row)
             out.completions.append(row[:n])
             out.finished.append(finished)
-            if want_lp:
+            if lp is not None:
                 out.logprobs.append(lp[b, :n].tolist())
