@@ -58,7 +58,7 @@ def _words(n: int) -> list:
     return sorted(out[:n])
 
 
-def build_world(root: str, seed: int = 0) -> dict:
+def build_world(root: str, seed: int = 0, n_rows: int = N_ROWS) -> dict:
     """Tokenizer, model weights and rows under ``root``; returns the paths."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -79,7 +79,7 @@ def build_world(root: str, seed: int = 0) -> dict:
     model.save_pretrained(model_dir)
     rng = random.Random(seed)
     say = lambda lo, hi: " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))  # noqa: E731
-    rows = [{"prompt": say(8, 24), "chosen": " " + say(16, 48), "rejected": " " + say(16, 48)} for _ in range(N_ROWS)]
+    rows = [{"prompt": say(8, 24), "chosen": " " + say(16, 48), "rejected": " " + say(16, 48)} for _ in range(n_rows)]
     data = os.path.join(root, "rows.json")
     with open(data, "w") as f:
         json.dump(rows, f)

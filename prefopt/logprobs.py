@@ -213,6 +213,32 @@ def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row
     return tuple(out)
 
 
+def packed_token_stats(model, input_ids, attention_mask, loss_mask, *, temperature: float = 1.0,
+                       row_tokens: Optional[int] = None) -> Optional[TokenStats]:
+    """:func:`token_stats` of a right-padded batch computed padding-free: the sequences packed into
+    rows with their own position ids and a block-diagonal mask. Same numbers up to fp32 rounding;
+    None when the head cannot be read or the batch is not right padded."""
+    from prefopt.packing import pack, right_padded_lengths
+
+    head = find_head(model)
+    n = right_padded_lengths(attention_mask)
+    if head is None or n is None or bool((n < 1).any()):
+        return None
+    items = [(input_ids[i, :k], []) for i, k in enumerate(n.tolist())]
+    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=input_ids.device)
+    hidden = head.decoder(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=pk.attention_mask,
+                          use_cache=False).last_hidden_state
+    sel = loss_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    rows, j = sel.nonzero(as_tuple=True)
+    lp = prefopt_kernels.fused_logprobs(
+        hidden.reshape(-1, hidden.shape[-1])[pk.flat_index(rows, j)], head.weight, input_ids[:, 1:][sel],
+        bias=head.bias, temperature=temperature, softcap=head.softcap, logit_scale=head.logit_scale)
+    B, T = input_ids.shape
+    res = TokenStats(logps=_scatter(lp, sel, B, T), mask=torch.zeros_like(loss_mask, dtype=torch.bool))
+    res.mask[:, 1:] = sel
+    return res
+
+
 def side_keys(side: Optional[str]):
     p = f"{side}_" if side else ""
     return f"{p}input_ids", f"{p}attention_mask", f"{p}loss_mask"
