@@ -46,7 +46,8 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     from prefopt.rollout import HFSampler, SamplingConfig
     from prefopt.testbed import world as W
     from prefopt.trainer import seed_everything
-    from transformers import AutoModelForCausalLM
+    from prefopt.config import ModelConfig
+    from prefopt.models import load_policy
 
     t0 = time.perf_counter()
     tb = W.TestbedConfig(**spec["testbed"])
@@ -54,7 +55,8 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     seed_everything(spec["seed"])
     world = W.build_world(tb, "prompt_only", console)
     tok = world.tokenizer
-    policy = AutoModelForCausalLM.from_pretrained(world.policy_path).eval()
+    # π_SFT loaded exactly as every run loads its policy and reference (dtype, attention backend).
+    policy = load_policy(ModelConfig(), path=world.policy_path, vocab_size=len(tok), seed=spec["seed"]).eval()
     prompts = world.eval_prompts[: ev["num_prompts"]]
     ids = [chat_prompt_ids(tok, p) for p in prompts]
     N = int(spec["samples"])

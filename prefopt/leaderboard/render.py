@@ -90,10 +90,10 @@ def table_rows(rows, ref, budgets):
     for kind, r in all_rows:
         cells = []
         if kind == "ref":
-            cells += [("π_SFT (reference)", "", False), ("—", "", False), ("—", "", False)]
+            cells += [("π_SFT (reference)", "π_SFT (reference)", False), ("—", "", False), ("—", "", False)]
         else:
-            cells += [(r.label, r.label, False), (REWARD_LABEL.get(r.reward, str(r.reward)), str(r.reward), False),
-                      (_beta(r), "", False)]
+            sig = REWARD_LABEL.get(r.reward, str(r.reward))
+            cells += [(r.label, r.label, False), (sig, sig, False), (_beta(r), _beta(r), False)]
         for t in header[3:-4]:
             g, d, dg = getters[t]
             if kind == "ref":
