@@ -167,7 +167,13 @@ def _scatter(values, sel, B, T):
 
 # Packed row length: long enough to pack several items per row (little padding), short enough that
 # the dense [L, L] block mask keeps attention cheap next to the linear layers.
-ROW_TOKENS = int(os.environ.get("PREFOPT_ROW_TOKENS", "256"))
+ROW_TOKENS = int(os.environ.get("PREFOPT_ROW_TOKENS", "320"))
+
+
+def _attn_cost(model) -> float:
+    from prefopt.packing import attention_cost_per_token
+
+    return attention_cost_per_token(getattr(_unwrap(model), "config", None))
 
 
 def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row_tokens: Optional[int] = None):
@@ -189,7 +195,8 @@ def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row
     na, nb = am_a.sum(-1).tolist(), am_b.sum(-1).tolist()
     Pl = P.tolist()
     items = [(ids_a[i, : Pl[i]], [ids_a[i, Pl[i] : na[i]], ids_b[i, Pl[i] : nb[i]]]) for i in range(len(Pl))]
-    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=ids_a.device)
+    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=ids_a.device,
+              attn_cost_per_token=_attn_cost(model) if row_tokens is None else 0.0)
     hidden = head.decoder(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=pk.attention_mask,
                           use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -225,7 +232,8 @@ def packed_token_stats(model, input_ids, attention_mask, loss_mask, *, temperatu
     if head is None or n is None or bool((n < 1).any()):
         return None
     items = [(input_ids[i, :k], []) for i, k in enumerate(n.tolist())]
-    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=input_ids.device)
+    pk = pack(items, pad_token_id=0, row_tokens=row_tokens or ROW_TOKENS, device=input_ids.device,
+              attn_cost_per_token=_attn_cost(model) if row_tokens is None else 0.0)
     hidden = head.decoder(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=pk.attention_mask,
                           use_cache=False).last_hidden_state
     sel = loss_mask[:, 1:].bool() & attention_mask[:, 1:].bool()

@@ -39,14 +39,9 @@ class Packed:
         return torch.where(j < P, self.trunk_base[view] + j, self.branch_base[view] + (j - P))
 
 
-def pack(items: list, pad_token_id: int, row_tokens: int = 256, device=None) -> Packed:
-    """``items``: list of (trunk LongTensor, [branch LongTensor, ...]). Views are numbered item by
-    item: an item with k ≥ 1 branches has k views (trunk + branch i), one with none has one view
-    (the trunk alone)."""
-    sizes = [int(t.numel()) + sum(int(b.numel()) for b in br) for t, br in items]
-    cap = max([row_tokens] + sizes)
+def _first_fit(sizes: list, cap: int) -> list:
     rows: list = []  # [used tokens, [item indices]]
-    for i in sorted(range(len(items)), key=lambda i: -sizes[i]):  # first-fit decreasing
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # first-fit decreasing
         for r in rows:
             if r[0] + sizes[i] <= cap:
                 r[0] += sizes[i]
@@ -54,6 +49,34 @@ def pack(items: list, pad_token_id: int, row_tokens: int = 256, device=None) -> 
                 break
         else:
             rows.append([sizes[i], [i]])
+    return rows
+
+
+def attention_cost_per_token(config) -> float:
+    """Attention FLOPs per token per unit of row length, relative to the linear layers' per token
+    (4·H·L against 2·(4·H² + 3·H·I)); 0 when the config does not say."""
+    H, I = getattr(config, "hidden_size", None), getattr(config, "intermediate_size", None)
+    if not H or not I:
+        return 0.0
+    return 4 * H / (2 * (4 * H * H + 3 * H * I))
+
+
+def pack(items: list, pad_token_id: int, row_tokens: int = 256, device=None, attn_cost_per_token: float = 0.0) -> Packed:
+    """``items``: list of (trunk LongTensor, [branch LongTensor, ...]). With ``attn_cost_per_token``
+    (:func:`attention_cost_per_token`) the row capacity (≤ ``row_tokens``, ≥ the longest item) is
+    chosen to minimize padding plus attention; without, rows hold up to ``row_tokens``. Views are
+    numbered item by item: an item with k ≥ 1 branches has k views (trunk + branch i), one with none has one view
+    (the trunk alone)."""
+    sizes = [int(t.numel()) + sum(int(b.numel()) for b in br) for t, br in items]
+    if attn_cost_per_token > 0:
+        # Choose the row capacity: padding wastes R·L token slots, a longer row costs attention
+        # ∝ L per token; minimize R·L·(1 + attn_cost_per_token·L) over capacities up to row_tokens.
+        big = max(sizes)
+        caps = sorted({big, *range(big, max(big, row_tokens) + 1, 8)})
+        rows = min((_first_fit(sizes, c) for c in caps),
+                   key=lambda rs: len(rs) * max(r[0] for r in rs) * (1 + attn_cost_per_token * max(r[0] for r in rs)))
+    else:
+        rows = _first_fit(sizes, max([row_tokens] + sizes))
     L = max(r[0] for r in rows)
     R = len(rows)
     ids = torch.full((R, L), pad_token_id, dtype=torch.long)

@@ -103,17 +103,38 @@ class DecodeLoop:
         self.inner = self.base.model
         mod = __import__(type(self.base).__module__, fromlist=["apply_rotary_pos_emb"])
         self.rope = mod.apply_rotary_pos_emb
+        # Plain nn.Linear projections are fused per layer (q|k|v, gate|up): fewer, larger matmuls
+        # per token. Anything else (LoRA, 4-bit) is called module by module.
+        self.fused = [self._fuse(layer) for layer in self.inner.layers]
 
-    def _layer(self, layer, x, cos, sin, kc, vc, start, mask):
+    @staticmethod
+    def _fuse(layer):
+        a, m = layer.self_attn, layer.mlp
+        qkv = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+        gu = [getattr(m, n, None) for n in ("gate_proj", "up_proj")]
+        if not all(type(x) is torch.nn.Linear for x in qkv + gu) or not hasattr(m, "act_fn") or \
+                not hasattr(m, "down_proj"):
+            return None
+        cat_b = lambda ls: None if ls[0].bias is None else torch.cat([x.bias for x in ls])  # noqa: E731
+        if len({x.bias is None for x in qkv}) > 1 or len({x.bias is None for x in gu}) > 1:
+            return None
+        return (torch.cat([x.weight for x in qkv]), cat_b(qkv), [x.out_features for x in qkv],
+                torch.cat([x.weight for x in gu]), cat_b(gu), gu[0].out_features)
+
+    def _layer(self, layer, fused, x, cos, sin, kc, vc, start, mask):
         """One decoder layer on positions [start, start + n) of every sequence; writes their keys and
         values into kc/vc [N, kv_heads, S, d] and attends over [0, start + n)."""
         N, n, _ = x.shape
         attn = layer.self_attn
         d = attn.head_dim
         h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(N, n, -1, d).transpose(1, 2)
-        k = attn.k_proj(h).view(N, n, -1, d).transpose(1, 2)
-        v = attn.v_proj(h).view(N, n, -1, d).transpose(1, 2)
+        if fused is not None:
+            q, k, v = torch.nn.functional.linear(h, fused[0], fused[1]).split(fused[2], -1)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q = q.reshape(N, n, -1, d).transpose(1, 2)
+        k = k.reshape(N, n, -1, d).transpose(1, 2)
+        v = v.reshape(N, n, -1, d).transpose(1, 2)
         q, k = self.rope(q, k, cos, sin)
         kc[:, :, start : start + n] = k
         vc[:, :, start : start + n] = v
@@ -127,7 +148,11 @@ class DecodeLoop:
         else:
             o = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(N, n, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+        h = layer.post_attention_layernorm(x)
+        if fused is not None:
+            g, u = torch.nn.functional.linear(h, fused[3], fused[4]).split(fused[5], -1)
+            return x + layer.mlp.down_proj(layer.mlp.act_fn(g) * u)
+        return x + layer.mlp(h)
 
     def _forward(self, ids, pos, caches, start, valid):
         """Last-position logits [N, V] of ``ids`` [N, n] at cache offset ``start``; ``valid`` [N, S]
@@ -139,8 +164,8 @@ class DecodeLoop:
         causal = torch.ones(n, S, dtype=torch.bool, device=ids.device).tril(start)
         mask = (valid[:, None, :S] & causal[None])[:, None]  # [N, 1, n, S]
         mask = mask | ~mask.any(-1, keepdim=True)  # a left-pad query sees something: no NaN rows
-        for layer, (kc, vc) in zip(self.inner.layers, caches):
-            x = self._layer(layer, x, cos, sin, kc, vc, start, mask)
+        for layer, fused, (kc, vc) in zip(self.inner.layers, self.fused, caches):
+            x = self._layer(layer, fused, x, cos, sin, kc, vc, start, mask)
         return self.base.lm_head(self.inner.norm(x[:, -1]))
 
     @torch.no_grad()
