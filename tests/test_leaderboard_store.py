@@ -37,7 +37,7 @@ def test_concurrent_writers_lose_nothing_and_never_expose_a_partial_file(tmp_pat
     os.makedirs(d)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    workers, n, shared = 4, 40, 5
+    workers, n, shared = 6, 60, 5
     procs = [ctx.Process(target=_writer, args=(d, w, n, shared)) for w in range(workers)]
     reader = ctx.Process(target=_reader, args=(d, 30, q))
     for p in procs + [reader]:
