@@ -41,6 +41,26 @@ reward); intervals are 95% percentile-bootstrap intervals over seeds (exact enum
 seeds); **bold** marks the best value of a column (KL is not ranked)."""
 
 
+def suite_lines(suite) -> list:
+    """The suite's settings as shipped in conf/leaderboard/SUITE.yaml (empty if it is not there)."""
+    try:
+        from prefopt.leaderboard.plan import load_suite
+
+        c = load_suite(suite)
+    except Exception:  # noqa: BLE001 — a suite known only from its results
+        return []
+    out = [f"seeds {c['seeds']}, tasks {c['tasks']}; seed s sets {', '.join(c['seed_keys'])}",
+           f"every run: {' '.join(c['common'])}",
+           f"reward model ({c['reward_model']}): {' '.join(c['stage1'])}",
+           f"offline: {' '.join(c['offline'])}", f"online: {' '.join(c['online'])}"]
+    out += [f"{k}: {' '.join(v)}" for k, v in (c.get("algo") or {}).items()]
+    out += [f"sweep {k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in (c.get("sweep") or {}).items()]
+    out.append(f"best-of-n: n in {c['best_of_n']['ns']} from {c['best_of_n']['samples']} samples per prompt")
+    if c.get("exclude"):
+        out.append(f"not run: {', '.join(c['exclude'])}")
+    return out
+
+
 def task_order(agg, suite) -> list:
     """The suite's task order (reviews before arith in the shipped suites), then any others."""
     have = set(agg["suites"].get(suite, {}))
@@ -144,6 +164,7 @@ def markdown(agg, suite, budgets, loaded, versions) -> str:
         for cells, _ in rows:
             lines.append("| " + " | ".join(_md_cell(t, b) for t, _, b in cells) + " |")
         lines += ["", rm_line(agg, suite, task), ""]
+    lines += ["## Suite", ""] + [f"- {html.escape(x, quote=False)}" for x in suite_lines(suite)] + [""]
     lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite)] + [""]
     lines += ["## Versions", ""] + [f"- {v}" for v in versions] + [""]
     return "\n".join(lines)
@@ -296,7 +317,9 @@ def html_page(agg, suite, budgets, loaded, versions, png: bytes) -> str:
                 f"<td data-v='{e('' if v is None else str(v), quote=True)}'{best_attr if b else ''}>{e(t)}</td>"
                 for t, v, b in cells) + "</tr>")
         parts.append(f"</tbody></table><p>{e(rm_line(agg, suite, task))}</p>")
-    parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Notes</h2><ul>"]
+    parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Suite</h2><ul>"]
+    parts += [f"<li><code>{e(x)}</code></li>" for x in suite_lines(suite)]
+    parts += ["</ul><h2>Notes</h2><ul>"]
     parts += [f"<li>{e(n)}</li>" for n in notes(agg, loaded, suite)]
     parts += ["</ul><h2>Versions</h2><ul>"] + [f"<li>{e(v)}</li>" for v in versions] + ["</ul>"]
     parts += [f"<script>{SORT_JS}</script>", "</body></html>"]
