@@ -30,6 +30,22 @@ class JobAppConfig:
     threads: int = 0  # torch threads per job; 0: leave torch's default
 
 
+def _git_commit() -> Optional[str]:
+    """HEAD of the checkout prefopt runs from, "+dirty" when its tracked files differ (None outside git)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip()[:12] + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -85,7 +101,7 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     base = {"config_hash": job.hash, "leaderboard": {**job.meta, "job": job.id, "stage": job.stage,
                                                        "kind": job.kind, "overrides": job.overrides,
                                                        "threads": torch.get_num_threads()},
-            "result_version": store.RESULT_VERSION}
+            "result_version": store.RESULT_VERSION, "git_commit": _git_commit()}
     print(f"[leaderboard] {job.id}: running → {run_dir}", flush=True)
     t0 = time.perf_counter()
     _reset_peak_rss()
