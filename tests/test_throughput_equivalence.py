@@ -178,3 +178,17 @@ def test_dpo_first_step_loss_equals_trl(tmp_path):
     ours = float(loss) / n
     assert abs(trl_loss - 0.6931) > 1e-3  # the policy differs from the reference: not trivially log 2
     assert abs(ours - trl_loss) < 1e-5
+
+
+def test_bench_reports_trl_not_installed(tmp_path, monkeypatch, capsys):
+    import json
+
+    import prefopt.bench as bench
+
+    monkeypatch.setattr(bench, "trl_available", lambda: False)
+    out = tmp_path / "b.json"
+    bench.main(["--providers", "trl", "--workloads", "dpo", "--out", str(out)])
+    rep = json.loads(out.read_text())
+    assert rep["results"]["dpo"]["trl"] == {"error": "not installed"}
+    assert rep["ratios"] == {} and rep["machine"]["cores"] and "load_average_before" in rep
+    assert "not installed" in capsys.readouterr().out
