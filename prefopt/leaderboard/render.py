@@ -200,6 +200,10 @@ def notes(agg, loaded, suite) -> list:
                "tokens/s and memory depend on the machine and on how many jobs ran at once.")
     out.append("Gold @ KL≤B: the best mean gold reward among a method's sweep points whose mean KL is at most B "
                "(— if none); best-of-n's KL is analytic.")
+    out.append("Proxy−gold gap = label_temperature·(proxy − proxy_ref) − (gold − gold_ref), in gold units: positive "
+               "when the reward model claims more than the real gain (over-optimization). A reward model that "
+               "learned a compressed scale (smaller logits than gold/label_temperature) makes it negative for "
+               "methods that do not exploit it; compare methods with each other, not with zero.")
     out.append("π_SFT's row is the evaluator's sample (one completion per held-out prompt, the same for every "
                "method of a seed); best-of-n's n=1 point estimates the same quantity from its own samples.")
     return out
