@@ -227,6 +227,7 @@ def frontier_png(agg, suite, path) -> bytes:
     marker = {"offline": "o", "online": "s", "baseline": "D"}
     for ax, task in zip(axes[0], tasks):
         ref = agg["reference"].get(suite, {}).get(task)
+        plotted = [ref.est["gold"].mean] if ref is not None and ref.est.get("gold") else []
         for row in agg["suites"][suite][task]:
             pts = [p for p in row.points if p.est.get("gold") and p.est.get("kl")]
             if not pts:
@@ -234,6 +235,7 @@ def frontier_png(agg, suite, path) -> bytes:
             x = [math.sqrt(max(p.est["kl"].mean, 0.0)) for p in pts]
             y = [p.est["gold"].mean for p in pts]
             yerr = [[p.est["gold"].mean - p.est["gold"].lo for p in pts], [p.est["gold"].hi - p.est["gold"].mean for p in pts]]
+            plotted += y
             if row.method == "best-of-n":
                 style = dict(color="black", lw=2.2) if row.reward == "proxy" else dict(color="gray", lw=1.4, ls=":")
                 lab = "best-of-n (proxy RM pick)" if row.reward == "proxy" else "best-of-n (gold pick, oracle)"
@@ -247,6 +249,7 @@ def frontier_png(agg, suite, path) -> bytes:
                 ax.errorbar(x, y, yerr=yerr, color=c, marker=m, ms=6, lw=1.6, capsize=2, label=row.label,
                             ls=":" if row.reward == "exact" else "-")
             pp = [p for p in pts if p.est.get("proxy_cal")]
+            plotted += [p.est["proxy_cal"].mean for p in pp]
             if pp:
                 ax.plot([math.sqrt(max(p.est["kl"].mean, 0.0)) for p in pp], [p.est["proxy_cal"].mean for p in pp],
                         ls="--", lw=1.1, marker="o", ms=4, mfc="none", alpha=0.8,
@@ -254,6 +257,13 @@ def frontier_png(agg, suite, path) -> bytes:
         if ref is not None and ref.est.get("gold"):
             ax.plot([0], [ref.est["gold"].mean], marker="*", ms=14, color="gold", mec="black", ls="none",
                     label="π_SFT (reference)", zorder=5)
+        # y range from the plotted means (not the error bars): one seed that blew up must not flatten
+        # every other curve; the table carries the full intervals; the title says so
+        ys = [v for v in plotted if math.isfinite(v)]
+        if ys:
+            lo, hi = min(ys), max(ys)
+            pad = 0.08 * (hi - lo or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("√KL(π ‖ π_SFT)   (√nats, held-out prompts)")
         ax.set_ylabel("gold reward (held-out prompts)")
         ax.set_title(f"{task}: gold reward vs √KL (dashed: proxy reward, calibrated)")
@@ -268,8 +278,8 @@ def frontier_png(agg, suite, path) -> bytes:
     order = [k for k in first if k in seen] + sorted(k for k in seen if k not in first)
     fig.legend([seen[k] for k in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
                frameon=False, title="● offline   ■ proxy RM   ▲ exact reward", title_fontsize=8)
-    fig.suptitle(f"prefopt leaderboard ({suite}): means over seeds, bars: 95% bootstrap CI; β-sweep points joined",
-                 fontsize=11)
+    fig.suptitle(f"prefopt leaderboard ({suite}): means over seeds, bars: 95% bootstrap CI (the y axis fits the means; "
+                 "longer bars run off it); β-sweep points joined", fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
