@@ -138,7 +138,10 @@ def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Option
         model = apply_lora(model, cfg)
     elif cfg.load_in_4bit:
         raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
-    return model
+    # from_pretrained returns eval mode; a trainable model stays in train mode from here on and
+    # passes without gradient use dropout_off (eval mode would let bitsandbytes repack 4-bit CPU
+    # weights into a layout that breaks later backward passes).
+    return model.train()
 
 
 def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
@@ -217,7 +220,10 @@ def load_reward_model(cfg: ModelConfig, path: Optional[str] = None, vocab_size: 
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
     elif cfg.load_in_4bit:
         raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
-    return model
+    # from_pretrained returns eval mode; a trainable model stays in train mode from here on and
+    # passes without gradient use dropout_off (eval mode would let bitsandbytes repack 4-bit CPU
+    # weights into a layout that breaks later backward passes).
+    return model.train()
 
 
 def is_peft(model) -> bool:
