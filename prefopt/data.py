@@ -671,13 +671,23 @@ def _pad(seqs: list[list], value, length: int, dtype: torch.dtype, left: bool = 
     return out
 
 
-def _sequences(examples: list[dict], field: str, length: int, pad_token_id: int, prefix: str = "") -> dict:
-    seqs = [build_sequences(ex["prompt_ids"], ex[f"{field}_ids"]) for ex in examples]
+def pad_batch(prompt_ids: list, completion_ids: list, pad_token_id: int, length: Optional[int] = None,
+              prefix: str = "") -> dict:
+    """Right-padded ``input_ids`` / ``attention_mask`` (long) and ``loss_mask`` (bool, True at the
+    completion tokens) [B, T] for lists of prompt and completion token ids; T = ``length`` or the
+    longest sequence. Used by collation, rollouts, evaluation and the reference pre-pass."""
+    seqs = [build_sequences(p, c) for p, c in zip(prompt_ids, completion_ids)]
+    length = length if length is not None else max(len(s) for s, _ in seqs)
     return {
         f"{prefix}input_ids": _pad([s for s, _ in seqs], pad_token_id, length, torch.long),
         f"{prefix}attention_mask": _pad([[1] * len(s) for s, _ in seqs], 0, length, torch.long),
         f"{prefix}loss_mask": _pad([m for _, m in seqs], False, length, torch.bool),
     }
+
+
+def _sequences(examples: list[dict], field: str, length: int, pad_token_id: int, prefix: str = "") -> dict:
+    return pad_batch([ex["prompt_ids"] for ex in examples], [ex[f"{field}_ids"] for ex in examples], pad_token_id,
+                     length, prefix)
 
 
 def collate(examples: list[dict], kind: str, pad_token_id: int) -> dict[str, Any]:

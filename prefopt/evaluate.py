@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
+from prefopt.data import pad_batch
 from prefopt.logprobs import hidden_states, token_stats
 from prefopt.rollout import SamplingConfig
 
@@ -35,16 +36,6 @@ def repetition_rate(words: list) -> float:
     return 1.0 - len(set(words)) / len(words)
 
 
-def _pad(seqs, pad_id):
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    am = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        am[i, : len(s)] = 1
-    return ids, am
-
-
 @torch.no_grad()
 def sequence_kl(policy, reference, prompts_ids, completions, pad_id, temperature=1.0, batch_size=64):
     """Σ_t exact KL per completion, [n]."""
@@ -52,10 +43,8 @@ def sequence_kl(policy, reference, prompts_ids, completions, pad_id, temperature
     out = []
     for i in range(0, len(prompts_ids), batch_size):
         P, C = prompts_ids[i : i + batch_size], completions[i : i + batch_size]
-        ids, am = _pad([p + c for p, c in zip(P, C)], pad_id)
-        lm = torch.zeros_like(ids, dtype=torch.bool)
-        for j, (p, c) in enumerate(zip(P, C)):
-            lm[j, len(p) : len(p) + len(c)] = True
+        b = pad_batch(P, C, pad_id)
+        ids, am, lm = b["input_ids"], b["attention_mask"], b["loss_mask"]
 
         def ref_hidden(kw):
             with reference.active() as ref_model:

@@ -86,7 +86,7 @@ def _quantization(cfg: ModelConfig):
     )
 
 
-def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0, auto_cls=AutoModelForCausalLM, **config_kw):
     """A randomly initialized model of a family from an architecture config (no weights needed)."""
     arch = dict(cfg.arch)
     model_type = arch.pop("model_type", None)
@@ -94,54 +94,62 @@ def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0):
         raise UserError("model.arch needs a 'model_type' key (e.g. llama, qwen2, mistral, gemma2)")
     arch.setdefault("vocab_size", vocab_size)
     try:
-        config = AutoConfig.for_model(model_type, **arch)
+        config = AutoConfig.for_model(model_type, **arch, **config_kw)
     except (ValueError, KeyError) as e:
         raise UserError(f"model.arch: {str(e).splitlines()[0]}") from None
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return auto_cls.from_config(config, dtype=torch.float32)
 
 
-def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0):
-    """The trainable policy: base weights (optionally 4-bit), plus LoRA adapters when model.lora.r > 0."""
+def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_type: str, head_seed=None,
+                    load_errors=(OSError,), what: str = "", **config_kw):
+    """Base weights (a checkpoint, or random ``model.arch`` weights; optionally 4-bit), gradient
+    checkpointing, and LoRA adapters when model.lora.r > 0. Shared by the policy and the reward model."""
     path = path or cfg.name_or_path
     tmp = None
     if cfg.arch is not None:
-        model = build_random(cfg, vocab_size, seed)
+        model = build_random(cfg, vocab_size, seed, auto_cls, **config_kw)
         if cfg.load_in_4bit:
             # bitsandbytes quantizes while loading; go through a saved copy of the random weights.
             tmp = tempfile.TemporaryDirectory(prefix="prefopt-arch-")
             model.save_pretrained(tmp.name)
             path, model = tmp.name, None
+        else:
+            model = model.to(torch_dtype(cfg.dtype) if cfg.dtype != "auto" else torch.float32)
     else:
         model = None
         _check_path(path, "model.name_or_path")
     if model is None:
-        kw = dict(
-            dtype=torch_dtype(cfg.dtype),
-            trust_remote_code=cfg.trust_remote_code,
-            quantization_config=_quantization(cfg),
-        )
+        kw = dict(dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+                  quantization_config=_quantization(cfg), **config_kw)
         if cfg.attn_implementation:
             kw["attn_implementation"] = cfg.attn_implementation
+        if head_seed is not None:
+            torch.manual_seed(head_seed)  # a new head's initialization (the reward model's score)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        except OSError as e:
-            raise UserError(f"model.name_or_path: cannot load '{path}' ({str(e).splitlines()[0]})") from None
-    else:
-        model = model.to(torch_dtype(cfg.dtype) if cfg.dtype != "auto" else torch.float32)
+            model = auto_cls.from_pretrained(path, **kw)
+        except load_errors as e:
+            raise UserError(f"model.name_or_path: cannot load '{path}'{what} ({str(e).splitlines()[0]})") from None
     if tmp is not None:
         tmp.cleanup()
+    if "pad_token_id" in config_kw:
+        model.config.pad_token_id = config_kw["pad_token_id"]
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if cfg.lora.r > 0:
-        model = apply_lora(model, cfg)
+        model = apply_lora(model, cfg, task_type=task_type)
     elif cfg.load_in_4bit:
         raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
     # from_pretrained returns eval mode; a trainable model stays in train mode from here on and
     # passes without gradient use dropout_off (eval mode would let bitsandbytes repack 4-bit CPU
     # weights into a layout that breaks later backward passes).
     return model.train()
+
+
+def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0):
+    """The trainable policy: base weights (optionally 4-bit), plus LoRA adapters when model.lora.r > 0."""
+    return _load_trainable(cfg, AutoModelForCausalLM, path, vocab_size, seed, task_type="CAUSAL_LM")
 
 
 def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
@@ -175,55 +183,9 @@ def load_reward_model(cfg: ModelConfig, path: Optional[str] = None, vocab_size: 
     the policy."""
     from transformers import AutoModelForSequenceClassification
 
-    path = path or cfg.name_or_path
-    tmp = None
-    kw = dict(num_labels=1, pad_token_id=pad_token_id)
-    if cfg.arch is not None:
-        arch = dict(cfg.arch)
-        model_type = arch.pop("model_type", None)
-        if model_type is None:
-            raise UserError("model.arch needs a 'model_type' key (e.g. llama, qwen2, mistral, gemma2)")
-        arch.setdefault("vocab_size", vocab_size)
-        try:
-            config = AutoConfig.for_model(model_type, **arch, **kw)
-        except (ValueError, KeyError) as e:
-            raise UserError(f"model.arch: {str(e).splitlines()[0]}") from None
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-        if cfg.load_in_4bit:
-            tmp = tempfile.TemporaryDirectory(prefix="prefopt-arch-")
-            model.save_pretrained(tmp.name)
-            path, model = tmp.name, None
-        else:
-            model = model.to(torch_dtype(cfg.dtype) if cfg.dtype != "auto" else torch.float32)
-    else:
-        model = None
-        _check_path(path, "model.name_or_path")
-    if model is None:
-        load_kw = dict(dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
-                       quantization_config=_quantization(cfg), **kw)
-        if cfg.attn_implementation:
-            load_kw["attn_implementation"] = cfg.attn_implementation
-        torch.manual_seed(seed)  # the new score head's initialization
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, **load_kw)
-        except (OSError, ValueError) as e:
-            raise UserError(f"model.name_or_path: cannot load '{path}' as a sequence classifier "
-                            f"({str(e).splitlines()[0]})") from None
-    if tmp is not None:
-        tmp.cleanup()
-    model.config.pad_token_id = pad_token_id
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if cfg.lora.r > 0:
-        model = apply_lora(model, cfg, task_type="SEQ_CLS")
-    elif cfg.load_in_4bit:
-        raise UserError("model.load_in_4bit=true trains 4-bit weights only through adapters; set model.lora.r > 0 (QLoRA)")
-    # from_pretrained returns eval mode; a trainable model stays in train mode from here on and
-    # passes without gradient use dropout_off (eval mode would let bitsandbytes repack 4-bit CPU
-    # weights into a layout that breaks later backward passes).
-    return model.train()
+    return _load_trainable(cfg, AutoModelForSequenceClassification, path, vocab_size, seed, task_type="SEQ_CLS",
+                           head_seed=seed, load_errors=(OSError, ValueError), what=" as a sequence classifier",
+                           num_labels=1, pad_token_id=pad_token_id)
 
 
 def is_peft(model) -> bool:

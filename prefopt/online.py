@@ -37,6 +37,7 @@ from typing import Optional
 
 import torch
 
+from prefopt.data import pad_batch
 from prefopt.errors import UserError
 from prefopt.logprobs import token_stats
 from prefopt.models import dropout_disable, dropout_restore
@@ -111,23 +112,6 @@ def plan_batches(c: RolloutFields, world_size: int = 1, needs_groups: bool = Fal
                      sequences_per_step=n // c.minibatches_per_rollout, sequences_per_step_per_process=step_proc,
                      micro_batches_per_step=step_proc // micro,
                      steps_per_rollout=c.epochs_per_rollout * c.minibatches_per_rollout)
-
-
-def _pad_right(seqs: list, value, dtype) -> torch.Tensor:
-    T = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), T), value, dtype=dtype)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=dtype)
-    return out
-
-
-def build_sequences(prompt_ids: list, completions: list, pad_id: int) -> dict:
-    """Right-padded prompt + completion tensors, ``loss_mask`` True at the completion tokens."""
-    full = [list(p) + list(c) for p, c in zip(prompt_ids, completions)]
-    lm = [[False] * len(p) + [True] * len(c) for p, c in zip(prompt_ids, completions)]
-    return {"input_ids": _pad_right(full, pad_id, torch.long),
-            "attention_mask": _pad_right([[1] * len(s) for s in full], 0, torch.long),
-            "loss_mask": _pad_right(lm, False, torch.bool)}
 
 
 # Rollout tensors indexed by sequence (dim 0); everything else in a rollout dict is per rollout.
@@ -292,7 +276,7 @@ class RolloutSource:
                     "group_size": K, "prompt_text": [], "completion_text": []}
         p_ids = [x for p in parts for x in p["p"]]
         comps = [x for p in parts for x in p["c"]]
-        roll = build_sequences(p_ids, comps, self.tok.pad_token_id)
+        roll = pad_batch(p_ids, comps, self.tok.pad_token_id)
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
         roll["finished"] = torch.cat([p["f"] for p in parts])
         roll["group"] = torch.arange(len(parts)).repeat_interleave(K)

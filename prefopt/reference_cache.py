@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
+from prefopt.data import pad_batch
 from prefopt.logprobs import token_stats
 
 VERSION = 1
@@ -106,14 +107,8 @@ def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 
             for j in range(0, len(order), batch_size):
                 idx = order[j : j + batch_size]
                 seqs = [(examples[i]["prompt_ids"], examples[i][f"{f}_ids"]) for i in idx]
-                T = max(len(p) + len(c) for p, c in seqs)
-                ids = torch.full((len(idx), T), pad_token_id, dtype=torch.long)
-                am = torch.zeros((len(idx), T), dtype=torch.long)
-                lm = torch.zeros((len(idx), T), dtype=torch.bool)
-                for b, (p, c) in enumerate(seqs):
-                    ids[b, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
-                    am[b, : len(p) + len(c)] = 1
-                    lm[b, len(p) : len(p) + len(c)] = True
+                pb = pad_batch([p for p, _ in seqs], [c for _, c in seqs], pad_token_id)
+                ids, am, lm = pb["input_ids"], pb["attention_mask"], pb["loss_mask"]
                 st = token_stats(model, ids.to(device), am.to(device), lm.to(device), temperature=temperature)
                 lp = st.logps.float().cpu()
                 for b, (i, (p, c)) in enumerate(zip(idx, seqs)):

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from prefopt.data import pad_batch
 from prefopt.errors import UserError
 
 KINDS = ("auto", "function", "model", "sum")
@@ -148,12 +149,8 @@ class ModelReward:
         pad = self.model.config.pad_token_id
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i : i + self.batch_size]
-            T = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-            am = torch.zeros((len(chunk), T), dtype=torch.long)
-            for j, s in enumerate(chunk):
-                ids[j, : len(s)] = torch.tensor(s)
-                am[j, : len(s)] = 1
+            b = pad_batch([[] for _ in chunk], chunk, pad)  # whole sequences; the loss mask is unused
+            ids, am = b["input_ids"], b["attention_mask"]
             logits = self.model(input_ids=ids.to(self.device), attention_mask=am.to(self.device), use_cache=False).logits
             out.append(logits[:, 0].float().cpu())
         return torch.cat(out)

@@ -138,9 +138,7 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     micro_per_step = check_trainer(tcfg, accelerator.num_processes)
     resume_from = None
     if tcfg.resume:
-        from prefopt.trainer import Trainer as _T
-
-        resume_from = _T.newest_checkpoint(out_dir) if tcfg.resume == "auto" else tcfg.resume
+        resume_from = Trainer.newest_checkpoint(out_dir) if tcfg.resume == "auto" else tcfg.resume
         if tcfg.resume != "auto" and not os.path.isdir(tcfg.resume):
             raise UserError(f"trainer.resume: '{tcfg.resume}' is not a checkpoint directory; accepted: auto or a path")
     elif os.path.exists(os.path.join(out_dir, "metrics.jsonl")):

@@ -104,7 +104,7 @@ class TrainState:
 class Trainer:
     def __init__(self, *, objective, policy, reference, source, cfg: TrainerConfig, out_dir: str,
                  total_steps: int, evaluator: Optional[Callable] = None, device=None, temperature: float = 1.0,
-                 console=None, on_save: Optional[Callable] = None):
+                 console=None):
         self.objective = objective
         self.policy = policy
         self.reference = reference
@@ -127,7 +127,6 @@ class Trainer:
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
         self.tb = None
-        self.on_save = on_save
 
     # ---- setup -------------------------------------------------------------------------------
     def _make_optimizer(self):

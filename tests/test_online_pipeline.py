@@ -6,7 +6,8 @@ import torch
 from conftest import TINY, tiny_model
 from prefopt.errors import UserError
 from prefopt.logprobs import token_stats
-from prefopt.online import RolloutFields, build_sequences, plan_batches
+from prefopt.data import pad_batch as build_sequences
+from prefopt.online import RolloutFields, plan_batches
 from prefopt.rewards import RewardConfig, RewardTerm, build_reward
 from prefopt.rollout import HFSampler, SamplingConfig
 

@@ -133,7 +133,7 @@ def test_cached_decoding_samples_the_same_tokens_as_uncached(kv_heads, top_k, to
 
 
 def test_decode_loop_logprobs_are_the_scorers_and_stop_at_eos():
-    from prefopt.online import build_sequences
+    from prefopt.data import pad_batch as build_sequences
 
     model = tiny()
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
