@@ -258,17 +258,35 @@ def _step_timer():
         """Wall time between consecutive optimizer-step ends: everything a step costs."""
 
         def __init__(self):
-            self.ends, self.cpu = [], []
+            self.ends, self.cpu, self.gen = [], [], []
+            self.gen_total = 0.0  # seconds inside model.generate so far (see _time_generate)
 
         def on_train_begin(self, args, state, control, **kw):
             self.ends.append(time.perf_counter())
             self.cpu.append(time.process_time())
+            self.gen.append(self.gen_total)
 
         def on_step_end(self, args, state, control, **kw):
             self.ends.append(time.perf_counter())
             self.cpu.append(time.process_time())
+            self.gen.append(self.gen_total)
 
     return StepTimer()
+
+
+def _time_generate(model, timer):
+    """Adds the wall time of every ``model.generate`` call to ``timer.gen_total`` (TRL's
+    generation share of a step, reported next to prefopt's own rollout timer)."""
+    orig = model.generate
+
+    def generate(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return orig(*a, **kw)
+        finally:
+            timer.gen_total += time.perf_counter() - t0
+
+    model.generate = generate
 
 
 def _count_tokens(trainer, key="attention_mask"):
@@ -336,11 +354,14 @@ def trl_grpo(world: dict, warmup: int, steps: int) -> dict:
                          train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]), processing_class=tok)
         timer = _step_timer()
         tr.add_callback(timer)
+        _time_generate(model, timer)
         counts = _count_tokens(tr)
         tr.train()
     dts = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
     cpu = [b - a for a, b in zip(timer.cpu, timer.cpu[1:])]
-    return {"step_s": dts[warmup:], "cpu_s": cpu[warmup:], "tokens": counts[warmup:], "completions": [n] * steps}
+    gen = [b - a for a, b in zip(timer.gen, timer.gen[1:])]
+    return {"step_s": dts[warmup:], "cpu_s": cpu[warmup:], "tokens": counts[warmup:], "completions": [n] * steps,
+            "gen_s": gen[warmup:]}
 
 
 WORKERS = {("prefopt", "dpo"): prefopt_dpo, ("trl", "dpo"): trl_dpo,
@@ -429,6 +450,7 @@ def _summ(runs: list) -> dict:
         s["first_loss"] = ok[0]["first_loss"]
     if "gen_s" in ok[0]:
         s["gen_s_mean"] = statistics.mean(g for r in ok for g in r["gen_s"])
+        s["gen_s_median"] = statistics.median(g for r in ok for g in r["gen_s"])
     return s
 
 
@@ -505,21 +527,23 @@ def table(rep: dict) -> str:
              f"{rep['settings']['torch_threads']}), no GPU; "
              f"load average before {rep['load_average_before']} after {rep['load_average_after']}",
              f"versions: {rep['versions']}", "",
-             "| workload | provider | s/step (median) | CPU s/step | real tokens/s | completions/s | peak RSS MB | first-step loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| workload | provider | s/step (median) | of which generation | CPU s/step | real tokens/s | completions/s | "
+             "peak RSS MB | first-step loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for wl, r in rep["results"].items():
         for p, s in r.items():
             if "error" in s:
-                lines.append(f"| {wl} | {p} | {s['error']} | | | | | |")
+                lines.append(f"| {wl} | {p} | {s['error']} | | | | | | |")
                 continue
             fl = f"{s['first_loss']:.6f}" if "first_loss" in s else ""
-            lines.append(f"| {wl} | {p} | {s['step_s_median']:.3f} | {s.get('cpu_s_per_step_median', float('nan')):.3f} | "
+            gen = f"{s['gen_s_median']:.3f}" if "gen_s_median" in s else ""
+            lines.append(f"| {wl} | {p} | {s['step_s_median']:.3f} | {gen} | {s.get('cpu_s_per_step_median', float('nan')):.3f} | "
                          f"{s['tokens_per_s']:,.0f} | "
                          f"{s['completions_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {fl} |")
         q = rep["ratios"].get(wl)
         if q:
             extra = f" | Δloss {q['first_loss_abs_diff']:.1e}" if "first_loss_abs_diff" in q else ""
-            lines.append(f"| {wl} | prefopt/TRL | ×{1 / q['step_time']:.2f} faster | | ×{q['tokens_per_s']:.2f} | "
+            lines.append(f"| {wl} | prefopt/TRL | ×{1 / q['step_time']:.2f} faster | | | ×{q['tokens_per_s']:.2f} | "
                          f"×{q['completions_per_s']:.2f} | ×{q['peak_rss']:.2f} |{extra} |")
     la = rep["load_average_before"]
     if la and la[0] > (m["cores"] or 1):

@@ -9,7 +9,12 @@
 3. scores them with the reward source (:mod:`prefopt.rewards`); with ``dynamic_sampling`` drops
    groups whose rewards are all equal and samples more prompts to refill (DAPO),
 4. recomputes, without gradient, log π_old (through the fused kernel, same temperature), log π_ref
-   when the objective needs a reference, and V_old when it has a value head,
+   when the objective needs a reference, and V_old when it has a value head. With one optimizer
+   step per rollout and no value head, the policy has not moved between sampling and the loss, so
+   π_old *is* π_θ: the π_old pass is skipped, the loss takes ``sg[log π_θ]`` as log π_old (ratio
+   exactly 1, gradient A ∇log π_θ; as TRL and verl do), and the sampler's own log-probs (same
+   temperature, equal to a recomputation up to float rounding) serve ``prepare`` (KL in the reward,
+   metrics),
 5. hands the rollout to ``objective.prepare`` (the method's advantage / selection step),
 
 then yields ``epochs_per_rollout × minibatches_per_rollout`` optimizer steps from it, each a
@@ -161,6 +166,8 @@ class RolloutSource:
         self.last_metrics: dict = {}
         self._roll_idx, self._roll = None, None
         self._perm_cache: dict = {}
+        # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
+        self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
 
     @property
     def steps_per_rollout(self) -> int:
@@ -207,6 +214,7 @@ class RolloutSource:
             if v.dim() == 2:
                 b[k] = v[:, :T]
         b["norm_tokens"] = self.max_new_tokens  # seq-mean-token-sum-norm's constant
+        b["old_is_current"] = self.old_is_current
         return b
 
     # ---- one rollout ---------------------------------------------------------------------------
@@ -223,7 +231,8 @@ class RolloutSource:
             t0 = time.perf_counter()
             self.sampler.sync_weights(self.policy)
             s = self.sampler.sample(self.policy, prompt_ids, self.scfg,
-                                    seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank)
+                                    seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank,
+                                    return_logprobs=self.old_is_current)
             gen_s += time.perf_counter() - t0
             p_ids = [p for p in prompt_ids for _ in range(K)]
             p_txt = [e["prompt_text"] for e in exs for _ in range(K)]
@@ -241,7 +250,7 @@ class RolloutSource:
             for gi in keep.nonzero().view(-1).tolist():
                 sl = slice(gi * K, (gi + 1) * K)
                 parts.append(dict(p=p_ids[sl], pt=p_txt[sl], c=s.completions[sl], t=texts[sl], s=scores[sl],
-                                  f=finished[sl]))
+                                  f=finished[sl], lp=s.logprobs[sl] if s.logprobs is not None else None))
             if len(parts) >= want:
                 break
         parts = parts[:want]
@@ -286,20 +295,26 @@ class RolloutSource:
         # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
         needs_ref = self.reference is not None and getattr(self.obj, "needs", None) is not None and self.obj.needs.reference
         old, ref, val = [], [], []
+        if self.old_is_current:
+            # The sampler's log-probs, at the completion positions (where loss_mask is set, in order).
+            roll["old_logps"] = torch.zeros(roll["loss_mask"].shape)
+            roll["old_logps"][roll["loss_mask"]] = torch.tensor([v for p in parts for x in p["lp"] for v in x])
         # No dropout: π_old is a fixed function of the weights (eval() would break 4-bit training).
         flipped = dropout_disable(self.policy)
         n = roll["input_ids"].shape[0]
         for i in range(0, n, self.c.sequences_per_device):
             sl = slice(i, i + self.c.sequences_per_device)
             ids, am, lm = (roll[k][sl].to(self.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-            old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
+            if not self.old_is_current:
+                old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
             if self.value_model is not None:
                 # Right after the policy's forward: a value head on the policy reuses its hidden states.
                 val.append(self.value_model.values({"input_ids": ids, "attention_mask": am, "loss_mask": lm}).float().cpu())
             if needs_ref:
                 ref.append(self.reference.token_stats(ids, am, lm, temperature=self.c.temperature).logps.cpu())
         dropout_restore(flipped)
-        roll["old_logps"] = torch.cat(old)
+        if old:
+            roll["old_logps"] = torch.cat(old)
         if val:
             roll["old_values"] = torch.cat(val)
         if ref:

@@ -182,3 +182,60 @@ def test_best_of_n_reports_gold_and_analytic_kl():
     assert set(res) == {1, 4} and res[1]["kl_analytic"] == 0.0
     assert res[4]["kl_analytic"] == pytest.approx(best_of_n_kl(4))
     assert res[4]["proxy_reward"] >= res[1]["proxy_reward"]
+
+
+# ---- π_old == π_θ with one optimizer step per rollout ------------------------------------------
+
+
+class _LengthReward:
+    def __call__(self, prompts, completions, *, finished=None, with_terms=False, **_):
+        s = torch.tensor([float(len(c.split())) for c in completions])
+        return (s, {}) if with_terms else s
+
+
+@pytest.mark.parametrize("algo,kw", [("grpo", {}), ("rloo", {}), ("grpo", {"ratio_level": "sequence"})])
+def test_skipped_old_pass_gives_the_same_loss_and_gradient(algo, kw):
+    """One step per rollout: sg[log π_θ] as log π_old (no π_old pass) and the sampler's log-probs
+    for prepare give the loss, gradient and metrics of the recomputed π_old."""
+    import copy
+
+    from prefopt.logprobs import Scorer
+    from prefopt.models import FrozenReference
+    from prefopt.online import RolloutSource
+    from prefopt.registry import get_objective
+    from prefopt.testbed.tokenizer import build_tokenizer
+
+    words = ["the", "movie", "was", "a", "plot", "actors", "film", "story"]
+    tok = build_tokenizer(words)
+    model = tiny_model(seed=5, vocab=len(tok))
+    ref = FrozenReference(copy.deepcopy(model))
+    with torch.no_grad():  # the policy moves away from the reference, so KL terms are non-zero
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    exs = [{"row": i, "prompt_text": " ".join(words[i % 8 : i % 8 + 3]),
+            "prompt_ids": tok(" ".join(words[i % 8 : i % 8 + 3]), add_special_tokens=False)["input_ids"]} for i in range(8)]
+    cls = get_objective(algo)
+    results = []
+    for recompute in (True, False):
+        obj = cls(cls.Config(prompts_per_step=4, samples_per_prompt=3, max_new_tokens=8, kl_coef=0.1, **kw))
+        src = RolloutSource(examples=exs, objective=obj, policy=model, reward=_LengthReward(),
+                            sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), tokenizer=tok, max_new_tokens=8,
+                            seed=0, reference=ref)
+        assert src.old_is_current
+        src.old_is_current = not recompute
+        batches = src.step_batches(0)
+        model.zero_grad()
+        loss, metrics = 0.0, {}
+        for b in batches:
+            l, m = obj.loss(b, Scorer(model, ref))
+            l.backward()
+            loss += float(l.detach())
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((loss, grads, src.last_metrics, m))
+    (l1, g1, rm1, m1), (l2, g2, rm2, m2) = results
+    assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    assert "rollout/kl_ref" in rm1 or algo == "grpo"
+    for k in rm1.keys() - {"rollout/gen_time_s"}:
+        assert abs(rm1[k] - rm2[k]) < 1e-4 * max(1.0, abs(rm1[k])), k
+    assert float(m2["ratio"]) == pytest.approx(float(m1["ratio"]), rel=1e-5)

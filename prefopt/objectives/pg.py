@@ -206,7 +206,9 @@ class PolicyGradient:
         stats = scorer.logps(batch, entropy=want_entropy)
         V = self.value_model.values(batch) if self.value_model is not None and "returns" in batch else None
         logp, mask = stats.logps, stats.mask.float()
-        old, A = batch["old_logps"], batch["advantages"]
+        # One optimizer step per rollout: π_old is the policy itself (online.py, step 4).
+        old = logp.detach() if batch.get("old_is_current") else batch["old_logps"]
+        A = batch["advantages"]
         L = int(batch.get("norm_tokens", 1))
 
         if c.ratio_level == "token":
