@@ -19,7 +19,8 @@ use transformers' ``generate`` with a KV cache. Both: temperature, top-p, top-k,
 stop at EOS. ``evaluate``-style ``generate()`` keeps transformers' ``generate``, whose draws the
 testbed's cached data were built with. Under LoRA the model passed in is the policy with its adapters on.
 The log-probs that enter a loss are recomputed by the trainer through the fused kernel under the
-same temperature; the sampler's log-probs are only for checking that the two agree.
+same temperature; the sampler's own log-probs (equal to those up to float rounding) serve the
+online pipeline where nothing has moved since sampling (see :mod:`prefopt.online`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of ``probs`` [N, V] by inverting the cumulative distribution at a uniform
+    draw: the same law as ``torch.multinomial`` at a tenth of its cost per decode step on CPU. The
+    draw is v = (1 − u)·Σp ∈ (0, Σp], so a zero-probability token (an empty interval) is never hit."""
+    c = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=gen, device=probs.device, dtype=c.dtype)
+    return torch.searchsorted(c, (1 - u) * c[:, -1:]).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
 class DecodeLoop:
     """Batched sampling for Llama-style decoders with a preallocated KV cache.
 
@@ -121,21 +131,50 @@ class DecodeLoop:
         return (torch.cat([x.weight for x in qkv]), cat_b(qkv), [x.out_features for x in qkv],
                 torch.cat([x.weight for x in gu]), cat_b(gu), gu[0].out_features)
 
-    def _layer(self, layer, fused, x, cos, sin, kc, vc, start, mask):
+    @staticmethod
+    def _norm(norm, x):
+        """The decoder's RMSNorm; one fused op for the plain fp32 Llama/Qwen2/Mistral RMSNorm
+        (w · x / √(mean x² + ε), the same formula: a decode step runs nine of these per token)."""
+        if x.dtype == torch.float32 and type(norm).__name__.endswith("RMSNorm") and \
+                hasattr(norm, "variance_epsilon") and getattr(norm, "weight", None) is not None and \
+                norm.weight.dtype == torch.float32:
+            return torch.nn.functional.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+        return norm(x)
+
+    @staticmethod
+    def _rope(x, cos, sin):
+        """Rotary embedding of x [N, n, heads, d] (cos/sin [N, n, d]) in the rotate-half layout:
+        x·cos + rotate_half(x)·sin written out per half, so q and k go through it together."""
+        h = x.shape[-1] // 2
+        x1, x2 = x[..., :h], x[..., h:]
+        c, s = cos[:, :, None], sin[:, :, None]
+        return torch.cat((x1 * c[..., :h] - x2 * s[..., :h], x2 * c[..., h:] + x1 * s[..., h:]), -1)
+
+    def _layer(self, layer, fused, x, cos, sin, kc, vc, start, bias):
         """One decoder layer on positions [start, start + n) of every sequence; writes their keys and
-        values into kc/vc [N, kv_heads, S, d] and attends over [0, start + n)."""
+        values into kc/vc [N, kv_heads, S, d] and attends over [0, start + n) (``bias``: 0 where a
+        query may attend, −inf elsewhere, [N, 1, n, start + n])."""
         N, n, _ = x.shape
         attn = layer.self_attn
         d = attn.head_dim
-        h = layer.input_layernorm(x)
-        if fused is not None:
-            q, k, v = torch.nn.functional.linear(h, fused[0], fused[1]).split(fused[2], -1)
+        h = self._norm(layer.input_layernorm, x)
+        if fused is not None and cos.shape[-1] == d:
+            # One matmul for q|k|v, one rotary pass for q|k, no per-head transposes before the cache.
+            hq, hk = fused[2][0] // d, fused[2][1] // d
+            qkv = torch.nn.functional.linear(h, fused[0], fused[1]).view(N, n, hq + 2 * hk, d)
+            qk = self._rope(qkv[:, :, : hq + hk], cos, sin)
+            q = qk[:, :, :hq].transpose(1, 2)
+            k = qk[:, :, hq:].transpose(1, 2)
+            v = qkv[:, :, hq + hk :].transpose(1, 2)
         else:
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        q = q.reshape(N, n, -1, d).transpose(1, 2)
-        k = k.reshape(N, n, -1, d).transpose(1, 2)
-        v = v.reshape(N, n, -1, d).transpose(1, 2)
-        q, k = self.rope(q, k, cos, sin)
+            if fused is not None:
+                q, k, v = torch.nn.functional.linear(h, fused[0], fused[1]).split(fused[2], -1)
+            else:
+                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q = q.reshape(N, n, -1, d).transpose(1, 2)
+            k = k.reshape(N, n, -1, d).transpose(1, 2)
+            v = v.reshape(N, n, -1, d).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
         kc[:, :, start : start + n] = k
         vc[:, :, start : start + n] = v
         K, V = kc[:, :, : start + n], vc[:, :, : start + n]
@@ -143,12 +182,11 @@ class DecodeLoop:
             K = K.repeat_interleave(q.shape[1] // K.shape[1], dim=1)
             V = V.repeat_interleave(q.shape[1] // V.shape[1], dim=1)
         if n == 1:  # one query per sequence: plain matmuls beat the flash kernel's set-up cost on CPU
-            w = (q @ K.transpose(-1, -2)) * attn.scaling
-            o = w.masked_fill(~mask, float("-inf")).softmax(-1) @ V
+            o = torch.matmul(q, K.transpose(-1, -2)).mul_(attn.scaling).add_(bias).softmax(-1) @ V
         else:
-            o = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling)
+            o = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=bias, scale=attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(N, n, -1))
-        h = layer.post_attention_layernorm(x)
+        h = self._norm(layer.post_attention_layernorm, x)
         if fused is not None:
             g, u = torch.nn.functional.linear(h, fused[3], fused[4]).split(fused[5], -1)
             return x + layer.mlp.down_proj(layer.mlp.act_fn(g) * u)
@@ -164,9 +202,11 @@ class DecodeLoop:
         causal = torch.ones(n, S, dtype=torch.bool, device=ids.device).tril(start)
         mask = (valid[:, None, :S] & causal[None])[:, None]  # [N, 1, n, S]
         mask = mask | ~mask.any(-1, keepdim=True)  # a left-pad query sees something: no NaN rows
+        # Additive form, built once per step for all layers.
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for layer, fused, (kc, vc) in zip(self.inner.layers, self.fused, caches):
-            x = self._layer(layer, fused, x, cos, sin, kc, vc, start, mask)
-        return self.base.lm_head(self.inner.norm(x[:, -1]))
+            x = self._layer(layer, fused, x, cos, sin, kc, vc, start, bias)
+        return self.base.lm_head(self._norm(self.inner.norm, x[:, -1]))
 
     @torch.no_grad()
     def run(self, ids, am, cfg: SamplingConfig, eos: int, pad: int, gen: torch.Generator, use_cache: bool = True,
@@ -197,7 +237,7 @@ class DecodeLoop:
                                    position_ids=pos_all[:, : T + t], use_cache=False).logits[:, -1]
             scaled = logits.float() / cfg.temperature
             probs = _filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            tok = _draw(probs, gen)
             tok = torch.where(done, torch.full_like(tok, pad), tok)
             if want_logprobs:
                 lps.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1))

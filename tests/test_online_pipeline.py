@@ -239,3 +239,16 @@ def test_skipped_old_pass_gives_the_same_loss_and_gradient(algo, kw):
     for k in rm1.keys() - {"rollout/gen_time_s"}:
         assert abs(rm1[k] - rm2[k]) < 1e-4 * max(1.0, abs(rm1[k])), k
     assert float(m2["ratio"]) == pytest.approx(float(m1["ratio"]), rel=1e-5)
+
+
+def test_decode_loop_draws_follow_the_distribution():
+    """The inverse-CDF draw: frequencies match p (chi-square), zero-probability tokens never appear."""
+    from prefopt.rollout import _draw
+
+    p = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(40_000, 1)
+    counts = torch.bincount(_draw(p, torch.Generator().manual_seed(0)), minlength=5).double()
+    assert counts[1] == 0 and counts[4] == 0
+    expected = 40_000 * p[0].double()
+    nz = expected > 0
+    chi2 = float(((counts[nz] - expected[nz]) ** 2 / expected[nz]).sum())
+    assert chi2 < 13.8  # χ²(2 dof) at p = 0.001
