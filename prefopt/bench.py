@@ -17,6 +17,10 @@ per sequence, padding excluded; a DPO pair counts its prompt twice, as both prov
 completions per second, peak RSS, and prefopt / TRL ratios. The DPO workers also compute the loss
 on the same first batch from the same weights, so the two numbers can be compared.
 
+``--providers prefopt,prefopt-naive`` compares prefopt with itself with log-probs taken from
+materialized logits (``PREFOPT_LOGPROBS_IMPL=naive``): the training step before and after the fused
+kernel.
+
 TRL is the optional ``bench`` extra (``pip install prefopt[bench]``), imported lazily: without it
 the table says "not installed". Timings are never asserted by tests.
 """
@@ -420,10 +424,13 @@ def _versions() -> dict:
 
 
 def run_one(world: dict, provider: str, workload: str, warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, "-m", "prefopt.bench", "--worker", "--provider", provider, "--workload", workload,
-           "--world", json.dumps(world), "--warmup", str(warmup), "--steps", str(steps)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
                HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
+    if provider == "prefopt-naive":
+        # prefopt with log-probs from materialized logits: the trainer before the fused op.
+        provider, env["PREFOPT_LOGPROBS_IMPL"] = "prefopt", "naive"
+    cmd = [sys.executable, "-m", "prefopt.bench", "--worker", "--provider", provider, "--workload", workload,
+           "--world", json.dumps(world), "--warmup", str(warmup), "--steps", str(steps)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in p.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
@@ -499,17 +506,18 @@ def main(argv=None):
               "workloads": {"dpo": DPO, "grpo": GRPO, "model": MODEL_ARCH, "rows": N_ROWS},
               "settings": {"rounds": args.rounds, "warmup": args.warmup, "steps": steps,
                            "torch_threads": int(threads) or "default"}, "results": results,
-              "ratios": ratios(results)}
+              "ratios": ratios(results), "ratios_vs_naive_logprobs": ratios(results, "prefopt-naive")}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(table(report))
     print(f"\nwrote {args.out}")
 
 
-def ratios(results: dict) -> dict:
+def ratios(results: dict, other: str = "trl") -> dict:
+    """prefopt / ``other`` per workload (TRL, or prefopt with naive log-probs)."""
     out = {}
     for wl, r in results.items():
-        a, b = r.get("prefopt", {}), r.get("trl", {})
+        a, b = r.get("prefopt", {}), r.get(other, {})
         if "error" in a or "error" in b or not a or not b:
             continue
         out[wl] = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
@@ -540,11 +548,12 @@ def table(rep: dict) -> str:
             lines.append(f"| {wl} | {p} | {s['step_s_median']:.3f} | {gen} | {s.get('cpu_s_per_step_median', float('nan')):.3f} | "
                          f"{s['tokens_per_s']:,.0f} | "
                          f"{s['completions_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {fl} |")
-        q = rep["ratios"].get(wl)
-        if q:
-            extra = f" | Δloss {q['first_loss_abs_diff']:.1e}" if "first_loss_abs_diff" in q else ""
-            lines.append(f"| {wl} | prefopt/TRL | ×{1 / q['step_time']:.2f} faster | | | ×{q['tokens_per_s']:.2f} | "
-                         f"×{q['completions_per_s']:.2f} | ×{q['peak_rss']:.2f} |{extra} |")
+        for key, name in (("ratios", "prefopt/TRL"), ("ratios_vs_naive_logprobs", "prefopt/naive log-probs")):
+            q = rep.get(key, {}).get(wl)
+            if q:
+                extra = f" Δloss {q['first_loss_abs_diff']:.1e}" if "first_loss_abs_diff" in q else ""
+                lines.append(f"| {wl} | {name} | ×{1 / q['step_time']:.2f} faster | | | ×{q['tokens_per_s']:.2f} | "
+                             f"×{q['completions_per_s']:.2f} | ×{q['peak_rss']:.2f} |{extra} |")
     la = rep["load_average_before"]
     if la and la[0] > (m["cores"] or 1):
         lines.append(f"\nnote: the 1-minute load average ({la[0]}) exceeds the core count ({m['cores']}): other processes "

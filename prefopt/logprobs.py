@@ -3,6 +3,10 @@
 The decoder produces hidden states; ``prefopt_kernels.fused_logprobs`` turns the hidden states at
 completion positions into log-probs of the next token without materializing [tokens x vocab]
 logits. Objectives call :class:`Scorer`; none of them computes full logits.
+
+``PREFOPT_LOGPROBS_IMPL`` (default ``auto``) picks the op's implementation; ``naive`` materializes
+the logits as before the fused op existed, which is how the before/after of a training step is
+measured (``python -m prefopt.bench --providers prefopt,prefopt-naive``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from typing import Optional
 import torch
 
 import prefopt_kernels
+
+IMPL = os.environ.get("PREFOPT_LOGPROBS_IMPL", "auto")
+if IMPL not in prefopt_kernels.api.IMPLS:  # a typo must not silently measure the wrong path
+    raise SystemExit(f"PREFOPT_LOGPROBS_IMPL={IMPL!r} is not known; accepted: {', '.join(prefopt_kernels.api.IMPLS)}")
 
 
 @dataclass
@@ -141,6 +149,7 @@ def token_stats(
             softcap=head.softcap,
             logit_scale=head.logit_scale,
             return_entropy=return_entropy,
+            impl=IMPL,
             **extra,
         )
         if isinstance(out, torch.Tensor):
@@ -209,7 +218,7 @@ def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row
         sels.append(sel)
     lp = prefopt_kernels.fused_logprobs(
         hidden[torch.cat(idx)], head.weight, torch.cat(tgt), bias=head.bias, temperature=temperature,
-        softcap=head.softcap, logit_scale=head.logit_scale)
+        softcap=head.softcap, logit_scale=head.logit_scale, impl=IMPL)
     lp_a, lp_b = lp.split([idx[0].numel(), idx[1].numel()])
     out = []
     for lp_k, sel, (ids, _, lm) in zip((lp_a, lp_b), sels, (a, b)):
@@ -240,7 +249,7 @@ def packed_token_stats(model, input_ids, attention_mask, loss_mask, *, temperatu
     rows, j = sel.nonzero(as_tuple=True)
     lp = prefopt_kernels.fused_logprobs(
         hidden.reshape(-1, hidden.shape[-1])[pk.flat_index(rows, j)], head.weight, input_ids[:, 1:][sel],
-        bias=head.bias, temperature=temperature, softcap=head.softcap, logit_scale=head.logit_scale)
+        bias=head.bias, temperature=temperature, softcap=head.softcap, logit_scale=head.logit_scale, impl=IMPL)
     B, T = input_ids.shape
     res = TokenStats(logps=_scatter(lp, sel, B, T), mask=torch.zeros_like(loss_mask, dtype=torch.bool))
     res.mask[:, 1:] = sel
