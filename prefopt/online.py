@@ -29,9 +29,14 @@ are the offline knobs and are not used here):
     optimizer steps per rollout            = epochs_per_rollout × minibatches_per_rollout
 
 ``trainer.max_steps`` counts optimizer steps, as for offline methods. An impossible split is a
-UserError before anything loads. Resume regenerates the current rollout from the checkpointed
-policy (identical to an uninterrupted run when checkpoints fall on rollout boundaries); the
-adaptive KL coefficient and the moving baseline restart from their initial values.
+UserError before anything loads.
+
+Resume: the checkpoint holds the objective's state (``state_dict()``: the adaptive KL coefficient and
+the moving baseline) next to the weights, and resume regenerates the current rollout from the
+checkpointed policy. A run resumed from a checkpoint on a rollout boundary (``trainer.save_every_steps``
+a multiple of the optimizer steps per rollout) is identical to an uninterrupted one. Mid-rollout, the
+regenerated rollout comes from the partly updated policy and so differs; the objective then restarts
+from its state before that rollout, so the rollout's β / baseline update is applied once, not twice.
 """
 
 from __future__ import annotations
@@ -165,6 +170,10 @@ class RolloutSource:
         self.last_gen_time_s = 0.0
         self.last_metrics: dict = {}
         self._roll_idx, self._roll = None, None
+        # The objective's state before the current rollout's prepare(), and the one to restore
+        # when a resumed run regenerates an already-prepared rollout (see state_dict).
+        self._obj_state_before: Optional[dict] = None
+        self._resume: Optional[dict] = None
         self._perm_cache: dict = {}
         # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
         self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
@@ -189,6 +198,15 @@ class RolloutSource:
         return [self.examples[i] for i in idx[self.rank :: self.world]]
 
     # ---- the trainer's interface ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Checkpointed by the trainer after the objective's own state: which rollout is current and
+        the objective's state from before it was prepared. Resume regenerates that rollout when it
+        resumes mid-rollout, and must then start it from that earlier state."""
+        return {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state if state.get("objective_before_rollout") is not None else None
+
     def step_batches(self, step: int) -> list:
         r, j = divmod(step, self.plan.steps_per_rollout)
         self.last_gen_time_s, self.last_metrics = 0.0, {}
@@ -256,6 +274,11 @@ class RolloutSource:
         parts = parts[:want]
         self.last_gen_time_s = gen_s
         roll = self._tensors(parts)
+        if hasattr(self.obj, "state_dict"):
+            if self._resume is not None and self._resume["rollout"] == r:
+                self.obj.load_state_dict(self._resume["objective_before_rollout"])
+            self._obj_state_before = self.obj.state_dict()
+        self._resume = None
         roll, obj_metrics = self.obj.prepare(roll)
         # Metrics of the sampled batch (before any selection), averaged per sequence.
         sc = torch.cat(all_scores) if all_scores else torch.zeros(0)

@@ -151,6 +151,13 @@ class Trainer:
         names = {id(p): n for n, p in self.policy.named_parameters()}
         return {names[id(p)]: p.detach().cpu().clone() for p in self.params}
 
+    def _stateful_parts(self) -> dict:
+        # Parts that carry state from step to step besides the weights (an online objective's
+        # adaptive KL coefficient, the rollout source's bookkeeping): checkpointed through their own
+        # state_dict() / load_state_dict(), whatever method is running. Loaded in this order.
+        return {name: part for name, part in (("objective", self.objective), ("source", self.source))
+                if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))}
+
     def save_checkpoint(self):
         """Write checkpoints/step_N atomically: build it under a temporary name, then rename."""
         if not self.is_main:
@@ -161,7 +168,8 @@ class Trainer:
         os.makedirs(tmp, exist_ok=True)
         torch.save(self._trainable_state(), os.path.join(tmp, "trainable.pt"))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+                    "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}},
                    os.path.join(tmp, "optim.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump(self.state.__dict__, f)
@@ -195,6 +203,10 @@ class Trainer:
         torch.set_rng_state(opt["rng"]["torch"])
         random.setstate(opt["rng"]["python"])
         np.random.set_state(opt["rng"]["numpy"])
+        saved = opt.get("parts", {})
+        for name, part in self._stateful_parts().items():
+            if name in saved:
+                part.load_state_dict(saved[name])
         with open(os.path.join(path, "state.json")) as f:
             self.state = TrainState(**json.load(f))
         # Metrics logged after this checkpoint belong to the interrupted attempt: drop them so the

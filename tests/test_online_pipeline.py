@@ -252,3 +252,69 @@ def test_decode_loop_draws_follow_the_distribution():
     nz = expected > 0
     chi2 = float(((counts[nz] - expected[nz]) ** 2 / expected[nz]).sum())
     assert chi2 < 13.8  # χ²(2 dof) at p = 0.001
+
+
+# ---- resume: the objective's state (adaptive β, moving baseline) is part of the checkpoint ------
+
+# GRPO with an adaptive β that moves fast (kl_horizon small) and a moving-average baseline as its
+# advantage, so both pieces of objective state change every rollout and shape the loss.
+ADAPTIVE = ["algo=grpo", "data=reviews", "algo.kl_target=0.5", "algo.kl_horizon=20", "algo.advantage=baseline",
+            "algo.prompts_per_step=4", "algo.samples_per_prompt=2", "algo.max_new_tokens=12", "trainer.lr=1e-3",
+            "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.log_every_steps=1",
+            "trainer.eval_at_end=false"]
+
+
+def _interrupted(run_cfg, tmp_path, steps, save_every, extra=()):
+    """A full run, and a run stopped after its first checkpoint then resumed; their metrics rows."""
+    import json
+    import shutil
+
+    full = tmp_path / "full"
+    run_cfg(*ADAPTIVE, *extra, f"trainer.max_steps={steps}", f"trainer.save_every_steps={save_every}", out=full)
+    part = tmp_path / "part"
+    run_cfg(*ADAPTIVE, *extra, f"trainer.max_steps={steps}", f"trainer.save_every_steps={save_every}", out=part)
+    # A crash after the first checkpoint: the later checkpoints and the finished outputs are gone.
+    ckpts = sorted((part / "checkpoints").iterdir())
+    for d in ckpts[1:]:
+        shutil.rmtree(d)
+    shutil.rmtree(part / "model")
+    (part / "summary.json").unlink()
+    run_cfg(*ADAPTIVE, *extra, f"trainer.max_steps={steps}", f"trainer.save_every_steps={save_every}",
+            "trainer.resume=auto", out=part)
+
+    def rows(d):
+        return [{k: v for k, v in json.loads(l).items() if "time" not in k and "per_s" not in k}
+                for l in open(d / "metrics.jsonl")]
+
+    return full, part, rows(full), rows(part)
+
+
+def _objective_state(run_dir):
+    ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
+    return torch.load(ckpt / "optim.pt", weights_only=False)["parts"]["objective"]
+
+
+def test_resume_on_a_rollout_boundary_restores_kl_coef_and_baseline(run_cfg, tmp_path):
+    full, part, rows_full, rows_part = _interrupted(run_cfg, tmp_path, steps=4, save_every=2)
+    betas = [r["rollout/kl_coef"] for r in rows_full]
+    assert len(set(betas)) == 4, betas  # β moved every rollout: restarting it from 0.04 would show
+    assert rows_part == rows_full
+    assert _objective_state(part) == _objective_state(full)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(full / "model" / "model.safetensors"), load_file(part / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_mid_rollout_applies_the_rollouts_update_once(run_cfg, tmp_path):
+    # Two optimizer steps per rollout, a checkpoint after step 3: mid-rollout 1. Resume regenerates
+    # rollout 1 (from the partly updated policy) and must prepare it with the β it had the first
+    # time, not with β already updated by it.
+    full, part, rows_full, rows_part = _interrupted(run_cfg, tmp_path, steps=6, save_every=3,
+                                                    extra=["algo.minibatches_per_rollout=2"])
+    by_step = lambda rows: {r["step"]: r for r in rows}  # noqa: E731
+    f, p = by_step(rows_full), by_step(rows_part)
+    assert rows_part[:3] == rows_full[:3]
+    assert "rollout/kl_coef" in p[4]  # the regenerated rollout 1
+    assert f[3]["rollout/kl_coef"] != f[5]["rollout/kl_coef"]  # β_1 ≠ β_2: the check can tell
+    assert p[4]["rollout/kl_coef"] == f[3]["rollout/kl_coef"]

@@ -132,6 +132,15 @@ class PolicyGradient:
         self.baseline = adv.MovingBaseline(cfg.baseline_decay)
         self.value_model = None  # set by the run when needs.value_head
 
+    # ---- state carried from rollout to rollout (checkpointed by the trainer) --------------------
+    def state_dict(self) -> dict:
+        """The adaptive β and the moving baseline: what a resumed run needs besides the weights."""
+        return {"kl_coef": self.kl.value, "baseline": self.baseline.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl.value = float(state["kl_coef"])
+        self.baseline.value = None if state["baseline"] is None else float(state["baseline"])
+
     # ---- rollout → advantages (called by the online pipeline, no gradient) --------------------
     def prepare(self, roll: dict):
         c = self.cfg
