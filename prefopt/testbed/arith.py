@@ -5,6 +5,13 @@ is 1.0 for the exact answer and 0.0 otherwise — the setting of RL with verifia
 Demonstrations are right only ``DEMO_ACCURACY`` of the time (otherwise off by a little, like a
 careless student), so an SFT policy is imperfect and preference or RL training has headroom.
 
+The task is learnable by the testbed's tiny policy: with the SFT settings of conf/data/arith.yaml
+(1500 steps at lr 1e-3) it gets 29–51% of held-out sums exactly right when sampled at temperature 1
+and 82–99% greedily (SFT seeds 0–4). It has learned addition but spreads probability over slips as
+the demonstrations do, so an exact-match reward can sharpen it a long way. Addition is learned in a
+sudden transition (at 1e-3, between ~800 and ~1500 steps depending on the seed); reviews' shorter,
+hotter SFT (300 steps at 3e-3) never reaches it and gets ~4% of held-out sums right.
+
 ``a+b`` and ``b+a`` fall in the same split, so eval measures addition on unseen operand pairs
 rather than recall of the commuted prompt.
 """
