@@ -44,6 +44,12 @@ def test_plan_covers_the_registry(tmp_path):
     # seeds are independent replicates: each seed moves the SFT and pair seeds too
     dpo = [j for j in jobs if j.meta["method"] == "dpo" and j.meta["seed"] == 2][0]
     assert {"seed=2", "data.testbed.sft_seed=2", "data.testbed.pair_seed=2"} <= set(dpo.overrides)
+    # per-task online overrides reach that task's online runs only
+    for task, extra in suite["online_task"].items():
+        for j in jobs:
+            if j.kind == "train" and j.stage == 2:
+                hit = set(extra) <= set(j.overrides)
+                assert hit == (j.meta["task"] == task and j.meta["category"] == "online"), j.id
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def load_suite(name_or_path: str) -> dict:
         if key not in suite:
             raise UserError(f"suite {name_or_path}: missing key '{key}'")
     defaults = dict(seed_keys=["seed"], exclude=[], reward_model="reward", exact_reward={}, common=[], stage1=[],
-                    offline=[], online=[], algo={}, sweep={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16},
+                    offline=[], online=[], online_task={}, algo={}, sweep={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16},
                     kl_budgets=[])
     return {**defaults, **suite}
 
@@ -159,6 +159,8 @@ def _plan(suite: dict, work_dir: str) -> tuple[list, list]:
             # stage 2: every method
             for name, Obj, kind in methods:
                 extra = _applicable(suite["offline"] if kind != "online" else suite["online"], Obj)
+                if kind == "online":
+                    extra += _applicable(suite["online_task"].get(task, []), Obj)
                 extra += _applicable(suite["algo"].get(name, []), Obj)
                 rewards = [None]
                 if kind == "online":
