@@ -225,6 +225,7 @@ def paired(args) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    load0 = _loadavg()
     for p in provs:
         run(fns[p])
     times = {p: [] for p in provs}
@@ -236,7 +237,7 @@ def paired(args) -> dict:
                 fwd_bwd_s={p: statistics.median(v) for p, v in times.items()},
                 ratio_to_first={p: statistics.median([a / b for a, b in zip(v, times[base])])
                                 for p, v in times.items()},
-                times=times, loadavg_1min_end=_loadavg())
+                times=times, loadavg_1min_start=load0, loadavg_1min_end=_loadavg())
 
 
 def device_name(device: str) -> str:
@@ -328,9 +329,12 @@ def main(argv=None):
             else:
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", "--provider", prov,
                        "--case", f"{N}:{H}:{V}", "--device", device, "--dtype", dtype,
-                       "--repeats", str(repeats)] + (["--no-error"] if args.no_error else [])
+                       "--repeats", str(repeats)] + (["--no-error"] if args.no_error else []) \
+                    + (["--memory-only"] if args.memory_only else [])
                 load0 = _loadavg()
-                p = subprocess.run(cmd, capture_output=True, text=True)
+                # as documented above: every block over 128 KiB an mmap, returned on free
+                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+                p = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
                 if line:
                     r = json.loads(line[-1][7:])

@@ -72,15 +72,57 @@ def close(actual, expected, rtol=1e-5, name="", scale=None):
         f"{name}: max err {err.max().item():.3e}, max rel-to-scale {(err / scale).max().item():.3e}")
 
 
-@pytest.fixture(params=[None, 64 << 10], ids=["one-chunk", "many-chunks"])
-def chunk_bytes(request, monkeypatch):
-    if request.param is not None:
-        monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", request.param)
-    return request.param
+# (ROW_CHUNK, CHUNK_BYTES, WORKERS) of the chunked torch path: rows per chunk when the
+# vocabulary is tiled, bytes of one [C, Vt] buffer (Vt ≈ CHUNK_BYTES / 4 / C, evened out over
+# the tiles) and worker threads (tiles of a row chunk split among them).  V is 203/256/257 in
+# the cases below (N = 37 with 5 ignored rows, 64 for "tile-edges", 1 for "one-row").
+CHUNKINGS = {
+    "default": None,                           # one chunk, whole vocabulary (V < one tile)
+    "rows10-wholeV": (8, 8 * 257 * 4, 1),      # several row chunks, whole vocabulary each
+    "rows8-tiles": (8, 8 * 50 * 4, 1),         # Vt ∤ V, ragged last tile
+    "rows13-tiles-2w": (13, 13 * 17 * 4, 2),   # ragged row chunks and tiles, two workers
+    "row1-tiles": (1, 1 * 64 * 4, 1),          # single-row chunks
+    "allrows-tiles-2w": (64, 37 * 100 * 4, 2), # one row chunk (C = #rows), several tiles
+    "wholeV-2w": (512, 4 << 20, 2),            # one tile per worker: KL reuses its buffers
+    "rows8-tiles-3w": (8, 8 * 30 * 4, 3),      # three workers
+}
+
+
+@pytest.fixture(params=list(CHUNKINGS))
+def chunking(request, monkeypatch):
+    spec = CHUNKINGS[request.param]
+    if spec is None:
+        yield spec
+        return
+    monkeypatch.setattr(_torch_impl, "ROW_CHUNK", spec[0])
+    monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", spec[1])
+    monkeypatch.setattr(_torch_impl, "WORKERS", spec[2])
+    # The calling thread single-threaded, as the pool's workers are: on a loaded machine every
+    # intra-op parallel region of the many tiny ops costs a scheduler time slice.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield spec
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _edge_targets(N, H, V, n_ignored):
+    """Targets on both sides of the tile boundaries the current settings give (and of a few
+    other widths), plus 0 and V − 1."""
+    widths = {17, 50, 64, 100}
+    for total in (N - n_ignored, N):
+        nw = _torch_impl._workers(torch.device("cpu"), total, V, H)
+        widths.add(_torch_impl._plan(total, V, nw)[1])
+    edges = {0, V - 1}
+    for vt in widths:
+        for k in range(1, V // vt + 1):
+            edges.update({k * vt - 1, k * vt, k * vt + 1})
+    return torch.tensor(sorted(e for e in edges if e < V))
 
 
 def _inputs(N=37, H=24, V=203, *, seed=0, bias=False, mag=1.0, shift=0.0, noncontig=False,
-            n_ignored=5, ref_head=False, t_max=None):
+            n_ignored=5, ref_head=False, t_max=None, edge_targets=False):
     g = torch.Generator().manual_seed(seed)
     if noncontig:
         h = torch.randn(H, N, generator=g).T  # column-major view
@@ -89,6 +131,9 @@ def _inputs(N=37, H=24, V=203, *, seed=0, bias=False, mag=1.0, shift=0.0, noncon
     W = torch.randn(V, H, generator=g) * mag / math.sqrt(H)
     b = torch.randn(V, generator=g) * mag + shift if bias else None
     t = torch.randint(0, t_max or V, (N,), generator=g)
+    if edge_targets:
+        e = _edge_targets(N, H, t_max or V, n_ignored)
+        t = e[torch.arange(N) % e.numel()]
     t[torch.randperm(N, generator=g)[:n_ignored]] = -100
     extra = {}
     if ref_head:
@@ -111,6 +156,8 @@ CASES = {
     "all-negative": dict(inputs=dict(bias=True, shift=-300.0)),
     "large-magnitude": dict(inputs=dict(mag=60.0)),
     "no-ignored": dict(inputs=dict(n_ignored=0)),
+    "tile-edges": dict(inputs=dict(N=64, bias=True, edge_targets=True)),
+    "one-row": dict(inputs=dict(N=1, n_ignored=0, bias=True)),
 }
 
 
@@ -161,25 +208,65 @@ def _check(case, requests, impl, *, upstream="all", seed=0):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_all_outputs_against_float64(case, chunk_bytes):
+def test_all_outputs_against_float64(case, chunking):
     _check(case, ("entropy", "lse", "ref_head"), "torch")
 
 
-@pytest.mark.parametrize("case", ["plain", "V-odd-bias", "softcap-scale-bias", "vocab-padding"])
+@pytest.mark.parametrize("case", ["plain", "V-odd-bias", "softcap-scale-bias", "vocab-padding",
+                                  "tile-edges"])
 @pytest.mark.parametrize("upstream", OUTS)
-def test_each_output_gradient_alone(case, upstream, chunk_bytes):
+def test_each_output_gradient_alone(case, upstream, chunking):
     _check(case, ("entropy", "lse", "ref_head"), "torch", upstream=upstream)
 
 
 @pytest.mark.parametrize("est", ["k1", "k2", "k3"])
 @pytest.mark.parametrize("case", ["plain", "T=0.6", "softcap-scale-bias"])
-def test_kl_estimators(case, est, chunk_bytes):
+def test_kl_estimators(case, est, chunking):
     _check(case, (est, "entropy"), "torch")
 
 
-@pytest.mark.parametrize("case", ["plain", "V-odd-bias", "T=1.5-bias", "vocab-padding"])
-def test_logprobs_only(case, chunk_bytes):
+@pytest.mark.parametrize("case", ["plain", "V-odd-bias", "T=1.5-bias", "vocab-padding",
+                                  "tile-edges", "one-row", "no-ignored"])
+def test_logprobs_only(case, chunking):
     _check(case, (), "torch")
+
+
+def test_chunk_plan(monkeypatch):
+    plan = _torch_impl._plan
+    monkeypatch.setattr(_torch_impl, "ROW_CHUNK", 512)
+    monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", 2 << 20)
+    assert plan(4096, 32000) == (512, 1000)       # 32 tiles of 1000 columns
+    assert plan(4100, 32000) == (456, 1000)       # 9 equal row chunks, not 8 + a sliver
+    monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", 4 << 20)
+    assert plan(4096, 32000) == (512, 2000)
+    assert plan(100, 32000) == (100, 8000)        # fewer rows than ROW_CHUNK: wider tiles
+    assert plan(4096, 2000) == (512, 2000)        # whole vocabulary: as many rows as fit
+    assert plan(4096, 2000, 2) == (512, 1000)     # ... but one tile per worker
+    assert plan(4096, 32000, 3) == (512, 1778)    # tiles a multiple of the workers
+    for total, V in [(1, 1), (1, 10**6), (7, 5), (4096, 128256), (10**6, 151936)]:
+        for cb, rc in [(4 << 20, 512), (64 << 20, 512), (1 << 10, 64), (4, 8), (1, 1)]:
+            for nw in (1, 2, 3):
+                monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", cb)
+                monkeypatch.setattr(_torch_impl, "ROW_CHUNK", rc)
+                c, vt = plan(total, V, nw)
+                assert 1 <= c <= total and 1 <= vt <= V
+                assert c * vt * 4 <= max(cb, 4)
+                assert c <= rc or c * V * 4 <= cb
+                n_tiles = -(-V // vt)
+                assert n_tiles >= min(nw, V)
+                assert V - (n_tiles - 1) * vt >= 1  # no empty tile
+
+
+def test_chunkings_tile(monkeypatch):
+    """The CHUNKINGS used above really split rows and vocabulary as their names say."""
+    for name, spec in CHUNKINGS.items():
+        if spec is None:
+            continue
+        monkeypatch.setattr(_torch_impl, "ROW_CHUNK", spec[0])
+        monkeypatch.setattr(_torch_impl, "CHUNK_BYTES", spec[1])
+        c, vt = _torch_impl._plan(32, 203, spec[2])
+        assert (vt == 203) == ("wholeV" in name and spec[2] == 1), name
+        assert (c >= 32) == ("allrows" in name or "wholeV-2w" in name), name
 
 
 @pytest.mark.parametrize("case", ["plain", "softcap-scale-bias", "vocab-padding"])
@@ -218,7 +305,7 @@ def test_return_types():
     assert out.kl is not None and out.kl.abs().max().item() < 1e-6 and out.lse is None
 
 
-def test_deterministic(chunk_bytes):
+def test_deterministic(chunking):
     h, W, b, t, extra = _inputs(bias=True, ref_head=True)
     res = []
     for _ in range(2):
@@ -230,7 +317,7 @@ def test_deterministic(chunk_bytes):
         assert torch.equal(a, c)
 
 
-def test_bf16_no_worse_than_torch():
+def test_bf16_no_worse_than_torch(chunking):
     N, H, V = 64, 64, 1000
     g = torch.Generator().manual_seed(3)
     h64 = torch.randn(N, H, generator=g, dtype=torch.float64)
