@@ -53,6 +53,7 @@ def suite_lines(suite) -> list:
            f"every run: {' '.join(c['common'])}",
            f"reward model ({c['reward_model']}): {' '.join(c['stage1'])}",
            f"offline: {' '.join(c['offline'])}", f"online: {' '.join(c['online'])}"]
+    out += [f"online on {t}: {' '.join(v)}" for t, v in (c.get("online_task") or {}).items()]
     out += [f"{k}: {' '.join(v)}" for k, v in (c.get("algo") or {}).items()]
     out += [f"sweep {k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in (c.get("sweep") or {}).items()]
     out.append(f"best-of-n: n in {c['best_of_n']['ns']} from {c['best_of_n']['samples']} samples per prompt")
