@@ -48,7 +48,6 @@ temporaries: independent of N.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor

@@ -151,6 +151,26 @@ def _torch_setup():
 
 # ---- prefopt workers ---------------------------------------------------------------------------
 
+def _timed_steps(tr, warmup: int, steps: int) -> dict:
+    """Wall and CPU time, real tokens and (online workloads) generation time of each step after
+    ``warmup``, each step timed end to end (batch building, generation, forward, backward, optimizer)."""
+    out = {"step_s": [], "cpu_s": [], "tokens": [], "gen_s": []}
+    for k in range(warmup + steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        row = tr.train_step()
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if k >= warmup:
+            out["step_s"].append(dt)
+            out["cpu_s"].append(dc)
+            out["tokens"].append(row["tokens"])
+            out["gen_s"].append(row.get("rollout/gen_time_s"))
+    if all(g is None for g in out["gen_s"]):
+        del out["gen_s"]  # an offline workload: nothing generated
+    else:
+        out["gen_s"] = [g or 0.0 for g in out["gen_s"]]
+    return out
+
+
 def _trainer_cfg(lr: float, steps: int):
     from prefopt.config import TrainerConfig
 
@@ -184,16 +204,8 @@ def prefopt_dpo(world: dict, warmup: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(objective=obj, policy=model, reference=reference, source=src, cfg=_trainer_cfg(DPO["lr"], warmup + steps),
                      out_dir=out, total_steps=warmup + steps)
-        times, cpu, tokens = [], [], []
-        for k in range(warmup + steps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            row = tr.train_step()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            if k >= warmup:
-                times.append(dt)
-                cpu.append(dc)
-                tokens.append(row["tokens"])
-    return {"step_s": times, "cpu_s": cpu, "tokens": tokens, "completions": [2 * n] * steps, "first_loss": first_loss}
+        res = _timed_steps(tr, warmup, steps)
+    return {**res, "completions": [2 * n] * steps, "first_loss": first_loss}
 
 
 class _BenchReward:
@@ -233,18 +245,9 @@ def prefopt_grpo(world: dict, warmup: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(objective=obj, policy=model, reference=None, source=src, cfg=_trainer_cfg(G["lr"], warmup + steps),
                      out_dir=out, total_steps=warmup + steps, temperature=G["temperature"])
-        times, cpu, tokens, gens = [], [], [], []
-        for k in range(warmup + steps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            row = tr.train_step()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            if k >= warmup:
-                times.append(dt)
-                cpu.append(dc)
-                tokens.append(row["tokens"])
-                gens.append(row.get("rollout/gen_time_s", 0.0))
+        res = _timed_steps(tr, warmup, steps)
     n = G["prompts_per_step"] * G["samples_per_prompt"]
-    return {"step_s": times, "cpu_s": cpu, "tokens": tokens, "completions": [n] * steps, "gen_s": gens}
+    return {**res, "completions": [n] * steps}
 
 
 # ---- TRL workers -------------------------------------------------------------------------------

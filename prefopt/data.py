@@ -671,6 +671,21 @@ def _pad(seqs: list[list], value, length: int, dtype: torch.dtype, left: bool = 
     return out
 
 
+class EpochOrder:
+    """The example order of each epoch: a permutation of ``range(n)`` seeded by (seed, epoch), the
+    same on every process (each then takes its strided share). Keeps the current epoch's only."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._cache: dict = {}
+
+    def __call__(self, epoch: int) -> list:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._cache[epoch]
+
+
 def pad_batch(prompt_ids: list, completion_ids: list, pad_token_id: int, length: Optional[int] = None,
               prefix: str = "") -> dict:
     """Right-padded ``input_ids`` / ``attention_mask`` (long) and ``loss_mask`` (bool, True at the

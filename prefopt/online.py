@@ -47,7 +47,7 @@ from typing import Optional
 
 import torch
 
-from prefopt.data import pad_batch
+from prefopt.data import EpochOrder, pad_batch
 from prefopt.errors import UserError
 from prefopt.logprobs import token_stats
 from prefopt.models import dropout_disable, dropout_restore
@@ -174,7 +174,7 @@ class RolloutSource:
         # when a resumed run regenerates an already-prepared rollout (see state_dict).
         self._obj_state_before: Optional[dict] = None
         self._resume: Optional[dict] = None
-        self._perm_cache: dict = {}
+        self._order = EpochOrder(len(examples), seed)
         # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
         self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
 
@@ -183,18 +183,12 @@ class RolloutSource:
         return self.plan.steps_per_rollout
 
     # ---- prompts -------------------------------------------------------------------------------
-    def _perm(self, epoch):
-        if epoch not in self._perm_cache:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm_cache = {epoch: torch.randperm(len(self.examples), generator=g).tolist()}
-        return self._perm_cache[epoch]
-
     def _prompts(self, block: int) -> list:
         """Prompt block ``block`` of the concatenated epoch permutations; this process's share."""
         P = self.c.prompts_per_step
         per_epoch = len(self.examples) // P
         epoch, k = divmod(block, per_epoch)
-        idx = self._perm(epoch)[k * P : (k + 1) * P]
+        idx = self._order(epoch)[k * P : (k + 1) * P]
         return [self.examples[i] for i in idx[self.rank :: self.world]]
 
     # ---- the trainer's interface ---------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from prefopt.config import TrainerConfig
+from prefopt.data import EpochOrder
 from prefopt.logprobs import Scorer
 
 
@@ -58,7 +59,7 @@ class OfflineSource:
         self.micro = examples_per_device
         self.seed = seed
         self.rank, self.world = rank, world_size
-        self._perm_cache = {}
+        self._order = EpochOrder(len(examples), seed)
         if len(examples) < self.G:
             from prefopt.errors import UserError
 
@@ -71,15 +72,9 @@ class OfflineSource:
     def steps_per_epoch(self) -> int:
         return len(self.examples) // self.G
 
-    def _perm(self, epoch):
-        if epoch not in self._perm_cache:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm_cache = {epoch: torch.randperm(len(self.examples), generator=g).tolist()}
-        return self._perm_cache[epoch]
-
     def step_batches(self, step: int) -> list:
         epoch, k = divmod(step, self.steps_per_epoch)
-        idx = self._perm(epoch)[k * self.G : (k + 1) * self.G]
+        idx = self._order(epoch)[k * self.G : (k + 1) * self.G]
         mine = idx[self.rank :: self.world]
         return [self.collate([self.examples[i] for i in mine[j : j + self.micro]]) for j in range(0, len(mine), self.micro)]
 
