@@ -18,7 +18,26 @@ asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 
     ρ_t = sg[s_i] · π(y_t) / sg[π(y_t)],  s_i = exp((1/|y_i|) Σ_t log(π/π_old))     ratio_level=sequence
           (GSPO, Zheng et al. 2025, arXiv:2507.18071: the value is the sequence ratio s_i)
     ℓ_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)
+
+ratio_level=sequence_sum treats the whole completion as one action (RLOO, Ahmadian et al. 2024,
+arXiv:2402.14740, eq. 7; REINFORCE's likelihood ratio of the sequence). A_i is the sequence's
+advantage (every estimator but gae), and the surrogate is one number per sequence, spread evenly
+over its |y_i| tokens so that Σ_t ℓ_t of the sequence is that number:
+
+    ρ_i = π(y_i|x) / π_old(y_i|x) = exp(Σ_t log(π(y_t)/π_old(y_t)))
+    ℓ_t = −min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i) / |y_i|       (t ∈ y_i)
+
+With seq-mean-token-sum below, L = (1/N) Σ_i −min(ρ_i A_i, clip(ρ_i) A_i), whose gradient at
+ρ = 1 is −(1/N) Σ_i A_i ∇ log π(y_i|x), log π(y_i|x) = Σ_t log π(y_t): the paper's estimator and
+exactly TRL's ``RLOOTrainer`` loss (``per_sequence_loss.mean()``). The other options differ from
+it: a token ratio with token-mean weighs each sequence by |y_i| / Σ_j |y_j| (gradient N/T times
+the paper's, long completions weigh more) and clips tokens one by one over several epochs;
+seq-mean-token-mean divides each sequence's gradient by |y_i| (short completions weigh more).
         + β k(t)                           when kl_in=loss; k = k1 | k2 | k3 (:mod:`prefopt.kl`)
+                                           (GRPO's β·k3 as in its paper, eq. 3; TRL 1.16's GRPOTrainer
+                                           defaults to use_bias_correction_kl=True, β·ρ_t·k3: the
+                                           same for one step per rollout, ρ = 1, different over
+                                           several epochs)
         − c_H H_t                          entropy bonus, c_H = ``entropy_coef``
         + c_V · ½ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, ±ε_V) − R_t)²)   (gae only)
 
@@ -29,12 +48,15 @@ optimizer step, so each mode is exact and independent of the micro-batch split):
     seq-mean-token-mean       L = (1/N) Σ_i (1/|y_i|) Σ_t ℓ_t              units = sequences
     seq-mean-token-sum-norm   L = (1/(N·L_max)) Σ_{i,t} ℓ_t                units = sequences × L_max
                               (Dr. GRPO's constant normalizer, L_max = max_new_tokens)
+    seq-mean-token-sum        L = (1/N) Σ_i Σ_t ℓ_t                        units = sequences
+                              (a sequence's loss is its summed token losses; RLOO, REINFORCE)
 
 β is fixed, or adapted after each rollout towards ``kl_target`` (Ziegler et al.). Presets
 (conf/algo/*.yaml; the classes below set the same defaults):
 
     ppo      gae + critic, whitened advantages, value clipping, k1 KL in the reward, adaptive β
-    rloo     leave_one_out, K=4, k1 KL in the reward (Ahmadian et al. 2024)
+    rloo     leave_one_out, K=4, k1 KL in the reward, sequence_sum ratio, seq-mean-token-sum
+             (Ahmadian et al. 2024; as TRL's RLOOTrainer)
     grpo     group (÷std), k3 KL in the loss, seq-mean-token-mean (Shao et al. 2024)
     dr_grpo  group without ÷std, seq-mean-token-sum-norm (Liu et al. 2025)
     dapo     group (÷std), ε = (0.2, 0.28), token-mean, no KL, dynamic sampling (Yu et al. 2025)
@@ -56,8 +78,8 @@ from prefopt.kl import KLController, kl_estimate
 from prefopt.online import RolloutFields
 from prefopt.registry import Needs, register
 
-LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-RATIO_LEVELS = ("token", "sequence")
+LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
+RATIO_LEVELS = ("token", "sequence", "sequence_sum")
 CRITICS = ("separate", "shared")
 
 
@@ -79,7 +101,7 @@ class PGConfig(RolloutFields):
     # policy loss
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
-    ratio_level: str = "token"  # token | sequence (GSPO)
+    ratio_level: str = "token"  # token | sequence (GSPO) | sequence_sum (RLOO: the completion is one action)
     loss_agg: str = "seq-mean-token-mean"
     entropy_coef: float = 0.0
     # KL to the reference
@@ -112,6 +134,9 @@ class PGConfig(RolloutFields):
                             "samples of the same prompt; accepted: samples_per_prompt >= 2")
         if self.dynamic_sampling and self.samples_per_prompt < 2:
             raise UserError("algo.dynamic_sampling drops groups whose rewards are all equal; accepted: samples_per_prompt >= 2")
+        if self.ratio_level == "sequence_sum" and self.advantage == "gae":
+            raise UserError("algo.ratio_level=sequence_sum needs one advantage per sequence; accepted: "
+                            "advantage=leave_one_out|group|baseline (or ratio_level=token|sequence with gae)")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise UserError("algo.gamma and algo.lam must be in [0, 1]")
 
@@ -192,7 +217,7 @@ class PolicyGradient:
         n = batch["input_ids"].shape[0]
         if self.cfg.loss_agg == "token-mean":
             return int(batch["loss_mask"][:, 1:].sum())
-        if self.cfg.loss_agg == "seq-mean-token-mean":
+        if self.cfg.loss_agg in ("seq-mean-token-mean", "seq-mean-token-sum"):
             return n
         return n * int(batch["norm_tokens"])
 
@@ -207,6 +232,8 @@ class PolicyGradient:
         # Metric sums in the loss's units, so that sum / units is a mean of the same kind.
         if self.cfg.loss_agg == "seq-mean-token-sum-norm":
             return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() * norm_tokens
+        if self.cfg.loss_agg == "seq-mean-token-sum":
+            return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
         return self._agg(x, mask, norm_tokens)
 
     def loss(self, batch, scorer):
@@ -220,14 +247,24 @@ class PolicyGradient:
         A = batch["advantages"]
         L = int(batch.get("norm_tokens", 1))
 
-        if c.ratio_level == "token":
-            log_ρ = logp - old
+        n_tok = mask.sum(-1).clamp(min=1)
+        if c.ratio_level == "sequence_sum":
+            # One action per completion: ρ_i = π(y_i|x)/π_old(y_i|x); A_i is constant over y_i.
+            log_ρ_i = ((logp - old) * mask).sum(-1)
+            A_i = (A * mask).sum(-1) / n_tok
+            ρ_i = torch.exp(log_ρ_i.clamp(max=20.0))
+            pg_i = torch.maximum(-A_i * ρ_i, -A_i * ρ_i.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high))
+            pg = (pg_i / n_tok)[:, None] * mask  # Σ_t over the sequence = pg_i
+            ρ = ρ_i.detach()[:, None] * mask  # for the metrics below
         else:
-            seq = ((logp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-            log_ρ = seq.detach()[:, None] + logp - logp.detach()
-        ρ = torch.exp(log_ρ.clamp(max=20.0)) * mask
-        ρ_clip = ρ.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high)
-        pg = torch.maximum(-A * ρ, -A * ρ_clip)
+            if c.ratio_level == "token":
+                log_ρ = logp - old
+            else:
+                seq = ((logp - old) * mask).sum(-1) / n_tok
+                log_ρ = seq.detach()[:, None] + logp - logp.detach()
+            ρ = torch.exp(log_ρ.clamp(max=20.0)) * mask
+            ρ_clip = ρ.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high)
+            pg = torch.maximum(-A * ρ, -A * ρ_clip)
         ℓ = pg
         metrics = {}
         if c.kl_in == "loss" and self.kl.value > 0:
@@ -269,7 +306,7 @@ PPO = _preset("ppo", advantage="gae", whiten_advantages=True, samples_per_prompt
               minibatches_per_rollout=2, epochs_per_rollout=2, kl_estimator="k1", kl_in="reward", kl_coef=0.05,
               kl_target=6.0, loss_agg="token-mean")
 RLOO = _preset("rloo", advantage="leave_one_out", samples_per_prompt=4, prompts_per_step=32, kl_estimator="k1",
-               kl_in="reward", kl_coef=0.05, loss_agg="token-mean")
+               kl_in="reward", kl_coef=0.05, ratio_level="sequence_sum", loss_agg="seq-mean-token-sum")
 GRPO = _preset("grpo")
 DR_GRPO = _preset("dr_grpo", scale_by_std=False, loss_agg="seq-mean-token-sum-norm", kl_coef=0.0)
 DAPO = _preset("dapo", clip_eps_high=0.28, loss_agg="token-mean", kl_coef=0.0, dynamic_sampling=True)
