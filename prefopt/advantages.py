@@ -7,7 +7,9 @@ every completion token.
     leave_one_out   A_i = r_i − 1/(K−1) Σ_{j≠i in group} r_j                    (RLOO; Kool et al.
                     2019, Ahmadian et al. 2024, arXiv:2402.14740)
     group           A_i = (r_i − mean_group(r)) / (std_group(r) + ε)            (GRPO; Shao et al.
-                    2024, arXiv:2402.03300; std is the unbiased sample std, as in TRL and verl)
+                    2024, arXiv:2402.03300; std is the unbiased sample std, as in TRL and verl;
+                    ε = 1e-6 as in verl, where TRL's GRPOTrainer adds 1e-4: for a near-tied group
+                    prefopt's advantages are many times TRL's, ~2× at std = 1e-4, ~50× at 1e-6)
     group, no std   A_i = r_i − mean_group(r)                                   (Dr. GRPO; Liu et al.
                     2025, arXiv:2503.20783)
     baseline        A_i = r_i − b,  b ← d·b + (1−d)·mean(r) after each rollout  (REINFORCE with a

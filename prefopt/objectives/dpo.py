@@ -12,7 +12,9 @@ Losses, by ``loss_type`` (ε = ``label_smoothing``):
 
     sigmoid   L = −(1−ε) · log σ(h) − ε · log σ(−h)
               DPO eq. 7; ε > 0 is conservative DPO (cDPO, Mitchell 2023): labels assumed flipped
-              with probability ε.
+              with probability ε. TRL 1.16's ``loss_type="sigmoid"`` silently ignores
+              ``label_smoothing`` (it computes −log σ(h) whatever ε is); prefopt applies it, as cDPO
+              defines it, so a TRL config with label_smoothing > 0 trains differently here.
     robust    L = [ (1−ε) · (−log σ(h)) − ε · (−log σ(−h)) ] / (1 − 2ε)
               Provably robust DPO (Chowdhury et al., 2024, arXiv:2403.00409, eq. 9): an unbiased
               estimate of the clean-label loss when labels flip with known rate ε. ε = 0 is sigmoid.

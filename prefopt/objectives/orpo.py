@@ -14,10 +14,12 @@ term:
     L     = L_SFT + λ · L_OR                                          λ = ``beta``
 
 λ is called ``beta`` because that is its name in TRL's ``ORPOConfig`` (default 0.1, as here).
-Difference from TRL: TRL's L_SFT is the token mean over all chosen tokens of the batch; prefopt
-follows the paper (eq. 2: a per-sequence mean, then the mean over pairs), so a long chosen
-completion does not weigh more than a short one and the loss does not depend on how the batch is
-split. log(1 − exp ℓ) is computed stably (log(−expm1 ℓ) near 0, log1p(−exp ℓ) below −ln 2).
+Difference from TRL: TRL's ``ORPOTrainer`` (trl.experimental.orpo) computes L_SFT as one
+cross-entropy token mean over the prompt *and* chosen tokens of the whole batch together (its labels
+mask only padding), so the prompt is trained on too and long sequences weigh more. prefopt follows
+the paper (eq. 2: the NLL of the chosen completion y_w given x, a per-sequence mean over its tokens,
+then the mean over pairs), so no gradient reaches the prompt tokens, a long chosen completion does
+not weigh more than a short one, and the loss does not depend on how the batch is split. log(1 − exp ℓ) is computed stably (log(−expm1 ℓ) near 0, log1p(−exp ℓ) below −ln 2).
 
 The loss is summed over pairs; the trainer divides by the step's pair count.
 """

@@ -11,9 +11,13 @@ and the loss is a Bradley–Terry loss with a target reward margin γ:
     L = −(1−ε) · log σ(h) − ε · log σ(−h)                            ε = label_smoothing (0 in the paper)
 
 γ is set through γ/β (``gamma_beta_ratio``), the quantity the paper tunes and the parameter name
-of both the authors' trainer and TRL's ``CPOTrainer(loss_type="simpo", cpo_alpha=0)``; the
-defaults (β = 2.0, γ/β = 0.5) are the paper's. TRL's ``CPOTrainer`` adds a behaviour-cloning NLL
-term unless ``cpo_alpha=0``; prefopt's SimPO is the paper's loss alone.
+of the authors' trainer; the defaults (β = 2.0, γ/β = 0.5, so γ = 1.0) are the paper's.
+
+Coming from TRL: ``CPOTrainer(loss_type="simpo")`` (trl.experimental.cpo) takes the margin itself,
+``simpo_gamma`` = γ (default 0.5), and divides it by β internally. A TRL config with β = 2,
+``simpo_gamma=0.5`` is prefopt's ``gamma_beta_ratio=0.25``; copying 0.5 into ``gamma_beta_ratio``
+doubles the margin (γ = 1.0). TRL's ``CPOTrainer`` also adds a behaviour-cloning NLL term unless
+``cpo_alpha=0``; prefopt's SimPO is the paper's loss alone.
 
 The loss is summed over pairs; the trainer divides by the step's pair count.
 """
