@@ -85,6 +85,14 @@ def versions() -> dict:
     return {"prefopt": version("prefopt"), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels use (AVX512, AVX2, DEFAULT; ATEN_CPU_CAPABILITY
+    lowers it): results trained under different ones agree only statistically, not bit for bit."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def quiet_libraries():
     """Keep the console to prefopt's own lines: no weight-loading bars or optional-backend notices."""
     import logging
@@ -302,6 +310,8 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
             "eval": ev,
             "config_hash": config_hash(cfg),
             "versions": versions(),
+            # Float rounding (and so every trained number) depends on the kernels torch picked.
+            "cpu_capability": cpu_capability(),
         }
         tmp = os.path.join(out_dir, ".summary.json.tmp")
         with open(tmp, "w") as f:

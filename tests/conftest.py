@@ -67,3 +67,39 @@ def synthetic_examples(kind, n=16, vocab=50, seed=0, eos=2):
         else:
             out.append({"row": i, "prompt_ids": p, "completion_ids": seq(1, 9) + [eos], "prompt_text": "x"})
     return out
+
+
+def check_outcome(where, name, value, op, threshold, info=None):
+    """Assert ``value op threshold`` (op: ">" or "<") and, when PREFOPT_OUTCOMES names a file,
+    append the measurement to it as a JSON line (tests/cross_cpu.sh tabulates them)."""
+    import json
+    import operator
+
+    value = float(value)
+    ok = {">": operator.gt, "<": operator.lt}[op](value, threshold)
+    path = os.environ.get("PREFOPT_OUTCOMES")
+    if path:
+        import torch
+
+        row = {"test": where, "name": name, "value": value, "op": op, "threshold": threshold,
+               "margin": (value - threshold) if op == ">" else (threshold - value), "passed": ok,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    assert ok, f"{name}: {value:.4g} is not {op} {threshold:.4g} ({info})"
+
+
+@pytest.fixture
+def outcome(request):
+    """Assert a learning outcome and record it: ``outcome("gold − ref", value, ">", 0.1)``.
+
+    Tests that assert training moved a metric use this instead of a bare ``assert``, so that
+    tests/cross_cpu.sh can print every measured value next to its threshold under each instruction
+    set and thread count. Such a test is marked ``outcome`` automatically (``pytest -m outcome``)."""
+    return lambda *a, **k: check_outcome(request.node.nodeid, *a, **k)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "outcome" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.outcome)

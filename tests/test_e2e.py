@@ -9,12 +9,12 @@ import pytest
 
 
 @pytest.mark.slow
-def test_dpo_raises_gold_reward_and_writes_the_contract(run_cfg):
+def test_dpo_raises_gold_reward_and_writes_the_contract(run_cfg, outcome):
     summary, out = run_cfg("trainer.max_steps=120", "eval.num_prompts=96", "eval.max_new_tokens=32",
                            "trainer.save_every_steps=60", "trainer.tensorboard=true", "trainer.eval_every_steps=60")
     ev = summary["eval"]
-    assert ev["gold_reward"] > ev["gold_reward_ref"] + 0.3, ev
-    assert ev["win_rate_vs_ref"] > 0.6, ev
+    outcome("gold reward − reference's", ev["gold_reward"] - ev["gold_reward_ref"], ">", 0.3, ev)
+    outcome("win rate vs π_ref", ev["win_rate_vs_ref"], ">", 0.6, ev)
     assert ev["kl_to_ref"] > 0
     # The run-output contract.
     s = json.load(open(os.path.join(out, "summary.json")))

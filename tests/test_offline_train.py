@@ -109,12 +109,13 @@ TINY_ARCH = ("model.arch={model_type:llama,hidden_size:32,intermediate_size:64,n
     ("simpo", [], "rewards/margin", +1),
     ("sft", [TINY_ARCH], "nll", -1),
 ])
-def test_each_method_moves_its_metric(run_cfg, algo, extra, metric, direction):
+def test_each_method_moves_its_metric(run_cfg, outcome, algo, extra, metric, direction):
     # 64 examples, 2 steps per epoch, 5 epochs: the first and the last epoch see the same examples,
     # so comparing their averages measures training, not which batch came up.
     s, out = run_cfg(f"algo={algo}", "data.num_rows=64", "trainer.max_steps=10", "trainer.lr=1e-3", *SHORT, *extra)
     before, after = first_last(metrics(out), metric, k=2)
-    assert direction * (after - before) > 0, (metric, before, after)
+    outcome(f"{metric}: last − first epoch (signed {direction:+d})", direction * (after - before), ">", 0,
+            (before, after))
     assert s["steps"] == 10 and s["algo"] == algo
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from prefopt.leaderboard import store
+from prefopt.train import cpu_capability
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     base = {"config_hash": job.hash, "leaderboard": {**job.meta, "job": job.id, "stage": job.stage,
                                                        "kind": job.kind, "overrides": job.overrides,
                                                        "threads": torch.get_num_threads()},
-            "result_version": store.RESULT_VERSION, "git_commit": _git_commit()}
+            "result_version": store.RESULT_VERSION, "git_commit": _git_commit(), "cpu_capability": cpu_capability()}
     print(f"[leaderboard] {job.id}: running → {run_dir}", flush=True)
     t0 = time.perf_counter()
     _reset_peak_rss()

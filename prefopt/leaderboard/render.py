@@ -379,6 +379,12 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     agg = aggregate(records, budgets)
     versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in records
                        if r.get("versions")})
+    # Which machines the numbers come from: same capability reproduces exactly, another only statistically.
+    caps = {}
+    for r in records:
+        caps[r.get("cpu_capability") or "not recorded"] = caps.get(r.get("cpu_capability") or "not recorded", 0) + 1
+    versions += [f"CPU capability {c}: {n} result(s)" + (" (made before results recorded it)" if c == "not recorded" else "")
+                 for c, n in sorted(caps.items())]
     os.makedirs(out_dir, exist_ok=True)
     png = frontier_png(agg, suite, os.path.join(out_dir, "frontier.png"))
     _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), markdown(agg, suite, budgets, loaded, versions))
