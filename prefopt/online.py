@@ -212,11 +212,15 @@ class RolloutSource:
         n = roll["input_ids"].shape[0]
         if n == 0:
             return []
+        # An objective that reads its rollout as groups (online DPO's pairs) gets whole groups per
+        # micro-batch: the shuffle and the splits are over groups of ``group_size`` rows.
+        unit = int(roll["group_size"]) if getattr(self.obj, "keeps_groups", False) else 1
         g = torch.Generator().manual_seed(self.seed * 7_919 + r * 104_729 + epoch * 13 + self.rank)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n // unit, generator=g)
         chunks = torch.tensor_split(perm, self.c.minibatches_per_rollout)[m]
-        micro = min(self.c.sequences_per_device, self.plan.sequences_per_step_per_process)
-        return [self._micro(roll, idx) for idx in torch.split(chunks, micro) if idx.numel()]
+        micro = max(1, min(self.c.sequences_per_device, self.plan.sequences_per_step_per_process) // unit)
+        rows = lambda idx: (idx[:, None] * unit + torch.arange(unit)).reshape(-1)  # noqa: E731
+        return [self._micro(roll, rows(idx)) for idx in torch.split(chunks, micro) if idx.numel()]
 
     def _micro(self, roll, idx) -> dict:
         b = {k: roll[k][idx] for k in PER_SEQUENCE if k in roll and isinstance(roll[k], torch.Tensor)}
@@ -322,7 +326,7 @@ class RolloutSource:
         for i in range(0, n, self.c.sequences_per_device):
             sl = slice(i, i + self.c.sequences_per_device)
             ids, am, lm = (roll[k][sl].to(self.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-            if not self.old_is_current:
+            if not self.old_is_current and getattr(self.obj, "uses_old_logps", True):
                 old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
             if self.value_model is not None:
                 # Right after the policy's forward: a value head on the policy reuses its hidden states.
