@@ -121,15 +121,22 @@ def test_each_method_moves_its_metric(run_cfg, outcome, algo, extra, metric, dir
 
 # ---- reward model ----------------------------------------------------------------------------
 
-def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg):
+def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg, outcome):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    s, out = run_cfg("algo=reward", "trainer.max_steps=40", "trainer.lr=3e-3", "trainer.log_every_steps=1",
-                     "trainer.warmup_steps=0", "trainer.lr_schedule=constant")
+    from prefopt.leaderboard.plan import load_suite
+
+    # The leaderboard's own stage-1 recipe (120 cosine steps from 1e-3 after 5 warm-up steps), so
+    # the test checks the reward model the online rows are trained against. The test's former
+    # recipe, 40 steps at a constant 3e-3 with no warm-up, moved every weight matrix by 55-85% of
+    # its norm while the loss sat at log 2: the SFT features were overwritten by noise-driven Adam
+    # steps before the new score head had learnt anything, and which CPU's rounding decided
+    # whether it escaped (0.53 held-out gold accuracy on AVX-512 and on AVX2).
+    s, out = run_cfg("algo=reward", *load_suite("standard")["stage1"], "trainer.log_every_steps=1")
     ev = s["eval"]
     assert 150 < ev["num_pairs"] < 260  # 10% of the testbed's ~2000 pairs, held out
-    assert ev["pairwise_accuracy"] > 0.62, ev
-    assert ev["pairwise_accuracy_gold"] > 0.62, ev
+    outcome("held-out pairwise accuracy", ev["pairwise_accuracy"], ">", 0.65, ev)
+    outcome("held-out accuracy against the gold ordering", ev["pairwise_accuracy_gold"], ">", 0.70, ev)
     assert ev["gold_reward"] is None and ev["kl_to_ref"] is None
     before, after = first_last(metrics(out), "accuracy", k=8)
     assert after > before

@@ -11,8 +11,10 @@ import os
 
 import pytest
 
-SHORT = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.log_every_steps=1", "eval.num_prompts=64",
-         "eval.max_new_tokens=24", "trainer.save_model=false"]
+# 128 held-out prompts × 2 samples: with 64 × 1 the evaluation's own noise (one policy's measured
+# gain moved from −0.37 to +0.22 between two evaluations) was the size of the thresholds below.
+SHORT = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.log_every_steps=1", "eval.num_prompts=128",
+         "eval.samples_per_prompt=2", "eval.max_new_tokens=24", "trainer.save_model=false"]
 
 REVIEWS = {
     "grpo": ["algo.prompts_per_step=8", "algo.samples_per_prompt=4"],
@@ -71,16 +73,17 @@ def test_preset_raises_held_out_exact_match_on_arith(run_cfg, outcome, algo):
 
 @pytest.fixture(scope="module")
 def reviews_reward_model(tmp_path_factory):
-    """A Bradley–Terry reward model trained on the reviews pairs (the leaderboard's proxy reward
-    model, shorter); its model/ directory."""
-    from conftest import FAST, compose
+    """A Bradley–Terry reward model trained on the reviews pairs with the leaderboard's stage-1
+    recipe (the proxy reward model the leaderboard's online rows use); its model/ directory."""
+    from conftest import FAST, check_outcome, compose
+    from prefopt.leaderboard.plan import load_suite
     from prefopt.train import run
 
     out = tmp_path_factory.mktemp("reward_model")
-    s = run(compose([*FAST, "algo=reward", "data=reviews", "trainer.max_steps=60", "trainer.lr=1e-3",
-                     "trainer.warmup_steps=5"]), str(out))
-    # It must order held-out completions by gold reward better than chance, or the test below proves nothing.
-    assert s["eval"]["pairwise_accuracy_gold"] > 0.6, s["eval"]
+    s = run(compose([*FAST, "algo=reward", "data=reviews", *load_suite("standard")["stage1"]]), str(out))
+    # It must order held-out completions by gold reward, or the tests below prove nothing.
+    check_outcome("reviews_reward_model fixture", "held-out accuracy against the gold ordering",
+                  s["eval"]["pairwise_accuracy_gold"], ">", 0.70, s["eval"])
     return str(out / "model")
 
 
@@ -93,16 +96,22 @@ WITH_REWARD_MODEL = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", list(WITH_REWARD_MODEL))
-def test_preset_raises_gold_reward_with_a_trained_reward_model(run_cfg, reviews_reward_model, algo, capsys):
-    s, _ = run_cfg(f"algo={algo}", "data=reviews", "reward=model", f"reward.path={reviews_reward_model}",
-                     "trainer.max_steps=12", *SHORT, *WITH_REWARD_MODEL[algo])
-    printed = capsys.readouterr().out
-    assert "reward: model = " in printed
-    if algo == "ppo":
-        assert f"value: separate critic from {reviews_reward_model}" in printed
-    ev = s["eval"]
-    assert ev["proxy_reward"] is not None  # the evaluation scores with the reward model too
-    assert ev["gold_reward"] > ev["gold_reward_ref"] + 0.1, ev
+def test_preset_raises_gold_reward_with_a_trained_reward_model(run_cfg, outcome, reviews_reward_model, algo, capsys,
+                                                               tmp_path):
+    # The mean gain over three training seeds: twelve RL steps against a proxy reward model are a
+    # noisy estimate from any single seed (one seed's gain moved by 0.1-0.3 between CPU kinds).
+    gains = []
+    for seed in (0, 1, 2):
+        s, _ = run_cfg(f"algo={algo}", "data=reviews", "reward=model", f"reward.path={reviews_reward_model}",
+                       f"seed={seed}", "trainer.max_steps=12", *SHORT, *WITH_REWARD_MODEL[algo], out=tmp_path / f"s{seed}")
+        printed = capsys.readouterr().out
+        assert "reward: model = " in printed
+        if algo == "ppo":
+            assert f"value: separate critic from {reviews_reward_model}" in printed
+        ev = s["eval"]
+        assert ev["proxy_reward"] is not None  # the evaluation scores with the reward model too
+        gains.append(ev["gold_reward"] - ev["gold_reward_ref"])
+    outcome("gold reward − reference's, mean of 3 seeds", sum(gains) / len(gains), ">", 0.1, gains)
 
 
 def test_ppo_with_a_value_head_under_lora(run_cfg, capsys):
