@@ -126,7 +126,7 @@ def plan_batches(c: RolloutFields, world_size: int = 1, needs_groups: bool = Fal
 
 # Rollout tensors indexed by sequence (dim 0); everything else in a rollout dict is per rollout.
 PER_SEQUENCE = ("input_ids", "attention_mask", "loss_mask", "old_logps", "ref_logps", "old_values", "advantages",
-                "returns", "scores", "finished", "group")
+                "returns", "scores", "finished", "group", "sampler_logps")
 
 
 def select(roll: dict, idx) -> dict:
@@ -177,6 +177,8 @@ class RolloutSource:
         self._order = EpochOrder(len(examples), seed)
         # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
         self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
+        # An objective that corrects for the sampler (importance weights π_old/μ) keeps μ's own log-probs.
+        self.keep_sampler_logps = bool(getattr(objective, "needs_sampler_logps", False))
 
     @property
     def steps_per_rollout(self) -> int:
@@ -248,7 +250,7 @@ class RolloutSource:
             self.sampler.sync_weights(self.policy)
             s = self.sampler.sample(self.policy, prompt_ids, self.scfg,
                                     seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank,
-                                    return_logprobs=self.old_is_current)
+                                    return_logprobs=self.old_is_current or self.keep_sampler_logps)
             gen_s += time.perf_counter() - t0
             p_ids = [p for p in prompt_ids for _ in range(K)]
             p_txt = [e["prompt_text"] for e in exs for _ in range(K)]
@@ -316,10 +318,14 @@ class RolloutSource:
         # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
         needs_ref = self.reference is not None and getattr(self.obj, "needs", None) is not None and self.obj.needs.reference
         old, ref, val = [], [], []
-        if self.old_is_current:
+        if self.old_is_current or self.keep_sampler_logps:
             # The sampler's log-probs, at the completion positions (where loss_mask is set, in order).
-            roll["old_logps"] = torch.zeros(roll["loss_mask"].shape)
-            roll["old_logps"][roll["loss_mask"]] = torch.tensor([v for p in parts for x in p["lp"] for v in x])
+            lp = torch.zeros(roll["loss_mask"].shape)
+            lp[roll["loss_mask"]] = torch.tensor([v for p in parts for x in p["lp"] for v in x])
+            if self.old_is_current:
+                roll["old_logps"] = lp
+            if self.keep_sampler_logps:
+                roll["sampler_logps"] = lp
         # No dropout: π_old is a fixed function of the weights (eval() would break 4-bit training).
         flipped = dropout_disable(self.policy)
         n = roll["input_ids"].shape[0]

@@ -9,7 +9,10 @@ reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al
 
     gae: A_t from (r_t, V_old);  leave_one_out: A_i = r_i − mean_{j≠i} r_j;
     group: A_i = (r_i − mean_g r) / (std_g r + ε)  (``scale_by_std=false``: no division);
-    baseline: A_i = r_i − b (moving average);  optionally whitened over the rollout.
+    baseline: A_i = r_i − b (moving average);  optionally whitened over the rollout;
+    reinforce: A_t = Σ_{s≥t} γ^{s−t} r_s, the return-to-go of the per-token rewards above, no critic
+               (REINFORCE++, Hu 2025, arXiv:2501.03262, eq. 4–6; with whiten_advantages, the
+               global-batch normalization of eq. 7).
 
 Policy loss, per completion token t of sequence i (Schulman et al. 2017, arXiv:1707.06347, eq. 7;
 asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 10):
@@ -41,6 +44,28 @@ seq-mean-token-mean divides each sequence's gradient by |y_i| (short completions
         − c_H H_t                          entropy bonus, c_H = ``entropy_coef``
         + c_V · ½ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, ±ε_V) − R_t)²)   (gae only)
 
+``policy_loss=cispo`` replaces the clipped surrogate by CISPO's clipped-IS-weight REINFORCE term
+(MiniMax-M1, arXiv:2506.13585, eq. 4–5): every token keeps its gradient, only the weight is clipped,
+
+    ℓ_t = −sg[clip(ρ_t, 1 − ε_low, 1 + ε_high)] · A_t · log π(y_t | ·)
+
+(ε_low = 1: no lower bound, as the paper; TRL's ``loss_type="cispo"`` clamps ρ_t at
+``epsilon_high`` itself, the ratio bound ε_max = 1 + prefopt's ε_high; ScaleRL's ε_max = 5).
+
+Sampler correction (``rollout_is``): when the sampler's log-probs log μ(y_t) differ from the
+trainer's log π_old(y_t) (a faster inference engine, other kernels, quantized weights), the
+policy-gradient term is reweighted by w = π_old / μ, per token or per sequence (Yao et al. 2025,
+"Your efficient RL framework secretly brings you off-policy RL training": truncated IS; masked IS
+as in verl and TRL's ``vllm_importance_sampling_mode``), with C_max = ``rollout_is_max``,
+C_min = ``rollout_is_min``:
+
+    token_truncate     ℓ_t ← min(max(w_t, C_min), C_max) · ℓ_t           w_t = π_old(y_t) / μ(y_t)
+    token_mask         ℓ_t ← w_t · [C_min ≤ w_t ≤ C_max] · ℓ_t
+    sequence_truncate  ℓ_t ← min(max(w_i, C_min), C_max) · ℓ_t           w_i = Π_t w_t
+    sequence_mask      ℓ_t ← w_i · [C_min ≤ w_i ≤ C_max] · ℓ_t
+
+(w is a constant, sg[·]; the KL and entropy terms are not reweighted.)
+
 Aggregation (``loss_agg``; the trainer divides the summed loss by ``units`` summed over the
 optimizer step, so each mode is exact and independent of the micro-batch split):
 
@@ -60,6 +85,10 @@ optimizer step, so each mode is exact and independent of the micro-batch split):
     grpo     group (÷std), k3 KL in the loss, seq-mean-token-mean (Shao et al. 2024)
     dr_grpo  group without ÷std, seq-mean-token-sum-norm (Liu et al. 2025)
     dapo     group (÷std), ε = (0.2, 0.28), token-mean, no KL, dynamic sampling (Yu et al. 2025)
+    reinforce_pp  reinforce (return-to-go) whitened over the batch, k1 KL per token in the reward,
+             clipped surrogate, token-mean (REINFORCE++, Hu 2025)
+    cispo    group (÷std), policy_loss=cispo with ρ ≤ 5 (ε_high = 4, no lower bound), token-mean, no KL
+             (MiniMax 2025; ScaleRL's ε_max)
 """
 
 from __future__ import annotations
@@ -80,6 +109,9 @@ from prefopt.registry import Needs, register
 
 LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
 RATIO_LEVELS = ("token", "sequence", "sequence_sum")
+POLICY_LOSSES = ("clip", "cispo")
+ROLLOUT_IS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+ADVANTAGES = (*adv.ESTIMATORS, "reinforce")
 CRITICS = ("separate", "shared")
 
 
@@ -92,7 +124,7 @@ def _choice(key, value, accepted):
 class PGConfig(RolloutFields):
     name: str = "grpo"
     # advantage
-    advantage: str = "group"  # gae | leave_one_out | group | baseline
+    advantage: str = "group"  # gae | leave_one_out | group | baseline | reinforce
     scale_by_std: bool = True  # group: divide by the group's std (false: Dr. GRPO)
     whiten_advantages: bool = False
     gamma: float = 1.0  # gae
@@ -103,7 +135,12 @@ class PGConfig(RolloutFields):
     clip_eps_high: float = 0.2
     ratio_level: str = "token"  # token | sequence (GSPO) | sequence_sum (RLOO: the completion is one action)
     loss_agg: str = "seq-mean-token-mean"
+    policy_loss: str = "clip"  # clip (PPO's surrogate) | cispo (clipped IS weight × log π)
     entropy_coef: float = 0.0
+    # sampler correction: reweight by π_old/μ when the sampler's log-probs μ differ from the trainer's
+    rollout_is: str = "none"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
+    rollout_is_max: float = 2.0  # C_max
+    rollout_is_min: float = 0.0  # C_min
     # KL to the reference
     kl_coef: float = 0.04  # β; 0 disables (and no reference is kept)
     kl_estimator: str = "k3"  # k1 | k2 | k3
@@ -117,14 +154,23 @@ class PGConfig(RolloutFields):
     value_clip: Optional[float] = 0.2
 
     def __post_init__(self):
-        _choice("advantage", self.advantage, adv.ESTIMATORS)
+        _choice("advantage", self.advantage, ADVANTAGES)
+        _choice("policy_loss", self.policy_loss, POLICY_LOSSES)
+        _choice("rollout_is", self.rollout_is, ROLLOUT_IS)
+        if not 0 <= self.rollout_is_min < self.rollout_is_max:
+            raise UserError(f"algo.rollout_is_min={self.rollout_is_min} and rollout_is_max={self.rollout_is_max}: "
+                            "accepted: 0 <= rollout_is_min < rollout_is_max")
         _choice("loss_agg", self.loss_agg, LOSS_AGG)
         _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_in", self.kl_in, ("loss", "reward"))
         _choice("critic", self.critic, CRITICS)
-        if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
-            raise UserError(f"algo.clip_eps_low={self.clip_eps_low} must be in [0, 1) and clip_eps_high >= 0")
+        low_max_ok = self.clip_eps_low <= 1 if self.policy_loss == "cispo" else self.clip_eps_low < 1
+        if not (0 <= self.clip_eps_low and low_max_ok and self.clip_eps_high >= 0):
+            raise UserError(f"algo.clip_eps_low={self.clip_eps_low} must be in [0, 1) ([0, 1] for cispo: 1 is no lower "
+                            "bound) and clip_eps_high >= 0")
+        if self.policy_loss == "cispo" and self.ratio_level == "sequence_sum":
+            raise UserError("algo.policy_loss=cispo weights each token; accepted: ratio_level=token|sequence")
         if self.kl_coef < 0:
             raise UserError(f"algo.kl_coef={self.kl_coef} must be >= 0")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef <= 0):
@@ -134,7 +180,7 @@ class PGConfig(RolloutFields):
                             "samples of the same prompt; accepted: samples_per_prompt >= 2")
         if self.dynamic_sampling and self.samples_per_prompt < 2:
             raise UserError("algo.dynamic_sampling drops groups whose rewards are all equal; accepted: samples_per_prompt >= 2")
-        if self.ratio_level == "sequence_sum" and self.advantage == "gae":
+        if self.ratio_level == "sequence_sum" and self.advantage in ("gae", "reinforce"):
             raise UserError("algo.ratio_level=sequence_sum needs one advantage per sequence; accepted: "
                             "advantage=leave_one_out|group|baseline (or ratio_level=token|sequence with gae)")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
@@ -153,6 +199,7 @@ class PolicyGradient:
         self.needs = dataclasses.replace(type(self).needs, reference=cfg.kl_coef > 0,
                                          value_head=cfg.advantage == "gae")
         self.needs_groups = cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling
+        self.needs_sampler_logps = cfg.rollout_is != "none"  # the rollout keeps μ's log-probs (online.py)
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.baseline = adv.MovingBaseline(cfg.baseline_decay)
         self.value_model = None  # set by the run when needs.value_head
@@ -187,14 +234,17 @@ class PolicyGradient:
         if scores.numel() == 0:
             roll["advantages"] = torch.zeros_like(maskf)
             return roll, metrics
-        if c.advantage == "gae":
+        if c.advantage in ("gae", "reinforce"):
             rewards = torch.zeros_like(maskf)
             last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask  # the last completion token
             rewards[last] = roll["scores"]
             if c.kl_in == "reward" and kl_tok is not None:
                 rewards = rewards - β * kl_tok
-            A, R = adv.gae(rewards, roll["old_values"], maskf, c.gamma, c.lam)
-            roll["returns"] = R
+            if c.advantage == "gae":
+                A, R = adv.gae(rewards, roll["old_values"], maskf, c.gamma, c.lam)
+                roll["returns"] = R
+            else:  # return-to-go: GAE with V = 0 and λ = 1
+                A, _ = adv.gae(rewards, torch.zeros_like(maskf), maskf, c.gamma, 1.0)
         else:
             K = roll["group_size"]
             if c.advantage == "leave_one_out":
@@ -236,6 +286,22 @@ class PolicyGradient:
             return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
         return self._agg(x, mask, norm_tokens)
 
+    def _sampler_weight(self, old, sampler_logps, mask, metrics, L):
+        """sg[w]: the truncated / masked importance weight π_old / μ of the module docstring."""
+        c = self.cfg
+        log_w = (old.detach() - sampler_logps) * mask
+        if c.rollout_is.startswith("sequence"):
+            log_w = log_w.sum(-1, keepdim=True).expand_as(mask)
+        w = torch.exp(log_w.clamp(max=20.0))
+        if c.rollout_is.endswith("truncate"):
+            out = w.clamp(c.rollout_is_min, c.rollout_is_max)
+        else:
+            keep = (w >= c.rollout_is_min) & (w <= c.rollout_is_max)
+            out = w * keep
+            metrics["rollout_is/masked_frac"] = self._metric((~keep).float(), mask, L)
+        metrics["rollout_is/weight"] = self._metric(out, mask, L)
+        return out * mask
+
     def loss(self, batch, scorer):
         c = self.cfg
         want_entropy = c.entropy_coef > 0
@@ -264,9 +330,14 @@ class PolicyGradient:
                 log_ρ = seq.detach()[:, None] + logp - logp.detach()
             ρ = torch.exp(log_ρ.clamp(max=20.0)) * mask
             ρ_clip = ρ.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high)
-            pg = torch.maximum(-A * ρ, -A * ρ_clip)
-        ℓ = pg
+            if c.policy_loss == "cispo":
+                pg = -ρ_clip.detach() * A * logp * mask
+            else:
+                pg = torch.maximum(-A * ρ, -A * ρ_clip)
         metrics = {}
+        if c.rollout_is != "none":
+            pg = pg * self._sampler_weight(old, batch["sampler_logps"], mask, metrics, L)
+        ℓ = pg
         if c.kl_in == "loss" and self.kl.value > 0:
             kl = kl_estimate(logp, scorer.ref_logps(batch).logps, c.kl_estimator)
             ℓ = ℓ + self.kl.value * kl
@@ -310,3 +381,6 @@ RLOO = _preset("rloo", advantage="leave_one_out", samples_per_prompt=4, prompts_
 GRPO = _preset("grpo")
 DR_GRPO = _preset("dr_grpo", scale_by_std=False, loss_agg="seq-mean-token-sum-norm", kl_coef=0.0)
 DAPO = _preset("dapo", clip_eps_high=0.28, loss_agg="token-mean", kl_coef=0.0, dynamic_sampling=True)
+REINFORCE_PP = _preset("reinforce_pp", advantage="reinforce", whiten_advantages=True, samples_per_prompt=1,
+                       prompts_per_step=64, kl_estimator="k1", kl_in="reward", kl_coef=0.01, loss_agg="token-mean")
+CISPO = _preset("cispo", policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=4.0, loss_agg="token-mean", kl_coef=0.0)
