@@ -41,6 +41,7 @@ from its state before that rollout, so the rollout's β / baseline update is app
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -126,7 +127,7 @@ def plan_batches(c: RolloutFields, world_size: int = 1, needs_groups: bool = Fal
 
 # Rollout tensors indexed by sequence (dim 0); everything else in a rollout dict is per rollout.
 PER_SEQUENCE = ("input_ids", "attention_mask", "loss_mask", "old_logps", "ref_logps", "old_values", "advantages",
-                "returns", "scores", "finished", "group", "sampler_logps")
+                "returns", "scores", "finished", "group", "sampler_logps", "baseline_scores")
 
 
 def select(roll: dict, idx) -> dict:
@@ -260,6 +261,17 @@ class RolloutSource:
                                         finished=finished, with_terms=True)
             for k, v in terms.items():
                 reward_metrics.setdefault(k, []).append(v)
+            greedy = None
+            if getattr(self.obj, "needs_greedy_baseline", False):
+                # ReMax's baseline: the reward of each prompt's greedy completion (top-1 decoding).
+                t1 = time.perf_counter()
+                gs = self.sampler.sample(self.policy, prompt_ids, dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1),
+                                         seed=0)
+                gen_s += time.perf_counter() - t1
+                greedy = self.reward([e["prompt_text"] for e in exs],
+                                     [self.tok.decode(x, skip_special_tokens=True) for x in gs.completions],
+                                     prompt_ids=prompt_ids, completion_ids=gs.completions,
+                                     finished=torch.tensor(gs.finished, dtype=torch.bool))
             all_scores.append(scores)
             keep = torch.ones(len(exs), dtype=torch.bool)
             if c.dynamic_sampling:
@@ -268,7 +280,8 @@ class RolloutSource:
             for gi in keep.nonzero().view(-1).tolist():
                 sl = slice(gi * K, (gi + 1) * K)
                 parts.append(dict(p=p_ids[sl], pt=p_txt[sl], c=s.completions[sl], t=texts[sl], s=scores[sl],
-                                  f=finished[sl], lp=s.logprobs[sl] if s.logprobs is not None else None))
+                                  f=finished[sl], lp=s.logprobs[sl] if s.logprobs is not None else None,
+                                  b=greedy[gi].repeat(K) if greedy is not None else None))
             if len(parts) >= want:
                 break
         parts = parts[:want]
@@ -310,6 +323,8 @@ class RolloutSource:
         comps = [x for p in parts for x in p["c"]]
         roll = pad_batch(p_ids, comps, self.tok.pad_token_id)
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
+        if parts[0]["b"] is not None:
+            roll["baseline_scores"] = torch.cat([p["b"] for p in parts]).float()
         roll["finished"] = torch.cat([p["f"] for p in parts])
         roll["group"] = torch.arange(len(parts)).repeat_interleave(K)
         roll["group_size"] = K

@@ -126,7 +126,7 @@ def test_presets_mirror_their_yaml():
     from omegaconf import OmegaConf
     from prefopt.registry import get_objective
 
-    for algo in ("online_dpo", "iterative_dpo", "dpo", "reinforce_pp", "cispo", "ppo", "rloo", "grpo", "dr_grpo", "dapo"):
+    for algo in ("online_dpo", "iterative_dpo", "dpo", "reinforce_pp", "cispo", "remax", "ppo", "rloo", "grpo", "dr_grpo", "dapo"):
         y = OmegaConf.to_container(compose([f"algo={algo}"]).algo)
         assert y == dataclasses.asdict(get_objective(algo).Config()), algo
 

@@ -236,6 +236,29 @@ def test_reinforce_pp_advantages_float64():
     assert torch.all(roll["advantages"][~mask] == 0)
 
 
+# ---- ReMax ----------------------------------------------------------------------------------------
+
+
+def test_remax_advantage_is_reward_minus_greedy_reward():
+    """Li et al. 2023, Algorithm 1: A_i = (r(x, y_i) − β Σ_t KL_t) − r(x, ȳ), ȳ the greedy completion."""
+    from prefopt.objectives.pg import REMAX
+
+    torch.manual_seed(2)
+    N, T = 6, 5
+    mask = torch.zeros(N, T, dtype=torch.bool)
+    mask[:, 1:4] = True
+    old, ref = -torch.rand(N, T) * mask, -torch.rand(N, T) * mask
+    scores, greedy = torch.randn(N), torch.randn(N)
+    obj = REMAX(REMAX.Config())
+    assert obj.needs_greedy_baseline and not obj.needs_groups
+    roll, _ = obj.prepare({"loss_mask": mask, "old_logps": old, "ref_logps": ref, "scores": scores,
+                           "baseline_scores": greedy, "group_size": 1})
+    for i in range(N):
+        kl = sum(float(old[i, t]) - float(ref[i, t]) for t in range(1, 4))
+        a = float(scores[i]) - 0.05 * kl - float(greedy[i])
+        torch.testing.assert_close(roll["advantages"][i, 1:4], torch.full((3,), a), rtol=1e-5, atol=1e-6)
+
+
 # ---- sampler correction: truncated / masked importance weights ------------------------------
 
 
@@ -294,6 +317,7 @@ SHORT = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.log_
 @pytest.mark.parametrize("algo,extra", [
     ("reinforce_pp", ["algo.prompts_per_step=32"]),
     ("cispo", ["algo.prompts_per_step=8", "algo.samples_per_prompt=4"]),
+    ("remax", ["algo.prompts_per_step=64"]),
 ])
 def test_preset_raises_gold_reward_on_reviews(run_cfg, outcome, algo, extra):
     s, _ = run_cfg(f"algo={algo}", "data=reviews", "trainer.max_steps=12", "trainer.lr=1e-3", *SHORT, *extra)

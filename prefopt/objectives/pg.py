@@ -12,7 +12,10 @@ reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al
     baseline: A_i = r_i − b (moving average);  optionally whitened over the rollout;
     reinforce: A_t = Σ_{s≥t} γ^{s−t} r_s, the return-to-go of the per-token rewards above, no critic
                (REINFORCE++, Hu 2025, arXiv:2501.03262, eq. 4–6; with whiten_advantages, the
-               global-batch normalization of eq. 7).
+               global-batch normalization of eq. 7);
+    greedy: A_i = r_i − r(x, ȳ),  ȳ = the greedy (top-1) completion of the same prompt, sampled with
+               the rollout (ReMax, Li et al. 2023, arXiv:2310.10505, Algorithm 1; ȳ's own KL term is
+               not subtracted: a baseline that does not depend on y_i keeps the estimate unbiased).
 
 Policy loss, per completion token t of sequence i (Schulman et al. 2017, arXiv:1707.06347, eq. 7;
 asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 10):
@@ -87,6 +90,8 @@ optimizer step, so each mode is exact and independent of the micro-batch split):
     dapo     group (÷std), ε = (0.2, 0.28), token-mean, no KL, dynamic sampling (Yu et al. 2025)
     reinforce_pp  reinforce (return-to-go) whitened over the batch, k1 KL per token in the reward,
              clipped surrogate, token-mean (REINFORCE++, Hu 2025)
+    remax    greedy baseline, one sample per prompt, sequence_sum ratio, seq-mean-token-sum, k1 KL in
+             the reward (Li et al. 2023: ∇ = Σ_t ∇log π(y_t) · (r(x, y) − r(x, ȳ)))
     cispo    group (÷std), policy_loss=cispo with ρ ≤ 5 (ε_high = 4, no lower bound), token-mean, no KL
              (MiniMax 2025; ScaleRL's ε_max)
 """
@@ -111,7 +116,7 @@ LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq
 RATIO_LEVELS = ("token", "sequence", "sequence_sum")
 POLICY_LOSSES = ("clip", "cispo")
 ROLLOUT_IS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
-ADVANTAGES = (*adv.ESTIMATORS, "reinforce")
+ADVANTAGES = (*adv.ESTIMATORS, "reinforce", "greedy")
 CRITICS = ("separate", "shared")
 
 
@@ -124,7 +129,7 @@ def _choice(key, value, accepted):
 class PGConfig(RolloutFields):
     name: str = "grpo"
     # advantage
-    advantage: str = "group"  # gae | leave_one_out | group | baseline | reinforce
+    advantage: str = "group"  # gae | leave_one_out | group | baseline | reinforce | greedy (ReMax)
     scale_by_std: bool = True  # group: divide by the group's std (false: Dr. GRPO)
     whiten_advantages: bool = False
     gamma: float = 1.0  # gae
@@ -200,6 +205,7 @@ class PolicyGradient:
                                          value_head=cfg.advantage == "gae")
         self.needs_groups = cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling
         self.needs_sampler_logps = cfg.rollout_is != "none"  # the rollout keeps μ's log-probs (online.py)
+        self.needs_greedy_baseline = cfg.advantage == "greedy"  # the rollout also decodes greedily (online.py)
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.baseline = adv.MovingBaseline(cfg.baseline_decay)
         self.value_model = None  # set by the run when needs.value_head
@@ -251,6 +257,8 @@ class PolicyGradient:
                 a = adv.leave_one_out(scores, K)
             elif c.advantage == "group":
                 a = adv.group_normalized(scores, K, c.scale_by_std)
+            elif c.advantage == "greedy":
+                a = scores - roll["baseline_scores"]
             else:
                 a = self.baseline(scores)
             A = adv.broadcast(a, mask)
@@ -383,4 +391,6 @@ DR_GRPO = _preset("dr_grpo", scale_by_std=False, loss_agg="seq-mean-token-sum-no
 DAPO = _preset("dapo", clip_eps_high=0.28, loss_agg="token-mean", kl_coef=0.0, dynamic_sampling=True)
 REINFORCE_PP = _preset("reinforce_pp", advantage="reinforce", whiten_advantages=True, samples_per_prompt=1,
                        prompts_per_step=64, kl_estimator="k1", kl_in="reward", kl_coef=0.01, loss_agg="token-mean")
+REMAX = _preset("remax", advantage="greedy", samples_per_prompt=1, prompts_per_step=32, kl_estimator="k1",
+                kl_in="reward", kl_coef=0.05, ratio_level="sequence_sum", loss_agg="seq-mean-token-sum")
 CISPO = _preset("cispo", policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=4.0, loss_agg="token-mean", kl_coef=0.0)
