@@ -13,6 +13,31 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class RunStopped(UserError):
+    """The run cannot go on for a reason outside it (a full disk): one line that says what is intact
+    and how to continue, no traceback. Nothing complete is lost."""
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM. A BaseException like KeyboardInterrupt, so that ``except Exception`` blocks
+    (a sweep that records failures and goes on) let it through. ``checkpoint`` is the one written
+    on the way out, if any."""
+
+    def __init__(self, signum: int, step=None, checkpoint=None):
+        super().__init__(signum)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    @property
+    def signame(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+
 def where(path=None, row=None, field=None) -> str:
     """Format a location prefix like ``data.jsonl, row 3, field 'chosen'``."""
     parts = []

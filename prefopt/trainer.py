@@ -11,12 +11,14 @@ split; dividing the step's summed loss by the step's unit count does not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
 import resource
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -27,11 +29,83 @@ import torch.distributed as dist
 
 from prefopt.config import TrainerConfig
 from prefopt.data import EpochOrder
+from prefopt.errors import Interrupted, RunStopped
 from prefopt.logprobs import Scorer
+
+TMP_PREFIX = ".tmp-"
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class CheckpointInvalid(RuntimeError):
+    """A checkpoint that is incomplete, damaged, of another model, or holds more than tensors and plain types."""
+
+
+def finite_or_none(x):
+    """``x`` with every NaN / ±inf float replaced by None: strict JSON has no NaN, and a parser that
+    rejects one line would lose the whole metrics file."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: str):
+    # Without it a power cut after the rename can leave a complete-looking name over empty files.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, obj):
+    with open(path, "w") as f:
+        json.dump(finite_or_none(obj), f, allow_nan=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rng_state() -> dict:
+    """Every RNG the loop draws from, as tensors and plain types (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def _set_rng_state(s: dict):
+    torch.set_rng_state(s["torch"])
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = s["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
 def seed_everything(seed: int):
@@ -99,7 +173,7 @@ class TrainState:
 class Trainer:
     def __init__(self, *, objective, policy, reference, source, cfg: TrainerConfig, out_dir: str,
                  total_steps: int, evaluator: Optional[Callable] = None, device=None, temperature: float = 1.0,
-                 console=None):
+                 console=None, run_config: Optional[dict] = None):
         self.objective = objective
         self.policy = policy
         self.reference = reference
@@ -122,6 +196,10 @@ class Trainer:
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
         self.tb = None
+        # Stored in every checkpoint so that a resume under a different config can be refused.
+        self.run_config = run_config
+        self._stop_signal: Optional[int] = None  # a SIGINT / SIGTERM that asked to stop after this step
+        self._in_loop = False
 
     # ---- setup -------------------------------------------------------------------------------
     def _make_optimizer(self):
@@ -142,6 +220,14 @@ class Trainer:
                              num_training_steps=max(1, self.total_steps), scheduler_specific_kwargs=kw)
 
     # ---- checkpoints -------------------------------------------------------------------------
+    # A checkpoint is complete only when its manifest.json (sizes and sha256 of every other file,
+    # written last, after the files are fsynced) matches what is on disk: a checkpoint truncated or
+    # damaged after it was renamed into place is told apart from a good one, and resume falls back
+    # to the newest complete one. Every file is loaded with torch.load(weights_only=True): tensors
+    # and plain types only, so a checkpoint directory handed over by someone else cannot run code.
+    MANIFEST = "manifest.json"
+    FORMAT = 2
+
     def _trainable_state(self):
         names = {id(p): n for n, p in self.policy.named_parameters()}
         return {names[id(p)]: p.detach().cpu().clone() for p in self.params}
@@ -153,51 +239,150 @@ class Trainer:
         return {name: part for name, part in (("objective", self.objective), ("source", self.source))
                 if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))}
 
-    def save_checkpoint(self):
-        """Write checkpoints/step_N atomically: build it under a temporary name, then rename."""
+    def save_checkpoint(self) -> Optional[str]:
+        """Write checkpoints/step_N atomically: build it under a temporary name, manifest last, then
+        rename. Non-finite weights are never written; a failed write (a full disk) removes its partial
+        directory and leaves the earlier checkpoints as they were. Returns the checkpoint's path."""
         if not self.is_main:
-            return
+            return None
         step = self.state.step
+        trainable = self._trainable_state()
+        bad = [n for n, v in trainable.items() if not torch.isfinite(v).all()]
+        if bad:
+            last = self.newest_checkpoint(self.out_dir)
+            raise TrainingDiverged(f"weights are not finite after step {step} ({bad[0]}); not checkpointed. "
+                                   f"Last good checkpoint: {last or 'none'}. Try a lower trainer.lr.")
         final = os.path.join(self.ckpt_dir, f"step_{step:07d}")
-        tmp = os.path.join(self.ckpt_dir, f".tmp-step_{step:07d}-{os.getpid()}")
-        os.makedirs(tmp, exist_ok=True)
-        torch.save(self._trainable_state(), os.path.join(tmp, "trainable.pt"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-                    "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}},
-                   os.path.join(tmp, "optim.pt"))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(self.state.__dict__, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp = os.path.join(self.ckpt_dir, f"{TMP_PREFIX}step_{step:07d}-{os.getpid()}")
+        try:
+            os.makedirs(tmp, exist_ok=True)
+            torch.save(trainable, os.path.join(tmp, "trainable.pt"))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": _rng_state(),
+                        "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}},
+                       os.path.join(tmp, "optim.pt"))
+            _write_json(os.path.join(tmp, "state.json"), self.state.__dict__)
+            if self.run_config is not None:
+                _write_json(os.path.join(tmp, "config.json"), self.run_config)
+            files = {}
+            for name in sorted(os.listdir(tmp)):
+                p = os.path.join(tmp, name)
+                _fsync(p)
+                files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+            _write_json(os.path.join(tmp, self.MANIFEST), {"format": self.FORMAT, "step": step, "files": files})
+            _fsync(tmp)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync(self.ckpt_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = self.newest_checkpoint(self.out_dir)
+            raise RunStopped(
+                f"could not write checkpoint {final} ({e.strerror or e}); the partial write was removed; "
+                f"last complete checkpoint: {last or 'none'}. Free some space, then resume with trainer.resume=auto"
+            ) from None
         self._prune()
+        return final
 
     def _prune(self):
         done = sorted(d for d in os.listdir(self.ckpt_dir) if d.startswith("step_"))
         for d in done[: max(0, len(done) - max(1, self.cfg.keep_checkpoints))]:
             shutil.rmtree(os.path.join(self.ckpt_dir, d), ignore_errors=True)
+        self.remove_partial_checkpoints(self.out_dir)
 
     @staticmethod
-    def newest_checkpoint(out_dir) -> Optional[str]:
+    def remove_partial_checkpoints(out_dir) -> list:
+        """Delete what interrupted checkpoint writes left behind (``.tmp-step_N-PID``), except the
+        directories of a writer that is still alive; returns the names removed."""
+        d = os.path.join(out_dir, "checkpoints")
+        removed = []
+        if not os.path.isdir(d):
+            return removed
+        for name in os.listdir(d):
+            if not name.startswith(TMP_PREFIX):
+                continue
+            pid = name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue
+            shutil.rmtree(os.path.join(d, name), ignore_errors=True)
+            removed.append(name)
+        return removed
+
+    @classmethod
+    def verify_checkpoint(cls, path) -> Optional[str]:
+        """None if the checkpoint at ``path`` is complete and intact, else why it is not."""
+        try:
+            with open(os.path.join(path, cls.MANIFEST)) as f:
+                manifest = json.load(f)
+            files = manifest["files"]
+        except FileNotFoundError:
+            return "no manifest.json (an interrupted write, or a checkpoint of an older prefopt)"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"unreadable manifest.json ({type(e).__name__})"
+        for name in ("trainable.pt", "optim.pt", "state.json"):
+            if name not in files:
+                return f"manifest.json does not list {name}"
+        for name, meta in files.items():
+            p = os.path.join(path, name)
+            if not os.path.isfile(p):
+                return f"{name} is missing"
+            if os.path.getsize(p) != meta.get("bytes"):
+                return f"{name} has {os.path.getsize(p)} bytes, the manifest says {meta.get('bytes')}"
+            if _sha256(p) != meta.get("sha256"):
+                return f"{name} does not match its sha256 in the manifest"
+        return None
+
+    @classmethod
+    def find_checkpoint(cls, out_dir) -> tuple[Optional[str], list]:
+        """(newest complete checkpoint or None, [(path, why skipped)] for newer ones that are not)."""
         d = os.path.join(out_dir, "checkpoints")
         if not os.path.isdir(d):
+            return None, []
+        skipped = []
+        for name in sorted((x for x in os.listdir(d) if x.startswith("step_")), reverse=True):
+            path = os.path.join(d, name)
+            why = cls.verify_checkpoint(path)
+            if why is None:
+                return path, skipped
+            skipped.append((path, why))
+        return None, skipped
+
+    @classmethod
+    def newest_checkpoint(cls, out_dir) -> Optional[str]:
+        return cls.find_checkpoint(out_dir)[0]
+
+    @staticmethod
+    def checkpoint_config(path) -> Optional[dict]:
+        """The run config a checkpoint was written under (None when it was written without one)."""
+        p = os.path.join(path, "config.json")
+        if not os.path.exists(p):
             return None
-        done = sorted(x for x in os.listdir(d) if x.startswith("step_") and os.path.exists(os.path.join(d, x, "state.json")))
-        return os.path.join(d, done[-1]) if done else None
+        with open(p) as f:
+            return json.load(f)
 
     def load_checkpoint(self, path):
-        trainable = torch.load(os.path.join(path, "trainable.pt"), map_location="cpu")
+        why = self.verify_checkpoint(path)
+        if why is not None:
+            raise CheckpointInvalid(f"checkpoint {path}: {why}")
+        try:
+            trainable = torch.load(os.path.join(path, "trainable.pt"), map_location="cpu", weights_only=True)
+            opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 — weights_only refuses anything but tensors and plain types
+            raise CheckpointInvalid(
+                f"checkpoint {path}: refused to load ({_first_line(e)}); a prefopt checkpoint holds only "
+                "tensors and plain types") from None
         named = dict(self.policy.named_parameters())
+        unknown = [n for n in trainable if n not in named]
+        if unknown:
+            raise CheckpointInvalid(f"checkpoint {path}: parameter '{unknown[0]}' is not in this model; "
+                                    "accepted: a checkpoint of the same model and adapter settings")
         with torch.no_grad():
             for n, v in trainable.items():
                 named[n].copy_(v.to(named[n].device))
-        opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
-        torch.set_rng_state(opt["rng"]["torch"])
-        random.setstate(opt["rng"]["python"])
-        np.random.set_state(opt["rng"]["numpy"])
+        _set_rng_state(opt["rng"])
         saved = opt.get("parts", {})
         for name, part in self._stateful_parts().items():
             if name in saved:
@@ -206,19 +391,50 @@ class Trainer:
             self.state = TrainState(**json.load(f))
         # Metrics logged after this checkpoint belong to the interrupted attempt: drop them so the
         # resumed run's metrics.jsonl equals an uninterrupted run's.
-        if self.is_main and os.path.exists(self.metrics_path):
-            with open(self.metrics_path) as f:
-                keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= self.state.step]
-            with open(self.metrics_path, "w") as f:
-                f.writelines(keep)
+        self.truncate_metrics(self.state.step)
+
+    def truncate_metrics(self, step: int) -> int:
+        """Keep only metrics.jsonl rows of steps <= ``step`` (0: none, a fresh start) and drop a torn
+        line a crash or a full disk left; rewritten atomically. Returns the number of torn lines."""
+        if not self.is_main or not os.path.exists(self.metrics_path):
+            return 0
+        keep, torn = [], 0
+        with open(self.metrics_path, "rb") as f:
+            for raw in f:
+                try:
+                    row = json.loads(raw)
+                except ValueError:  # also a line cut inside a multi-byte character
+                    torn += 1
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    keep.append(json.dumps(row, allow_nan=False) + "\n")
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.metrics_path)
+        return torn
 
     # ---- logging -----------------------------------------------------------------------------
     def log(self, row: dict):
         if not self.is_main:
             return
         os.makedirs(self.out_dir, exist_ok=True)
+        line = json.dumps(finite_or_none(row), allow_nan=False) + "\n"
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            start = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+            except OSError as e:
+                # A full disk: cut the torn line off again (truncating needs no space) and stop in one line.
+                try:
+                    f.truncate(start)
+                except OSError:
+                    pass  # resume drops a torn last line anyway
+                last = self.newest_checkpoint(self.out_dir)
+                raise RunStopped(f"could not append to {self.metrics_path} ({e.strerror or e}) at step {row.get('step')}; "
+                                 f"last complete checkpoint: {last or 'none'}. Free some space, then resume with "
+                                 "trainer.resume=auto") from None
         if self.cfg.tensorboard:
             if self.tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -227,6 +443,24 @@ class Trainer:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k, v, row["step"])
+
+    # ---- stopping on a signal ----------------------------------------------------------------
+    def request_stop(self, signum: int) -> bool:
+        """Called from a SIGINT / SIGTERM handler. Inside the loop the first signal lets the current
+        step finish and be checkpointed (True); a second one, or one outside the loop, is for the
+        caller to act on at once (False)."""
+        if self._in_loop and self._stop_signal is None:
+            self._stop_signal = signum
+            return True
+        return False
+
+    def _stop_now(self, saved: Optional[str]):
+        signum, self._stop_signal = self._stop_signal, None
+        if saved is None and self.is_main:
+            saved = self.save_checkpoint()
+        if self.distributed:
+            dist.barrier()
+        raise Interrupted(signum, step=self.state.step, checkpoint=saved)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _all_sum(self, x: float) -> float:
@@ -267,9 +501,21 @@ class Trainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
-        grad_norm = None
+        # A finite loss can still give a NaN / inf gradient (an overflow in the backward pass): the
+        # update is checked here, before it reaches the weights and so any checkpoint.
+        grads = [p.grad for p in self.params if p.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+        grad_norm = float(total_norm)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = self.newest_checkpoint(self.out_dir)
+            raise TrainingDiverged(
+                f"gradient norm is {grad_norm} at step {self.state.step + 1} (loss {loss_total:.4g}); stopped before "
+                f"the update. Last good checkpoint: {last or 'none (set trainer.save_every_steps)'}. "
+                "Try a lower trainer.lr.")
         if self.cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+            # What clip_grad_norm_ does, with the norm computed once above.
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.max_grad_norm, total_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -283,8 +529,7 @@ class Trainer:
         self.state.gen_time_s += gen_s
         row = {"step": self.state.step, "loss": loss_total, "lr": lr, "tokens": tokens, "step_time_s": dt}
         row.update(getattr(self.source, "last_metrics", None) or {})  # e.g. an online source's rollout statistics
-        if grad_norm is not None:
-            row["grad_norm"] = grad_norm
+        row["grad_norm"] = grad_norm
         for k, v in metric_sums.items():
             row[k] = self._all_sum(v) / units_total
         return row
@@ -300,25 +545,43 @@ class Trainer:
                             console=self.console, disable=not show, transient=False)
         with progress:
             task = progress.add_task("train", total=self.total_steps, completed=self.state.step, loss=float("nan"), tps=0.0)
-            while self.state.step < self.total_steps:
-                row = self.train_step()
-                tps = row["tokens"] / max(row["step_time_s"], 1e-9)
-                progress.update(task, completed=self.state.step, loss=row["loss"], tps=tps)
-                s = self.state.step
-                if s % max(1, self.cfg.log_every_steps) == 0 or s == self.total_steps or s == 1:
-                    row["tokens_per_s"] = tps
-                    self.log(row)
-                    self.state.history = [row]
-                if self.evaluator and self.cfg.eval_every_steps > 0 and s % self.cfg.eval_every_steps == 0 and s < self.total_steps:
-                    ev = self.evaluate()
-                    if ev is not None:
-                        self.log({"step": s, **{f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))}})
-                if self.cfg.save_every_steps > 0 and s % self.cfg.save_every_steps == 0:
-                    self.save_checkpoint()
-                    if self.distributed:
-                        dist.barrier()
+            self._in_loop = True
+            try:
+                self._loop(progress, task)
+            finally:
+                self._in_loop = False
         if self.tb is not None:
             self.tb.close()
+
+    def _loop(self, progress, task):
+        while self.state.step < self.total_steps:
+            row = self.train_step()
+            tps = row["tokens"] / max(row["step_time_s"], 1e-9)
+            progress.update(task, completed=self.state.step, loss=row["loss"], tps=tps)
+            s = self.state.step
+            if s % max(1, self.cfg.log_every_steps) == 0 or s == self.total_steps or s == 1:
+                row["tokens_per_s"] = tps
+                self.log(row)
+                self.state.history = [row]
+            if self.evaluator and self.cfg.eval_every_steps > 0 and s % self.cfg.eval_every_steps == 0 and s < self.total_steps:
+                ev = self.evaluate()
+                if ev is not None:
+                    self.log({"step": s, **{f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))}})
+            saved = None
+            if self.cfg.save_every_steps > 0 and s % self.cfg.save_every_steps == 0:
+                saved = self.save_checkpoint()
+                if self.distributed:
+                    dist.barrier()
+            stop = self._stop_signal is not None
+            if self.distributed:
+                # Every process must stop after the same step, whichever of them got the signal first.
+                flag = torch.tensor([1.0 if stop else 0.0])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+                if stop and self._stop_signal is None:
+                    self._stop_signal = signal.SIGTERM
+            if stop:
+                self._stop_now(saved)
 
     def evaluate(self):
         if not self.is_main or self.evaluator is None:
