@@ -7,11 +7,12 @@ library can also be driven from Python. A wrong type or an unknown key becomes a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from prefopt.errors import UserError
 
@@ -64,6 +65,9 @@ class TrainerConfig:
     save_every_steps: int = 0  # checkpoints; 0: none mid-run
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # "auto" (newest checkpoint in the run dir) or a checkpoint path
+    # A resume whose config differs from the checkpoint's (another algo, lr, data...) is refused
+    # unless this is set: the summary would otherwise describe a run that never happened.
+    resume_allow_config_change: bool = False
     tensorboard: bool = False
     progress: bool = True
     save_model: bool = True
@@ -90,6 +94,25 @@ def _fmt(e: OmegaConfBaseException, section: str) -> str:
     return f"config key '{key}': {msg}"
 
 
+def _schema_at(schema: type, path: list):
+    """The dataclass reached from ``schema`` through the field names in ``path`` (None if not one)."""
+    for name in path:
+        f = {f.name: f for f in dataclasses.fields(schema)}.get(name) if dataclasses.is_dataclass(schema) else None
+        if f is None:
+            return None
+        schema = f.default_factory().__class__ if f.default_factory is not dataclasses.MISSING else f.type
+        if isinstance(schema, str):
+            return None
+    return schema if dataclasses.is_dataclass(schema) else None
+
+
+def unknown_key_message(key: str, valid) -> str:
+    """The one line for a key that is not in its section (Hydra's own hint, ``+key``, would fail too)."""
+    section, _, name = key.rpartition(".")
+    where = f"'{section}'" if section else "the top level"
+    return f"unknown config key '{key}': {where} has no key '{name}'; valid keys of {where}: {', '.join(sorted(valid))}"
+
+
 def typed(schema: type, node: Any, section: str):
     """Merge a composed config section onto its dataclass schema; return the dataclass instance.
 
@@ -98,6 +121,16 @@ def typed(schema: type, node: Any, section: str):
         base = OmegaConf.structured(schema)
         merged = OmegaConf.merge(base, node if node is not None else {})
         return OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or ""
+        parts = [p for p in key.split(".") if p]
+        if parts and parts[0] == section:
+            parts = parts[1:]
+        sub = _schema_at(schema, parts[:-1])
+        if sub is None or not parts:
+            raise UserError(_fmt(e, section)) from None
+        full = ".".join([section, *parts])
+        raise UserError(unknown_key_message(full, [f.name for f in dataclasses.fields(sub)])) from None
     except OmegaConfBaseException as e:
         raise UserError(_fmt(e, section)) from None
 
@@ -119,7 +152,47 @@ def check_trainer(t: TrainerConfig, world_size: int = 1) -> int:
         )
     if t.max_steps <= 0 and t.epochs <= 0:
         raise UserError("set trainer.max_steps > 0 or trainer.epochs > 0")
+    _at_least(t, "trainer", lr=(0.0, False), warmup_steps=(0, True), log_every_steps=(1, True),
+              eval_every_steps=(0, True), save_every_steps=(0, True), keep_checkpoints=(1, True),
+              weight_decay=(0.0, True), adam_eps=(0.0, False))
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise UserError(f"trainer.min_lr_ratio={t.min_lr_ratio}; accepted: a ratio in [0, 1]")
+    if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
+        raise UserError(f"trainer.adam_betas={list(t.adam_betas)}; accepted: two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if t.resume is not None and t.resume != "auto" and not t.resume.strip():
+        raise UserError("trainer.resume is empty; accepted: auto, a checkpoint directory, or null")
     return t.examples_per_step // per_pass
+
+
+def _at_least(c, section: str, **bounds):
+    """Raise UserError for the first field below its bound: name=(bound, inclusive)."""
+    for name, (lo, inclusive) in bounds.items():
+        v = getattr(c, name)
+        if v < lo or (v == lo and not inclusive):
+            raise UserError(f"{section}.{name}={v}; accepted: {'>=' if inclusive else '>'} {lo}")
+
+
+def check_eval(e: EvalConfig) -> None:
+    """The evaluation runs after training: a bad value found only then would cost the run."""
+    _at_least(e, "eval", num_prompts=(1, True), max_new_tokens=(1, True), samples_per_prompt=(1, True),
+              prompts_per_batch=(1, True), temperature=(0.0, False))
+
+
+def check_model(m: ModelConfig) -> None:
+    """Value checks for the model section that would otherwise surface (or be ignored) at load time."""
+    from prefopt.models import DTYPES
+
+    for key in ("dtype", "bnb_4bit_compute_dtype"):
+        v = getattr(m, key)
+        if v not in DTYPES:
+            raise UserError(f"model.{key}='{v}' is not known; accepted: {', '.join(DTYPES)}")
+    if m.lora.r < 0:
+        raise UserError(f"model.lora.r={m.lora.r}; accepted: 0 (no LoRA: the full model trains) or a positive rank")
+    if m.lora.r > 0:
+        if m.lora.alpha <= 0:
+            raise UserError(f"model.lora.alpha={m.lora.alpha}; accepted: > 0")
+        if not 0.0 <= m.lora.dropout < 1.0:
+            raise UserError(f"model.lora.dropout={m.lora.dropout}; accepted: a probability in [0, 1)")
 
 
 def to_container(cfg: DictConfig) -> dict:

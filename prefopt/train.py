@@ -10,17 +10,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.errors import UserError
+from prefopt.errors import Interrupted, UserError
 
 GROUPS = ("algo", "model", "data", "trainer", "reward")
 
@@ -36,27 +40,83 @@ def _conf_options(group: str) -> list:
 
 
 def precheck_argv(argv: list) -> None:
-    """Fail fast, in one line, on what Hydra would report in many: unknown group options, and
-    a run directory that already holds a run."""
-    resume = any(a.startswith("trainer.resume=") for a in argv)
-    for a in argv:
-        if "=" not in a or a.startswith(("-", "+", "~")):
-            continue
-        key, value = a.split("=", 1)
-        if key in GROUPS:
+    """Fail fast, in one line, on what Hydra would report in many (or only after it has written into
+    the run directory): an override it cannot parse, unknown group options, an unknown key, and a run
+    or sweep directory that already holds a run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags are skipped alike
+
+    try:
+        ns = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # argparse has printed its usage line; Hydra will refuse the same way
+    if ns.config_name or ns.config_path or ns.config_dir or ns.experimental_rerun:
+        return  # another primary config: prefopt's conf/ tree says nothing about it
+    args, multirun = ns.overrides, ns.multirun
+    parser = OverridesParser.create()
+    overrides = []
+    for a in args:
+        try:
+            overrides += parser.parse_overrides([a])
+        except OverrideParseException as e:
+            raise UserError(f"cannot parse the override '{a}' ({str(e).splitlines()[0]}); accepted: key=value "
+                            "(quote values with spaces or brackets, e.g. 'key=\"a b\"')") from None
+    resume = any(o.key_or_group == "trainer.resume" for o in overrides)
+    choices = {}
+    for o in overrides:
+        key = o.key_or_group
+        if key in GROUPS and o.type == OverrideType.CHANGE:
             options = _conf_options(key)
-            values = value[len("choice(") : -1] if value.startswith("choice(") else value
-            for v in values.split(","):
-                v = v.strip()
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+            for v in values:
                 if v and v not in options:
                     raise UserError(f"unknown {key} '{v}'; available: {', '.join(options)}")
-        if key == "hydra.run.dir" and not resume:
-            for marker in ("metrics.jsonl", "summary.json", "checkpoints"):
+            choices[key] = values[0]
+        for marker_key, markers, what in (("hydra.run.dir", ("metrics.jsonl", "summary.json", "checkpoints"), "run"),
+                                          ("hydra.sweep.dir", ("multirun.yaml",), "sweep")):
+            if key != marker_key or resume or (what == "sweep") != multirun or o.is_sweep_override():
+                continue
+            value = str(o.value())
+            for marker in markers:
                 if os.path.exists(os.path.join(value, marker)):
                     raise UserError(
-                        f"hydra.run.dir={value} already holds a run ({marker}); nothing was changed. "
-                        "Accepted: a new directory, or trainer.resume=auto to continue it"
+                        f"{key}={value} already holds a {what} ({marker}); nothing was changed. "
+                        f"Accepted: a new directory, or trainer.resume=auto to continue it"
                     )
+    _check_keys_exist([o for o in overrides if o.type == OverrideType.CHANGE and o.key_or_group not in GROUPS
+                       and not o.key_or_group.startswith("hydra") and "@" not in o.key_or_group and o.package is None],
+                      choices)
+
+
+def _check_keys_exist(overrides: list, choices: dict) -> None:
+    """An override of a key that is not in the composed config: name the section's valid keys in one
+    line (Hydra's message suggests ``+key``, which the typed config then rejects too)."""
+    if not overrides:
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig as DC
+
+    from prefopt.config import unknown_key_message
+
+    try:
+        with initialize_config_module(config_module="prefopt.conf", version_base=None):
+            cfg = compose("train", overrides=[f"{k}={v}" for k, v in choices.items()])
+    except HydraException:
+        return  # Hydra's own message, from the real composition
+    for o in overrides:
+        node = cfg
+        parts = o.key_or_group.split(".")
+        for i, name in enumerate(parts):
+            if not isinstance(node, DC):
+                break  # into a value that is not a section (e.g. null): Hydra says what is wrong
+            if name not in node:
+                raise UserError(unknown_key_message(".".join(parts[: i + 1]), list(node.keys())))
+            child = node._get_node(name)  # the node itself: reading the value would resolve interpolations
+            node = child if isinstance(child, DC) and not child._is_none() else None
 
 
 def data_schema(name: str):
@@ -67,13 +127,35 @@ def data_schema(name: str):
     return DataConfig if name == "hf" else TestbedDataConfig
 
 
-def config_hash(cfg: DictConfig) -> str:
+# Keys that say how a run is driven or shown, not what it computes: they may change on a resume.
+NOT_HASHED = ("resume", "resume_allow_config_change", "progress", "tensorboard", "log_every_steps")
+
+
+def hashed_config(cfg: DictConfig) -> dict:
+    """The resolved config without the keys in NOT_HASHED: what fixes a run's numbers."""
     c = OmegaConf.to_container(cfg, resolve=True)
     tr = c.get("trainer", {})
-    for k in ("resume", "progress", "tensorboard", "log_every_steps"):
+    for k in NOT_HASHED:
         tr.pop(k, None)
     c.pop("output_dir", None)
+    return c
+
+
+def config_hash(cfg: DictConfig) -> str:
+    c = hashed_config(cfg)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two config dicts (a key in one only counts)."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b, key = old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, key + ".")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append((key, a, b))
+    return out
 
 
 def versions() -> dict:
@@ -108,20 +190,77 @@ def quiet_libraries():
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
-    """One training run; returns the summary dict (also written to out_dir/summary.json)."""
+@contextlib.contextmanager
+def stop_on_signals(ctx: dict):
+    """SIGINT and SIGTERM end a run in one line, never a traceback. Inside the training loop the first
+    signal lets the step finish and be checkpointed; a second one, or one outside the loop, stops at
+    once (:class:`Interrupted`). Handlers can only be set from the main thread; elsewhere this does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        trainer = ctx.get("trainer")
+        if trainer is not None and trainer.request_stop(signum):
+            return
+        raise Interrupted(signum, step=trainer.state.step if trainer is not None else None)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interrupted_line(e: Interrupted, out_dir: str, ctx: dict) -> str:
+    """What was saved and how to go on, in one line."""
+    from prefopt.trainer import Trainer
+
+    trainer = ctx.get("trainer")
+    where = "before training started" if trainer is None else (
+        f"after step {e.step}/{trainer.total_steps}" if e.checkpoint else
+        f"at step {trainer.state.step}/{trainer.total_steps} ({ctx.get('phase', 'training')})")
+    saved = []
+    if ctx.get("model_saved"):
+        saved.append(f"the model in {os.path.join(out_dir, 'model')}")
+    ckpt = e.checkpoint or (Trainer.newest_checkpoint(out_dir) if trainer is not None else None)
+    if ckpt:
+        saved.append(f"checkpoint {ckpt}")
+    how = (f"; continue with trainer.resume=auto hydra.run.dir={out_dir}" if ckpt and not ctx.get("model_saved") else "")
+    return f"interrupted by {e.signame} {where}; saved: {', '.join(saved) or 'nothing'}{how}"
+
+
+def run(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
+    """One training run; returns the summary dict (also written to out_dir/summary.json).
+
+    ``on_start`` is called once every check has passed, right before the first write to ``out_dir``
+    (the CLI writes .hydra/ there), so that a refused run changes nothing on disk. SIGINT / SIGTERM
+    raise :class:`~prefopt.errors.Interrupted` whose ``line`` says what was saved."""
+    ctx: dict = {}
+    with stop_on_signals(ctx):
+        try:
+            return _run(cfg, out_dir, console, on_start, ctx)
+        except Interrupted as e:
+            e.line = interrupted_line(e, out_dir, ctx)
+            raise
+
+
+def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     quiet_libraries()
     import torch
     from accelerate import Accelerator
     from rich.console import Console
 
     from prefopt import data as D
-    from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_trainer, typed
+    from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_eval, check_model, check_trainer, typed
     from prefopt.evaluate import Evaluator, chat_prompt_ids
     from prefopt.models import lazy_reference, load_policy, load_reward_model, load_tokenizer, make_reference
     from prefopt.registry import get_objective
     from prefopt.rollout import HFSampler, SamplingConfig
-    from prefopt.trainer import OfflineSource, Trainer, TrainingDiverged, peak_mem_mb, seed_everything
+    from prefopt.trainer import (CheckpointInvalid, OfflineSource, Trainer, TrainingDiverged, finite_or_none, peak_mem_mb,
+                                 seed_everything)
 
     t_start = time.perf_counter()
     console = console or Console(stderr=False)
@@ -137,6 +276,8 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     data_name = cfg.data.get("name", "hf")
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
     seed = int(cfg.get("seed", 0))
+    check_eval(ecfg)
+    check_model(mcfg)
     objective = Obj(acfg)
     needs = objective.needs  # an objective may refine its class declaration from its config (no KL: no reference)
 
@@ -144,13 +285,8 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
     accelerator = Accelerator(cpu=tcfg.cpu or not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     micro_per_step = check_trainer(tcfg, accelerator.num_processes)
-    resume_from = None
-    if tcfg.resume:
-        resume_from = Trainer.newest_checkpoint(out_dir) if tcfg.resume == "auto" else tcfg.resume
-        if tcfg.resume != "auto" and not os.path.isdir(tcfg.resume):
-            raise UserError(f"trainer.resume: '{tcfg.resume}' is not a checkpoint directory; accepted: auto or a path")
-    elif os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
-        raise UserError(f"output directory {out_dir} already holds a run; use a new hydra.run.dir or trainer.resume=auto")
+    run_config = hashed_config(cfg)
+    resume_from = _resume_point(tcfg, out_dir, run_config, console if is_main else None)
 
     seed_everything(seed)
     # 2. Data and the tokenizer / base weights it goes with.
@@ -255,7 +391,7 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
                           proxy_fn=online.proxy_fn if online else None)
     evaluator = pairwise_eval or evaluator  # a scalar head: held-out pairwise accuracy instead
     trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
-                      total_steps=total_steps, evaluator=evaluator, device=device, console=console)
+                      total_steps=total_steps, evaluator=evaluator, device=device, console=console, run_config=run_config)
     if is_main:
         n_params = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
@@ -274,23 +410,40 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
             f"{type(reference).__name__ if reference else ('precomputed' if needs.reference else 'none')}; device: {device}"
         )
+    # Every check has passed: from here on the run writes into out_dir.
+    if on_start is not None and is_main:
+        on_start()
+    if tcfg.resume and is_main:
+        removed = Trainer.remove_partial_checkpoints(out_dir)
+        if removed:
+            console.print(f"  removed {len(removed)} partial checkpoint write(s) of an interrupted run: {', '.join(removed)}",
+                          soft_wrap=True)
     if resume_from:
-        trainer.load_checkpoint(resume_from)
+        try:
+            trainer.load_checkpoint(resume_from)
+        except CheckpointInvalid as e:
+            raise UserError(str(e)) from None
         if is_main:
-            console.print(f"  resumed from {resume_from} (step {trainer.state.step})")
+            console.print(f"  resumed from {resume_from} (step {trainer.state.step})", soft_wrap=True)
+    elif tcfg.resume:
+        trainer.truncate_metrics(0)  # a fresh start: an earlier attempt's rows would interleave with this one's
+    ctx["trainer"] = trainer
     try:
         trainer.fit()
     except TrainingDiverged as e:
         raise UserError(str(e)) from None
-    ev = trainer.evaluate() if tcfg.eval_at_end else None
 
-    # 5. Outputs.
+    # 5. Outputs. The model first: an evaluation that fails must never cost the trained weights.
+    if is_main and tcfg.save_model:
+        from prefopt.models import save_model
+
+        ctx["phase"] = "saving the model"
+        save_model(policy, tok, os.path.join(out_dir, "model"))
+        ctx["model_saved"] = True
+    ctx["phase"] = "evaluation"
+    ev = trainer.evaluate() if tcfg.eval_at_end else None
     summary = None
     if is_main:
-        if tcfg.save_model:
-            from prefopt.models import save_model
-
-            save_model(policy, tok, os.path.join(out_dir, "model"))
         params = {k: v for k, v in asdict(acfg).items() if k != "name"}
         wall = time.perf_counter() - t_start
         summary = {
@@ -313,13 +466,59 @@ def run(cfg: DictConfig, out_dir: str, console=None) -> dict:
             # Float rounding (and so every trained number) depends on the kernels torch picked.
             "cpu_capability": cpu_capability(),
         }
+        summary = finite_or_none(summary)
         tmp = os.path.join(out_dir, ".summary.json.tmp")
         with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
+            json.dump(summary, f, indent=2, allow_nan=False)
         os.replace(tmp, os.path.join(out_dir, "summary.json"))
         print_summary(summary, console)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _resume_point(tcfg, out_dir: str, run_config: dict, console) -> Optional[str]:
+    """The checkpoint to resume from (None: start at step 0), checked before anything is loaded or
+    written: a resume that would be refused must leave out_dir as it is."""
+    from prefopt.trainer import Trainer
+
+    if not tcfg.resume:
+        if os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
+            raise UserError(f"output directory {out_dir} already holds a run; nothing was changed. "
+                            "Accepted: a new hydra.run.dir, or trainer.resume=auto to continue it")
+        return None
+    if tcfg.resume == "auto":
+        path, skipped = Trainer.find_checkpoint(out_dir)
+        for p, why in skipped:
+            if console is not None:
+                console.print(f"  skipping checkpoint {p}: {why}" + (f"; resuming from {path}" if path else ""),
+                              soft_wrap=True)
+        if path is None:
+            if os.path.exists(os.path.join(out_dir, "summary.json")):
+                raise UserError(f"trainer.resume=auto: {out_dir} holds a finished run (summary.json) and no complete "
+                                "checkpoint to continue from; nothing was changed. Accepted: a new hydra.run.dir")
+            if console is not None and os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
+                console.print(f"  no complete checkpoint in {out_dir}: starting from step 0 "
+                              "(the earlier attempt's metrics.jsonl rows are dropped)", soft_wrap=True)
+            return None
+    else:
+        path = tcfg.resume
+        if not os.path.isdir(path):
+            raise UserError(f"trainer.resume: '{path}' is not a checkpoint directory; accepted: auto or a path")
+        why = Trainer.verify_checkpoint(path)
+        if why is not None:
+            raise UserError(f"trainer.resume: checkpoint {path}: {why}; accepted: a complete prefopt checkpoint "
+                            "(checkpoints/step_N with its manifest.json)")
+    saved = Trainer.checkpoint_config(path)
+    if saved is not None and not tcfg.resume_allow_config_change:
+        diff = config_diff(saved, run_config)
+        # Most telling first: a changed preset's name, then changed values, then keys only one side has.
+        diff.sort(key=lambda d: (not d[0].endswith(".name"), "<absent>" in (d[1], d[2])))
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:5]) + ("; ..." if len(diff) > 5 else "")
+            raise UserError(f"trainer.resume: the config differs from the one checkpoint {path} was written under "
+                            f"({len(diff)} key(s): {shown}); nothing was changed. Accepted: the original values, or "
+                            "trainer.resume_allow_config_change=true to continue under the new ones")
+    return path
 
 
 def _heldout_pairs(examples, rows, dcfg, acfg, tok, gold_fn, seed, source_name):
@@ -404,26 +603,75 @@ def _hydra_main():
 
     @hydra.main(config_path="pkg://prefopt.conf", config_name="train", version_base=None)
     def app(cfg: DictConfig):
-        out_dir = HydraConfig.get().runtime.output_dir
-        # The contract: .hydra/ holds the resolved config too (Hydra's own copy keeps interpolations).
-        with open(os.path.join(out_dir, ".hydra", "resolved.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        hc = HydraConfig.get()
+        out_dir = hc.runtime.output_dir
+
+        def write_hydra_dir():
+            # What Hydra writes into .hydra/ (hydra.output_subdir is null so that it does not write
+            # them before prefopt's checks), plus the resolved config (Hydra's copy keeps interpolations).
+            d = os.path.join(out_dir, ".hydra")
+            os.makedirs(d, exist_ok=True)
+            for name, node, resolve in (("config.yaml", cfg, False), ("resolved.yaml", cfg, True),
+                                        ("hydra.yaml", OmegaConf.create({"hydra": hc}), False),
+                                        ("overrides.yaml", hc.overrides.task, False)):
+                with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+                    f.write(OmegaConf.to_yaml(node, resolve=resolve))
+
         try:
-            return run(cfg, out_dir)
+            return run(cfg, out_dir, on_start=write_hydra_dir)
         except UserError as e:
             print(f"prefopt-train: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as e:
+            print(f"prefopt-train: {getattr(e, 'line', None) or f'interrupted by {e.signame}'}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            print(f"prefopt-train: error: no space left on device writing {e.filename or out_dir}; what was complete "
+                  "before is intact. Free some space, then resume with trainer.resume=auto", file=sys.stderr)
+            sys.exit(1)
 
     app()
 
 
+def _multirun_record(argv: list):
+    """(path, bytes) of the multirun.yaml a resumed sweep would overwrite, or None. Hydra rewrites it
+    before any job runs; the sweep it describes is the one whose jobs are continued (resume refuses a
+    changed config), so the original record is put back afterwards."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return None
+    for a in argv:
+        if a.startswith("hydra.sweep.dir="):
+            p = os.path.join(a.split("=", 1)[1], "multirun.yaml")
+            if os.path.isfile(p):
+                with open(p, "rb") as f:
+                    return p, f.read()
+    return None
+
+
 def main():
-    try:
-        precheck_argv(sys.argv[1:])
-    except UserError as e:
-        print(f"prefopt-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    argv = sys.argv[1:]
+    record = None
+    # Until run() takes over the signals (and after it), Ctrl-C is one line too.
+    with stop_on_signals({}):
+        try:
+            try:
+                precheck_argv(argv)
+            except UserError as e:
+                print(f"prefopt-train: error: {e}", file=sys.stderr)
+                sys.exit(2)
+            record = _multirun_record(argv)
+            _hydra_main()
+        except Interrupted as e:
+            print(f"prefopt-train: interrupted by {e.signame}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        finally:
+            if record is not None:
+                path, data = record
+                with open(path + ".tmp", "wb") as f:
+                    f.write(data)
+                os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
