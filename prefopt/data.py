@@ -166,12 +166,16 @@ def load_rows(cfg: DataConfig, split: Optional[str] = None) -> tuple[list[dict],
     local = os.path.expanduser(str(path))
     source = str(path)
 
+    files = []
     if os.path.isfile(local):
         builder = _builder_for(local, source)
-        ds = _load(lambda: datasets.load_dataset(builder, data_files=local, split=split), source, split)
+        files = [local]
+        _check_not_empty(local, source)
+        ds = _load(lambda: datasets.load_dataset(builder, data_files=local, split=split), source, split, files, builder)
     elif os.path.isdir(local):
         builder = _builder_for_dir(local, source)
-        ds = _load(lambda: datasets.load_dataset(local, split=split), source, split)
+        files = _data_files(local)
+        ds = _load(lambda: datasets.load_dataset(local, split=split), source, split, files, builder)
     elif _looks_local(str(path)):
         raise UserError(f"data.path: '{path}' does not exist; accepted: {ACCEPTED_PATHS}")
     else:
@@ -187,7 +191,12 @@ def load_rows(cfg: DataConfig, split: Optional[str] = None) -> tuple[list[dict],
         raise UserError(f"{source}: split '{split}' has no rows; accepted: a dataset with at least one row")
     if cfg.num_rows is not None:
         ds = ds.select(range(min(cfg.num_rows, len(ds))))
-    rows = ds.to_list()
+    try:
+        rows = ds.to_list()
+    except UnicodeDecodeError:
+        # Arrow keeps the bytes it was given; a non-UTF-8 byte only fails when it becomes a str.
+        raise UserError(_diagnose(files, builder) or f"{source}: split '{split}' holds text that is not UTF-8; "
+                        "accepted: UTF-8 encoded files") from None
     if builder == "csv":
         rows = [{k: _decode_json_cell(v) for k, v in row.items()} for row in rows]
     return rows, source
@@ -212,12 +221,150 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[dict], Optional[li
     return train, evals, source
 
 
-def _load(fn, source: str, split: str):
+def _load(fn, source: str, split: str, files=(), builder=None):
+    import datasets
+
+    level = datasets.utils.logging.get_verbosity()
+    # datasets logs the failing file and row itself (twice, above our line): our line names them.
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL + 1)
     try:
         return fn()
     except Exception as e:  # a local file datasets cannot read is the user's to fix
-        raise UserError(f"{source}: could not load split '{split}' ({_first_line(e)}); "
+        found = _diagnose(files, builder)
+        if found:
+            raise UserError(found) from None
+        raise UserError(f"{source}: could not load split '{split}' ({_first_line(_root_cause(e))}); "
                         f"accepted: {ACCEPTED_PATHS}") from None
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    # datasets wraps the parser's error (which names the row) in a generic DatasetGenerationError.
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _data_files(path: str) -> list:
+    return sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                  if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+
+
+def _check_not_empty(path: str, source: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.strip():
+        raise UserError(f"{source}: the file is empty; accepted: a data file with at least one row")
+
+
+def _diagnose(files, builder) -> Optional[str]:
+    """The first place a local data file fails to parse, as '<file>, line L (row R)[, column C]: what',
+    or None when every file parses (the failure is elsewhere). Rows are 0-based, as in datasets;
+    lines and columns 1-based, as in an editor."""
+    for path in files:
+        b = FILE_BUILDERS.get(os.path.splitext(path)[1].lower())
+        if b == "json":
+            found = _diagnose_json(path)
+        elif b == "csv":
+            found = _diagnose_csv(path)
+        else:
+            continue
+        if found:
+            return f"{path}, {found}"
+    return None
+
+
+def _utf8_lines(path: str):
+    """(line number, text) per line; the first line that is not UTF-8 raises _Found."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _Found(f"line {n}, byte {e.start + 1}: 0x{raw[e.start]:02x} is not UTF-8 text; "
+                             "accepted: UTF-8 encoded files") from None
+
+
+class _Found(Exception):
+    pass
+
+
+def _diagnose_json(path: str) -> Optional[str]:
+    try:
+        lines = list(_utf8_lines(path))
+    except _Found as f:
+        return str(f)
+    text = "".join(t for _, t in lines)
+    stripped = text.lstrip()
+    if not stripped:
+        return "the file is empty; accepted: at least one row"
+    if stripped.startswith("["):  # one JSON document: a list of rows
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as e:
+            return f"line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}); accepted: a JSON list of objects"
+    row, types = 0, {}
+    for n, t in lines:
+        t = t.rstrip("\r\n")
+        if not t.strip():
+            continue
+        try:
+            obj = json.loads(t)
+        except json.JSONDecodeError as e:
+            if n == 1 and stripped.startswith("{"):
+                try:  # a single pretty-printed JSON document ({"data": [...]}) is not JSON Lines
+                    json.loads(text)
+                    return None
+                except json.JSONDecodeError:
+                    pass
+            return (f"line {n} (row {row}), column {e.colno}: not valid JSON ({e.msg}); "
+                    "accepted: one JSON object per line")
+        if not isinstance(obj, dict):
+            return f"line {n} (row {row}): a JSON {type(obj).__name__}, not an object; accepted: one JSON object per line"
+        for k, v in obj.items():
+            kind = _json_kind(v)
+            if kind is None:
+                continue
+            first = types.setdefault(k, (kind, row))
+            if first[0] != kind:  # Arrow needs one type per column
+                return (f"line {n} (row {row}), field '{k}': a JSON {kind} where row {first[1]} has a {first[0]}; "
+                        "accepted: one type per column")
+        row += 1
+    return None
+
+
+def _json_kind(v) -> Optional[str]:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}[type(v)]
+
+
+def _diagnose_csv(path: str) -> Optional[str]:
+    import csv
+
+    try:
+        lines = [t for _, t in _utf8_lines(path)]
+    except _Found as f:
+        return str(f)
+    reader = csv.reader(lines)
+    header = None
+    try:
+        for i, fields in enumerate(reader):
+            if header is None:
+                header = fields
+                continue
+            if fields and len(fields) != len(header):
+                return (f"line {reader.line_num} (row {i - 1}): {len(fields)} fields, the header has {len(header)} "
+                        f"({', '.join(header)}); accepted: one field per column (quote text holding commas)")
+    except csv.Error as e:
+        return f"line {reader.line_num}: {e}; accepted: comma-separated values with a header line"
+    return None
 
 
 def _first_line(e: Exception) -> str:
