@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -124,29 +125,68 @@ def _save(path: str, values: dict):
     flat = {f: (torch.cat(v) if v else torch.zeros(0), torch.tensor([len(x) for x in v], dtype=torch.long))
             for f, v in values.items()}
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(flat, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(flat, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # a power cut after the rename must not leave a named but empty entry
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
-def _load(path: str) -> dict:
-    flat = torch.load(path, map_location="cpu")
-    return {f: list(torch.split(vals, lens.tolist())) for f, (vals, lens) in flat.items()}
+class CacheCorrupt(Exception):
+    pass
+
+
+def _load(path: str, examples: list) -> dict:
+    """The cached values, checked against the examples they must fit. Raises CacheCorrupt for a file
+    that is truncated, damaged, not a cache entry, or holds anything but tensors (weights_only: the
+    cache directory may be shared, so loading it must never run code)."""
+    try:
+        flat = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — whatever torch.load raises, the file is unusable
+        raise CacheCorrupt(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
+    want = sequence_fields(examples[0])
+    if not isinstance(flat, dict) or sorted(flat) != want:
+        raise CacheCorrupt(f"holds fields {sorted(flat) if isinstance(flat, dict) else type(flat).__name__}, "
+                           f"expected {want}")
+    out = {}
+    for f, entry in flat.items():
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and all(isinstance(t, torch.Tensor) for t in entry)):
+            raise CacheCorrupt(f"field {f} is not a (values, lengths) pair of tensors")
+        vals, lens = entry
+        want_lens = [len(ex[f"{f}_ids"]) for ex in examples]
+        if lens.tolist() != want_lens or vals.numel() != sum(want_lens) or vals.dtype != torch.float32:
+            raise CacheCorrupt(f"field {f} does not fit the {len(examples)} examples")
+        if not torch.isfinite(vals).all():
+            raise CacheCorrupt(f"field {f} holds non-finite log-probs")
+        out[f] = list(torch.split(vals, want_lens))
+    return out
 
 
 def attach(model, examples: list, *, model_key: str, batch_size: int, device, pad_token_id: int = 0,
            temperature: float = 1.0, console=None) -> list:
-    """Examples with ``{field}_ref_logps`` attached, read from the cache or computed (once) and cached."""
+    """Examples with ``{field}_ref_logps`` attached, read from the cache or computed (once) and cached.
+    A cache entry that cannot be read or does not fit the examples is reported and rebuilt."""
     if not examples:
         return examples
     os.makedirs(cache_dir(), exist_ok=True)
     key = f"{model_key}-{data_fingerprint(examples)}-t{temperature:g}"
     path = os.path.join(cache_dir(), f"{key}.pt")
     with FileLock(path + ".lock"):
+        values = None
         if os.path.exists(path):
-            values = _load(path)
-            if console is not None:
-                console.print(f"  reference log-probs: cached ({path})")
-        else:
+            try:
+                values = _load(path, examples)
+                if console is not None:
+                    console.print(f"  reference log-probs: cached ({path})")
+            except CacheCorrupt as e:
+                print(f"prefopt: warning: reference log-prob cache {path} is unusable ({e}); rebuilding it",
+                      file=sys.stderr, flush=True)
+                os.remove(path)
+        if values is None:
             if console is not None:
                 console.print(f"  reference log-probs: one pass over {len(examples)} examples with the initial policy → {path}")
             values = compute(model, examples, batch_size, device, pad_token_id, temperature)
@@ -155,8 +195,6 @@ def attach(model, examples: list, *, model_key: str, batch_size: int, device, pa
     for i, ex in enumerate(examples):
         ex = dict(ex)
         for f, v in values.items():
-            if len(v[i]) != len(ex[f"{f}_ids"]):  # a fingerprint collision or a corrupted file: never guess
-                raise RuntimeError(f"reference cache {path}: example {i} field {f} length mismatch")
             ex[f"{f}_ref_logps"] = v[i]
         out.append(ex)
     return out
