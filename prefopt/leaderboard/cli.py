@@ -32,24 +32,65 @@ def parse(argv: list) -> tuple[str, dict, list, list]:
     cmd, rest = argv[0], argv[1:]
     if cmd not in ("run", "plan", "render"):
         raise UserError(f"unknown command '{cmd}'; accepted: run, plan, render")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
     own, hydra_ovr, train_ovr = {}, [], []
+    parser = OverridesParser.create()
     for a in rest:
         if "=" not in a:
             raise UserError(f"'{a}' is not key=value; {USAGE}")
         k, v = a.split("=", 1)
         if k in OWN:
             own[k] = v
-        elif k.startswith(("hydra/", "hydra.")):
+            continue
+        # Passed on to Hydra in a child process: a value it cannot parse would fail there, in a traceback.
+        try:
+            parser.parse_overrides([a])
+        except OverrideParseException as e:
+            raise UserError(f"cannot parse the override '{a}' ({str(e).splitlines()[0]}); accepted: key=value "
+                            "(quote values with spaces or brackets)") from None
+        if k.startswith(("hydra/", "hydra.")):
             hydra_ovr.append(a)
         else:
             train_ovr.append(a)
+    _check_own(own)
     return cmd, own, hydra_ovr, train_ovr
 
 
-def _list(v: str) -> list:
+def _check_own(own: dict) -> None:
+    """The values of prefopt-leaderboard's own options, each checked before anything runs."""
+    if "threads" in own:
+        _int(own["threads"], "threads", "a whole number of torch threads per job, >= 0 (0: torch's default)", lo=0)
+    if "seeds" in own:
+        for s in _list(own["seeds"], "seeds"):
+            _int(s, "seeds", "a list of whole numbers, e.g. seeds=[0,1]", lo=0)
+    for key in ("tasks", "only"):
+        if key in own:
+            vals = _list(own[key], key)
+            if not vals or not all(isinstance(t, str) and t for t in vals):
+                raise UserError(f"{key}={own[key]}: accepted: a list of names, e.g. {key}=[reviews]")
+
+
+def _int(v, key: str, accepted: str, lo: int) -> int:
+    try:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError
+        n = int(v)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: {v!r} is not a whole number; accepted: {accepted}") from None
+    if n < lo:
+        raise UserError(f"{key}: {n} is below {lo}; accepted: {accepted}")
+    return n
+
+
+def _list(v: str, key: str = "value") -> list:
     import yaml
 
-    out = yaml.safe_load(v)
+    try:
+        out = yaml.safe_load(v)
+    except yaml.YAMLError:
+        raise UserError(f"{key}={v} is not a list; accepted: e.g. {key}=[a,b]") from None
     return out if isinstance(out, list) else [out]
 
 
@@ -61,7 +102,10 @@ def _threads(own: dict, hydra_ovr: list) -> int:
     n = os.cpu_count() or 1
     for o in hydra_ovr:
         if o.startswith("hydra.launcher.n_jobs="):
-            j = int(o.split("=", 1)[1])
+            j = _int(o.split("=", 1)[1], "hydra.launcher.n_jobs", "a whole number of parallel jobs (-1: one per core)",
+                     lo=-n)
+            if j == 0:
+                raise UserError("hydra.launcher.n_jobs: 0; accepted: a positive number of jobs, or -1 for one per core")
             n_jobs = j if j > 0 else max(1, n + 1 + j)
             return max(1, n // n_jobs)
     return 1  # joblib's default n_jobs=-1: one job per core
@@ -72,9 +116,9 @@ def suite_for(own: dict, train_ovr: list) -> dict:
 
     suite = load_suite(own.get("suite", "quick"))
     if "seeds" in own:
-        suite["seeds"] = [int(s) for s in _list(own["seeds"])]
+        suite["seeds"] = [int(s) for s in _list(own["seeds"], "seeds")]
     if "tasks" in own:
-        suite["tasks"] = [str(t) for t in _list(own["tasks"])]
+        suite["tasks"] = [str(t) for t in _list(own["tasks"], "tasks")]
     suite["common"] = list(suite["common"]) + train_ovr
     d = own.get("dir", "leaderboard")
     suite["_results_dir"], suite["_work_dir"] = os.path.join(d, "results"), os.path.join(d, "work")
@@ -85,6 +129,7 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     from prefopt.leaderboard import store
     from prefopt.leaderboard.plan import plan, write_manifest
 
+    threads = _threads(own, hydra_ovr)  # a bad value must stop the run before the plan is written
     suite = suite_for(own, train_ovr)
     res, work = suite["_results_dir"], suite["_work_dir"]
     print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, seeds {suite['seeds']}; planning…", flush=True)
@@ -108,7 +153,6 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
         for j in jobs:
             print(f"  [{'done' if j.id in done else 'todo'}] stage {j.stage} {j.id} {j.hash}")
         return 0
-    threads = _threads(own, hydra_ovr)
     rc = 0
     for stage in sorted({j.stage for j in jobs}):
         todo = [j for j in jobs if j.stage == stage and j.id not in done]
@@ -146,6 +190,8 @@ def cmd_render(own) -> int:
 
 
 def main(argv=None):
+    from hydra.errors import HydraException
+
     argv = sys.argv[1:] if argv is None else argv
     try:
         cmd, own, hydra_ovr, train_ovr = parse(argv)
@@ -156,6 +202,16 @@ def main(argv=None):
     except UserError as e:
         print(f"prefopt-leaderboard: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except HydraException as e:
+        # An override that composes for some runs of the suite and not for others (planning composes
+        # every run's config before anything runs).
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"prefopt-leaderboard: error: a key=value override does not fit every run of the suite: {first}; "
+              "accepted: keys of conf/train.yaml that every run has", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("prefopt-leaderboard: interrupted; finished results are kept, `run` again continues", file=sys.stderr)
+        sys.exit(130)
     sys.exit(rc)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 
 RESULT_VERSION = 1
@@ -36,7 +36,10 @@ def write_result(results_dir: str, record: dict) -> str:
     if not isinstance(h, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", h) or h.startswith("."):
         raise ValueError(f"config_hash {h!r} is not a safe file name")
     path = result_path(results_dir, h)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{h}-", suffix=".json", dir=results_dir)
+    # Not mkstemp: its 0600 mode would survive the rename and lock colleagues out of a shared
+    # results directory. O_EXCL on a name unique per process and call is as safe, with the umask's mode.
+    tmp = os.path.join(results_dir, f"{TMP_PREFIX}{h}-{os.getpid()}-{uuid.uuid4().hex}.json")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, sort_keys=True, allow_nan=False, default=str)
