@@ -32,19 +32,25 @@ def _rows(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", list(REVIEWS))
-def test_preset_raises_gold_reward_on_reviews(run_cfg, outcome, algo):
+def test_preset_raises_gold_reward_on_reviews(run_cfg, outcome, algo, tmp_path):
     extra = REVIEWS[algo] if any(o.startswith("trainer.lr=") for o in REVIEWS[algo]) else ["trainer.lr=1e-3", *REVIEWS[algo]]
-    s, out = run_cfg(f"algo={algo}", "data=reviews", "trainer.max_steps=12", *SHORT, *extra)
-    ev = s["eval"]
-    outcome("gold reward − reference's", ev["gold_reward"] - ev["gold_reward_ref"], ">", 0.1, ev)
-    assert s["gen_time_s"] > 0 and s["train_time_s"] > 0
-    rows = _rows(out)
-    assert rows[0]["rollout/reward_mean"] is not None
-    if algo == "rejection_sampling":
-        # The winners score above the batch they were selected from.
-        assert all(r["rollout/selected_reward_mean"] > r["rollout/reward_mean"] for r in rows)
-    if algo == "dapo":
-        assert all(0 < r["rollout/groups_kept_frac"] <= 1 for r in rows)
+    # The mean gain over three training seeds: twelve steps of 8×4 samples are a noisy estimate
+    # from one seed (dapo's seed-0 gain was 0.66 on AVX-512 and 0.11 on AVX2).
+    gains = []
+    for seed in (0, 1, 2):
+        s, out = run_cfg(f"algo={algo}", "data=reviews", f"seed={seed}", "trainer.max_steps=12", *SHORT, *extra,
+                         out=tmp_path / f"s{seed}")
+        ev = s["eval"]
+        gains.append(ev["gold_reward"] - ev["gold_reward_ref"])
+        assert s["gen_time_s"] > 0 and s["train_time_s"] > 0
+        rows = _rows(out)
+        assert rows[0]["rollout/reward_mean"] is not None
+        if algo == "rejection_sampling":
+            # The winners score above the batch they were selected from.
+            assert all(r["rollout/selected_reward_mean"] > r["rollout/reward_mean"] for r in rows)
+        if algo == "dapo":
+            assert all(0 < r["rollout/groups_kept_frac"] <= 1 for r in rows)
+    outcome("gold reward − reference's, mean of 3 seeds", sum(gains) / len(gains), ">", 0.1, gains)
 
 
 # arith: π_SFT knows addition but samples the demonstrations' slips (testbed/arith.py), so the
