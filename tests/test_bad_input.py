@@ -85,3 +85,112 @@ def test_qlora_online_and_precomputed_reference_keep_training(tmp_path):
     assert s["steps"] == 2
     s = run(compose([*common, "algo.precompute_ref=true", "data.num_rows=64"]), str(tmp_path / "dpo"))
     assert s["steps"] == 2
+
+
+# ---- issue 12: files that do not parse, config values found too late ------------------------------
+
+def _load_error(path):
+    from prefopt.data import DataConfig, load_rows
+
+    with pytest.raises(UserError) as e:
+        load_rows(DataConfig(path=str(path)))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    return msg
+
+
+def test_malformed_data_files_name_the_file_and_row(tmp_path):
+    # A: a .jsonl whose line 57 of 100 is cut short; a CSV row with an extra field.
+    lines = [json.dumps({**GOOD, "prompt": f"p{i}"}) for i in range(100)]
+    lines[56] = lines[56][:-8]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    msg = _load_error(f)
+    assert "line 57 (row 56)" in msg and "not valid JSON" in msg, msg
+    c = tmp_path / "pairs.csv"
+    c.write_text("prompt,chosen,rejected\n" + "a,b,c\n" * 5 + "a,b,c,d\n" + "a,b,c\n")
+    msg = _load_error(c)
+    assert "line 7 (row 5)" in msg and "4 fields" in msg and "header has 3" in msg, msg
+    j = tmp_path / "pairs.json"
+    j.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a" "chosen": "b"}]')
+    assert "line 2, column" in _load_error(j)
+
+
+def test_non_utf8_and_empty_data_files_are_one_line(tmp_path):
+    # B: a non-UTF-8 byte crashed in ds.to_list(); an empty file gave "StopIteration: ".
+    f = tmp_path / "pairs.jsonl"
+    f.write_bytes(b"".join(json.dumps({**GOOD, "prompt": f"p{i}"}).encode() + b"\n" for i in range(5))
+                  .replace(b'"p3"', b'"p\xff3"'))
+    msg = _load_error(f)
+    assert "line 4" in msg and "0xff" in msg and "UTF-8" in msg, msg
+    for name in ("empty.jsonl", "empty.csv", "empty.json"):
+        (tmp_path / name).write_text("" if name != "empty.json" else "\n  \n")
+        assert "empty" in _load_error(tmp_path / name)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("eval.num_prompts=0", "eval.num_prompts=0"), ("eval.samples_per_prompt=0", "eval.samples_per_prompt"),
+    ("eval.prompts_per_batch=0", "eval.prompts_per_batch"), ("eval.temperature=0", "eval.temperature"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens"), ("model.lora.r=-4", "model.lora.r=-4"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints"), ("trainer.lr=0", "trainer.lr"),
+])
+def test_every_section_is_checked_before_any_model_loads(tmp_path, monkeypatch, override, needle):
+    # C: eval.* was never validated and failed after training, losing the model.
+    import prefopt.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(prefopt.models, "load_policy", no_loading)
+    with pytest.raises(UserError) as e:
+        run(compose([override]), str(tmp_path / "run"))
+    assert needle in str(e.value) and "accepted" in str(e.value), str(e.value)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_model_is_saved_before_evaluation(tmp_path, monkeypatch):
+    # C: model/ was written after the evaluation, so a failing evaluation lost the trained weights.
+    import prefopt.evaluate
+
+    def broken(self, policy):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(prefopt.evaluate.Evaluator, "__call__", broken)
+    cfg = compose(["trainer.max_steps=1", "trainer.progress=false", "trainer.examples_per_step=8",
+                   "trainer.examples_per_device=8", "eval.num_prompts=2"])
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run(cfg, str(tmp_path / "run"))
+    assert os.path.exists(tmp_path / "run" / "model" / "model.safetensors")
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section():
+    from prefopt.train import precheck_argv
+
+    for argv, needles in ((["algo.betta=0.1"], ("algo.betta", "beta", "label_smoothing")),
+                          (["+algo.betta=0.1"], None), (["model.lora.rank=2"], ("model.lora.rank", "alpha, dropout, r")),
+                          (["algo=ipo", "algo.betta=1"], ("algo.betta", "beta")), (["evl.num_prompts=1"], ("evl", "eval")),
+                          (["algo.beta=["], ("cannot parse", "algo.beta=["))):
+        if needles is None:  # Hydra's own hint; the typed config rejects it with the same list
+            with pytest.raises(UserError, match="valid keys of 'algo': beta"):
+                run(compose(argv), "/nonexistent/never-written")
+            continue
+        with pytest.raises(UserError) as e:
+            precheck_argv(argv)
+        for n in needles:
+            assert n in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "threads=abc"], "threads: 'abc'"), (["plan", "seeds=[a]"], "seeds: 'a'"),
+    (["plan", "algo.beta=["], "cannot parse the override 'algo.beta=['"), (["plan", "only=["], "only=["),
+    (["run", "hydra/launcher=joblib", "hydra.launcher.n_jobs=x"], "hydra.launcher.n_jobs"),
+])
+def test_leaderboard_bad_values_are_one_line(tmp_path, capsys, argv, needle):
+    # N: prefopt-leaderboard crashed with tracebacks on these.
+    from prefopt.leaderboard.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, f"dir={tmp_path}/lb"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert not os.path.exists(tmp_path / "lb")
