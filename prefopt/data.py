@@ -264,6 +264,8 @@ def _diagnose(files, builder) -> Optional[str]:
     lines and columns 1-based, as in an editor."""
     for path in files:
         b = FILE_BUILDERS.get(os.path.splitext(path)[1].lower())
+        if os.path.getsize(path) == 0:
+            return f"{path}: the file is empty; accepted: a data file with at least one row"
         if b == "json":
             found = _diagnose_json(path)
         elif b == "csv":

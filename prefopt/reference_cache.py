@@ -13,7 +13,10 @@ Cache: one file per (model fingerprint, data fingerprint) under ``$PREFOPT_CACHE
 source and their files, dtype, 4-bit, attention implementation, random-init arch + seed); the data
 fingerprint is a hash of every token id, so any change of data, tokenizer, template or truncation
 gives a new entry. Writes go to a temporary file renamed into place under a file lock, so parallel
-jobs (Hydra's joblib launcher) compute an entry once and never read a half-written one.
+jobs (Hydra's joblib launcher) compute an entry once and never read a half-written one. Entries
+are read with ``torch.load(weights_only=True)`` (the cache directory may be shared: reading it must
+never run code) and checked against the examples; one that is truncated, damaged or does not fit is
+named in a warning and rebuilt.
 
 Which sequences: every ``X_ids`` list of an example other than ``prompt_ids`` is scored as
 prompt + X. Its batch side is None for ``completion`` (batch keys ``input_ids``...),

@@ -621,6 +621,8 @@ def _hydra_main():
             return run(cfg, out_dir, on_start=write_hydra_dir)
         except UserError as e:
             print(f"prefopt-train: error: {e}", file=sys.stderr)
+            if not os.path.isdir(os.path.join(out_dir, ".hydra")):  # refused before it started
+                _remove_if_untouched(out_dir)
             sys.exit(2)
         except Interrupted as e:
             print(f"prefopt-train: {getattr(e, 'line', None) or f'interrupted by {e.signame}'}", file=sys.stderr)
@@ -633,6 +635,21 @@ def _hydra_main():
             sys.exit(1)
 
     app()
+
+
+def _remove_if_untouched(out_dir: str) -> None:
+    """A refused run leaves no trace: Hydra made its directory and an empty job log before prefopt
+    could check anything. Only a directory that holds nothing but empty logs goes."""
+    try:
+        names = os.listdir(out_dir)
+        if any(not n.endswith(".log") or os.path.getsize(os.path.join(out_dir, n)) for n in names):
+            return
+        for n in names:
+            os.remove(os.path.join(out_dir, n))
+        # Not its (date) parent: a run starting beside it may have just made it and be about to use it.
+        os.rmdir(out_dir)
+    except OSError:
+        pass
 
 
 def _multirun_record(argv: list):

@@ -364,6 +364,10 @@ def test_refused_rerun_leaves_hydra_files_alone(tmp_path):
         assert p.returncode == 2
         one_line(p)
         assert {n: (out / ".hydra" / n).read_bytes() for n in os.listdir(out / ".hydra")} == hydra_files, bad
+    # A refused new run leaves no directory behind (Hydra made it, with an empty job log).
+    p = cli("eval.num_prompts=0", f"hydra.run.dir={tmp_path}/fresh", cwd=tmp_path)
+    one_line(p, "eval.num_prompts")
+    assert not (tmp_path / "fresh").exists()
     # A sweep into a directory that holds one is refused before Hydra rewrites its multirun.yaml.
     sweep = tmp_path / "sweep"
     sweep.mkdir()
