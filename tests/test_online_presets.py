@@ -95,7 +95,9 @@ def reviews_reward_model(tmp_path_factory):
 
 # The reviews settings above, with a trained reward model as the reward source instead of the gold one.
 WITH_REWARD_MODEL = {
-    "rloo": ["algo.prompts_per_step=8", "algo.samples_per_prompt=4", "trainer.lr=1e-3"],
+    # 5e-4 × 20 steps, not reviews' 1e-3 × 12: against a proxy reward model the larger step found
+    # a reward-model exploit on one seed (gold −3.4) when the reward model was trained on 2 threads.
+    "rloo": ["algo.prompts_per_step=8", "algo.samples_per_prompt=4", "trainer.lr=5e-4", "trainer.max_steps=20"],
     "ppo": REVIEWS["ppo"],  # its critic starts from the reward model (critic_path unset, reward=model)
 }
 
@@ -104,7 +106,7 @@ WITH_REWARD_MODEL = {
 @pytest.mark.parametrize("algo", list(WITH_REWARD_MODEL))
 def test_preset_raises_gold_reward_with_a_trained_reward_model(run_cfg, outcome, reviews_reward_model, algo, capsys,
                                                                tmp_path):
-    # The mean gain over three training seeds: twelve RL steps against a proxy reward model are a
+    # The mean gain over three training seeds: a few RL steps against a proxy reward model are a
     # noisy estimate from any single seed (one seed's gain moved by 0.1-0.3 between CPU kinds).
     gains = []
     for seed in (0, 1, 2):
