@@ -98,7 +98,9 @@ WITH_REWARD_MODEL = {
     # 5e-4 × 20 steps, not reviews' 1e-3 × 12: against a proxy reward model the larger step found
     # a reward-model exploit on one seed (gold −3.4) when the reward model was trained on 2 threads.
     "rloo": ["algo.prompts_per_step=8", "algo.samples_per_prompt=4", "trainer.lr=5e-4", "trainer.max_steps=20"],
-    "ppo": REVIEWS["ppo"],  # its critic starts from the reward model (critic_path unset, reward=model)
+    # 24 steps, not reviews' 12: against the reward model 12 PPO steps gained only 0.06-0.13 on two of
+    # three seeds (24: median 0.34 on AVX-512, 0.84 on AVX2).
+    "ppo": [*REVIEWS["ppo"], "trainer.max_steps=24"],  # its critic starts from the reward model (critic_path unset, reward=model)
 }
 
 
