@@ -283,8 +283,12 @@ def _merge_lse(parts, mi: int, si: int, ai: Optional[int] = None):
 
 
 def _fwd_tiles(cache, tiles, hs, t, rhs, w, b, rw, rb, cfg: Config, need_ent: bool,
-               need_kl: bool):
-    """One worker's tiles of a row chunk: online (m, S, A, target logit, m_q, S_q).
+               need_kl: bool, need_jac: bool = False):
+    """One worker's tiles of a row chunk: online (m, S, A, target logit, m_q, S_q) and, with
+    ``need_jac``, (μ, F_t): μ = Σ_v e^{l_v − m}·F_v·W_v over the worker's tiles and the target's
+    F_t (F ≡ 1 without soft-cap, else ∂l/∂(tanh argument)), from which the chunk's Jacobian
+    ∂log p_t/∂h is formed (:func:`chunked_forward`).  The entropy and exact-KL terms are never
+    combined with ``need_jac`` (their gradient is not a function of g_lp alone).
 
     With a single tile and exact KL, the shifted logits l − m, q − m_q and e^{l−m} stay in the
     buffers for :func:`_kl_tiles`, which then needs no second GEMM.
@@ -294,12 +298,18 @@ def _fwd_tiles(cache, tiles, hs, t, rhs, w, b, rw, rb, cfg: Config, need_ent: bo
     single = len(tiles) == 1
     keep_e = need_ent or (need_kl and single)
     m = S = A = mq = Sq = tgt = L = E = Q = None
+    mu = ft = None
     for v0, v1 in tiles:
         vt = v1 - v0
-        L = _logits_into(_buf(cache, "L", c, vt, dev), hs, w[v0:v1], _slice(b, v0, v1), cfg)
+        F = _buf(cache, "F", c, vt, dev) if (need_jac and cfg.softcap is not None) else None
+        L = _logits_into(_buf(cache, "L", c, vt, dev), hs, w[v0:v1], _slice(b, v0, v1), cfg,
+                         keep_tanh=F)
         loc, inside = _in_tile(t, v0, v1)
         lt = L.gather(1, loc[:, None]).squeeze(1).where(inside, 0.0)
         tgt = lt if tgt is None else tgt + lt
+        if F is not None:
+            fl = F.gather(1, loc[:, None]).squeeze(1).where(inside, 0.0)
+            ft = fl if ft is None else ft + fl
         m_new = L.amax(1) if m is None else torch.maximum(m, L.amax(1))
         L.sub_(m_new[:, None])  # l − m'
         At = None
@@ -310,6 +320,7 @@ def _fwd_tiles(cache, tiles, hs, t, rhs, w, b, rw, rb, cfg: Config, need_ent: bo
                 At = _dot_rows(E, L)
         else:
             St = L.exp_().sum(1)
+        alpha = None
         if m is None:
             S, A = St, At
         else:
@@ -319,6 +330,14 @@ def _fwd_tiles(cache, tiles, hs, t, rhs, w, b, rw, rb, cfg: Config, need_ent: bo
                 A = alpha * (A + S * d) + At
             S = alpha * S + St
         m = m_new
+        if need_jac:
+            # L holds e^{l − m'} now: the softmax-weighted sum of the head's rows rides on the
+            # same tile (one [C, Vt]·[Vt, H] GEMM, the one the backward would otherwise redo)
+            P = L.mul_(F) if F is not None else L
+            if mu is None:
+                mu = torch.mm(P, w[v0:v1], out=_buf(cache, "MU", c, w.shape[1], dev))
+            else:
+                mu.mul_(alpha[:, None]).addmm_(P, w[v0:v1])
         if need_kl:
             Q = _logits_into(_buf(cache, "Q", c, vt, dev), rhs, rw[v0:v1], _slice(rb, v0, v1), cfg)
             mq_new = Q.amax(1) if mq is None else torch.maximum(mq, Q.amax(1))
@@ -330,7 +349,7 @@ def _fwd_tiles(cache, tiles, hs, t, rhs, w, b, rw, rb, cfg: Config, need_ent: bo
             Sq = Sqt if mq is None else (mq - mq_new).exp() * Sq + Sqt
             mq = mq_new
     kept = (L, Q, E) if (need_kl and single) else None
-    return m, S, A, tgt, mq, Sq, kept
+    return m, S, A, tgt, mq, Sq, kept, mu, ft
 
 
 def _kl_tiles(cache, tiles, part, m, logS, mq, logSq, hs, rhs, w, b, rw, rb, cfg: Config):
@@ -362,11 +381,19 @@ def _kl_tiles(cache, tiles, part, m, logS, mq, logSq, hs, rhs, w, b, rw, rb, cfg
     return d
 
 
-def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None):
+def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None, jac=None):
     """Returns (logp, lse, entropy|None, kl|None, aux), fp32 [N], zero on rows not in ``rows``.
 
     ``aux`` is the reference lse (in the reference head's bias-shifted frame) when exact KL is
     requested, else None.
+
+    ``jac``: an fp32 [N, H] tensor to receive J_i = ∂log p_i/∂h_i (rows not in ``rows`` are
+    left as they are).  With z = h·Wᵀ + b and l the tempered logits,
+    ∂log p_t/∂h = Σ_v (δ_vt − p_v)·∂l_v/∂h = mult·(F_t·W_t − Σ_v p_v F_v W_v), where mult is
+    the scalar folded into the hidden chunk and F_v = ∂l_v/∂(mult·z_v) (1 without soft-cap).
+    Since ∂h = g_lp·J for any upstream g_lp, a loss of the log-probs alone needs no logit
+    recomputation in its backward when the head is frozen.  Not combined with entropy or exact
+    KL (asserted by the caller).
     """
     N = hidden.shape[0]
     V = cfg.vocab_size
@@ -398,13 +425,15 @@ def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None):
         t = _take(targets, sl, idx)
         rhs = _scaled_hidden(_take(rh, sl, idx), mult) if need_kl else None
         parts = _run([partial(_fwd_tiles, caches[k], groups[k], hs, t, rhs, w, b, rw, rb, cfg,
-                              need_ent, need_kl) for k in range(nw)])
+                              need_ent, need_kl, jac is not None) for k in range(nw)])
         m, S, A = _merge_lse(parts, 0, 1, 2 if need_ent else None)
         tgt = parts[0][3]
         for p in parts[1:]:
             tgt = tgt + p[3]  # only the tile holding the target contributes
         logS = S.log()
         chunk_lse = m + logS
+        if jac is not None:
+            _put(jac, sl, idx, _merge_jac(parts, m, S, w, t, mult))
         if need_ent:
             _put(ent, sl, idx, logS - A / S)
         if need_kl:
@@ -420,6 +449,21 @@ def chunked_forward(hidden, weight, bias, targets, rows, cfg: Config, ref=None):
         _put(lse, sl, idx, chunk_lse + bshift)
         _put(logp, sl, idx, tgt - chunk_lse)
     return logp, lse, ent, kl, aux
+
+
+def _merge_jac(parts, m, S, w, t, mult: float) -> torch.Tensor:
+    """mult·(F_t·W_t − μ/S) for a row chunk from the workers' (m_k, μ_k, F_t,k), in a fixed order."""
+    mu = None
+    ft = None
+    for p in parts:
+        r = (p[0] - m).exp()[:, None]  # ≤ 1: worker k's running max against the chunk's
+        mu = p[7] * r if mu is None else mu.add_(p[7] * r)
+        if p[8] is not None:
+            ft = p[8] if ft is None else ft + p[8]  # only the tile holding the target contributes
+    wt = w.index_select(0, t)
+    if ft is not None:
+        wt.mul_(ft[:, None])
+    return wt.sub_(mu.div_(S[:, None])).mul_(mult)
 
 
 def _bwd_tiles(cache, tiles, gh, fast: bool, hs, t, gt, row, w, b, rw, rb, rhs, cfg: Config,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional, Union
 
 import torch
@@ -11,25 +12,122 @@ from . import _torch_impl
 from ._common import KL_ESTIMATORS, Config, FusedOutput, estimator_value
 
 IMPLS = ("auto", "triton", "torch", "naive")
+HIDDEN_GRADS = ("auto", "forward", "recompute")
+# Default of ``hidden_grad`` (see :func:`fused_logprobs`); ``recompute`` measures the generic op.
+HIDDEN_GRAD = os.environ.get("PREFOPT_KERNELS_HIDDEN_GRAD", "auto")
+
+# Device types on which impl="auto" picks the Triton kernels (after the guard below).
+TRITON_DEVICE_TYPES = ("cuda",)
 
 
-def _backend(impl: str, device: torch.device):
-    if impl == "auto":
-        impl = "triton" if device.type == "cuda" else "torch"
-    if impl == "triton":
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
-                             "triton is imported (CPU interpreter, for tests)")
-        from . import _triton_impl
+def _load_triton(device: torch.device):
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                         "triton is imported (CPU interpreter, for tests)")
+    from . import _triton_impl
 
-        return _triton_impl.triton_forward, _triton_impl.triton_backward
+    return _triton_impl.triton_forward, _triton_impl.triton_backward
+
+
+def _load_torch(device: torch.device):
     return _torch_impl.chunked_forward, _torch_impl.chunked_backward
+
+
+# impl name -> loader(device) -> (forward, backward); a table so that a test can inject a wrong
+# backend and watch the guard catch it.
+BACKENDS = {"triton": _load_triton, "torch": _load_torch}
+
+
+# ---- guard: the Triton kernels are checked against the torch path before "auto" trusts them ----
+#
+# The kernels had only ever run in Triton's CPU interpreter when this was written; a compiler or
+# driver difference on a real GPU would make every method silently wrong.  So the first "auto"
+# call per (device, dtype) runs both paths on a small random problem (a few ms on a GPU) and
+# compares log-probs, entropy, lse and the gradients of all three inputs; on a mismatch, or an
+# exception inside the Triton path, the rest of the process uses the torch path and one line on
+# stderr says why.
+
+GUARD_SHAPE = (96, 64, 1000)  # N (with ignored rows), H, V: several row blocks, a ragged tile
+_guard: dict = {}             # (device, dtype) -> None (passed) or the reason it failed
+
+
+def guard_results() -> dict:
+    """{(device, dtype): None if the Triton path passed, else the reason} of this process."""
+    return dict(_guard)
+
+
+def _guard_tolerance(dtype: torch.dtype) -> float:
+    # Both paths accumulate in fp32 from the same inputs; only the summation order differs, and
+    # gradients are rounded to the input dtype at the end (bf16: 2^-8 relative).  A wrong kernel
+    # (a dropped bias, a wrong scale, a stale tile) is off by O(1).
+    return {torch.float32: 1e-4, torch.float64: 1e-4}.get(dtype, 3e-2)
+
+
+def _guard_problem(device, dtype):
+    N, H, V = GUARD_SHAPE
+    g = torch.Generator().manual_seed(1234)  # a private generator: the caller's RNG is untouched
+    h = torch.randn(N, H, generator=g)
+    w = torch.randn(V, H, generator=g) / H ** 0.5
+    b = torch.randn(V, generator=g)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[:: 7] = -100
+    up = torch.randn(3, N, generator=g)
+    return [x.to(device=device, dtype=dtype) for x in (h, w, b)] + [t.to(device), up.to(device)]
+
+
+def _guard_run(backend, problem):
+    h0, w0, b0, t, up = problem
+    h, w, b = (x.detach().clone().requires_grad_() for x in (h0, w0, b0))
+    cfg = Config(0.7, 1.0, None, w.shape[0], -100, True, False)
+    valid = t != -100
+    rows = valid.nonzero().squeeze(1)
+    safe_t = torch.where(valid, t, torch.zeros_like(t))
+    with torch.enable_grad():
+        lp, lse, ent, _ = _FusedLogprobs.apply(h, w, b, safe_t, None, None, None, rows, cfg, backend)
+        (lp * up[0] + ent * up[1] + lse * up[2]).sum().backward()
+    return [lp, ent, lse, h.grad, w.grad, b.grad]
+
+
+def check_triton(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """None when the Triton path agrees with the torch path on the guard problem, else why not."""
+    names = ("log-probs", "entropy", "lse", "grad hidden", "grad weight", "grad bias")
+    try:
+        problem = _guard_problem(device, dtype)
+        want = _guard_run(BACKENDS["torch"](device), problem)
+        got = _guard_run(BACKENDS["triton"](device), problem)
+    except Exception as e:  # a compile or launch failure is a failed check, not a crash
+        return f"the Triton path raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    tol = _guard_tolerance(dtype)
+    for name, a, e in zip(names, got, want):
+        if a is None or e is None or a.shape != e.shape:
+            return f"{name}: missing or misshapen output"
+        a, e = a.double(), e.double()
+        if not bool(torch.isfinite(a).all()):
+            return f"{name}: non-finite values"
+        err = ((a - e).abs().max() / e.abs().max().clamp_min(1e-6)).item()
+        if not err <= tol:
+            return f"{name}: max error {err:.2e} of its scale (tolerance {tol:.0e})"
+    return None
+
+
+def _auto_impl(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type not in TRITON_DEVICE_TYPES:
+        return "torch"
+    key = (str(device), dtype)
+    if key not in _guard:
+        _guard[key] = check_triton(device, dtype)
+        if _guard[key] is not None:
+            sys.stderr.write(f"prefopt_kernels: the Triton kernels disagree with the torch path on {key[0]} "
+                             f"{str(dtype).replace('torch.', '')} ({_guard[key]}); using the torch path "
+                             "for the rest of this process\n")
+            sys.stderr.flush()
+    return "torch" if _guard[key] is not None else "triton"
 
 
 class _FusedLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, cfg, impl):
-        fwd, bwd = _backend(impl, hidden.device)
+    def forward(ctx, hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, cfg, backend):
+        fwd, bwd = backend  # (forward, backward) functions of one implementation
         ref = (ref_h, ref_w, ref_b) if cfg.need_exact_kl else None
         logp, lse, ent, kl, aux = fwd(hidden, weight, bias, targets, rows, cfg, ref)
         ctx.save_for_backward(hidden, weight, bias, targets, ref_h, ref_w, ref_b, rows, lse, ent, kl,
@@ -64,6 +162,29 @@ class _FusedLogprobs(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None, None, None, None
 
 
+class _FusedLogprobsJacobian(torch.autograd.Function):
+    """Log-probs whose backward is g·J with J = ∂log p/∂h computed in the forward (frozen head).
+
+    Memory: J is [N, H] fp32, the size of the hidden states; nothing of [N, V] is kept."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows, cfg):
+        N, H = hidden.shape
+        jac = (torch.empty if rows is None else torch.zeros)(N, H, dtype=torch.float32, device=hidden.device)
+        logp, _, _, _, _ = _torch_impl.chunked_forward(hidden, weight, bias, targets, rows, cfg, None, jac=jac)
+        ctx.save_for_backward(jac)
+        ctx.hidden_dtype = hidden.dtype
+        return logp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_lp):
+        (jac,) = ctx.saved_tensors
+        # not in place: a retained graph may be backpropagated through again
+        grad = (jac * g_lp.float()[:, None]).to(ctx.hidden_dtype)
+        return grad, None, None, None, None, None
+
+
 def fused_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -83,6 +204,7 @@ def fused_logprobs(
     softcap: Optional[float] = None,
     vocab_size: Optional[int] = None,
     impl: str = "auto",
+    hidden_grad: Optional[str] = None,
 ) -> Union[torch.Tensor, FusedOutput]:
     r"""Per-token log-probs of ``targets`` under ``softmax(l)`` without materializing [N, V] logits.
 
@@ -106,7 +228,15 @@ def fused_logprobs(
             gradient.  A missing ``ref_hidden`` defaults to ``hidden``, a missing ``ref_weight``
             to ``weight`` (and then a missing ``ref_bias`` to ``bias``), all detached.
         return_lse: add log Σ_v exp(l_v).
-        impl: "auto" (Triton on CUDA, chunked torch otherwise), "triton", "torch", "naive".
+        impl: "auto" (Triton on CUDA once the guard has checked it against the torch path on
+            this device and dtype, chunked torch otherwise), "triton", "torch", "naive".
+        hidden_grad: how ∂/∂hidden is obtained on the torch path (None: the
+            ``PREFOPT_KERNELS_HIDDEN_GRAD`` environment default, "auto").  "forward" computes the
+            Jacobian J_i = ∂log p_i/∂h_i [N, H] in the forward pass (one extra [C, Vt]·[Vt, H]
+            GEMM per tile while the tile is at hand), and the backward is ∂h = g·J: no logit
+            recomputation.  Valid only when the head does not train (weight and bias without
+            gradient: LoRA, frozen embeddings) and only log-probs are requested; "auto" takes it
+            then, "recompute" always takes the generic op (backward rebuilds the logit tiles).
 
     Returns:
         float32 [N] log-probs (0 on ignored rows) when nothing else is requested, otherwise
@@ -171,12 +301,28 @@ def fused_logprobs(
     cfg = Config(float(temperature), float(logit_scale), None if softcap is None else float(softcap),
                  vocab_size, int(ignore_index), bool(return_entropy), exact_kl)
 
+    if impl == "auto":
+        impl = _auto_impl(hidden.device, hidden.dtype)
+    hidden_grad = HIDDEN_GRAD if hidden_grad is None else hidden_grad
+    if hidden_grad not in HIDDEN_GRADS:
+        raise ValueError(f"hidden_grad must be one of {HIDDEN_GRADS}, got {hidden_grad!r}")
+    # The Jacobian-in-forward route: every output's gradient w.r.t. hidden is g_lp·J when only
+    # log-probs flow back and nothing else is trained through the head.
+    saved_ok = (impl == "torch" and torch.is_grad_enabled() and hidden.requires_grad
+                and not weight.requires_grad and (bias is None or not bias.requires_grad)
+                and not (return_entropy or return_lse or exact_kl))
+    if hidden_grad == "forward" and not saved_ok and torch.is_grad_enabled() and hidden.requires_grad:
+        raise ValueError("hidden_grad='forward' needs impl='torch' (or 'auto' off CUDA), a head (weight, bias) "
+                         "without gradient, and log-probs only (no entropy, lse or exact KL)")
     if impl == "naive":
         ref = (ref_h, ref_w, ref_b) if exact_kl else None
         logp, lse, ent, kl, _ = _torch_impl.naive_forward(hidden, weight, bias, targets, cfg, ref)
+    elif saved_ok and hidden_grad != "recompute":
+        logp = _FusedLogprobsJacobian.apply(hidden, weight, bias, safe_t, rows, cfg)
+        lse = ent = kl = None
     else:
         logp, lse, ent, kl = _FusedLogprobs.apply(hidden, weight, bias, safe_t, ref_h, ref_w,
-                                                  ref_b, rows, cfg, impl)
+                                                  ref_b, rows, cfg, BACKENDS[impl](hidden.device))
     if ref_logprobs is not None:
         r = ref_logprobs.detach().float()
         kl = torch.where(valid, estimator_value(logp, r, kl_estimator), logp.new_zeros(()))

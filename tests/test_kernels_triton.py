@@ -77,3 +77,13 @@ else:
         assert out.logprobs.abs().max().item() == 0 and out.entropy.abs().max().item() == 0
         (out.logprobs.sum() + out.entropy.sum()).backward()
         assert h.grad.abs().max().item() == 0
+
+    def test_guard_passes_the_real_kernels(monkeypatch):
+        # the guard of impl="auto" (tests/test_kernels_guard.py) against the real Triton kernels;
+        # on CUDA this is the check every process runs first, here through the interpreter at a
+        # smaller problem (the interpreter runs the default 96×64×1000 in ~15 s)
+        from prefopt_kernels import api
+
+        if not HAS_CUDA:
+            monkeypatch.setattr(api, "GUARD_SHAPE", (24, 16, 130))
+        assert api.check_triton(torch.device(DEV), torch.float32) is None
