@@ -76,6 +76,11 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
+    # The testbed's held-out prompt sets: ``split`` is where the summary's eval block comes from;
+    # ``periodic_split`` is what the evaluations every trainer.eval_every_steps (the training curve)
+    # and a second evaluation at the end use, so that a curve or a selection never reads test prompts.
+    split: str = "test"
+    periodic_split: str = "val"
     num_prompts: int = 128
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -176,6 +181,9 @@ def check_eval(e: EvalConfig) -> None:
     """The evaluation runs after training: a bad value found only then would cost the run."""
     _at_least(e, "eval", num_prompts=(1, True), max_new_tokens=(1, True), samples_per_prompt=(1, True),
               prompts_per_batch=(1, True), temperature=(0.0, False))
+    for key in ("split", "periodic_split"):
+        if getattr(e, key) not in ("val", "test"):
+            raise UserError(f"eval.{key}={getattr(e, key)!r}; accepted: val, test (the testbed's held-out prompt sets)")
 
 
 def check_model(m: ModelConfig) -> None:

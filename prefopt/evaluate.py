@@ -5,7 +5,8 @@ repetition.
 - win rate vs π_ref: per prompt, π's completion against π_ref's by gold reward, wins + ties/2;
 - KL(π‖π_ref): mean over π's sampled completions of Σ_t KL(π(·|x,y_<t) ‖ π_ref(·|x,y_<t)), the exact
   per-token KL over the whole vocabulary (no sampling noise inside a position);
-- repetition rate: the fraction of a completion's words that already appeared earlier in it.
+- repetition rate: the fraction of a completion's words that already appeared earlier in it;
+- proxy reward (when a reward model drives training): its mean score of π's and of π_ref's completions.
 
 A reward model (scalar head) is evaluated by :class:`PairwiseEvaluator` instead: accuracy on
 held-out preference pairs.
@@ -85,7 +86,8 @@ class Evaluator:
             with self.reference.active() as ref_model:
                 comps, texts, prompts = self._sample(ref_model)
             gold = self.gold_fn(prompts, texts) if self.gold_fn else None
-            self._ref = dict(comps=comps, texts=texts, gold=gold)
+            proxy = self.proxy_fn(prompts, texts) if self.proxy_fn else None
+            self._ref = dict(comps=comps, texts=texts, gold=gold, proxy=proxy)
         return self._ref
 
     def __call__(self, policy) -> dict:
@@ -113,6 +115,8 @@ class Evaluator:
         if self.proxy_fn is not None:
             proxy = self.proxy_fn(prompts, texts)
             res["proxy_reward"] = sum(proxy) / len(proxy)
+            # π_ref's on the same prompts: the calibration point of the proxy's scale
+            res["proxy_reward_ref"] = sum(ref["proxy"]) / len(ref["proxy"])
         return res
 
 

@@ -169,6 +169,7 @@ class RolloutSource:
             raise UserError(f"the dataset has {len(examples)} prompts, fewer than algo.prompts_per_step="
                             f"{self.c.prompts_per_step}; accepted: a smaller prompts_per_step or more prompts")
         self.last_gen_time_s = 0.0
+        self.samples_generated = 0  # completions sampled so far (all rounds, greedy baselines too): a cost column
         self.last_metrics: dict = {}
         self._roll_idx, self._roll = None, None
         # The objective's state before the current rollout's prepare(), and the one to restore
@@ -253,6 +254,7 @@ class RolloutSource:
                                     seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank,
                                     return_logprobs=self.old_is_current or self.keep_sampler_logps)
             gen_s += time.perf_counter() - t0
+            self.samples_generated += len(s.completions)
             p_ids = [p for p in prompt_ids for _ in range(K)]
             p_txt = [e["prompt_text"] for e in exs for _ in range(K)]
             texts = [self.tok.decode(x, skip_special_tokens=True) for x in s.completions]
@@ -268,6 +270,7 @@ class RolloutSource:
                 gs = self.sampler.sample(self.policy, prompt_ids, dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1),
                                          seed=0)
                 gen_s += time.perf_counter() - t1
+                self.samples_generated += len(gs.completions)
                 greedy = self.reward([e["prompt_text"] for e in exs],
                                      [self.tok.decode(x, skip_special_tokens=True) for x in gs.completions],
                                      prompt_ids=prompt_ids, completion_ids=gs.completions,

@@ -301,7 +301,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         if dcfg.num_rows:
             rows = rows[: dcfg.num_rows]
         base_path = mcfg.name_or_path or (None if mcfg.arch else world.policy_path)
-        gold_fn, eval_texts = world.task.gold_reward, world.eval_prompts
+        gold_fn, eval_texts = world.task.gold_reward, world.heldout
     else:
         if not dcfg.path:
             raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
@@ -322,12 +322,12 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     examples, report = D.tokenize_rows(rows, needs.data, tok, dcfg, source_name)
     if eval_texts is None:
         # A user's own data has no held-out prompts of the testbed's kind: evaluate KL, length and
-        # repetition on the first training prompts (the gold fields stay null).
-        eval_texts = [e["prompt_text"] for e in examples[: ecfg.num_prompts]]
-        eval_ids = [list(e["prompt_ids"]) for e in examples[: ecfg.num_prompts]]
+        # repetition on the first training prompts (the gold fields stay null), for both splits.
+        first = ([e["prompt_text"] for e in examples[: ecfg.num_prompts]], [list(e["prompt_ids"]) for e in examples[: ecfg.num_prompts]])
+        eval_sets = {"val": first, "test": first}
     else:
-        eval_texts = eval_texts[: ecfg.num_prompts]
-        eval_ids = [chat_prompt_ids(tok, p) for p in eval_texts]
+        eval_sets = {sp: (ps[: ecfg.num_prompts], [chat_prompt_ids(tok, p) for p in ps[: ecfg.num_prompts]])
+                     for sp, ps in eval_texts.items()}
 
     # 3. Models.
     # Objective hooks (optional, read by declaration, never by name): a data check / filter run
@@ -386,12 +386,18 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     scfg = SamplingConfig(temperature=ecfg.temperature, max_new_tokens=ecfg.max_new_tokens,
                           samples_per_prompt=ecfg.samples_per_prompt, prompts_per_batch=ecfg.prompts_per_batch)
-    evaluator = Evaluator(tokenizer=tok, reference=eval_reference, prompts_text=eval_texts, prompts_ids=eval_ids,
-                          sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919,
-                          proxy_fn=online.proxy_fn if online else None)
-    evaluator = pairwise_eval or evaluator  # a scalar head: held-out pairwise accuracy instead
+    # Two evaluators: the final one on eval.split (the summary's eval block), and the periodic one on
+    # eval.periodic_split (the training curve, and selection by the leaderboard), which never reads test prompts.
+    evaluators = {sp: Evaluator(tokenizer=tok, reference=eval_reference, prompts_text=eval_sets[sp][0],
+                                prompts_ids=eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919,
+                                proxy_fn=online.proxy_fn if online else None)
+                  for sp in {ecfg.split, ecfg.periodic_split}}
+    evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
+    if pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
+        evaluator = periodic_evaluator = pairwise_eval
     trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
-                      total_steps=total_steps, evaluator=evaluator, device=device, console=console, run_config=run_config)
+                      total_steps=total_steps, evaluator=periodic_evaluator, device=device, console=console,
+                      run_config=run_config)
     if is_main:
         n_params = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
@@ -441,7 +447,14 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         save_model(policy, tok, os.path.join(out_dir, "model"))
         ctx["model_saved"] = True
     ctx["phase"] = "evaluation"
-    ev = trainer.evaluate() if tcfg.eval_at_end else None
+    ev = trainer.evaluate(evaluator) if tcfg.eval_at_end else None
+    ev_periodic = None
+    if tcfg.eval_at_end and tcfg.eval_every_steps > 0 and periodic_evaluator is not evaluator:
+        # The curve's last point, on the periodic split (where a selection reads it).
+        ev_periodic = trainer.evaluate(periodic_evaluator)
+        if ev_periodic is not None:
+            trainer.log({"step": trainer.state.step,
+                         **{f"eval/{k}": v for k, v in ev_periodic.items() if isinstance(v, (int, float))}})
     summary = None
     if is_main:
         params = {k: v for k, v in asdict(acfg).items() if k != "name"}
@@ -461,6 +474,11 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             "tokens_per_s": round(trainer.state.tokens / max(trainer.state.train_time_s, 1e-9), 1),
             "final_metrics": trainer.state.history[-1] if trainer.state.history else None,
             "eval": ev,
+            "eval_split": ecfg.split if pairwise_eval is None else "heldout_pairs",
+            # The same evaluation on the periodic split (null unless trainer.eval_every_steps > 0).
+            "eval_periodic": ev_periodic,
+            "cost": {"examples": len(examples), "policy_tokens": trainer.state.tokens,
+                     "samples_generated": getattr(source, "samples_generated", 0)},
             "config_hash": config_hash(cfg),
             "versions": versions(),
             # Float rounding (and so every trained number) depends on the kernels torch picked.

@@ -583,11 +583,13 @@ class Trainer:
             if stop:
                 self._stop_now(saved)
 
-    def evaluate(self):
-        if not self.is_main or self.evaluator is None:
+    def evaluate(self, evaluator: Optional[Callable] = None):
+        """``evaluator`` (default: the periodic one given at construction) on the current policy."""
+        evaluator = evaluator or self.evaluator
+        if not self.is_main or evaluator is None:
             return None
         from prefopt.models import dropout_off
 
         with torch.no_grad(), dropout_off(self.policy):
-            out = self.evaluator(self.policy)
+            out = evaluator(self.policy)
         return out

@@ -67,10 +67,12 @@ def test_registry():
 @pytest.mark.parametrize("name", TASKS)
 def test_prompts_split_disjoint_deterministic_and_fit(name, tokenizer):
     task = get_task(name)
-    assert not set(task.prompts("train")) & set(task.prompts("eval"))
-    assert len(task.prompts("eval")) >= 64
-    eval_prompts = task.sample_prompts(64, random.Random(0), "eval")
-    assert len(set(eval_prompts)) == 64 and set(eval_prompts) <= set(task.prompts("eval"))
+    for held_out in ("val", "test"):
+        assert not set(task.prompts("train")) & set(task.prompts(held_out))
+        assert len(task.prompts(held_out)) >= 64
+        eval_prompts = task.sample_prompts(64, random.Random(0), held_out)
+        assert len(set(eval_prompts)) == 64 and set(eval_prompts) <= set(task.prompts(held_out))
+    assert not set(task.prompts("val")) & set(task.prompts("test"))
     assert task.sample_prompts(50, random.Random(1)) == task.sample_prompts(50, random.Random(1))
     demos = task.demonstrations(300, random.Random(2))
     assert demos == task.demonstrations(300, random.Random(2))
@@ -149,7 +151,7 @@ def test_arith_exact_match():
 def test_arith_commuted_prompts_share_a_split():
     task = get_task("arith")
     train = set(task.prompts("train"))
-    for prompt in task.prompts("eval"):
+    for prompt in task.prompts("val") + task.prompts("test"):
         a, b = prompt[:-1].split("+")
         assert f"{b}+{a}=" not in train
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 
-from prefopt.testbed.tasks import Split, sample_distinct, split_of
+from prefopt.testbed.tasks import Split, check_split, sample_distinct, split_of
 from prefopt.testbed.tokenizer import pre_tokenize
 
 MAX_OPERAND = 99
@@ -50,7 +50,7 @@ class ArithTask:
     name = "arith"
 
     def __init__(self):
-        self._prompts: dict[Split, list[str]] = {"train": [], "eval": []}
+        self._prompts: dict[Split, list[str]] = {"train": [], "val": [], "test": []}
         for a in range(MAX_OPERAND + 1):
             for b in range(MAX_OPERAND + 1):
                 self._prompts[split_of(f"{min(a, b)}+{max(a, b)}=")].append(f"{a}+{b}=")
@@ -63,10 +63,10 @@ class ArithTask:
 
     def prompts(self, split: Split) -> list[str]:
         """All prompts of ``split``."""
-        return list(self._prompts[split])
+        return list(self._prompts[check_split(split)])
 
     def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
-        pool = self._prompts[split]
+        pool = self._prompts[check_split(split)]
         return sample_distinct(pool, [1.0] * len(pool), n, rng)
 
     def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:

@@ -31,7 +31,7 @@ import math
 import random
 import re
 
-from prefopt.testbed.tasks import Split, sample_distinct, split_of
+from prefopt.testbed.tasks import Split, check_split, sample_distinct, split_of
 from prefopt.testbed.tokenizer import pre_tokenize
 
 REPEAT_PENALTY = 1.5
@@ -260,7 +260,7 @@ class ReviewsTask:
     def __init__(self):
         # prompt -> [(probability, rest of its first sentence)], per split.
         self._prompts: dict[Split, dict[str, list[tuple[float, list[str]]]]] = {
-            "train": {}, "eval": {}}
+            "train": {}, "val": {}, "test": {}}
         first_total = sum(wt for wt, _ in GRAMMAR["FIRST"])
         for wt, rhs in GRAMMAR["FIRST"]:
             symbols = _rhs(rhs)
@@ -283,10 +283,10 @@ class ReviewsTask:
 
     def prompts(self, split: Split) -> list[str]:
         """All prompts of ``split``, sorted."""
-        return sorted(self._prompts[split])
+        return sorted(self._prompts[check_split(split)])
 
     def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
-        pool = self._prompts[split]
+        pool = self._prompts[check_split(split)]
         prompts = sorted(pool)
         return sample_distinct(prompts, [sum(p for p, _ in pool[q]) for q in prompts], n, rng)
 

@@ -1,7 +1,8 @@
 """Testbed tasks: what a task provides, and the registry that finds one by name.
 
-A task is a tiny, fully known world: a prompt distribution with disjoint train and eval
-prompts, demonstrations for SFT, and a gold reward that the methods under test never see
+A task is a tiny, fully known world: a prompt distribution with three disjoint prompt sets
+(``train``: what methods train on; ``val``: what selection and training curves look at; ``test``:
+what reported numbers come from), demonstrations for SFT, and a gold reward that the methods under test never see
 directly (except online methods that are *given* it as their reward). Because the gold reward
 is known exactly, method comparisons on the testbed are honest.
 """
@@ -16,7 +17,8 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 from prefopt.errors import UserError
 
-Split = Literal["train", "eval"]
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # name -> "module:Class"; imported on first use so that importing the registry stays cheap.
 _TASK_CLASSES = {
@@ -25,7 +27,11 @@ _TASK_CLASSES = {
 }
 TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
 
-EVAL_FRACTION_PERCENT = 20
+# Of every 100 prompt keys (by hash): 10 test, 10 validation, 80 training. The training set is the one
+# the earlier train/eval split had (the held-out 20% was divided, not re-drawn), so SFT policies and
+# preference pairs built before the validation split existed are unchanged.
+TEST_PERCENT = 10
+VAL_PERCENT = 10
 
 
 @runtime_checkable
@@ -78,10 +84,18 @@ def combined_vocabulary(names: Sequence[str] = TASKS) -> list[str]:
 
 
 def split_of(key: str) -> Split:
-    """Stable train/eval assignment of a prompt key (same on every machine and Python run,
-    unlike ``hash``), so eval prompts are never trained on."""
+    """Stable train/val/test assignment of a prompt key (same on every machine and Python run,
+    unlike ``hash``), so validation and test prompts are never trained on."""
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-    return "eval" if h % 100 < EVAL_FRACTION_PERCENT else "train"
+    if h % 100 < TEST_PERCENT:
+        return "test"
+    return "val" if h % 100 < TEST_PERCENT + VAL_PERCENT else "train"
+
+
+def check_split(split: str) -> Split:
+    if split not in SPLITS:
+        raise UserError(f"unknown prompt set {split!r}; accepted: {', '.join(SPLITS)}")
+    return split  # type: ignore[return-value]
 
 
 def sample_distinct(items: Sequence, weights: Sequence[float], n: int, rng: random.Random) -> list:

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
+from prefopt.errors import UserError
 from prefopt.testbed.tasks import TASKS, get_task
 from prefopt.testbed.tokenizer import build_tokenizer
 
@@ -117,9 +118,12 @@ def demonstration_rows(task, n: int, seed: int) -> list:
     return [{"prompt": _conv(p), "completion": _asst(c)} for p, c in task.demonstrations(n, rng)]
 
 
-def eval_prompts(task, n: int) -> list:
-    # Fixed across runs and seeds: every method is evaluated on the same held-out prompts.
-    return task.sample_prompts(n, random.Random(12345), split="eval")
+def heldout_prompts(task, split: str, n: int) -> list:
+    """``n`` prompts of the ``val`` or ``test`` set, fixed across runs and seeds: every method is
+    evaluated on the same prompts."""
+    if split not in ("val", "test"):
+        raise UserError(f"eval split {split!r}: accepted: val, test (the training prompts are not held out)")
+    return task.sample_prompts(n, random.Random(12345), split=split)
 
 
 def _limits(task):
@@ -222,8 +226,13 @@ class World:
     task: object
     tokenizer: object
     policy_path: str
-    eval_prompts: list
+    heldout: dict  # split ("val" | "test") -> its evaluation prompts
     rows_by_kind: dict = field(default_factory=dict)
+
+    @property
+    def eval_prompts(self) -> list:
+        """The test prompts: where reported numbers come from."""
+        return self.heldout["test"]
 
 
 def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
@@ -243,7 +252,8 @@ def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
     else:  # prompt_only
         rows = [{"prompt": _conv(p)} for p in task.sample_prompts(tb.pair_prompts, random.Random(tb.pair_seed), split="train")]
     return World(task=task, tokenizer=load_tokenizer(), policy_path=policy,
-                 eval_prompts=eval_prompts(task, tb.eval_prompts), rows_by_kind={kind: rows})
+                 heldout={sp: heldout_prompts(task, sp, tb.eval_prompts) for sp in ("val", "test")},
+                 rows_by_kind={kind: rows})
 
 
 def limits(task_name: str):
