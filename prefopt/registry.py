@@ -18,6 +18,10 @@ Optional hooks (train.py calls them when present, never by name):
 - ``collate(self, examples, pad_token_id) -> batch``: replaces ``data.collate`` (e.g. to add extra
   sequences per example).
 
+Optional declaration read by the leaderboard: ``tuning = {config key: (values…)}``, the method's main
+coefficient (β, λ, kl_coef, n) and the values its tuning grid tries; ``{}`` or absent: the learning
+rate alone is tuned.
+
 Nothing outside this module maps algorithm names to code.
 """
 

@@ -31,6 +31,9 @@ from prefopt.registry import Needs, register
 @register("ipo")
 class IPO:
     needs = Needs(data="paired", reference=True)
+    # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates):
+    # τ sets the target log-ratio gap 1/(2τ).
+    tuning = {"beta": (0.1, 1.0)}
 
     @dataclass
     class Config:

@@ -49,6 +49,8 @@ PARTNER_SEED = 0  # independent of the run seed, so cached reference log-probs s
 @register("kto")
 class KTO:
     needs = Needs(data="unpaired", reference=True)
+    # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates).
+    tuning = {"beta": (0.05, 0.2)}
 
     @dataclass
     class Config:

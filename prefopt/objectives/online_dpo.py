@@ -62,6 +62,8 @@ class OnlineDPOConfig(RolloutFields, DPOLossFields):
 class OnlineDPO:
     needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True)
     Config = OnlineDPOConfig
+    # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates).
+    tuning = {"beta": (0.05, 0.2)}
     needs_groups = True  # samples of one prompt stay together in a rollout
     keeps_groups = True  # ... and in a micro-batch: rows (2p, 2p+1) are pair p (online.py)
     uses_old_logps = False  # no importance ratio: the rollout's π_old pass is skipped

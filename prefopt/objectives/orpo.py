@@ -44,6 +44,9 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 @register("orpo")
 class ORPO:
     needs = Needs(data="paired")
+    # The main coefficient (λ, the odds-ratio term's weight) and the values the leaderboard's tuning
+    # grid tries (× its learning rates).
+    tuning = {"beta": (0.05, 0.5)}
 
     @dataclass
     class Config:

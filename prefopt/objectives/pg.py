@@ -377,7 +377,11 @@ def _preset(name: str, **defaults):
     fields = [(k, hints[k], dataclasses.field(default=v)) for k, v in defaults.items()]
     cfg = dataclasses.make_dataclass(f"{name.upper()}Config", [("name", str, dataclasses.field(default=name)), *fields],
                                      bases=(PGConfig,))
-    cls = type(name.upper(), (PolicyGradient,), {"Config": cfg, "__doc__": f"Preset '{name}' of PolicyGradient."})
+    # The main coefficient the leaderboard's tuning grid tries (× its learning rates): β of the KL
+    # term; a preset without one (kl_coef 0: DAPO, Dr. GRPO, CISPO) is tuned over the learning rate alone.
+    tuning = {"kl_coef": (0.01, 0.1)} if cfg().kl_coef > 0 else {}
+    cls = type(name.upper(), (PolicyGradient,), {"Config": cfg, "__doc__": f"Preset '{name}' of PolicyGradient.",
+                                                 "tuning": tuning})
     return register(name)(cls)
 
 

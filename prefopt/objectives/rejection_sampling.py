@@ -32,6 +32,9 @@ from prefopt.registry import Needs, register
 @register("rejection_sampling")
 class RejectionSampling:
     needs = Needs(data="prompt_only", reward=True, rollouts=True)
+    # The main coefficient, n of best-of-n per prompt, and the values the leaderboard's tuning grid
+    # tries (× its learning rates).
+    tuning = {"samples_per_prompt": (4, 8)}
 
     @dataclass
     class Config(RolloutFields):

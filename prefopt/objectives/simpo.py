@@ -34,6 +34,9 @@ from prefopt.registry import Needs, register
 @register("simpo")
 class SimPO:
     needs = Needs(data="paired")
+    # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates);
+    # γ follows β through gamma_beta_ratio.
+    tuning = {"beta": (1.0, 2.5)}
 
     @dataclass
     class Config:
