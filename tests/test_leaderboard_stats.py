@@ -31,74 +31,98 @@ def test_bootstrap_edge_cases_and_monte_carlo_is_seeded():
     assert a.mean == pytest.approx(sum(vals) / 6)
 
 
-def rec(method, seed, gold, kl, *, sweep=None, reward=None, category="offline", proxy=None, gold_ref=0.0,
-        suite="t", task="reviews", **extra):
+def rec(method, seed, gold, kl, *, point=None, reward=None, category="offline", proxy=None, gold_ref=0.0,
+        suite="t", task="reviews", role="report", picks=("best",), val=None, code="c1", cpu="AVX2", **extra):
+    """A result record as a leaderboard job writes it: test numbers in ``eval``, validation in ``eval_periodic``."""
     ev = {"gold_reward": gold, "gold_reward_ref": gold_ref, "win_rate_vs_ref": 0.5 + gold / 10, "kl_to_ref": kl,
           "proxy_reward": proxy, "mean_length": 10.0 + gold, "mean_length_ref": 10.0, "repetition_rate": 0.1}
     ev.update(extra.pop("eval", {}))
-    h = hashlib.sha256(f"{suite}{task}{method}{seed}{sorted((sweep or {}).items())}{reward}".encode()).hexdigest()[:16]
-    return {"config_hash": h, "status": "ok", "algo": method, "seed": seed, "params": dict(sweep or {}),
+    vg, vk = val if val is not None else (gold, kl)
+    h = hashlib.sha256(f"{suite}{task}{method}{seed}{sorted((point or {}).items())}{reward}{role}{code}{cpu}".encode()).hexdigest()[:16]
+    return {"config_hash": h, "result_id": h, "status": "ok", "algo": method, "seed": seed, "params": dict(point or {}),
             "wall_time_s": 10.0, "gen_time_s": 1.0, "train_time_s": 8.0, "peak_mem_mb": 500.0, "tokens_per_s": 1000.0,
             "testbed": {"label_temperature": 0.5}, "eval": ev,
-            "leaderboard": {"suite": suite, "task": task, "seed": seed, "method": method, "algo": method,
-                            "category": category, "reward": reward, "sweep": dict(sweep or {})}, **extra}
+            "eval_periodic": {**ev, "gold_reward": vg, "kl_to_ref": vk},
+            "cost": {"examples": 100, "policy_tokens": 5000, "samples_generated": 0},
+            "code_version": code, "cpu_capability": cpu,
+            "trajectory": [{"step": 0, "gold_reward": gold_ref, "kl_to_ref": 0.0},
+                           {"step": 10, "gold_reward": vg / 2, "kl_to_ref": vk / 4}, {"step": 20, "gold_reward": vg, "kl_to_ref": vk}],
+            "leaderboard": {"suite": suite, "task": task, "seed": seed, "method": method, "algo": method, "role": role,
+                            "picks": list(picks), "category": category, "reward": reward, "point": dict(point or {})},
+            **extra}
 
 
-def test_aggregation_best_of_sweep_budgets_and_gap():
+def bon_rec(seed, *, suite="t", code="c1", cpu="AVX2", proxy_ref=1.0):
+    pts = lambda off: [{"n": n, "kl_to_ref": math.log(n) - (n - 1) / n, "gold_reward": off + 0.1 * n,  # noqa: E731
+                        "gold_reward_oracle": off + 0.2 * n, "proxy_reward": 1.0 + 0.2 * n, "repetition_rate": 0.1,
+                        "win_rate_vs_ref": 0.5, "mean_length": 10.0} for n in (1, 2, 4)]
+    r = rec("best_of_n", seed, 0.4, 0.64, reward="proxy", category="baseline", suite=suite, code=code, cpu=cpu,
+            eval={"proxy_reward_ref": proxy_ref, "best_n": 4})
+    # validation prefers n=2 (its gold falls at n=4): the row's headline is n=2, whatever test says
+    val = [{**p, "gold_reward": 0.5 - abs(p["n"] - 2) * 0.1} for p in pts(0.0)]
+    r.update(best_of_n=pts(0.0), best_of_n_by_split={"val": val, "test": pts(0.0)},
+             reference_by_split={"test": {"gold_reward_ref": 0.0, "mean_length_ref": 10.0}, "val": {"proxy_length_corr": 0.3}})
+    return r
+
+
+def test_aggregation_rows_are_report_picks_with_test_numbers():
     records = [
-        rec("dpo", 0, 1.0, 4.0, sweep={"beta": 0.1}), rec("dpo", 1, 2.0, 6.0, sweep={"beta": 0.1}),
-        rec("dpo", 0, 0.5, 1.0, sweep={"beta": 0.5}), rec("dpo", 1, 0.7, 1.5, sweep={"beta": 0.5}),
-        rec("ppo", 0, 0.3, 2.0, reward="proxy", category="online", proxy=3.0),
-        rec("ppo", 1, 0.5, 2.0, reward="proxy", category="online", proxy=5.0),
-        # best-of-n: π_SFT's proxy reward is 1.0 (seed 0) and 2.0 (seed 1)
-        {**rec("best_of_n", 0, 0.2, 0.19, category="baseline", reward="proxy", eval={"proxy_reward_ref": 1.0}),
-         "best_of_n": [{"n": 1, "kl_to_ref": 0.0, "gold_reward": 0.0, "gold_reward_oracle": 0.0, "proxy_reward": 1.0},
-                       {"n": 2, "kl_to_ref": math.log(2) - 0.5, "gold_reward": 0.2, "gold_reward_oracle": 0.4,
-                        "proxy_reward": 1.5}]},
-        {**rec("best_of_n", 1, 0.1, 0.19, category="baseline", reward="proxy", eval={"proxy_reward_ref": 2.0}),
-         "best_of_n": [{"n": 1, "kl_to_ref": 0.0, "gold_reward": 0.0, "gold_reward_oracle": 0.0, "proxy_reward": 2.0},
-                       {"n": 2, "kl_to_ref": math.log(2) - 0.5, "gold_reward": 0.1, "gold_reward_oracle": 0.3,
-                        "proxy_reward": 2.4}]},
+        # the grid on tuning seed 9: validation prefers β=0.1
+        rec("dpo", 9, 5.0, 4.0, point={"lr": 1e-3, "beta": 0.1}, role="tuning", val=(1.0, 4.0)),
+        rec("dpo", 9, 9.0, 1.0, point={"lr": 1e-3, "beta": 0.5}, role="tuning", val=(0.5, 1.0)),
+        # the report runs of the picks: β=0.1 is "best", β=0.5 "at_budget"
+        rec("dpo", 0, 1.0, 4.0, point={"lr": 1e-3, "beta": 0.1}), rec("dpo", 1, 2.0, 6.0, point={"lr": 1e-3, "beta": 0.1}),
+        rec("dpo", 0, 0.5, 1.0, point={"lr": 1e-3, "beta": 0.5}, picks=("at_budget",)),
+        rec("dpo", 1, 0.7, 1.5, point={"lr": 1e-3, "beta": 0.5}, picks=("at_budget",)),
+        rec("ppo", 0, 0.3, 2.0, reward="proxy", category="online", proxy=3.0, eval={"proxy_reward_ref": 1.0}),
+        rec("ppo", 1, 0.5, 2.0, reward="proxy", category="online", proxy=5.0, eval={"proxy_reward_ref": 2.0}),
+        bon_rec(0), bon_rec(1),
     ]
-    agg = aggregate(records, kl_budgets=[2.0, 10.0])
-    rows = {(r.method, r.reward): r for r in agg["suites"]["t"]["reviews"]}
+    agg = agg_t(records)
+    rows = {(r.method, r.reward): r for r in agg["rows"]}
     dpo = rows[("dpo", None)]
-    # best of the sweep by mean gold: β=0.1 (mean 1.5) over β=0.5 (mean 0.6)
-    assert dpo.best.sweep == {"beta": 0.1}
-    assert dpo.best.est["gold"].mean == pytest.approx(1.5)
-    assert dpo.best.est["kl"].mean == pytest.approx(5.0)
+    assert dpo.chosen == {"best": {"lr": 1e-3, "beta": 0.1}, "at_budget": {"lr": 1e-3, "beta": 0.5}}
+    assert dpo.best.est["gold"].mean == pytest.approx(1.5) and dpo.best.est["kl"].mean == pytest.approx(5.0)
     assert (dpo.best.est["gold"].lo, dpo.best.est["gold"].hi) == (1.0, 2.0)  # 2 seeds: 4 resamples, [min, max]
-    # gold at KL ≤ 2: only β=0.5 (mean KL 1.25) qualifies; at KL ≤ 10 both, the best is β=0.1
-    assert dpo.at_budget[2.0].mean == pytest.approx(0.6)
-    assert dpo.at_budget[10.0].mean == pytest.approx(1.5)
-    assert [p.sweep["beta"] for p in dpo.points] == [0.5, 0.1]  # sorted by KL for the plot
+    assert dpo.at_budget.est["gold"].mean == pytest.approx(0.6)
+    # the grid shown is the tuning runs' validation numbers (not their test numbers 5.0 / 9.0)
+    assert sorted((g["point"]["beta"], g["val_gold"]) for g in dpo.grid) == [(0.1, 1.0), (0.5, 0.5)]
     # proxy−gold gap = T·(proxy − proxy_ref) − (gold − gold_ref) = 0.5·(3−1) − 0.3 = 0.7 and 0.5·(5−2) − 0.5 = 1.0
     ppo = rows[("ppo", "proxy")]
-    assert ppo.best.est["gap"].mean == pytest.approx(0.85)
-    assert ppo.best.est["dlen"].mean == pytest.approx(0.4)
-    # best-of-n expands per n; the oracle is its own row
+    assert ppo.best.est["gap"].mean == pytest.approx(0.85) and ppo.best.est["dlen"].mean == pytest.approx(0.4)
+    # best-of-n: a Point per n with test numbers; the headline n is chosen on validation (n=2)
     bon, oracle = rows[("best-of-n", "proxy")], rows[("best-of-n", "gold")]
-    assert bon.best.sweep == {"n": 2} and bon.best.est["gold"].mean == pytest.approx(0.15)
-    assert oracle.best.est["gold"].mean == pytest.approx(0.35)
-    assert bon.best.est["gap"].mean == pytest.approx((0.5 * 0.5 - 0.2 + 0.5 * 0.4 - 0.1) / 2)
-    # the reference row, and the ordering of rows by gold
-    ref = agg["reference"]["t"]["reviews"]
-    assert ref.est["gold"].mean == 0.0 and ref.est["proxy"].mean == pytest.approx(1.5)
-    assert [r.method for r in agg["suites"]["t"]["reviews"]][0] == "dpo"
+    assert bon.chosen["best"] == {"n": 2}
+    chosen = [p for p in bon.bon_points if p.point["chosen"]]
+    assert [p.point["n"] for p in chosen] == [2] and chosen[0].est["gold"].mean == pytest.approx(0.2)
+    assert [p.est["gold"].mean for p in oracle.bon_points] == pytest.approx([0.2, 0.4, 0.8])
+    # ranks: dpo's seeds beat everything else's, the oracle is not ranked
+    assert dpo.rank == 1 and oracle.rank is None
+    assert agg["reference"].est["gold"].mean == 0.0
 
 
-def test_aggregation_missing_field_and_superseded_results():
-    a = rec("ipo", 0, 1.0, 2.0, finished_at="2026-01-01T00:00:00")
-    b = rec("ipo", 0, 3.0, 2.0, finished_at="2026-01-02T00:00:00")
-    b["config_hash"] = "newer"
-    c = rec("ipo", 1, 2.0, 2.0)
-    del c["eval"]["kl_to_ref"]  # a missing field: left out of that column only
-    agg = aggregate([a, b, c])
-    (row,) = agg["suites"]["t"]["reviews"]
-    assert agg["superseded"] == 1
-    assert row.best.est["gold"].mean == pytest.approx(2.5)  # the newer seed-0 result (3.0) and seed 1 (2.0)
-    assert row.best.est["kl"].n == 1 and row.best.est["kl"].mean == 2.0
-    assert row.best.seeds == 2
+def agg_t(records, **kw):
+    out = aggregate(records, **kw)
+    return out["tasks"]["reviews"]
+
+
+def test_one_code_version_and_machine_per_board():
+    old = [rec("ipo", s, 5.0, 1.0, code="c0") for s in (0, 1, 2)]
+    new = [rec("ipo", s, 1.0, 1.0, code="c1") for s in (0, 1, 2, 3)]
+    other_cpu = [rec("ipo", s, 7.0, 1.0, code="c1", cpu="AVX512") for s in (0,)]
+    agg = aggregate(old + new + other_cpu)
+    assert agg["version"] == ("c1", "AVX2")
+    assert agg["other_versions"] == {("c0", "AVX2"): 3, ("c1", "AVX512"): 1}
+    (row,) = agg["tasks"]["reviews"]["rows"]
+    assert row.best.est["gold"].mean == 1.0 and row.best.seeds == 4  # nothing of c0 or AVX512 mixed in
+
+
+def test_a_run_serving_two_roles_counts_in_both():
+    r = rec("rloo", 0, 0.5, 1.0, reward="proxy", category="online", point={"lr": 1e-3, "kl_coef": 0.01})
+    r["leaderboard"]["also"] = [{"role": "ablation", "pair_prompts": 2048}]
+    agg = agg_t([r])
+    (row,) = agg["rows"]
+    assert row.best.seeds == 1 and list(agg["ablation"]) == [2048]
 
 
 def test_best_of_n_estimator_by_hand():

@@ -1,71 +1,45 @@
-"""Results → rows of the board: per suite and task, one row per (method, reward source) at its best
-β, means over seeds with 95% bootstrap intervals.
+"""Results → the board: per task, one row per (method, reward source) at its validation-chosen
+configuration, test-prompt numbers as means over report seeds with 95% bootstrap intervals.
 
 Rules, in the order they apply:
 
-- records are grouped by suite, task, method, reward source and sweep point (β, n); a later result
-  of the same group and seed (the suite's config changed) replaces an earlier one, and is counted in
-  ``superseded``;
-- the best-of-n record expands into one sweep point per n (picked by the proxy reward model), plus
-  an oracle method (picked by the gold reward);
-- a method's row is its sweep point with the highest mean gold reward (best of the sweep: an
-  optimistic choice made on the evaluation prompts, as in the papers the board imitates);
-- "gold reward at KL ≤ B": the best mean gold reward among the method's sweep points whose mean KL
-  is at most B;
-- proxy−gold gap, in gold units: label_temperature · (proxy − proxy_ref) − (gold − gold_ref). An ideal
-  Bradley–Terry reward model learns gold / label_temperature up to a constant, so the gap is what
-  the proxy claims beyond the real gain; proxy_ref is π_SFT's mean proxy reward on the same prompts
-  (from the best-of-n job of the same task and seed);
-- a missing or null field is left out of that column's mean; the seed count shows how many counted.
+- one code version and one CPU capability per board: the records shown are those of the
+  (code_version, cpu_capability) with the most report results (ties: the newest); the others are
+  counted in ``other_versions`` and named by ``render`` — a row never mixes them;
+- a record serves each role its job had (``leaderboard.role`` and ``leaderboard.also``): reward model,
+  tuning grid point, report pick (``best`` and/or ``at_budget``), ablation point, best-of-n;
+- a method's row is its ``best`` pick on the report seeds (the pick itself was made on validation
+  prompts by :mod:`prefopt.leaderboard.select`); its ``at_budget`` pick is shown beside it;
+- per-seed values are paired across methods (a seed's methods share π_SFT, pairs, reward model), so
+  method-vs-method comparisons resample seeds jointly (:func:`stats.paired_bootstrap`); ranks count
+  only the methods whose paired interval lies above (ties share a rank);
+- trajectories: the validation evaluations every k steps of the report runs, averaged over seeds per
+  step; Gao et al.'s RL form is fitted to each method's curve, the best-of-n form to best-of-n's;
+- proxy reward, calibrated in gold units: gold_ref + label_temperature · (proxy − proxy_ref). An ideal
+  Bradley–Terry reward model learns gold / label_temperature up to a constant; the gap to the gold
+  reward is what the proxy claims beyond the real gain;
+- cost: labels (preference labels the method drew on, directly or through its reward model),
+  samples generated, policy tokens trained on, wall time, peak memory.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prefopt.leaderboard.stats import Estimate, bootstrap_ci
+from prefopt.leaderboard import fits, select
+from prefopt.leaderboard.stats import Estimate, bootstrap_ci, paired_bootstrap, separated_ranks
 
-METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps")
-# The proxy reward model's own evaluation (held-out pairs; prefopt.evaluate.PairwiseEvaluator).
+METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps",
+           "labels", "samples", "tokens", "kl_emp")
 RM_METRICS = ("pairwise_accuracy", "pairwise_accuracy_gold", "label_accuracy_gold")
 REWARD_LABEL = {None: "pairs", "proxy": "proxy RM", "exact": "exact reward", "gold": "gold (oracle)"}
 
 
-@dataclass
-class Point:
-    """One sweep point of one method on one task: per-seed values and their estimates."""
-
-    sweep: dict
-    per_seed: dict = field(default_factory=lambda: defaultdict(dict))  # metric -> {seed: value}
-    est: dict = field(default_factory=dict)  # metric -> Estimate | None
-
-    def estimate(self, seed: int = 0):
-        self.est = {m: bootstrap_ci(list(self.per_seed[m].values()), seed=seed) if self.per_seed.get(m) else None
-                    for m in METRICS}
-        return self
-
-    @property
-    def seeds(self) -> int:
-        return len(self.per_seed.get("gold", {})) or max((len(v) for v in self.per_seed.values()), default=0)
-
-
-@dataclass
-class MethodRow:
-    task: str
-    method: str
-    reward: Optional[str]
-    category: str
-    points: list  # [Point], sorted by mean KL
-    best: Optional[Point] = None
-    at_budget: dict = field(default_factory=dict)  # budget -> Estimate | None
-    beta_key: Optional[str] = None
-    params: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return self.method if self.reward in (None, "proxy") else f"{self.method} ({self.reward})"
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _get(d, *keys):
@@ -76,18 +50,72 @@ def _get(d, *keys):
     return d
 
 
-def _num(v):
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+@dataclass
+class Point:
+    """Per-seed values of one configuration of one method, and their estimates."""
+
+    point: dict
+    per_seed: dict = field(default_factory=lambda: defaultdict(dict))  # metric -> {seed: value}
+    curves: dict = field(default_factory=dict)  # seed -> trajectory [{step, gold, kl, proxy_cal, length}]
+    first_last: dict = field(default_factory=dict)  # seed -> {metric: [first, last]}
+    est: dict = field(default_factory=dict)
+
+    def estimate(self, seed: int = 0):
+        self.est = {m: bootstrap_ci(list(self.per_seed[m].values()), seed=seed) if self.per_seed.get(m) else None
+                    for m in METRICS}
+        return self
+
+    @property
+    def seeds(self) -> int:
+        return len(self.per_seed.get("gold", {})) or max((len(v) for v in self.per_seed.values()), default=0)
+
+    def mean_curve(self) -> list:
+        """[{step, gold, kl, proxy_cal, length, n}] averaged over seeds at each step all of them reached."""
+        steps = defaultdict(list)
+        for traj in self.curves.values():
+            for p in traj:
+                steps[p["step"]].append(p)
+        out = []
+        for s in sorted(steps):
+            pts = steps[s]
+            row = {"step": s, "n": len(pts)}
+            for k in ("gold", "kl", "proxy_cal", "length"):
+                vals = [p[k] for p in pts if p.get(k) is not None]
+                row[k] = sum(vals) / len(vals) if vals else None
+            out.append(row)
+        return out
 
 
-def _metrics(rec: dict, ev: dict, proxy_ref: Optional[float], temp: Optional[float]) -> dict:
+@dataclass
+class MethodRow:
+    task: str
+    method: str
+    reward: Optional[str]
+    category: str
+    best: Optional[Point] = None  # the "best" pick's report runs
+    at_budget: Optional[Point] = None  # the "at_budget" pick's report runs
+    grid: list = field(default_factory=list)  # select.grid_scores of the tuning runs
+    chosen: dict = field(default_factory=dict)  # pick -> grid point
+    budget_gold: dict = field(default_factory=dict)  # KL budget -> Estimate (best gold on the curve within it)
+    fit: Optional[fits.Fit] = None
+    rank: Optional[int] = None
+    bon_points: list = field(default_factory=list)  # best-of-n: a Point per n (test), curve on validation
+
+    @property
+    def label(self) -> str:
+        return self.method if self.reward in (None, "proxy") else f"{self.method} ({self.reward})"
+
+
+def _metrics(rec: dict, ev: dict, temp: Optional[float], labels: Optional[float]) -> dict:
     g, gr = _num(ev.get("gold_reward")), _num(ev.get("gold_reward_ref"))
-    p = _num(ev.get("proxy_reward"))
-    pr = _num(ev.get("proxy_reward_ref", proxy_ref))
+    p, pr = _num(ev.get("proxy_reward")), _num(ev.get("proxy_reward_ref"))
+    cost = rec.get("cost") or {}
     m = {"gold": g, "win": _num(ev.get("win_rate_vs_ref")), "kl": _num(ev.get("kl_to_ref")), "proxy": p,
          "rep": _num(ev.get("repetition_rate")), "wall": _num(rec.get("wall_time_s")),
          "gen": _num(rec.get("gen_time_s")), "train": _num(rec.get("train_time_s")),
-         "mem": _num(rec.get("peak_mem_mb")), "tps": _num(rec.get("tokens_per_s"))}
+         "mem": _num(rec.get("peak_mem_mb")), "tps": _num(rec.get("tokens_per_s")),
+         "labels": labels, "samples": _num(cost.get("samples_generated")), "tokens": _num(cost.get("policy_tokens")),
+         "kl_emp": _num(ev.get("kl_empirical"))}
     L, Lr = _num(ev.get("mean_length")), _num(ev.get("mean_length_ref"))
     m["dlen"] = L - Lr if L is not None and Lr is not None else None
     if None not in (p, pr, temp, g, gr):
@@ -98,92 +126,217 @@ def _metrics(rec: dict, ev: dict, proxy_ref: Optional[float], temp: Optional[flo
     return m
 
 
-def _temperature(rec: dict) -> Optional[float]:
-    return _num(_get(rec, "testbed", "label_temperature"))
+def _curve(rec: dict, temp: Optional[float]) -> list:
+    traj = rec.get("trajectory") or []
+    g0 = next((_num(p.get("gold_reward")) for p in traj if p.get("step") == 0), None)
+    p0 = next((_num(p.get("proxy_reward")) for p in traj if p.get("step") == 0), None)
+    out = []
+    for p in traj:
+        pr = _num(p.get("proxy_reward"))
+        cal = g0 + temp * (pr - p0) if None not in (g0, p0, pr, temp) else None
+        out.append({"step": p.get("step"), "gold": _num(p.get("gold_reward")), "kl": _num(p.get("kl_to_ref")),
+                    "proxy_cal": cal, "length": _num(p.get("mean_length"))})
+    return out
+
+
+def roles(rec: dict) -> list:
+    lb = rec["leaderboard"]
+    return [lb] + [{**lb, **a} for a in (lb.get("also") or [])]
+
+
+def version_groups(records: list) -> dict:
+    """(code_version, cpu_capability) -> records."""
+    out = defaultdict(list)
+    for r in records:
+        out[(r.get("code_version") or "not recorded", r.get("cpu_capability") or "not recorded")].append(r)
+    return out
+
+
+def pick_version(records: list):
+    groups = version_groups(records)
+    if not groups:
+        return None, []
+    score = lambda kv: (sum(any(x.get("role") == "report" for x in roles(r)) for r in kv[1]),  # noqa: E731
+                        max(str(r.get("finished_at") or "") for r in kv[1]))
+    key, recs = max(groups.items(), key=score)
+    return key, recs
 
 
 def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
-    """{"suites": {suite: {task: [MethodRow]}}, "reference": {suite: {task: Point}}, "superseded": int}."""
-    # Latest record per (suite, task, method, reward, sweep, seed).
-    latest, superseded = {}, 0
-    for rec in sorted(records, key=lambda r: (str(r.get("finished_at") or ""), r["config_hash"])):
-        lb = rec["leaderboard"]
-        key = (lb.get("suite"), lb.get("task") or rec.get("task"), lb.get("method") or rec.get("algo"),
-               lb.get("reward"), tuple(sorted((lb.get("sweep") or {}).items())), lb.get("seed", rec.get("seed")))
-        if key in latest:
-            superseded += 1
-        latest[key] = rec
-    # π_SFT's proxy reward per (suite, task, seed), from the best-of-n job (n = 1).
-    proxy_ref = {}
-    for (suite, task, method, _, _, seed), rec in latest.items():
-        if method == "best_of_n":
-            proxy_ref[(suite, task, seed)] = _num(_get(rec, "eval", "proxy_reward_ref"))
-    groups = defaultdict(dict)  # (suite, task, method, reward) -> {sweep: Point}
-    meta = {}
-    ref = defaultdict(lambda: defaultdict(lambda: Point({})))
-    rm_vals = defaultdict(lambda: defaultdict(dict))  # (suite, task) -> metric -> {seed: value}
-    for (suite, task, method, reward, sweep, seed), rec in sorted(latest.items(), key=lambda kv: kv[0][2] == "best_of_n"):
-        lb = rec["leaderboard"]
-        if lb.get("category") == "reward_model":
-            for k in RM_METRICS:
-                v = _num(_get(rec, "eval", k))
+    """{"version": (code, cpu), "other_versions": {(code, cpu): n}, "tasks": {task: {...}}}."""
+    version, recs = pick_version(records)
+    others = {k: len(v) for k, v in version_groups(records).items() if k != version}
+    rm_by_id = {}
+    for r in recs:
+        if any(x.get("role") == "reward_model" for x in roles(r)):
+            rm_by_id[r.get("result_id") or r["config_hash"]] = r
+    tasks = defaultdict(lambda: {"rows": {}, "reference": Point({}), "rm": defaultdict(dict), "tuning": defaultdict(dict),
+                                 "ablation": defaultdict(lambda: Point({})), "rm_by_pairs": defaultdict(dict),
+                                 "proxy_length_corr": {}})
+    for rec in recs:
+        temp = _num(_get(rec, "testbed", "label_temperature"))
+        for lb in roles(rec):
+            task, method, reward, seed, role = lb.get("task"), lb.get("method"), lb.get("reward"), lb.get("seed"), lb.get("role")
+            T = tasks[task]
+            if role == "reward_model":
+                for k in RM_METRICS:
+                    v = _num(_get(rec, "eval", k))
+                    if v is not None:
+                        if lb.get("pair_prompts") is None:
+                            T["rm"][k][seed] = v
+                        if k == "pairwise_accuracy_gold":
+                            T["rm_by_pairs"][lb.get("pair_prompts") or _get(rec, "testbed", "pair_prompts")][seed] = v
+                continue
+            rm = rm_by_id.get(lb.get("rm_hash"))
+            labels = _num(_get(rm, "cost", "examples")) if rm else None
+            if lb.get("category") == "offline":
+                labels = _num(_get(rec, "cost", "examples"))
+            elif reward == "exact":
+                labels = 0.0
+            key = (method, reward)
+            if role == "tuning":
+                T["tuning"][key].setdefault(tuple(sorted(lb.get("point", {}).items())), []).append(rec)
+                T["rows"].setdefault(key, MethodRow(task, method, reward, lb.get("category", "")))
+                continue
+            if role == "ablation":
+                pt = T["ablation"][lb.get("pair_prompts")]
+                pt.curves[seed] = _curve(rec, temp)
+                continue
+            ev = rec.get("eval") or {}
+            ref = T["reference"]
+            if _num(ev.get("gold_reward_ref")) is not None and (method != "best_of_n" or seed not in ref.per_seed["gold"]):
+                ref.per_seed["gold"][seed] = _num(ev["gold_reward_ref"])
+                ref.per_seed["win"][seed], ref.per_seed["kl"][seed], ref.per_seed["dlen"][seed] = 0.5, 0.0, 0.0
+            if method == "best_of_n":
+                _add_best_of_n(T, rec, lb, seed, temp, labels)
+                continue
+            row = T["rows"].setdefault(key, MethodRow(task, method, reward, lb.get("category", "")))
+            for pick in lb.get("picks") or ["best"]:
+                pt = getattr(row, pick) or Point(dict(lb.get("point", {})))
+                setattr(row, pick, pt)
+                row.chosen[pick] = dict(lb.get("point", {}))
+                for m, v in _metrics(rec, ev, temp, labels).items():
+                    if v is not None:
+                        pt.per_seed[m][seed] = v
+                pt.curves[seed] = _curve(rec, temp)
+                pt.first_last[seed] = rec.get("train_first_last") or {}
+    out = {}
+    for task, T in tasks.items():
+        rows = []
+        for key, row in T["rows"].items():
+            grid_recs = T["tuning"].get(key, {})
+            pts = [dict(p) for p in grid_recs]
+            row.grid = select.grid_scores(pts, [grid_recs[p] for p in grid_recs])
+            for pick in ("best", "at_budget"):
+                if getattr(row, pick) is not None:
+                    getattr(row, pick).estimate(boot_seed)
+            if row.best is None and not row.bon_points:
+                continue  # tuned but not (yet) reported
+            if row.best is not None:
+                curve = row.best.mean_curve()
+                g0 = curve[0]["gold"] if curve and curve[0]["step"] == 0 else None
+                if g0 is not None:
+                    row.fit = fits.fit([c["kl"] for c in curve[1:]], [c["gold"] - g0 if c["gold"] is not None else None
+                                                                       for c in curve[1:]], "rl")
+                for b in kl_budgets:
+                    row.budget_gold[b] = _curve_best_within(row.best, b, boot_seed)
+            rows.append(row)
+        for row in rows:
+            for p in row.bon_points:
+                p.estimate(boot_seed)
+        ref = T["reference"].estimate(boot_seed)
+        rows.sort(key=lambda r: -(_row_gold(r).mean if _row_gold(r) else float("-inf")))
+        matrix, ranks = paired_matrix(rows, boot_seed)
+        for r in rows:
+            r.rank = ranks.get(r.label)
+        abl = {n: p for n, p in sorted(T["ablation"].items(), key=lambda kv: kv[0] or 0)}
+        out[task] = {"rows": rows, "reference": ref, "matrix": matrix,
+                     "rm": {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in T["rm"].items()},
+                     "rm_by_pairs": {n: bootstrap_ci(list(v.values()), seed=boot_seed) for n, v in T["rm_by_pairs"].items()},
+                     "ablation": abl, "proxy_length_corr": bootstrap_ci(list(T["proxy_length_corr"].values()), seed=boot_seed)}
+    return {"version": version, "other_versions": others, "tasks": out}
+
+
+def _row_gold(row) -> Optional[Estimate]:
+    if row.best is not None:
+        return row.best.est.get("gold")
+    chosen = next((p for p in row.bon_points if p.point.get("chosen")), None)
+    return chosen.est.get("gold") if chosen else None
+
+
+def _add_best_of_n(T, rec, lb, seed, temp, labels):
+    """best-of-n's record → two rows (proxy pick, gold-pick oracle), a Point per n (test numbers) with a
+    validation curve over n; the n chosen on validation is the row's headline."""
+    by_split = rec.get("best_of_n_by_split") or {"test": rec.get("best_of_n") or []}
+    refs = rec.get("reference_by_split") or {}
+    pick_n = _get(rec, "eval", "best_n")
+    T["proxy_length_corr"][seed] = _num(_get(refs, "val", "proxy_length_corr"))
+    has_proxy = lb.get("reward") == "proxy"
+    for reward, gkey in ((("proxy", "gold_reward"), ("gold", "gold_reward_oracle")) if has_proxy else (("gold", "gold_reward_oracle"),)):
+        row = T["rows"].setdefault(("best-of-n", reward), MethodRow(lb["task"], "best-of-n", reward, "baseline"))
+        val = {p["n"]: p for p in by_split.get("val", [])}
+        for p in by_split.get("test", []):
+            pt = next((q for q in row.bon_points if q.point.get("n") == p["n"]), None)
+            if pt is None:
+                pt = Point({"n": p["n"]})
+                row.bon_points.append(pt)
+                row.bon_points.sort(key=lambda q: q.point["n"])
+            ev = {**(rec.get("eval") or {}), **p, "gold_reward": p.get(gkey),
+                  "gold_reward_ref": _get(refs, "test", "gold_reward_ref") or _get(rec, "eval", "gold_reward_ref"),
+                  "mean_length_ref": _get(refs, "test", "mean_length_ref")}
+            if reward == "gold":
+                ev.pop("proxy_reward", None)
+            for m, v in _metrics({**rec, "train_time_s": 0.0}, ev, temp, labels if reward == "proxy" else 0.0).items():
                 if v is not None:
-                    rm_vals[(suite, task)][k][seed] = v
-            continue
-        ev = rec.get("eval") or {}
-        temp = _temperature(rec)
-        pref = proxy_ref.get((suite, task, seed))
-        rp = ref[suite][task]
-        # π_SFT's gold reward: the evaluator's (the same samples for every method of a seed); the
-        # best-of-n job's own estimate (its n = 1 point) only where no training run has one.
-        if _num(ev.get("gold_reward_ref")) is not None and (method != "best_of_n" or seed not in rp.per_seed["gold"]):
-            rp.per_seed["gold"][seed] = _num(ev["gold_reward_ref"])
-            rp.per_seed["win"][seed] = 0.5
-            rp.per_seed["kl"][seed] = 0.0
-            rp.per_seed["dlen"][seed] = 0.0
-        if pref is not None:
-            rp.per_seed["proxy"][seed] = pref
-        if method == "best_of_n":
-            for pt in rec.get("best_of_n") or []:
-                e = {**ev, **pt, "proxy_reward_ref": ev.get("proxy_reward_ref")}
-                r2 = {**rec, "train_time_s": 0.0}
-                _add(groups, meta, (suite, task, "best-of-n", "proxy"), (("n", pt["n"]),), seed,
-                     _metrics(r2, e, pref, temp), "baseline", {"n": pt["n"]})
-                e2 = {k: v for k, v in e.items() if k not in ("proxy_reward", "win_rate_vs_ref")}
-                e2["gold_reward"] = pt.get("gold_reward_oracle")
-                _add(groups, meta, (suite, task, "best-of-n", "gold"), (("n", pt["n"]),), seed,
-                     _metrics(r2, e2, pref, temp), "baseline", {"n": pt["n"]})
-                if pt["n"] == 1:
-                    rp.per_seed["rep"][seed] = _num(pt.get("repetition_rate"))
-            continue
-        _add(groups, meta, (suite, task, method, reward), sweep, seed, _metrics(rec, ev, pref, temp),
-             lb.get("category", ""), rec.get("params") or {})
-    out = defaultdict(lambda: defaultdict(list))
-    for (suite, task, method, reward), pts in groups.items():
-        points = [p.estimate(boot_seed) for p in pts.values()]
-        points.sort(key=lambda p: (p.est["kl"].mean if p.est.get("kl") else float("inf")))
-        cat, params = meta[(suite, task, method, reward)]
-        row = MethodRow(task=task, method=method, reward=reward, category=cat, points=points, params=params)
-        scored = [p for p in points if p.est.get("gold")]
-        row.best = max(scored, key=lambda p: p.est["gold"].mean) if scored else points[0]
-        for b in kl_budgets:
-            ok = [p for p in scored if p.est.get("kl") and p.est["kl"].mean <= b]
-            row.at_budget[b] = max((p.est["gold"] for p in ok), key=lambda e: e.mean, default=None)
-        row.beta_key = next((k for k in ("beta", "kl_coef", "n") if k in (row.best.sweep or {}) or k in params), None)
-        out[suite][task].append(row)
-    for suite in out:
-        for task in out[suite]:
-            out[suite][task].sort(key=lambda r: -(r.best.est["gold"].mean if r.best.est.get("gold") else float("-inf")))
-    refs = {s: {t: p.estimate(boot_seed) for t, p in d.items()} for s, d in ref.items()}
-    rms = defaultdict(dict)
-    for (suite, task), d in rm_vals.items():
-        rms[suite][task] = {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in d.items()}
-    return {"suites": out, "reference": refs, "superseded": superseded, "reward_models": rms}
+                    pt.per_seed[m][seed] = v
+            vp = val.get(p["n"])
+            if vp is not None:
+                pt.per_seed["val_gold"] = pt.per_seed.get("val_gold") or {}
+                pt.per_seed["val_gold"][seed] = _num(vp.get(gkey))
+        # the headline n: chosen on validation (by the proxy pick's gold; the oracle row by its own)
+        val_means = {q.point["n"]: sum(q.per_seed.get("val_gold", {}).values()) / max(1, len(q.per_seed.get("val_gold", {})))
+                     for q in row.bon_points if q.per_seed.get("val_gold")}
+        if val_means:
+            n_star = max(sorted(val_means), key=lambda n: val_means[n])
+        else:
+            n_star = pick_n
+        for q in row.bon_points:
+            q.point["chosen"] = q.point["n"] == n_star
+        row.chosen["best"] = {"n": n_star}
 
 
-def _add(groups, meta, key, sweep, seed, metrics, category, params):
-    pt = groups[key].setdefault(sweep, Point(dict(sweep)))
-    for m, v in metrics.items():
-        if v is not None:
-            pt.per_seed[m][seed] = v
-    meta.setdefault(key, (category, dict(params)))
+def _curve_best_within(pt: Point, budget: float, boot_seed: int) -> Optional[Estimate]:
+    """Best mean validation gold over the curve's steps whose mean KL ≤ budget, with that step's
+    per-seed interval (a read-off of the trajectory, not a test-set number)."""
+    curve = pt.mean_curve()
+    ok = [c for c in curve if c["kl"] is not None and c["gold"] is not None and c["kl"] <= budget and c["n"] == len(pt.curves)]
+    if not ok:
+        return None
+    best = max(ok, key=lambda c: c["gold"])
+    vals = [next((p["gold"] for p in traj if p["step"] == best["step"]), None) for traj in pt.curves.values()]
+    return bootstrap_ci([v for v in vals if v is not None], seed=boot_seed)
+
+
+def paired_matrix(rows: list, boot_seed: int = 0) -> tuple[dict, dict]:
+    """({(a, b): paired_bootstrap of test gold}, {label: rank}) over the rows' headline configurations."""
+    per = {}
+    for r in rows:
+        if r.reward == "gold":
+            continue  # the oracle (best-of-n picked by the gold reward itself) is a ceiling, not a method
+        if r.best is not None:
+            per[r.label] = dict(r.best.per_seed.get("gold", {}))
+        else:
+            chosen = next((p for p in r.bon_points if p.point.get("chosen")), None)
+            if chosen is not None:
+                per[r.label] = dict(chosen.per_seed.get("gold", {}))
+    names = list(per)
+    matrix, beats = {}, {}
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            common = sorted(set(per[a]) & set(per[b]))
+            res = paired_bootstrap([per[a][s] for s in common], [per[b][s] for s in common], seed=boot_seed)
+            matrix[(a, b)] = res
+            beats[(a, b)] = bool(res and res["n"] > 1 and res["diff"].lo > 0)
+    return matrix, separated_ranks(names, beats)

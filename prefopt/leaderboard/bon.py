@@ -8,6 +8,7 @@ the i-th lowest is the maximum of a uniformly drawn n-subset with probability C(
 
     E[f(best of n)] ≈ Σ_i C(i−1, n−1) / C(N, n) · f(y_(i))
 
+Computed on the validation and on the test prompts: n is chosen on validation, reported on test.
 Reported per n: gold reward of the proxy's pick, proxy reward of the proxy's pick, gold reward of
 the gold reward's own pick (the oracle: what a perfect reward model would get), length,
 repetition, and win rate of the proxy's pick against an independent π_SFT sample.
@@ -37,6 +38,28 @@ def expected_of_pick(score: torch.Tensor, value: torch.Tensor, n: int) -> torch.
     return (value.double().gather(1, order) * pick_weights(N, n)).sum(1)
 
 
+def empirical_kl(score: torch.Tensor, n: int) -> float:
+    """Mean over prompts of KL(pick-of-n ‖ uniform) on the N samples of each prompt ([P, N] scores):
+    Σ_i w_i log(N w_i), with the pick's probability shared equally within a group of tied scores (a
+    tie is broken uniformly at random). Tends to log n − (n−1)/n as N grows with n fixed; smaller
+    when π_SFT repeats completions (ties), larger when N is not ≫ n (at n = N it is log N)."""
+    P, N = score.shape
+    w = pick_weights(N, n)
+    total = 0.0
+    for row in torch.sort(score.double(), dim=1, stable=True).values:
+        ww = w.clone()
+        i = 0
+        while i < N:
+            j = i
+            while j + 1 < N and row[j + 1] == row[i]:
+                j += 1
+            ww[i : j + 1] = ww[i : j + 1].mean()
+            i = j + 1
+        pos = ww > 0
+        total += float((ww[pos] * torch.log(N * ww[pos])).sum())
+    return total / max(P, 1)
+
+
 def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     """The result's eval block per n, plus the references (n = 1) for calibration."""
     import time
@@ -57,49 +80,65 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     tok = world.tokenizer
     # π_SFT loaded exactly as every run loads its policy and reference (dtype, attention backend).
     policy = load_policy(ModelConfig(), path=world.policy_path, vocab_size=len(tok), seed=spec["seed"]).eval()
-    prompts = world.eval_prompts[: ev["num_prompts"]]
-    ids = [chat_prompt_ids(tok, p) for p in prompts]
+    rm = ModelReward(spec["rm_path"], tok) if spec.get("rm_path") else None
     N = int(spec["samples"])
     ns = sorted(n for n in spec["ns"] if 1 <= n <= N)
     scfg = SamplingConfig(temperature=ev["temperature"], max_new_tokens=ev["max_new_tokens"], samples_per_prompt=N,
                           prompts_per_batch=256)
-    tg = time.perf_counter()
-    s = HFSampler(tok.pad_token_id, tok.eos_token_id).sample(policy, ids, scfg, seed=spec["seed"] + 7919)
-    gen_s = time.perf_counter() - tg
-    texts = [tok.decode(c, skip_special_tokens=True) for c in s.completions]
-    p_txt = [p for p in prompts for _ in range(N)]
-    p_ids = [p for p in ids for _ in range(N)]
-    rm = ModelReward(spec["rm_path"], tok)
-    proxy = rm(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions).view(-1, N)
-    gold = torch.tensor(world.task.gold_reward(p_txt, texts), dtype=torch.float64).view(-1, N)
-    length = torch.tensor([len(c) for c in s.completions], dtype=torch.float64).view(-1, N)
-    rep = torch.tensor([repetition_rate(t.split()) for t in texts], dtype=torch.float64).view(-1, N)
-    # win of sample i against an independent π_SFT sample: the other N−1 samples of its prompt
-    beats = (gold[:, :, None] > gold[:, None, :]).double() + 0.5 * (gold[:, :, None] == gold[:, None, :]).double()
-    eye = torch.eye(N, dtype=torch.bool)
-    win = beats.masked_fill(eye, 0).sum(-1) / max(N - 1, 1)
-    points = []
-    for n in ns:
-        points.append({
-            "n": n,
-            "kl_to_ref": best_of_n_kl(n),
-            "gold_reward": float(expected_of_pick(proxy, gold, n).mean()),
-            "proxy_reward": float(expected_of_pick(proxy, proxy, n).mean()),
-            "gold_reward_oracle": float(expected_of_pick(gold, gold, n).mean()),
-            "win_rate_vs_ref": float(expected_of_pick(proxy, win, n).mean()) if N > 1 else 0.5,
-            "mean_length": float(expected_of_pick(proxy, length, n).mean()),
-            "repetition_rate": float(expected_of_pick(proxy, rep, n).mean()),
-        })
-    best = max(points, key=lambda p: p["gold_reward"])
+    gen_s, by_split, refs = 0.0, {}, {}
+    for split in ("val", "test"):
+        prompts = world.heldout[split][: ev["num_prompts"]]
+        ids = [chat_prompt_ids(tok, p) for p in prompts]
+        tg = time.perf_counter()
+        s = HFSampler(tok.pad_token_id, tok.eos_token_id).sample(policy, ids, scfg, seed=spec["seed"] + 7919)
+        gen_s += time.perf_counter() - tg
+        texts = [tok.decode(c, skip_special_tokens=True) for c in s.completions]
+        p_txt = [p for p in prompts for _ in range(N)]
+        p_ids = [p for p in ids for _ in range(N)]
+        gold = torch.tensor(world.task.gold_reward(p_txt, texts), dtype=torch.float64).view(-1, N)
+        # No reward model (a task whose proxy rows are dropped): the pick is the gold reward's own (the oracle).
+        proxy = rm(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions).view(-1, N) if rm else gold
+        length = torch.tensor([len(c) for c in s.completions], dtype=torch.float64).view(-1, N)
+        rep = torch.tensor([repetition_rate(t.split()) for t in texts], dtype=torch.float64).view(-1, N)
+        # win of sample i against an independent π_SFT sample: the other N−1 samples of its prompt
+        beats = (gold[:, :, None] > gold[:, None, :]).double() + 0.5 * (gold[:, :, None] == gold[:, None, :]).double()
+        eye = torch.eye(N, dtype=torch.bool)
+        win = beats.masked_fill(eye, 0).sum(-1) / max(N - 1, 1)
+        points = []
+        for n in ns:
+            points.append({
+                "n": n,
+                "kl_to_ref": best_of_n_kl(n),
+                "kl_empirical": empirical_kl(proxy, n),
+                "gold_reward": float(expected_of_pick(proxy, gold, n).mean()),
+                "proxy_reward": float(expected_of_pick(proxy, proxy, n).mean()) if rm else None,
+                "gold_reward_oracle": float(expected_of_pick(gold, gold, n).mean()),
+                "win_rate_vs_ref": float(expected_of_pick(proxy, win, n).mean()) if N > 1 else 0.5,
+                "mean_length": float(expected_of_pick(proxy, length, n).mean()),
+                "repetition_rate": float(expected_of_pick(proxy, rep, n).mean()),
+            })
+        by_split[split] = points
+        # How the proxy scores length on π_SFT's samples (Pearson r over all samples): the direction a
+        # method that climbs the proxy is expected to move the length in.
+        lc = None
+        if rm and length.numel() > 2 and float(length.std()) > 0 and float(proxy.double().std()) > 0:
+            lc = float(torch.corrcoef(torch.stack([length.reshape(-1), proxy.double().reshape(-1)]))[0, 1])
+        refs[split] = {"gold_reward_ref": float(gold.mean()),
+                       "proxy_reward_ref": float(proxy.double().mean()) if rm else None,
+                       "mean_length_ref": float(length.mean()), "proxy_length_corr": lc}
+    # n is chosen on the validation prompts; the eval block reports that n on the test prompts.
+    pick = max(by_split["val"], key=lambda p: p["gold_reward"])["n"]
+    best = next(p for p in by_split["test"] if p["n"] == pick)
     eval_block = {
-        "gold_reward": best["gold_reward"], "gold_reward_ref": float(gold.mean()),
+        "gold_reward": best["gold_reward"], "gold_reward_ref": refs["test"]["gold_reward_ref"],
         "win_rate_vs_ref": best["win_rate_vs_ref"], "kl_to_ref": best["kl_to_ref"],
-        "proxy_reward": best["proxy_reward"], "proxy_reward_ref": float(proxy.double().mean()),
-        "mean_length": best["mean_length"], "mean_length_ref": float(length.mean()),
-        "repetition_rate": best["repetition_rate"], "best_n": best["n"],
+        "proxy_reward": best["proxy_reward"], "proxy_reward_ref": refs["test"]["proxy_reward_ref"],
+        "mean_length": best["mean_length"], "mean_length_ref": refs["test"]["mean_length_ref"],
+        "repetition_rate": best["repetition_rate"], "best_n": pick,
     }
     wall = time.perf_counter() - t0
     return {"algo": "best_of_n", "task": tb.task, "data": tb.task, "seed": spec["seed"], "model": "tiny",
-            "params": {"n": best["n"], "samples": N, "ns": ns}, "steps": 0, "wall_time_s": round(wall, 3),
+            "params": {"n": pick, "samples": N, "ns": ns}, "steps": 0, "wall_time_s": round(wall, 3),
             "gen_time_s": round(gen_s, 3), "train_time_s": 0.0, "tokens_per_s": None, "eval": eval_block,
-            "best_of_n": points}
+            "eval_split": "test", "best_of_n": by_split["test"], "best_of_n_by_split": by_split, "reference_by_split": refs,
+            "cost": {"examples": 0, "policy_tokens": 0, "samples_generated": N * sum(min(len(world.heldout[sp]), ev["num_prompts"]) for sp in by_split)}}

@@ -1,11 +1,11 @@
-"""``prefopt-leaderboard``: run the protocol, render the board.
+"""``prefopt-leaderboard``: run the protocol (reward models → tuning grid → report seeds), render the board.
 
     prefopt-leaderboard run suite=quick|standard [hydra/launcher=joblib hydra.launcher.n_jobs=2]
     prefopt-leaderboard plan suite=standard          # list the jobs and which are done, run nothing
     prefopt-leaderboard render                       # leaderboard/LEADERBOARD.md, frontier.png, index.html
 
 Options (key=value): ``suite`` (a name in conf/leaderboard/ or a YAML path), ``dir`` (default
-``leaderboard``: results/ and the rendered files; scratch under work/), ``seeds=[0,1]`` and
+``leaderboard``: results/ and the rendered files; scratch under work/), ``seeds=[0,1]`` (report seeds) and
 ``tasks=[reviews]`` (replace the suite's), ``only='[*dpo*,*-s0-*]'`` (job-id patterns; a job's reward
 model comes along), ``threads`` (torch threads per job; default: cores / jobs
 under the joblib launcher). ``hydra/…`` and ``hydra.…`` overrides go to the Hydra multirun of each
@@ -125,6 +125,16 @@ def suite_for(own: dict, train_ovr: list) -> dict:
     return suite
 
 
+def _filter_only(jobs: list, only: str) -> list:
+    import fnmatch
+
+    pats = [p.strip() for p in only.strip("[]").split(",") if p.strip()]
+    keep = {j.id for j in jobs if any(fnmatch.fnmatch(j.id, p) for p in pats)}
+    # a kept stage-2/3 job brings its reward model along
+    rms = {j.meta.get("rm_hash") for j in jobs if j.id in keep}
+    return [j for j in jobs if j.id in keep or (j.stage == 1 and j.hash in rms)]
+
+
 def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     from prefopt.leaderboard import store
     from prefopt.leaderboard.plan import plan, write_manifest
@@ -132,37 +142,34 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     threads = _threads(own, hydra_ovr)  # a bad value must stop the run before the plan is written
     suite = suite_for(own, train_ovr)
     res, work = suite["_results_dir"], suite["_work_dir"]
-    print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, seeds {suite['seeds']}; planning…", flush=True)
-    jobs, notes = plan(suite, work)
-    for n in notes:
-        print(f"  note: {n}")
+    print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, report seeds {suite['seeds']}, "
+          f"tuning seeds {suite['tuning_seeds']}; planning…", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}.json")
-    write_manifest(manifest, suite, jobs)
-    if "only" in own:
-        import fnmatch
-
-        pats = [p.strip() for p in own["only"].strip("[]").split(",") if p.strip()]
-        keep = {j.id for j in jobs if any(fnmatch.fnmatch(j.id, p) for p in pats)}
-        # a kept stage-2 job brings its reward model along
-        rms = {j.meta.get("rm_hash") for j in jobs if j.id in keep}
-        jobs = [j for j in jobs if j.id in keep or (j.stage == 1 and j.hash in rms)]
-    done = {j.id for j in jobs if store.has_result(res, j.hash)}
-    print(f"  {len(jobs)} jobs ({len(done)} already have a result); plan: {manifest}")
-    if dry:
-        for j in jobs:
-            print(f"  [{'done' if j.id in done else 'todo'}] stage {j.stage} {j.id} {j.hash}")
-        return 0
-    rc = 0
-    for stage in sorted({j.stage for j in jobs}):
+    rc, shown_notes = 0, set()
+    # The report stage depends on the tuning stage's validation numbers: plan again before each stage.
+    for stage in (1, 2, 3):
+        jobs, notes = plan(suite, work, res)
+        for n in notes:
+            if n not in shown_notes and (dry or stage == 3 or not n.endswith(" in)")):
+                print(f"  note: {n}")
+                shown_notes.add(n)
+        if "only" in own:
+            jobs = _filter_only(jobs, own["only"])
+        manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}-stage{stage}.json")
+        write_manifest(manifest, suite, jobs)
+        done = {j.id for j in jobs if store.has_result(res, j.hash)}
+        if dry:
+            print(f"  {len(jobs)} jobs planned now ({len(done)} already have a result); plan: {manifest}")
+            for j in jobs:
+                print(f"  [{'done' if j.id in done else 'todo'}] stage {j.stage} {j.id} {j.hash}")
+            return 0
         todo = [j for j in jobs if j.stage == stage and j.id not in done]
-        blocked = [j for j in todo if j.meta.get("rm_hash") and not store.has_result(res, j.meta["rm_hash"])
-                   and stage > 1]
+        blocked = [j for j in todo if j.meta.get("rm_hash") and not store.has_result(res, j.meta["rm_hash"]) and stage > 1]
         todo = [j for j in todo if j not in blocked]
         for j in blocked:
             print(f"  stage {stage}: {j.id} skipped: its reward model ({j.meta['rm_hash']}) has no result")
         if not todo:
-            print(f"  stage {stage}: nothing to run")
+            print(f"  stage {stage}: nothing to run ({sum(j.stage == stage for j in jobs)} jobs, all done)")
             continue
         cmd = [sys.executable, "-m", "prefopt.leaderboard.job", "-m", f"manifest={manifest}",
                f"job={','.join(j.id for j in todo)}", f"threads={threads}",

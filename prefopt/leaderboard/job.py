@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from prefopt.leaderboard import store
+from prefopt.leaderboard.identity import code_version
 from prefopt.train import cpu_capability
 
 
@@ -99,10 +100,11 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)  # an earlier attempt that left no result
     os.makedirs(run_dir)
-    base = {"config_hash": job.hash, "leaderboard": {**job.meta, "job": job.id, "stage": job.stage,
+    base = {"result_id": job.hash, "leaderboard": {**job.meta, "job": job.id, "stage": job.stage,
                                                        "kind": job.kind, "overrides": job.overrides,
                                                        "threads": torch.get_num_threads()},
-            "result_version": store.RESULT_VERSION, "git_commit": _git_commit(), "cpu_capability": cpu_capability()}
+            "result_version": store.RESULT_VERSION, "git_commit": _git_commit(), "cpu_capability": cpu_capability(),
+            "code_version": code_version()}
     print(f"[leaderboard] {job.id}: running → {run_dir}", flush=True)
     t0 = time.perf_counter()
     _reset_peak_rss()
@@ -111,8 +113,10 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
             from prefopt.leaderboard.bon import run_best_of_n
             from prefopt.train import versions
 
+            from prefopt.leaderboard.plan import spec_hash
+
             summary = run_best_of_n(job.spec, run_dir, console)
-            summary.update(config_hash=job.hash, versions=versions(), peak_mem_mb=None, testbed=job.spec["testbed"])
+            summary.update(config_hash=spec_hash(job.spec), versions=versions(), peak_mem_mb=None, testbed=job.spec["testbed"])
         else:
             summary = _train(job, run_dir, console)
         rec = {**summary, **base, "status": "ok"}
@@ -125,7 +129,8 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
         print(f"[leaderboard] {job.id}: FAILED: {msg}", file=sys.stderr, flush=True)
         if not isinstance(e, UserError):
             traceback.print_exc()
-        rec = {**base, "status": "failed", "error": msg[-2000:], "wall_time_s": round(time.perf_counter() - t0, 3)}
+        rec = {**base, "config_hash": None, "status": "failed", "error": msg[-2000:],
+               "wall_time_s": round(time.perf_counter() - t0, 3)}
     rec["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     store.write_result(results_dir, rec)
     print(f"[leaderboard] {job.id}: {rec['status']} in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -135,17 +140,18 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
 def _train(job, run_dir, console) -> dict:
     from omegaconf import OmegaConf
 
+    from prefopt.leaderboard.identity import result_id
     from prefopt.leaderboard.plan import compose
     from prefopt.train import config_hash, run
 
     cfg = compose(job.overrides)
     h = config_hash(cfg)
-    if h != job.hash:
+    if result_id(h, code_version(), cpu_capability()) != job.hash:
         # conf/ changed while the suite ran (a new key, a new default). The result is filed under the
         # plan's hash (dependants find it there) and keeps the hash it really ran under; the next
         # `run` plans the new hash, finds no result for it, and runs it again.
-        print(f"[leaderboard] {job.id}: warning: config hash {h} differs from the plan's {job.hash} (conf/ changed "
-              "since planning)", file=sys.stderr, flush=True)
+        print(f"[leaderboard] {job.id}: warning: identity of config {h} differs from the plan's {job.hash} (conf/, the "
+              "code or the machine changed since planning)", file=sys.stderr, flush=True)
     os.makedirs(os.path.join(run_dir, ".hydra"), exist_ok=True)
     with open(os.path.join(run_dir, ".hydra", "resolved.yaml"), "w") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
@@ -153,9 +159,52 @@ def _train(job, run_dir, console) -> dict:
         f.write(OmegaConf.to_yaml(OmegaConf.create(list(job.overrides))))
     summary = run(cfg, run_dir, console)
     summary["run_config_hash"] = h
+    summary["trajectory"], summary["train_first_last"] = read_curves(os.path.join(run_dir, "metrics.jsonl"))
+    if summary["trajectory"] and isinstance(summary.get("eval_periodic"), dict):
+        # Step 0 is π_SFT itself: KL 0, its own gold (and proxy) reward on the same validation prompts.
+        ep = summary["eval_periodic"]
+        summary["trajectory"].insert(0, {"step": 0, "gold_reward": ep.get("gold_reward_ref"), "kl_to_ref": 0.0,
+                                         "proxy_reward": ep.get("proxy_reward_ref"),
+                                         "mean_length": ep.get("mean_length_ref")})
     tb = cfg.data.get("testbed") if "data" in cfg else None
     summary["testbed"] = OmegaConf.to_container(tb, resolve=True) if tb is not None else None
     return summary
+
+
+# Training metrics whose first and last values the board's sanity checks read (DPO-family margins and
+# chosen log-probs); the rest of metrics.jsonl stays in the run directory.
+TRACKED = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy", "kl")
+CURVE = ("gold_reward", "kl_to_ref", "proxy_reward", "proxy_reward_ref", "gold_reward_ref", "mean_length",
+         "win_rate_vs_ref")
+
+
+def read_curves(path: str) -> tuple[list, dict]:
+    """(validation trajectory [{step, gold_reward, kl_to_ref, ...}], {metric: [first, last]}) from metrics.jsonl."""
+    import json
+
+    traj, first, last = [], {}, {}
+    if not os.path.exists(path):
+        return traj, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if any(k.startswith("eval/") for k in row):
+                pt = {"step": row.get("step")}
+                pt.update({k: row.get(f"eval/{k}") for k in CURVE if f"eval/{k}" in row})
+                if traj and traj[-1]["step"] == pt["step"]:
+                    traj[-1] = pt
+                else:
+                    traj.append(pt)
+                continue
+            for k in TRACKED:
+                v = row.get(k)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    first.setdefault(k, v)
+                    last[k] = v
+    return traj, {k: [first[k], last[k]] for k in first}
 
 
 def main():

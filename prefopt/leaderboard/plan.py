@@ -1,20 +1,23 @@
 """The protocol as a list of jobs, derived from the registry and a suite (conf/leaderboard/NAME.yaml).
 
-Per task and seed:
+Per task and seed (tuning seeds and report seeds alike; seeds share nothing but the code):
 
-- stage 1: the proxy reward model: the suite's ``reward_model`` objective (its ``needs.head`` is
-  "scalar") trained on the testbed's preference pairs; its ``model/`` directory is a
-  sequence-classification checkpoint at a path fixed by its config hash;
-- stage 2: every other registered objective, read by its declarations, never by its name:
-  ``needs.rollouts`` or ``needs.reward`` → online, against the proxy reward model
-  (``reward=model reward.path=…``) and, on tasks listed in ``exact_reward``, against the
-  verifiable reward too; ``paired`` / ``unpaired`` data → offline on the same pairs;
-  ``demonstrations`` → SFT (left off unless the suite asks: see standard.yaml's ``exclude``);
-  plus the best-of-n baseline.
+- stage 1: the proxy reward model on tasks listed in ``proxy_tasks``: the suite's ``reward_model``
+  objective (its ``needs.head`` is "scalar") trained on the testbed's preference pairs; its
+  ``model/`` directory is a sequence-classification checkpoint at a path fixed by its identity;
+  plus, for the pairs ablation, reward models trained on other numbers of pairs;
+- stage 2, tuning: every other registered objective, read by its declarations, never by its name
+  (``needs.rollouts`` or ``needs.reward`` → online, against the proxy reward model where the task has
+  one and against the verifiable reward on tasks listed in ``exact_reward``; ``paired`` / ``unpaired``
+  data → offline on the same pairs), over its grid — the suite's learning rates for the task × the
+  values of the coefficient the objective declares (``Objective.tuning``) — on the tuning seeds;
+- stage 3, report: the picks of :mod:`prefopt.leaderboard.select` (validation numbers only) on the
+  report seeds, the best-of-n baseline, and the pairs ablation. Planned once the tuning results of a
+  method are in (``run`` plans again after every stage).
 
-Every job is a list of Hydra overrides of conf/train.yaml; its identity is ``config_hash`` of the
-composed config, computed here once (the job recomputes and checks it), so a job whose hash
-already has a result is skipped.
+Every job is a list of Hydra overrides of conf/train.yaml; its identity is a hash of the composed
+config, the code version and the CPU capability (:mod:`prefopt.leaderboard.identity`), computed here
+once (the job recomputes and checks it), so a job whose identity already has a result is skipped.
 """
 
 from __future__ import annotations
@@ -59,9 +62,22 @@ def load_suite(name_or_path: str) -> dict:
     for key in ("name", "seeds", "tasks"):
         if key not in suite:
             raise UserError(f"suite {name_or_path}: missing key '{key}'")
-    defaults = dict(seed_keys=["seed"], exclude=[], reward_model="reward", exact_reward={}, common=[], stage1=[],
-                    offline=[], online=[], online_task={}, algo={}, sweep={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16},
-                    kl_budgets=[])
+    defaults = dict(seed_keys=["seed"], tuning_seeds=[], exclude=[], reward_model="reward", proxy_tasks=None,
+                    exact_reward={}, lr_grid={}, pick_kl_budget=None, common=[], stage1=[], offline=[], online=[],
+                    online_task={}, algo={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16}, kl_budgets=[],
+                    ablation=None)
+    suite = {**defaults, **suite}
+    if suite["proxy_tasks"] is None:
+        suite["proxy_tasks"] = list(suite["tasks"])
+    overlap = set(suite["seeds"]) & set(suite["tuning_seeds"])
+    if overlap:
+        raise UserError(f"suite {name_or_path}: seeds {sorted(overlap)} are both tuning and report seeds; accepted: "
+                        "disjoint lists (a number that chose a configuration is never reported as its result)")
+    for task in suite["tasks"]:
+        lrs = suite["lr_grid"].get(task, suite["lr_grid"].get("default"))
+        if not lrs:
+            raise UserError(f"suite {name_or_path}: lr_grid has no learning rates for task {task}; accepted: "
+                            f"lr_grid: {{{task}: [..], default: [..]}}")
     return {**defaults, **suite}
 
 
@@ -108,27 +124,27 @@ def classify(needs) -> str:
     return "other"
 
 
-def plan(suite: dict, work_dir: str) -> tuple[list, list]:
-    """(jobs, notes): every job of the suite in stage order, and a line per method left off."""
+def plan(suite: dict, work_dir: str, results_dir: Optional[str] = None) -> tuple[list, list]:
+    """(jobs, notes): every job of the suite that can be planned now, in stage order, and notes (a
+    line per method left off, and per method whose report runs wait for its tuning results)."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return _plan(suite, work_dir)
+        return _plan(suite, work_dir, results_dir)
     with initialize_config_module(config_module="prefopt.conf", version_base=None):
-        return _plan(suite, work_dir)
+        return _plan(suite, work_dir, results_dir)
 
 
-def _plan(suite: dict, work_dir: str) -> tuple[list, list]:
+def methods_of(suite: dict) -> tuple[list, list]:
+    """([(name, Objective, kind)], notes): the registered objectives the suite runs."""
     from prefopt.registry import available, get_objective
 
-    notes, jobs = [], []
-    names = available()
+    notes, methods = [], []
     rm_algo = suite["reward_model"]
-    if rm_algo not in names or classify(get_objective(rm_algo).needs) != "reward_model":
+    if rm_algo not in available() or classify(get_objective(rm_algo).needs) != "reward_model":
         raise UserError(f"suite {suite['name']}: reward_model '{rm_algo}' is not a registered objective with a scalar head")
-    methods = []
-    for name in names:
+    for name in available():
         Obj = get_objective(name)
         kind = classify(Obj.needs)
         if name in suite["exclude"]:
@@ -141,64 +157,195 @@ def _plan(suite: dict, work_dir: str) -> tuple[list, list]:
             notes.append(f"{name}: not run (no conf/algo/{name}.yaml preset)")
         else:
             methods.append((name, Obj, kind))
+    return methods, notes
 
-    # Seed-major: an interrupted run leaves whole seeds, not a method missing everywhere.
-    for seed in suite["seeds"]:
+
+def grid_of(suite: dict, task: str, Obj) -> list:
+    """The tuning grid of one method on one task: [{override key: value}] in grid order."""
+    lrs = suite["lr_grid"].get(task, suite["lr_grid"].get("default"))
+    points = [{"trainer.lr": float(lr)} for lr in lrs]
+    for key, values in (getattr(Obj, "tuning", None) or {}).items():
+        if key not in _algo_fields(Obj):
+            raise UserError(f"{Obj.__name__}.tuning names '{key}', which its Config does not have")
+        points = [{**p, f"algo.{key}": v} for p in points for v in values]
+    return points
+
+
+def _short(point: dict) -> dict:
+    return {k.split(".")[-1]: v for k, v in point.items()}
+
+
+def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list, list]:
+    from prefopt.leaderboard import select, store
+    from prefopt.leaderboard.identity import code_version
+    from prefopt.registry import get_objective
+    from prefopt.train import cpu_capability
+
+    code, cpu = code_version(), cpu_capability()
+    methods, notes = methods_of(suite)
+    jobs = []
+    rm_algo = suite["reward_model"]
+    RM = get_objective(rm_algo)
+    abl = suite.get("ablation") or None
+    report_seeds, tuning_seeds = list(suite["seeds"]), list(suite["tuning_seeds"]) or list(suite["seeds"])
+    if not suite["tuning_seeds"]:
+        notes.append("no tuning seeds: the grid runs on the report seeds (selection and report share seeds)")
+
+    by_hash = {}
+
+    def add(job: Job) -> Job:
+        job.hash = job_identity(job.overrides, code, cpu)
+        job.meta.update(code_version=code, cpu_capability=cpu)
+        if job.hash in by_hash:
+            # The same run serves another role too (the ablation's default pair count is the
+            # standard reward model; a report pick can be the ablation's point): run it once.
+            first = by_hash[job.hash]
+            first.meta.setdefault("also", []).append({k: v for k, v in job.meta.items()
+                                                      if k not in ("code_version", "cpu_capability")})
+            return first
+        by_hash[job.hash] = job
+        jobs.append(job)
+        return job
+
+    def base_of(task, seed):
+        return [f"data={task}", *[f"{k}={seed}" for k in suite["seed_keys"]], *suite["common"]]
+
+    def rm_job(task, seed, pair_prompts=None):
+        extra = [] if pair_prompts is None else [f"data.testbed.pair_prompts={pair_prompts}"]
+        suffix = "" if pair_prompts is None else f"-pairs{pair_prompts}"
+        return add(Job(id=f"{task}-s{seed}-{rm_algo}{suffix}", stage=1, kind="train",
+                       overrides=[f"algo={rm_algo}", *base_of(task, seed), *_applicable(suite["stage1"], RM), *extra],
+                       meta={"suite": suite["name"], "task": task, "seed": seed, "method": rm_algo, "algo": rm_algo,
+                             "category": "reward_model", "reward": None, "role": "reward_model", "point": {},
+                             "pair_prompts": pair_prompts}))
+
+    def method_job(task, seed, name, Obj, kind, rw, point, role, rm, stage, extra_meta=None, tag=""):
+        extra = _applicable(suite["offline"] if kind != "online" else suite["online"], Obj)
+        if kind == "online":
+            extra += _applicable(suite["online_task"].get(task, []), Obj)
+        extra += _applicable(suite["algo"].get(name, []), Obj)
+        rw_ovr = []
+        if rw == "proxy":
+            rw_ovr = ["reward=model", f"reward.path={os.path.join(work_dir, 'runs', rm.hash, 'model')}"]
+        elif rw == "exact":
+            rw_ovr = [f"reward={suite['exact_reward'][task]}"]
+        pt = [f"{k}={_fmt(v)}" for k, v in point.items()]
+        label = name + ("" if rw in (None, "proxy") else f"-{rw}")
+        jid = _slug(f"{task}-s{seed}-{label}" + "".join(f"-{k}{_fmt(v)}" for k, v in _short(point).items())
+                    + tag)
+        return add(Job(id=jid, stage=stage, kind="train",
+                       overrides=[f"algo={name}", *base_of(task, seed), *extra, *rw_ovr, *pt],
+                       meta={"suite": suite["name"], "task": task, "seed": seed, "method": name, "algo": name,
+                             "category": kind, "reward": rw, "rm_hash": rm.hash if rw == "proxy" else None,
+                             "role": role, "point": _short(point), **(extra_meta or {})}))
+
+    def rewards_of(task, kind):
+        if kind != "online":
+            return [None]
+        out = ["proxy"] if task in suite["proxy_tasks"] else []
+        return out + (["exact"] if task in suite["exact_reward"] else [])
+
+    # Seed-major within each stage: an interrupted run leaves whole seeds, not a method missing everywhere.
+    rms = {}
+    for seed in tuning_seeds + [s for s in report_seeds if s not in tuning_seeds]:
         for task in suite["tasks"]:
-            base = [f"data={task}", *[f"{k}={seed}" for k in suite["seed_keys"]], *suite["common"]]
-            meta0 = {"suite": suite["name"], "task": task, "seed": seed}
-            # stage 1: the proxy reward model
-            RM = get_objective(rm_algo)
-            rm = Job(id=f"{task}-s{seed}-{rm_algo}", stage=1, kind="train",
-                     overrides=[f"algo={rm_algo}", *base, *_applicable(suite["stage1"], RM)],
-                     meta={**meta0, "method": rm_algo, "algo": rm_algo, "category": "reward_model", "reward": None,
-                           "sweep": {}})
-            jobs.append(rm)
-            rm.hash = compose_hash(rm.overrides)
-            rm_path = os.path.join(work_dir, "runs", rm.hash, "model")
-            # stage 2: every method
+            if task in suite["proxy_tasks"]:
+                rms[(task, seed)] = rm_job(task, seed)
+    if abl:
+        for seed in abl["seeds"]:
+            for n in abl["pair_prompts"]:
+                rms[(abl["task"], seed, n)] = rm_job(abl["task"], seed, n)
+    # stage 2: the grid on the tuning seeds
+    grids = {}
+    for seed in tuning_seeds:
+        for task in suite["tasks"]:
             for name, Obj, kind in methods:
-                extra = _applicable(suite["offline"] if kind != "online" else suite["online"], Obj)
-                if kind == "online":
-                    extra += _applicable(suite["online_task"].get(task, []), Obj)
-                extra += _applicable(suite["algo"].get(name, []), Obj)
-                rewards = [None]
-                if kind == "online":
-                    rewards = [("proxy", [f"reward=model", f"reward.path={rm_path}"])]
-                    if task in suite["exact_reward"]:
-                        rewards.append(("exact", [f"reward={suite['exact_reward'][task]}"]))
-                sweep = suite["sweep"].get(name) or {}
-                swept = [{}]
-                for key, values in sweep.items():
-                    swept = [{**p, key: v} for p in swept for v in values]
-                for rw in rewards:
-                    # the sweep applies to the pairs / proxy-reward runs; the exact-reward run uses the preset
-                    for point in (swept if rw is None or rw[0] == "proxy" else [{}]):
-                        sw = [f"{k}={_fmt(v)}" for k, v in point.items()]
-                        label = name + ("" if rw is None or rw[0] == "proxy" else f"-{rw[0]}")
-                        jid = _slug(f"{task}-s{seed}-{label}" + "".join(f"-{k.split('.')[-1]}{_fmt(v)}" for k, v in point.items()))
-                        j = Job(id=jid, stage=2, kind="train",
-                                overrides=[f"algo={name}", *base, *extra, *(rw[1] if rw else []), *sw],
-                                meta={**meta0, "method": name, "algo": name, "category": kind,
-                                      "reward": rw[0] if rw else None, "rm_hash": rm.hash if rw and rw[0] == "proxy" else None,
-                                      "sweep": {k.split(".")[-1]: v for k, v in point.items()}})
-                        j.hash = compose_hash(j.overrides)
-                        jobs.append(j)
-            # the best-of-n baseline
-            cfg = compose(base)
+                for rw in rewards_of(task, kind):
+                    grid = grid_of(suite, task, Obj)
+                    for i, point in enumerate(grid):
+                        j = method_job(task, seed, name, Obj, kind, rw, point, "tuning", rms.get((task, seed)), 2)
+                        grids.setdefault((task, name, rw), (grid, [[] for _ in grid]))[1][i].append(j)
+    # stage 3: the picks on the report seeds (once the grid's results are in), best-of-n, the ablation
+    loaded = store.load_results(results_dir) if results_dir else None
+    by_id = {r.get("result_id") or r["config_hash"]: r for r in (loaded.ok if loaded else [])}
+    picks_of = {}
+    for (task, name, rw), (grid, grid_jobs) in grids.items():
+        recs = [[by_id[j.hash] for j in js if j.hash in by_id] for js in grid_jobs]
+        if any(len(r) < len(js) for r, js in zip(recs, grid_jobs)):
+            done = sum(len(r) for r in recs)
+            notes.append(f"{task}/{name}{'' if rw in (None, 'proxy') else '-' + rw}: report runs wait for its tuning "
+                         f"results ({done}/{sum(len(js) for js in grid_jobs)} in)")
+            continue
+        scored = select.grid_scores(grid, recs)
+        chosen = select.choose(scored, suite["pick_kl_budget"])
+        if chosen["best"] is None:
+            notes.append(f"{task}/{name}: no grid point has a validation score; nothing to report")
+            continue
+        picks_of[(task, name, rw)] = (scored, chosen)
+    for seed in report_seeds:
+        for task in suite["tasks"]:
+            for name, Obj, kind in methods:
+                for rw in rewards_of(task, kind):
+                    if (task, name, rw) not in picks_of:
+                        continue
+                    scored, chosen = picks_of[(task, name, rw)]
+                    made = {}
+                    for pick in ("best", "at_budget"):
+                        c = chosen[pick]
+                        if c is None:
+                            continue
+                        pkey = tuple(sorted(c["point"].items()))
+                        if pkey in made:  # both picks chose the same point: one run serves both
+                            made[pkey].meta["picks"].append(pick)
+                            continue
+                        made[pkey] = method_job(task, seed, name, Obj, kind, rw, c["point"], "report",
+                                                rms.get((task, seed)), 3,
+                                                {"picks": [pick], "grid": [{**g, "point": _short(g["point"])} for g in scored]})
+            # the best-of-n baseline (from π_SFT; n chosen on validation inside the job)
+            cfg = compose(base_of(task, seed))
             bon = suite["best_of_n"]
+            rm = rms.get((task, seed))
+            rm_path = os.path.join(work_dir, "runs", rm.hash, "model") if rm else None
             spec = {"kind": "best_of_n", "testbed": OmegaConf.to_container(cfg.data.testbed, resolve=True),
                     "eval": OmegaConf.to_container(cfg.eval, resolve=True), "seed": seed, "ns": list(bon["ns"]),
-                    "samples": int(bon["samples"]), "rm_hash": rm.hash, "rm_path": rm_path, "v": 1}
-            jobs.append(Job(id=f"{task}-s{seed}-best_of_n", stage=2, kind="best_of_n", overrides=[],
-                            meta={**meta0, "method": "best_of_n", "algo": None, "category": "baseline",
-                                  "reward": "proxy", "rm_hash": rm.hash, "sweep": {}},
-                            hash=spec_hash(spec), spec=spec))
+                    "samples": int(bon["samples"]), "rm_hash": rm.hash if rm else None, "rm_path": rm_path, "v": 2}
+            j = Job(id=f"{task}-s{seed}-best_of_n", stage=3, kind="best_of_n", overrides=[],
+                    meta={"suite": suite["name"], "task": task, "seed": seed, "method": "best_of_n", "algo": None,
+                          "category": "baseline", "reward": "proxy" if rm else "gold", "rm_hash": rm.hash if rm else None,
+                          "role": "report", "point": {}, "code_version": code, "cpu_capability": cpu},
+                    spec=spec)
+            j.hash = result_identity(spec_hash(spec), code, cpu)
+            jobs.append(j)
+    if abl:
+        key = (abl["task"], abl["method"], "proxy")
+        if key in picks_of:
+            _, chosen = picks_of[key]
+            Obj = get_objective(abl["method"])
+            point = {"trainer.lr": chosen["best"]["point"]["trainer.lr"]}
+            for k, vals in (getattr(Obj, "tuning", None) or {}).items():
+                point[f"algo.{k}"] = min(vals)  # the weakest regularisation: where a peak shows first
+            for seed in abl["seeds"]:
+                for n in abl["pair_prompts"]:
+                    # Only the reward model differs (trained on n pairs); the policy's prompts do not.
+                    method_job(abl["task"], seed, abl["method"], Obj, "online", "proxy", point, "ablation",
+                               rms[(abl["task"], seed, n)], 3, {"pair_prompts": n}, tag=f"-rmpairs{n}")
+        elif abl["method"] not in [m[0] for m in methods]:
+            notes.append(f"ablation: method {abl['method']} is not run by the suite")
     ids = [j.id for j in jobs]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise UserError(f"suite {suite['name']}: job ids collide: {sorted(dup)}")
     return jobs, notes
+
+
+def result_identity(config_or_spec_hash: str, code: str, cpu: str) -> str:
+    from prefopt.leaderboard.identity import result_id
+
+    return result_id(config_or_spec_hash, code, cpu)
+
+
+def job_identity(overrides: list, code: str, cpu: str) -> str:
+    return result_identity(compose_hash(overrides), code, cpu)
 
 
 def spec_hash(spec: dict) -> str:

@@ -14,31 +14,34 @@ import math
 import os
 from collections import Counter
 
+from prefopt.leaderboard import checks
 from prefopt.leaderboard.aggregate import REWARD_LABEL, aggregate
 from prefopt.leaderboard.store import load_results
 
-# Column: (title, metric, direction for "best": +1 higher, -1 lower, 0 closest to zero, None unmarked, digits)
-COLUMNS = [
-    ("gold reward", "gold", +1, 3),
-    ("win rate vs π_ref", "win", +1, 3),
-    ("KL(π‖π_ref)", "kl", None, 2),
-    ("proxy−gold gap", "gap", 0, 3),
-    ("Δ length (tokens)", "dlen", 0, 1),
-    ("repetition", "rep", -1, 3),
-]
-RESOURCE_COLUMNS = [("peak MB", "mem", -1, 0), ("tokens/s", "tps", +1, 0)]
 PROTOCOL = """\
 Per task and seed: π_SFT (the testbed's SFT policy) → K completions per training prompt → pairs
-labelled by Bradley–Terry draws on the gold reward (optional label flips) → a proxy reward model
-(the `reward` objective) trained on those pairs → every registered method on the same pairs and the
-same optimizer-step budget: offline methods on the pairs; online methods and rejection sampling
-against the proxy reward model (and, on arith, against the exact-match reward too); best-of-n from
-π_SFT at its analytic KL log n − (n−1)/n → evaluation on held-out prompts (the same for every seed
-and method): gold reward, win rate against π_SFT, exact KL(π‖π_SFT), proxy reward, length,
-repetition. Seeds are independent replicates: seed s sets the training seed, the SFT policy's seed
-and the pair-sampling seed. Table rows show each method at its best β of the sweep (by gold
-reward); intervals are 95% percentile-bootstrap intervals over seeds (exact enumeration for ≤ 5
-seeds); **bold** marks the best value of a column (KL is not ranked)."""
+labelled by Bradley–Terry draws on the gold reward → a proxy reward model (the `reward` objective) on
+those pairs → every registered method on the same pairs / prompts: offline methods on the pairs;
+online methods against the proxy reward model (and, where the task has one, the verifiable reward).
+Three disjoint prompt sets per task: training, validation, test. **Tuning**: each method runs its grid
+(the suite's learning rates × its own declared main coefficient) on tuning seeds that are never
+report seeds; the configuration with the best mean *validation* gold reward (and a second pick: the
+best at validation KL ≤ the suite's budget) then runs on the report seeds. **Reported numbers are
+test-prompt numbers of those report runs only.** Every run evaluates on the validation prompts
+every k steps: the curves (gold reward against √KL, proxy dashed in gold units) and Gao et al.'s
+fits come from those. Seeds share π_SFT, pairs and reward model across methods, so comparisons are
+paired: the matrix gives P(row beats column) by a paired bootstrap over seeds, and a method's rank
+counts only the methods whose paired 95% interval lies above it (ties share a rank). Intervals:
+95% percentile bootstrap over report seeds (exact enumeration for ≤ 5 seeds); **bold**: best mean of
+a column (KL is not ranked)."""
+
+REPRO = """\
+Reproduces exactly: the same code version on the same CPU capability (and the same torch threads per
+job): every number is a deterministic function of config, code and machine. Reproduces only
+statistically: another CPU kind (AVX2 vs AVX-512 round differently and RL amplifies it; single runs
+moved by up to ±0.2 gold on the earlier board), which is why results carry their CPU capability and
+the board never mixes them in one row. A rerun on another CPU should give rankings within the
+intervals shown; a rank that depends on one seed is not separated here in the first place."""
 
 
 def suite_lines(suite) -> list:
@@ -49,27 +52,32 @@ def suite_lines(suite) -> list:
         c = load_suite(suite)
     except Exception:  # noqa: BLE001 — a suite known only from its results
         return []
-    out = [f"seeds {c['seeds']}, tasks {c['tasks']}; seed s sets {', '.join(c['seed_keys'])}",
+    out = [f"report seeds {c['seeds']}, tuning seeds {c['tuning_seeds']}, tasks {c['tasks']}; seed s sets "
+           f"{', '.join(c['seed_keys'])}",
+           "learning-rate grid: " + "; ".join(f"{t}: {v}" for t, v in c["lr_grid"].items())
+           + f"; second pick at validation KL ≤ {c['pick_kl_budget']}",
            f"every run: {' '.join(c['common'])}",
-           f"reward model ({c['reward_model']}): {' '.join(c['stage1'])}",
+           f"reward model ({c['reward_model']}) on {c['proxy_tasks']}: {' '.join(c['stage1'])}",
            f"offline: {' '.join(c['offline'])}", f"online: {' '.join(c['online'])}"]
     out += [f"online on {t}: {' '.join(v)}" for t, v in (c.get("online_task") or {}).items()]
     out += [f"{k}: {' '.join(v)}" for k, v in (c.get("algo") or {}).items()]
-    out += [f"sweep {k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items()) for k, v in (c.get("sweep") or {}).items()]
     out.append(f"best-of-n: n in {c['best_of_n']['ns']} from {c['best_of_n']['samples']} samples per prompt")
+    if c.get("ablation"):
+        a = c["ablation"]
+        out.append(f"pairs ablation: {a['method']} on {a['task']} against reward models on {a['pair_prompts']} pair "
+                   f"prompts, seeds {a['seeds']}")
     if c.get("exclude"):
         out.append(f"not run: {', '.join(c['exclude'])}")
     return out
 
 
 def task_order(agg, suite) -> list:
-    """The suite's task order (reviews before arith in the shipped suites), then any others."""
-    have = set(agg["suites"].get(suite, {}))
+    have = set(agg["tasks"])
     try:
         from prefopt.leaderboard.plan import load_suite
 
         listed = [t for t in load_suite(suite)["tasks"] if t in have]
-    except Exception:  # noqa: BLE001 — a suite known only from its results
+    except Exception:  # noqa: BLE001
         listed = []
     return listed + sorted(have - set(listed))
 
@@ -83,105 +91,187 @@ def _fmt(est, digits, ci=True):
     return s
 
 
-def _best(rows, metric, direction, get):
-    vals = [(get(r), r) for r in rows]
-    vals = [(e.mean, r) for e, r in vals if e is not None]
-    if direction is None or not vals:
-        return set()
-    key = (lambda v: v) if direction > 0 else (lambda v: -v) if direction < 0 else (lambda v: -abs(v))
-    top = max(key(v) for v, _ in vals)
-    return {id(r) for v, r in vals if math.isclose(key(v), top, rel_tol=1e-9, abs_tol=1e-12)}
 
-
-def _beta(row) -> str:
-    if row.best is None:
+def _pt(point: dict) -> str:
+    if not point:
         return "—"
-    sweep = row.best.sweep or {}
-    if sweep:
-        k, v = next(iter(sweep.items()))
-        others = sorted({p.sweep.get(k) for p in row.points if p.sweep.get(k) is not None})
-        name = {"beta": "β", "kl_coef": "β", "n": "n"}.get(k, k)
-        return f"{name}={v:g}" + (f" (of {', '.join(f'{o:g}' for o in others)})" if len(others) > 1 else "")
-    for k in ("beta", "kl_coef"):
-        if isinstance(row.params.get(k), (int, float)):
-            return f"β={row.params[k]:g}"
-    return "—"
+    name = {"lr": "lr", "beta": "β", "kl_coef": "β", "samples_per_prompt": "n", "n": "n"}
+    return " ".join(f"{name.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                    for k, v in point.items() if k != "chosen")
 
 
-def table_rows(rows, ref, budgets):
-    """[(cells: list[(text, sort_value, is_best)], row)] plus the header, for one task."""
-    header = ["method", "signal", "β / n"] + [c[0] for c in COLUMNS[:3]] + [f"gold @ KL≤{b:g}" for b in budgets] \
-        + [c[0] for c in COLUMNS[3:]] + ["wall s (gen / train)"] + [c[0] for c in RESOURCE_COLUMNS] + ["seeds"]
-    getters = {}
-    for title, m, d, dg in COLUMNS + RESOURCE_COLUMNS:
-        getters[title] = (lambda r, m=m: r.best.est.get(m), d, dg)
-    for b in budgets:
-        getters[f"gold @ KL≤{b:g}"] = (lambda r, b=b: r.at_budget.get(b), +1, 3)
-    best = {t: _best(rows, None, d, g) for t, (g, d, _) in getters.items()}
+def _headline(row):
+    """(Point, chosen point) the row is ranked by: the best pick, or best-of-n at its validation-chosen n."""
+    if row.best is not None:
+        return row.best, row.chosen.get("best", {})
+    p = next((q for q in row.bon_points if q.point.get("chosen")), None)
+    return p, ({"n": p.point["n"]} if p else {})
+
+
+COLS = [("test gold", "gold", +1, 3), ("win vs π_SFT", "win", +1, 3), ("KL", "kl", None, 2),
+        ("proxy−gold gap", "gap", 0, 3), ("Δ length", "dlen", None, 1), ("repetition", "rep", -1, 3)]
+COST = [("labels", "labels", 0), ("samples", "samples", 0), ("policy tokens", "tokens", 0), ("wall s", "wall", 0),
+        ("peak MB", "mem", 0)]
+
+
+def table(task_agg, budgets):
+    """(header, [cells]) for one task: [(text, sort value, bold)]."""
+    rows = task_agg["rows"]
+    header = (["rank", "method", "signal", "chosen (validation)"] + [c[0] for c in COLS]
+              + [f"gold @ KL≤{b:g} (curve)" for b in budgets] + ["peak KL (fit)", "peak gain (fit)", "pick @ KL budget",
+                                                                  "its test gold", "its KL"]
+              + [c[0] for c in COST] + ["seeds"])
+    heads = [_headline(r) for r in rows]
+    best = {}
+    for title, m, d, _ in COLS:
+        vals = [(p.est.get(m).mean, i) for i, (p, _) in enumerate(heads) if p is not None and p.est.get(m)]
+        if d is None or not vals:
+            best[title] = set()
+            continue
+        key = (lambda v: v) if d > 0 else (lambda v: -v) if d < 0 else (lambda v: -abs(v))
+        top = max(key(v) for v, _ in vals)
+        best[title] = {i for v, i in vals if math.isclose(key(v), top, rel_tol=1e-9, abs_tol=1e-12)}
     out = []
-    all_rows = [("ref", None)] + [("row", r) for r in rows]
-    for kind, r in all_rows:
-        cells = []
-        if kind == "ref":
-            cells += [("π_SFT (reference)", "π_SFT (reference)", False), ("—", "", False), ("—", "", False)]
-        else:
-            sig = REWARD_LABEL.get(r.reward, str(r.reward))
-            cells += [(r.label, r.label, False), (sig, sig, False), (_beta(r), _beta(r), False)]
-        for t in header[3:-4]:
-            g, d, dg = getters[t]
-            if kind == "ref":
-                m = next((c[1] for c in COLUMNS + RESOURCE_COLUMNS if c[0] == t), None)
-                est = ref.est.get(m) if (ref is not None and m) else None
-                if t.startswith("gold @"):
-                    est = ref.est.get("gold") if ref is not None else None
-                cells.append((_fmt(est, dg), est.mean if est else None, False))
-            else:
-                est = g(r)
-                cells.append((_fmt(est, dg), est.mean if est else None, id(r) in best[t]))
-        if kind == "ref":
-            cells += [("—", None, False)] * (1 + len(RESOURCE_COLUMNS))
-            n = ref.seeds if ref is not None else 0
-        else:
-            w, gn, tr = (r.best.est.get(k) for k in ("wall", "gen", "train"))
-            txt = "—" if w is None else f"{w.mean:.0f} ({gn.mean if gn else 0:.0f} / {tr.mean if tr else 0:.0f})"
-            cells.append((txt, w.mean if w else None, False))
-            for title, m, d, dg in RESOURCE_COLUMNS:
-                est = r.best.est.get(m)
-                cells.append((_fmt(est, dg, ci=False), est.mean if est else None, id(r) in best[title]))
-            n = r.best.seeds
+    ref = task_agg["reference"]
+    cells = [("—", None, False), ("π_SFT (reference)", "π_SFT", False), ("—", "", False), ("—", "", False)]
+    for title, m, d, dg in COLS:
+        e = ref.est.get(m) if ref is not None else None
+        cells.append((_fmt(e, dg), e.mean if e else None, False))
+    cells += [(_fmt(ref.est.get("gold"), 3), None, False)] * len(budgets) + [("—", None, False)] * 5
+    cells += [("—", None, False)] * len(COST) + [(str(ref.seeds), ref.seeds, False)]
+    out.append(cells)
+    for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
+        sig = REWARD_LABEL.get(r.reward, str(r.reward))
+        cells = [(str(r.rank) if r.rank else "—", r.rank, False), (r.label, r.label, False), (sig, sig, False),
+                 (_pt(chosen), _pt(chosen), False)]
+        for title, m, d, dg in COLS:
+            e = p.est.get(m) if p is not None else None
+            cells.append((_fmt(e, dg), e.mean if e else None, i in best[title]))
+        for b in budgets:
+            e = r.budget_gold.get(b)
+            cells.append((_fmt(e, 3), e.mean if e else None, False))
+        f = r.fit
+        pk = f.peak_kl if f else None
+        cells.append(("—" if pk is None else f"{pk:.2f}", pk, False))
+        pg = f.peak_gain if f and pk is not None else None
+        cells.append(("—" if pg is None else f"{pg:+.3f}", pg, False))
+        ab = r.at_budget
+        cells.append((_pt(r.chosen.get("at_budget", {})) if ab else "—", None, False))
+        cells.append((_fmt(ab.est.get("gold"), 3) if ab else "—", ab.est["gold"].mean if ab and ab.est.get("gold") else None, False))
+        cells.append((_fmt(ab.est.get("kl"), 2, ci=False) if ab else "—", ab.est["kl"].mean if ab and ab.est.get("kl") else None, False))
+        for title, m, dg in COST:
+            e = p.est.get(m) if p is not None else None
+            cells.append(("—" if e is None else f"{e.mean:,.{dg}f}", e.mean if e else None, False))
+        n = p.seeds if p is not None else 0
         cells.append((str(n), n, False))
-        out.append((cells, r))
+        out.append(cells)
     return header, out
 
 
-def markdown(agg, suite, budgets, loaded, versions) -> str:
-    lines = [f"# prefopt leaderboard — suite `{suite}`", "",
-             "Generated by `prefopt-leaderboard render` from `leaderboard/results/*.json`; do not edit by hand.", "",
-             "![reward–KL frontier](frontier.png)", "", "## Protocol", "", PROTOCOL, ""]
-    tasks = agg["suites"].get(suite, {})
-    for task in task_order(agg, suite):
-        header, rows = table_rows(tasks[task], agg["reference"].get(suite, {}).get(task), budgets)
-        lines += [f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for cells, _ in rows:
-            lines.append("| " + " | ".join(_md_cell(t, b) for t, _, b in cells) + " |")
-        lines += ["", rm_line(agg, suite, task), ""]
-    lines += ["## Suite", ""] + [f"- {html.escape(x, quote=False)}" for x in suite_lines(suite)] + [""]
-    lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite)] + [""]
-    lines += ["## Versions", ""] + [f"- {v}" for v in versions] + [""]
-    return "\n".join(lines)
+def grid_lines(task_agg) -> list:
+    """One line per tuned method: its grid with validation gold (KL) per point, the picks marked."""
+    out = []
+    for r in task_agg["rows"]:
+        if not r.grid:
+            continue
+        picks = {k: tuple(sorted(v.items())) for k, v in r.chosen.items()}
+        parts = []
+        for g in r.grid:
+            key = tuple(sorted(g["point"].items()))
+            mark = "".join(s for k, s in (("best", "★"), ("at_budget", "◆")) if picks.get(k) == key)
+            val = "—" if g["val_gold"] is None else f"{g['val_gold']:.3f} (KL {g['val_kl']:.2f})"
+            parts.append(f"{_pt(g['point'])}: {val}{mark}")
+        out.append(f"{r.label}: " + "; ".join(parts))
+    return out
 
 
-def rm_line(agg, suite, task) -> str:
-    rm = agg.get("reward_models", {}).get(suite, {}).get(task) or {}
+def matrix_table(task_agg):
+    rows = [r for r in task_agg["rows"] if _headline(r)[0] is not None and r.reward != "gold"]  # the oracle is no method
+    labels = [r.label for r in rows]
+    header = ["P(row beats column)"] + labels
+    body = []
+    for a in labels:
+        cells = [a]
+        for b in labels:
+            if a == b:
+                cells.append("·")
+                continue
+            res = task_agg["matrix"].get((a, b))
+            if not res:
+                cells.append("—")
+            else:
+                sep = res["n"] > 1 and res["diff"].lo > 0
+                cells.append(f"{res['p_a_beats_b']:.2f}" + ("*" if sep else ""))
+        body.append(cells)
+    return header, body
+
+
+def check_rows(agg, suite, budgets) -> dict:
+    samples = 16
+    try:
+        from prefopt.leaderboard.plan import load_suite
+
+        samples = int(load_suite(suite)["best_of_n"]["samples"])
+    except Exception:  # noqa: BLE001
+        pass
+    return {t: checks.run_all(agg["tasks"][t], budgets, samples) for t in agg["tasks"]}
+
+
+def _md(text, bold=False) -> str:
+    t = html.escape(str(text), quote=False).replace("|", "\\|")
+    return f"**{t}**" if bold else t
+
+
+def rm_line(task_agg) -> str:
+    rm = task_agg.get("rm") or {}
+    if not rm:
+        return "No proxy reward model on this task (see the suite's proxy_tasks)."
     f = lambda k: _fmt(rm.get(k), 3)  # noqa: E731
     return (f"Proxy reward model (held-out pairs): accuracy {f('pairwise_accuracy')} against the labels, "
             f"{f('pairwise_accuracy_gold')} against the gold ordering (the noisy labels themselves agree with "
             f"the gold ordering {f('label_accuracy_gold')}).")
 
 
-def _md_cell(text, best) -> str:
-    t = html.escape(text, quote=False).replace("|", "\\|")
-    return f"**{t}**" if best else t
+def header_lines(agg, records) -> list:
+    code, cpu = agg["version"] or ("—", "—")
+    commits = Counter(r.get("git_commit") or "unknown" for r in records)
+    out = [f"Code version `{code}` (hash of the training and evaluation source; git commit(s): "
+           + ", ".join(f"`{c}` ×{n}" for c, n in commits.most_common()) + f"), CPU capability **{cpu}**, "
+           f"{len(records)} result(s)."]
+    for (c, p), n in sorted(agg["other_versions"].items()):
+        out.append(f"Not shown: {n} result(s) of code version `{c}` on CPU capability {p} (a row never mixes versions "
+                   "or machines).")
+    return out
+
+
+def markdown(agg, suite, budgets, loaded, versions, records) -> str:
+    lines = [f"# prefopt leaderboard — suite `{suite}`", "",
+             "Generated by `prefopt-leaderboard render` from `leaderboard/results/*.json`; do not edit by hand.", ""]
+    lines += header_lines(agg, records) + ["", "![gold reward against √KL along training](frontier.png)", "",
+                                           "## Protocol", "", PROTOCOL, ""]
+    all_checks = check_rows(agg, suite, budgets)
+    for task in task_order(agg, suite):
+        T = agg["tasks"][task]
+        header, rows = table(T, budgets)
+        lines += [f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for cells in rows:
+            lines.append("| " + " | ".join(_md(t, b) for t, _, b in cells) + " |")
+        lines += ["", rm_line(T), "", f"### {task}: tuning grids (validation gold, KL; ★ best, ◆ best at the KL budget)", ""]
+        lines += [f"- {_md(x)}" for x in grid_lines(T)] + [""]
+        mh, mb = matrix_table(T)
+        if len(mh) > 2:
+            lines += [f"### {task}: paired comparison (test gold; * the paired 95% interval of the difference excludes 0)", "",
+                      "| " + " | ".join(_md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
+            lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in mb] + [""]
+        lines += [f"### {task}: sanity checks from the literature", "", "| check | expected | result | numbers |",
+                  "|---|---|---|---|"]
+        lines += [f"| {_md(c['name'])} | {_md(c['expect'])} | {_md(c['status'].upper(), c['status'] == 'fail')} | "
+                  f"{_md(c['detail'])} |" for c in all_checks.get(task, [])] + [""]
+    lines += ["## Reproducibility", "", REPRO, ""]
+    lines += ["## Suite", ""] + [f"- {html.escape(x, quote=False)}" for x in suite_lines(suite)] + [""]
+    lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite)] + [""]
+    lines += ["## Versions", ""] + [f"- {v}" for v in versions] + [""]
+    return "\n".join(lines)
 
 
 def notes(agg, loaded, suite) -> list:
@@ -192,21 +282,20 @@ def notes(agg, loaded, suite) -> list:
     for r in loaded.failed:
         lb = r["leaderboard"]
         if lb.get("suite") == suite:
-            out.append(f"failed: {lb.get('job')} ({r['config_hash']}): {str(r.get('error', ''))[:300]}")
+            out.append(f"failed: {lb.get('job')} ({r.get('result_id') or r.get('config_hash')}): {str(r.get('error', ''))[:300]}")
     for name, why in loaded.problems:
         out.append(f"skipped file {name}: {why}")
-    if agg["superseded"]:
-        out.append(f"{agg['superseded']} older result(s) superseded by a newer one of the same method, β and seed")
-    out.append("Peak memory is the RSS high-water mark of the job's process during the run (CPU); wall time, "
-               "tokens/s and memory depend on the machine and on how many jobs ran at once.")
-    out.append("Gold @ KL≤B: the best mean gold reward among a method's sweep points whose mean KL is at most B "
-               "(— if none); best-of-n's KL is analytic.")
+    out.append("Selection reads validation numbers only (the `eval_periodic` block of the tuning runs); the table's test "
+               "numbers come from the report seeds' runs, which chose nothing. `gold @ KL≤B (curve)` reads the report runs' "
+               "validation curves (the best step within the budget), so it is a curve read-off, not a test number.")
+    out.append("Peak KL / peak gain: Gao et al.'s RL form d(α − β log d), d = √KL, fitted by least squares to the mean "
+               "validation curve (gain over π_SFT); — when the fit has no peak (gold still rising at the end of the budget).")
+    out.append("Cost: labels = preference labels the method drew on (its pairs, or its reward model's training pairs; 0 "
+               "for a verifiable reward); samples = completions generated during training; policy tokens = tokens the "
+               "policy was trained on; peak MB = RSS high-water mark of the job (CPU). Wall time and memory depend on "
+               "the machine and on how many jobs ran at once.")
     out.append("Proxy−gold gap = label_temperature·(proxy − proxy_ref) − (gold − gold_ref), in gold units: positive "
-               "when the reward model claims more than the real gain (over-optimization). A reward model that "
-               "learned a compressed scale (smaller logits than gold/label_temperature) makes it negative for "
-               "methods that do not exploit it; compare methods with each other, not with zero.")
-    out.append("π_SFT's row is the evaluator's sample (one completion per held-out prompt, the same for every "
-               "method of a seed); best-of-n's n=1 point estimates the same quantity from its own samples.")
+               "when the reward model claims more than the real gain (over-optimization).")
     return out
 
 
@@ -220,67 +309,62 @@ def frontier_png(agg, suite, path) -> bytes:
     n = max(1, len(tasks))
     fig, axes = plt.subplots(1, n, figsize=(7.2 * n, 5.6), squeeze=False)
     palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors) + list(plt.get_cmap("tab20b").colors)
-    # one colour per method (its runs against the proxy RM and the exact reward share it; the
-    # marker and line style tell them apart), stable across tasks
-    methods = sorted({r.method for t in tasks for r in agg["suites"][suite][t] if r.method != "best-of-n"})
+    methods = sorted({r.method for t in tasks for r in agg["tasks"][t]["rows"] if r.method != "best-of-n"})
     mcolor = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    color = {r.label: mcolor[r.method] for t in tasks for r in agg["suites"][suite][t] if r.method != "best-of-n"}
-    marker = {"offline": "o", "online": "s", "baseline": "D"}
     for ax, task in zip(axes[0], tasks):
-        ref = agg["reference"].get(suite, {}).get(task)
-        plotted = [ref.est["gold"].mean] if ref is not None and ref.est.get("gold") else []
-        for row in agg["suites"][suite][task]:
-            pts = [p for p in row.points if p.est.get("gold") and p.est.get("kl")]
-            if not pts:
-                continue
-            x = [math.sqrt(max(p.est["kl"].mean, 0.0)) for p in pts]
-            y = [p.est["gold"].mean for p in pts]
-            yerr = [[p.est["gold"].mean - p.est["gold"].lo for p in pts], [p.est["gold"].hi - p.est["gold"].mean for p in pts]]
-            plotted += y
+        T = agg["tasks"][task]
+        ys = []
+        for row in T["rows"]:
             if row.method == "best-of-n":
+                pts = [p for p in row.bon_points if p.est.get("gold")]
+                x = [math.sqrt(max(p.est["kl"].mean, 0.0)) if p.est.get("kl") else 0.0 for p in pts]
+                y = [p.est["gold"].mean for p in pts]
                 style = dict(color="black", lw=2.2) if row.reward == "proxy" else dict(color="gray", lw=1.4, ls=":")
-                lab = "best-of-n (proxy RM pick)" if row.reward == "proxy" else "best-of-n (gold pick, oracle)"
-                ax.plot(x, y, marker="D", ms=4, label=lab, **style)
-                for xi, yi, p in zip(x, y, pts):
-                    if row.reward == "proxy":
-                        ax.annotate(f"n={p.sweep.get('n')}", (xi, yi), fontsize=7, xytext=(3, -9), textcoords="offset points")
-            else:
-                c = color[row.label]
-                m = "^" if row.reward == "exact" else marker.get(row.category, "o")
-                ax.errorbar(x, y, yerr=yerr, color=c, marker=m, ms=6, lw=1.6, capsize=2, label=row.label,
-                            ls=":" if row.reward == "exact" else "-")
-            pp = [p for p in pts if p.est.get("proxy_cal")]
-            plotted += [p.est["proxy_cal"].mean for p in pp]
-            if pp:
-                ax.plot([math.sqrt(max(p.est["kl"].mean, 0.0)) for p in pp], [p.est["proxy_cal"].mean for p in pp],
-                        ls="--", lw=1.1, marker="o", ms=4, mfc="none", alpha=0.8,
-                        color="black" if row.method == "best-of-n" else color[row.label])
+                ax.plot(x, y, marker="D", ms=4, label=f"best-of-n ({'proxy RM' if row.reward == 'proxy' else 'gold, oracle'} pick; test)",
+                        **style)
+                ys += y
+                continue
+            if row.best is None:
+                continue
+            curve = [c for c in row.best.mean_curve() if c["gold"] is not None and c["kl"] is not None]
+            if not curve:
+                continue
+            c = mcolor[row.method]
+            x = [math.sqrt(max(p["kl"], 0.0)) for p in curve]
+            y = [p["gold"] for p in curve]
+            ys += y
+            ax.plot(x, y, color=c, marker="^" if row.reward == "exact" else ("s" if row.category == "online" else "o"), ms=4,
+                    lw=1.6, ls=":" if row.reward == "exact" else "-", label=row.label)
+            pc = [p for p in curve if p["proxy_cal"] is not None]
+            if pc:
+                ax.plot([math.sqrt(max(p["kl"], 0.0)) for p in pc], [p["proxy_cal"] for p in pc], color=c, ls="--", lw=1.0,
+                        alpha=0.7)
+                ys += [p["proxy_cal"] for p in pc]
+        ref = T["reference"]
         if ref is not None and ref.est.get("gold"):
             ax.plot([0], [ref.est["gold"].mean], marker="*", ms=14, color="gold", mec="black", ls="none",
                     label="π_SFT (reference)", zorder=5)
-        # y range from the plotted means (not the error bars): one seed that blew up must not flatten
-        # every other curve; the table carries the full intervals; the title says so
-        ys = [v for v in plotted if math.isfinite(v)]
+        ys = [v for v in ys if math.isfinite(v)]
         if ys:
             lo, hi = min(ys), max(ys)
             pad = 0.08 * (hi - lo or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel("√KL(π ‖ π_SFT)   (√nats, held-out prompts)")
-        ax.set_ylabel("gold reward (held-out prompts)")
-        ax.set_title(f"{task}: gold reward vs √KL (dashed: proxy reward, calibrated)")
+        ax.set_xlabel("√KL(π ‖ π_SFT)   (√nats; validation prompts along training)")
+        ax.set_ylabel("gold reward")
+        ax.set_title(f"{task}: gold vs √KL along training (dashed: proxy RM, calibrated)")
         ax.grid(alpha=0.3)
         ax.set_xlim(left=0)
-    h, l = axes[0][-1].get_legend_handles_labels()
     seen = {}
     for a in axes[0]:
         for hh, ll in zip(*a.get_legend_handles_labels()):
             seen.setdefault(ll, hh)
-    first = ["π_SFT (reference)", "best-of-n (proxy RM pick)", "best-of-n (gold pick, oracle)"]
-    order = [k for k in first if k in seen] + sorted(k for k in seen if k not in first)
-    fig.legend([seen[k] for k in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
-               frameon=False, title="● offline   ■ proxy RM   ▲ exact reward", title_fontsize=8)
-    fig.suptitle(f"prefopt leaderboard ({suite}): means over seeds, bars: 95% bootstrap CI (the y axis fits the means; "
-                 "longer bars run off it); β-sweep points joined", fontsize=11)
+    first = [k for k in seen if k.startswith(("π_SFT", "best-of-n"))]
+    order = first + sorted(k for k in seen if k not in first)
+    if order:
+        fig.legend([seen[k] for k in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
+                   frameon=False, title="● offline   ■ proxy RM   ▲ exact reward", title_fontsize=8)
+    fig.suptitle(f"prefopt leaderboard ({suite}): each method's chosen configuration, mean over report seeds, "
+                 "validation evaluations every k steps", fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -308,31 +392,46 @@ document.querySelectorAll('table.board th').forEach(function (th, col) {
 """
 
 
-def html_page(agg, suite, budgets, loaded, versions, png: bytes) -> str:
+
+def html_page(agg, suite, budgets, loaded, versions, png: bytes, records) -> str:
     e = html.escape
     parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
              f"<title>prefopt leaderboard — {e(suite)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1600px}"
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1700px}"
              "table{border-collapse:collapse;font-size:13px;margin-bottom:2em}"
              "th,td{border:1px solid #ccc;padding:4px 7px;text-align:right;white-space:nowrap}"
-             "th{background:#f3f3f3;cursor:pointer}td:first-child,td:nth-child(2){text-align:left}"
-             "td.best{font-weight:bold;background:#e8f5e9}img{max-width:100%}pre{white-space:pre-wrap}</style>",
-             "</head><body>", f"<h1>prefopt leaderboard — suite <code>{e(suite)}</code></h1>",
-             "<p>Click a column title to sort. Values: mean over seeds [95% bootstrap interval]; bold: best of the column.</p>",
-             f"<img alt='reward–KL frontier' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
-    tasks = agg["suites"].get(suite, {})
+             "th{background:#f3f3f3;cursor:pointer}td:nth-child(2),td:nth-child(3),td:nth-child(4){text-align:left}"
+             "td.best{font-weight:bold;background:#e8f5e9}td.fail{color:#b00;font-weight:bold}img{max-width:100%}"
+             "pre{white-space:pre-wrap}</style>",
+             "</head><body>", f"<h1>prefopt leaderboard — suite <code>{e(suite)}</code></h1>"]
+    parts += [f"<p>{e(x)}</p>" for x in header_lines(agg, records)]
+    parts += ["<p>Click a column title to sort. Values: mean over report seeds [95% bootstrap interval] on test prompts.</p>",
+              f"<img alt='gold reward against sqrt KL' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
+    all_checks = check_rows(agg, suite, budgets)
     for task in task_order(agg, suite):
-        header, rows = table_rows(tasks[task], agg["reference"].get(suite, {}).get(task), budgets)
+        T = agg["tasks"][task]
+        header, rows = table(T, budgets)
         parts.append(f"<h2>{e(task)}</h2><table class='board'><thead><tr>")
         parts += [f"<th>{e(h)}</th>" for h in header]
         parts.append("</tr></thead><tbody>")
-        for cells, _ in rows:
-            best_attr = " class='best'"
+        for cells in rows:
             parts.append("<tr>" + "".join(
-                f"<td data-v='{e('' if v is None else str(v), quote=True)}'{best_attr if b else ''}>{e(t)}</td>"
+                f"<td data-v='{e('' if v is None else str(v), quote=True)}'{' class=best' if b else ''}>{e(t)}</td>"
                 for t, v, b in cells) + "</tr>")
-        parts.append(f"</tbody></table><p>{e(rm_line(agg, suite, task))}</p>")
-    parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Suite</h2><ul>"]
+        parts.append(f"</tbody></table><p>{e(rm_line(T))}</p><h3>tuning grids</h3><ul>")
+        parts += [f"<li>{e(x)}</li>" for x in grid_lines(T)]
+        parts.append("</ul>")
+        mh, mb = matrix_table(T)
+        if len(mh) > 2:
+            parts.append("<h3>paired comparison: P(row beats column)</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in mh)
+                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in mb)
+                         + "</table>")
+        parts.append("<h3>sanity checks</h3><table><tr><th>check</th><th>expected</th><th>result</th><th>numbers</th></tr>")
+        parts += [f"<tr><td>{e(c['name'])}</td><td>{e(c['expect'])}</td><td{' class=fail' if c['status'] == 'fail' else ''}>"
+                  f"{e(c['status'])}</td><td>{e(c['detail'])}</td></tr>" for c in all_checks.get(task, [])]
+        parts.append("</table>")
+    parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Reproducibility</h2>", f"<p>{e(REPRO)}</p>",
+              "<h2>Suite</h2><ul>"]
     parts += [f"<li><code>{e(x)}</code></li>" for x in suite_lines(suite)]
     parts += ["</ul><h2>Notes</h2><ul>"]
     parts += [f"<li>{e(n)}</li>" for n in notes(agg, loaded, suite)]
@@ -346,6 +445,15 @@ def _atomic_write(path, data):
     with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def pick_suite(loaded, wanted=None):
+    counts = Counter(r["leaderboard"].get("suite") for r in loaded.ok)
+    if wanted:
+        return wanted
+    if "standard" in counts:
+        return "standard"
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def pick_suite(loaded, wanted=None):
@@ -377,17 +485,14 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
             budgets = []
     records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
     agg = aggregate(records, budgets)
-    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in records
+    from prefopt.leaderboard.aggregate import pick_version
+
+    _, shown = pick_version(records)
+    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in shown
                        if r.get("versions")})
-    # Which machines the numbers come from: same capability reproduces exactly, another only statistically.
-    caps = {}
-    for r in records:
-        caps[r.get("cpu_capability") or "not recorded"] = caps.get(r.get("cpu_capability") or "not recorded", 0) + 1
-    versions += [f"CPU capability {c}: {n} result(s)" + (" (made before results recorded it)" if c == "not recorded" else "")
-                 for c, n in sorted(caps.items())]
     os.makedirs(out_dir, exist_ok=True)
     png = frontier_png(agg, suite, os.path.join(out_dir, "frontier.png"))
-    _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), markdown(agg, suite, budgets, loaded, versions))
-    _atomic_write(os.path.join(out_dir, "index.html"), html_page(agg, suite, budgets, loaded, versions, png))
+    _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), markdown(agg, suite, budgets, loaded, versions, shown))
+    _atomic_write(os.path.join(out_dir, "index.html"), html_page(agg, suite, budgets, loaded, versions, png, shown))
     report.append(f"  suite {suite}: wrote {out_dir}/LEADERBOARD.md, frontier.png, index.html")
     return report

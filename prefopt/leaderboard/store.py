@@ -1,4 +1,6 @@
-"""The results store: one JSON file per run, ``results/<config_hash>.json``.
+"""The results store: one JSON file per run, ``results/<result_id>.json`` (the run's identity: config,
+code version, CPU capability; see :mod:`prefopt.leaderboard.identity`; records made before identities
+existed are named by their ``config_hash``).
 
 Writes are atomic: the record goes to a private temporary file in the same directory (unique per
 process and call), is flushed and fsynced, then ``os.replace``-d onto its name. A reader therefore
@@ -18,7 +20,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 # What every counted record must carry (``eval`` may hold nulls: a field that does not apply).
 REQUIRED = ("config_hash", "status", "leaderboard")
 REQUIRED_OK = ("eval",)
@@ -29,10 +31,14 @@ def result_path(results_dir: str, config_hash: str) -> str:
     return os.path.join(results_dir, f"{config_hash}.json")
 
 
+def record_id(record: dict) -> str:
+    return record.get("result_id") or record["config_hash"]
+
+
 def write_result(results_dir: str, record: dict) -> str:
-    """Atomically write ``record`` (which names its ``config_hash``); returns the path."""
+    """Atomically write ``record`` (which names its ``result_id``, or its ``config_hash``); returns the path."""
     os.makedirs(results_dir, exist_ok=True)
-    h = record["config_hash"]
+    h = record_id(record)
     if not isinstance(h, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", h) or h.startswith("."):
         raise ValueError(f"config_hash {h!r} is not a safe file name")
     path = result_path(results_dir, h)
@@ -63,8 +69,8 @@ def _check(rec, name: str):
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
-    if f"{rec['config_hash']}.json" != name:
-        return f"config_hash {rec['config_hash']!r} does not match the file name"
+    if f"{record_id(rec)}.json" != name:
+        return f"result id {record_id(rec)!r} does not match the file name"
     if rec["status"] == "ok":
         missing = [k for k in REQUIRED_OK if not isinstance(rec.get(k), dict)]
         if missing:
