@@ -72,6 +72,8 @@ class TrainerConfig:
     progress: bool = True
     save_model: bool = True
     cpu: bool = False  # force CPU even when a GPU is visible
+    # How the processes of a run share the work (prefopt.placement): auto | none | ddp | fsdp2.
+    strategy: str = "auto"
 
 
 @dataclass

@@ -86,8 +86,10 @@ def _quantization(cfg: ModelConfig):
     )
 
 
-def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0, auto_cls=AutoModelForCausalLM, **config_kw):
-    """A randomly initialized model of a family from an architecture config (no weights needed)."""
+def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0, auto_cls=AutoModelForCausalLM, meta: bool = False,
+                 **config_kw):
+    """A randomly initialized model of a family from an architecture config (no weights needed);
+    ``meta``: its skeleton on the meta device (no memory), to be filled later."""
     arch = dict(cfg.arch)
     model_type = arch.pop("model_type", None)
     if model_type is None:
@@ -98,16 +100,34 @@ def build_random(cfg: ModelConfig, vocab_size: int, seed: int = 0, auto_cls=Auto
     except (ValueError, KeyError) as e:
         raise UserError(f"model.arch: {str(e).splitlines()[0]}") from None
     torch.manual_seed(seed)
-    return auto_cls.from_config(config, dtype=torch.float32)
+    with torch.device("meta") if meta else nullcontext():
+        return auto_cls.from_config(config, dtype=torch.float32)
 
 
 def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_type: str, head_seed=None,
-                    load_errors=(OSError,), what: str = "", **config_kw):
+                    load_errors=(OSError,), what: str = "", meta: bool = False, **config_kw):
     """Base weights (a checkpoint, or random ``model.arch`` weights; optionally 4-bit), gradient
-    checkpointing, and LoRA adapters when model.lora.r > 0. Shared by the policy and the reward model."""
+    checkpointing, and LoRA adapters when model.lora.r > 0. Shared by the policy and the reward model.
+
+    ``meta``: the same model without reading any weights, on the meta device (the ranks other than
+    0 under fsdp2, which receive their shards from rank 0; see prefopt.placement)."""
     path = path or cfg.name_or_path
     tmp = None
-    if cfg.arch is not None:
+    if meta:
+        if cfg.arch is not None:
+            model = build_random(cfg, vocab_size, seed, auto_cls, meta=True, **config_kw)
+        else:
+            _check_path(path, "model.name_or_path")
+            try:
+                config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **config_kw)
+            except load_errors as e:
+                raise UserError(f"model.name_or_path: cannot load '{path}'{what} ({str(e).splitlines()[0]})") from None
+            if cfg.attn_implementation:
+                config._attn_implementation = cfg.attn_implementation
+            with torch.device("meta"):
+                model = auto_cls.from_config(config, dtype=torch_dtype(cfg.dtype) if cfg.dtype != "auto" else None,
+                                             trust_remote_code=cfg.trust_remote_code)
+    elif cfg.arch is not None:
         model = build_random(cfg, vocab_size, seed, auto_cls, **config_kw)
         if cfg.load_in_4bit:
             # bitsandbytes quantizes while loading; go through a saved copy of the random weights.
@@ -119,7 +139,7 @@ def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_
     else:
         model = None
         _check_path(path, "model.name_or_path")
-    if model is None:
+    if model is None and not meta:
         kw = dict(dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
                   quantization_config=_quantization(cfg), **config_kw)
         if cfg.attn_implementation:
@@ -147,9 +167,10 @@ def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_
     return model.train()
 
 
-def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0):
+def load_policy(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0,
+                meta: bool = False):
     """The trainable policy: base weights (optionally 4-bit), plus LoRA adapters when model.lora.r > 0."""
-    return _load_trainable(cfg, AutoModelForCausalLM, path, vocab_size, seed, task_type="CAUSAL_LM")
+    return _load_trainable(cfg, AutoModelForCausalLM, path, vocab_size, seed, task_type="CAUSAL_LM", meta=meta)
 
 
 def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
@@ -176,7 +197,7 @@ def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
 
 
 def load_reward_model(cfg: ModelConfig, path: Optional[str] = None, vocab_size: Optional[int] = None, seed: int = 0,
-                      pad_token_id: Optional[int] = None):
+                      pad_token_id: Optional[int] = None, meta: bool = False):
     """An ``AutoModelForSequenceClassification`` with num_labels=1, initialized from the same base
     as a policy would be (a checkpoint's decoder plus a new score head, or a random ``model.arch``),
     with pad_token_id set so it scores the last non-pad token; LoRA (task SEQ_CLS) and 4-bit as for
@@ -185,7 +206,7 @@ def load_reward_model(cfg: ModelConfig, path: Optional[str] = None, vocab_size: 
 
     return _load_trainable(cfg, AutoModelForSequenceClassification, path, vocab_size, seed, task_type="SEQ_CLS",
                            head_seed=seed, load_errors=(OSError, ValueError), what=" as a sequence classifier",
-                           num_labels=1, pad_token_id=pad_token_id)
+                           num_labels=1, pad_token_id=pad_token_id, meta=meta)
 
 
 def is_peft(model) -> bool:
@@ -197,17 +218,20 @@ class FrozenReference:
 
     def __init__(self, model):
         self.model = model.eval().requires_grad_(False)
+        self.place = None  # set by placement when the copy is sharded
 
     def token_stats(self, input_ids, attention_mask, loss_mask, temperature=1.0):
-        return token_stats(self.model, input_ids, attention_mask, loss_mask, temperature=temperature)
+        with self.active() as m:
+            return token_stats(m, input_ids, attention_mask, loss_mask, temperature=temperature)
 
     def to(self, device):
         self.model.to(device)
         return self
 
     def active(self):
-        """Context manager yielding the module that computes the reference."""
-        return nullcontext(self.model)
+        """Context manager yielding the module that computes the reference (under fsdp2: inside a
+        forward of its sharded root, so its root parameters are gathered)."""
+        return self.place.forward_scope(self.model) if self.place is not None else nullcontext(self.model)
 
 
 class AdapterDisabledReference:
@@ -264,9 +288,13 @@ class LazyReference:
         return self._get().token_stats(*a, **kw)
 
 
-def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_size=None, seed: int = 0):
+def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_size=None, seed: int = 0,
+                   meta: bool = False):
+    """``meta``: a skeleton only, filled from the policy's initial weights after sharding (fsdp2)."""
     if is_peft(policy):
         return AdapterDisabledReference(policy)
+    if meta:
+        return FrozenReference(load_policy(cfg, path=path, vocab_size=vocab_size, seed=seed, meta=True))
     if cfg.arch is not None:
         # Same seed -> same random weights as the policy's initialization.
         return FrozenReference(build_random(cfg, vocab_size, seed).to(torch_dtype(cfg.dtype)))
@@ -283,6 +311,18 @@ def lazy_reference(cfg: ModelConfig, path: Optional[str], vocab_size=None, seed:
         return FrozenReference(load_policy(cfg, path=path, vocab_size=vocab_size, seed=seed))
 
     return LazyReference(build)
+
+
+def consolidated(full_state: dict, rebuild):
+    """A plain CPU model holding ``full_state`` (a sharded model's gathered weights), built by
+    ``rebuild()`` on the meta device: what ``model/`` is saved from under fsdp2."""
+    replica = rebuild()
+    own = replica.state_dict()
+    missing = [k for k in own if k not in full_state]
+    if missing:
+        raise RuntimeError(f"the gathered weights lack {missing[0]} (of {len(missing)} missing)")
+    replica.load_state_dict({k: full_state[k] for k in own}, assign=True)
+    return replica
 
 
 def save_model(model, tokenizer, out_dir: str):

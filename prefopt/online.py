@@ -147,7 +147,8 @@ class RolloutSource:
     """Micro-batches for online methods; see the module docstring."""
 
     def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
-                 seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None):
+                 seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None,
+                 placement=None):
         self.examples = examples
         self.obj = objective
         self.c: RolloutFields = objective.cfg
@@ -160,6 +161,7 @@ class RolloutSource:
         self.seed = seed
         self.rank, self.world = rank, world_size
         self.device = device or torch.device("cpu")
+        self.place = placement
         self.plan = plan_batches(self.c, world_size, getattr(objective, "needs_groups", False))
         self.max_new_tokens = max_new_tokens
         self.scfg = SamplingConfig(temperature=self.c.temperature, top_p=self.c.top_p, top_k=self.c.top_k,
@@ -240,6 +242,15 @@ class RolloutSource:
     # ---- one rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def make_rollout(self, r: int) -> dict:
+        """One rollout. Under fsdp2 every model it reads (policy, reference, reward model) is gathered
+        once for the whole rollout, not once per token or per scoring pass; each rank then decodes and
+        scores its own prompts without collectives (their counts may differ under dynamic sampling)."""
+        if self.place is None:
+            return self._make_rollout(r)
+        with self.place.gathered():
+            return self._make_rollout(r)
+
+    def _make_rollout(self, r: int) -> dict:
         c, K = self.c, self.c.samples_per_prompt
         rounds = c.max_rollout_rounds if c.dynamic_sampling else 1
         want = self.plan.prompts_per_process
@@ -380,7 +391,7 @@ class OnlineSetup:
 
 
 def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, tokenizer, dcfg, mcfg, tcfg, base_path,
-                 gold_fn, task, seed, rank, world_size, device) -> OnlineSetup:
+                 gold_fn, task, seed, rank, world_size, device, placement=None) -> OnlineSetup:
     """Reward source (needs.reward), value model (needs.value_head) and rollout source
     (needs.rollouts) of a run. Cheap checks first, so mistakes fail before any model is built."""
     from prefopt.config import typed
@@ -393,7 +404,7 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
     lines = []
     if needs.reward:
         check(rcfg)
-        reward = build_reward(rcfg, tokenizer=tokenizer, device=device, gold_fn=gold_fn, task=task)
+        reward = build_reward(rcfg, tokenizer=tokenizer, device=device, gold_fn=gold_fn, task=task, placement=placement)
         if rcfg.kind == "auto":
             lines.append(f"reward: auto → the testbed task's gold reward ({task})")
         else:
@@ -415,7 +426,7 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
     source = RolloutSource(examples=examples, objective=objective, policy=policy, reward=reward,
                            sampler=HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id), tokenizer=tokenizer,
                            max_new_tokens=max_new, seed=seed, reference=reference, value_model=value_model,
-                           rank=rank, world_size=world_size, device=device)
+                           rank=rank, world_size=world_size, device=device, placement=placement)
     rollouts_per_epoch = max(1, len(examples) // acfg.prompts_per_step)
     total = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * rollouts_per_epoch * plan.steps_per_rollout
     lines.insert(0, f"batch: {plan.describe(acfg, world_size)}; {total} optimizer steps "

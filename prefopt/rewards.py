@@ -101,7 +101,8 @@ class ModelReward:
     that were sampled (prompt ids + completion ids, as in training pairs); otherwise it
     re-tokenizes the text through its own chat template."""
 
-    def __init__(self, path: Optional[str], policy_tokenizer, device=None, batch_size: int = 64, key: str = "reward.path"):
+    def __init__(self, path: Optional[str], policy_tokenizer, device=None, batch_size: int = 64, key: str = "reward.path",
+                 placement=None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if not path:
@@ -128,7 +129,11 @@ class ModelReward:
             self.model.config.pad_token_id = self.tok.pad_token_id
         self.same_vocab = self.tok.get_vocab() == policy_tokenizer.get_vocab()
         self.device = device or torch.device("cpu")
-        self.model.to(self.device).eval().requires_grad_(False)
+        self.model.eval()
+        if placement is not None:
+            placement.frozen(self.model)  # sharded under fsdp2; gathered for each rollout
+        else:
+            self.model.to(self.device).requires_grad_(False)
         self.batch_size = batch_size
         self.name = "reward_model"
 
@@ -228,7 +233,8 @@ def check(cfg: RewardConfig) -> None:
         raise UserError(f"reward.sequences_per_device={cfg.sequences_per_device} must be positive")
 
 
-def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, task: Optional[str] = None) -> Reward:
+def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, task: Optional[str] = None,
+                 placement=None) -> Reward:
     """The reward source of a run. ``gold_fn``/``task``: the testbed task's gold reward (kind=auto)."""
     check(cfg)
     if cfg.kind == "auto":
@@ -239,13 +245,14 @@ def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, t
     elif cfg.kind == "function":
         terms = [(1.0, FunctionReward(cfg.function, cfg.kwargs))]
     elif cfg.kind == "model":
-        terms = [(1.0, ModelReward(cfg.path, tokenizer, device, cfg.sequences_per_device))]
+        terms = [(1.0, ModelReward(cfg.path, tokenizer, device, cfg.sequences_per_device, placement=placement))]
     else:
         terms = []
         for i, t in enumerate(cfg.terms):
             if t.kind == "function":
                 src = FunctionReward(t.function, t.kwargs, f"reward.terms[{i}].function")
             else:
-                src = ModelReward(t.path, tokenizer, device, cfg.sequences_per_device, f"reward.terms[{i}].path")
+                src = ModelReward(t.path, tokenizer, device, cfg.sequences_per_device, f"reward.terms[{i}].path",
+                                  placement=placement)
             terms.append((float(t.weight), src))
     return Reward(terms, cfg)

@@ -83,6 +83,18 @@ def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(c, (1 - u) * c[:, -1:]).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+def _model_module(model):
+    """The transformers modeling module of ``model``'s class. ``fully_shard`` swaps a module's class
+    for a generated subclass (living in torch's FSDP module), so the architecture's own class is
+    found through the MRO."""
+    import sys
+
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("transformers.models."):
+            return sys.modules[cls.__module__]
+    return sys.modules[type(model).__module__]
+
+
 class DecodeLoop:
     """Batched sampling for Llama-style decoders with a preallocated KV cache.
 
@@ -111,8 +123,7 @@ class DecodeLoop:
     def __init__(self, model):
         self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.inner = self.base.model
-        mod = __import__(type(self.base).__module__, fromlist=["apply_rotary_pos_emb"])
-        self.rope = mod.apply_rotary_pos_emb
+        self.rope = _model_module(self.base).apply_rotary_pos_emb
         # Plain nn.Linear projections are fused per layer (q|k|v, gate|up): fewer, larger matmuls
         # per token. Anything else (LoRA, 4-bit) is called module by module.
         self.fused = [self._fuse(layer) for layer in self.inner.layers]
@@ -322,6 +333,9 @@ class HFSampler:
             eos_token_id=self.eos,
             pad_token_id=self.pad,
             use_cache=True,  # gradient checkpointing turns it off in the config; sampling wants it
+            # transformers turns synced_gpus on for an FSDP-managed model (an all-reduce per token);
+            # prefopt samples a gathered model, where each rank decodes on its own.
+            synced_gpus=False,
             return_dict_in_generate=want_lp,
             output_logits=want_lp,
         )

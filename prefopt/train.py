@@ -250,13 +250,13 @@ def run(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
 def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     quiet_libraries()
     import torch
-    from accelerate import Accelerator
     from rich.console import Console
 
     from prefopt import data as D
     from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_eval, check_model, check_trainer, typed
     from prefopt.evaluate import Evaluator, chat_prompt_ids
-    from prefopt.models import lazy_reference, load_policy, load_reward_model, load_tokenizer, make_reference
+    from prefopt.models import lazy_reference, load_policy, load_reward_model, load_tokenizer, make_reference, torch_dtype
+    from prefopt.placement import setup as setup_placement
     from prefopt.registry import get_objective
     from prefopt.rollout import HFSampler, SamplingConfig
     from prefopt.trainer import (CheckpointInvalid, OfflineSource, Trainer, TrainingDiverged, finite_or_none, peak_mem_mb,
@@ -281,10 +281,13 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     objective = Obj(acfg)
     needs = objective.needs  # an objective may refine its class declaration from its config (no KL: no reference)
 
-    # On a machine without CUDA, accelerate only forms a (gloo) process group when told it runs on CPU.
-    accelerator = Accelerator(cpu=tcfg.cpu or not torch.cuda.is_available())
-    is_main = accelerator.is_main_process
-    micro_per_step = check_trainer(tcfg, accelerator.num_processes)
+    # The process group (torchrun's variables) and the strategy: where every model below is placed.
+    place = setup_placement(tcfg.strategy, cpu=tcfg.cpu, dtype=torch_dtype(mcfg.dtype) if mcfg.dtype != "auto" else None)
+    if place.strategy == "fsdp2" and mcfg.load_in_4bit:
+        raise UserError("model.load_in_4bit=true with trainer.strategy=fsdp2: bitsandbytes' 4-bit CPU weights cannot be "
+                        "sharded by fully_shard; accepted: trainer.strategy=ddp (QLoRA replicated) or 16/32-bit LoRA under fsdp2")
+    is_main = place.is_main
+    micro_per_step = check_trainer(tcfg, place.world)
     run_config = hashed_config(cfg)
     resume_from = _resume_point(tcfg, out_dir, run_config, console if is_main else None)
 
@@ -294,7 +297,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     if data_name != "hf":
         from prefopt.testbed import world as W
 
-        with accelerator.main_process_first():
+        with place.main_first():
             world = W.build_world(dcfg.testbed, needs.data, console if is_main else None)
         tok = world.tokenizer
         rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
@@ -313,7 +316,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
         from prefopt.testbed import world as W
 
-        with accelerator.main_process_first():
+        with place.main_first():
             base_path = W.sft_policy_path(W.TestbedConfig(), console if is_main else None)
     if tok is None:
         from prefopt.testbed import world as W
@@ -339,25 +342,36 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
         examples, pairwise_eval = _heldout_pairs(examples, rows, dcfg, acfg, tok, gold_fn, seed, source_name)
-        policy = load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed, pad_token_id=tok.pad_token_id)
+    # Under fsdp2 only rank 0 reads weights; the others build skeletons on meta (prefopt.placement).
+    sharded = place.strategy == "fsdp2" and place.world > 1
+    rebuild = (lambda: load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed,  # noqa: E731
+                                         pad_token_id=tok.pad_token_id, meta=True)) if needs.head == "scalar" else \
+        (lambda: load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=True))  # noqa: E731
+    if needs.head == "scalar":
+        policy = load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed, pad_token_id=tok.pad_token_id,
+                                   meta=place.meta_init)
     else:
-        policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+        policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=place.meta_init)
     precompute_ref = needs.reference and getattr(acfg, "precompute_ref", False)
     reference = None
     if needs.reference and not precompute_ref:
-        reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed)
+        # Sharded: a skeleton on every rank, filled from the policy's initial weights (no second full copy).
+        reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=sharded)
     eval_reference = reference or lazy_reference(mcfg, base_path, vocab_size=len(tok), seed=seed, policy=policy)
-    device = accelerator.device
-    policy.to(device)
-    eval_reference.to(device)
+    device = place.device
+    if place.strategy != "fsdp2":
+        policy.to(device)
+        eval_reference.to(device)
     if precompute_ref:
         # π_ref = the policy before any update: one no-grad pass, cached on disk; no reference model.
         from prefopt import reference_cache
 
-        with accelerator.main_process_first():
+        with place.main_first():
             examples = reference_cache.attach(
                 policy, examples, model_key=reference_cache.model_fingerprint(mcfg, base_path, seed),
-                batch_size=tcfg.examples_per_device, device=device, pad_token_id=tok.pad_token_id,
+                batch_size=tcfg.examples_per_device, pad_token_id=tok.pad_token_id,
+                # fsdp2: rank 0's whole, not yet sharded policy, where it was loaded
+                device=device if place.strategy != "fsdp2" else next(policy.parameters()).device,
                 console=console if is_main else None)
     objective_collate = getattr(objective, "collate", None)
 
@@ -366,7 +380,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         return reference_cache.add_to_batch(batch, ex) if precompute_ref else batch
 
     # 4. Batches, evaluation, trainer.
-    world_size, rank = accelerator.num_processes, accelerator.process_index
+    world_size, rank = place.world, place.rank
     # -- online methods (issue #4): reward source, value head, rollout source (prefopt/online.py) --
     online = None
     if needs.rollouts or needs.reward or needs.value_head:
@@ -375,7 +389,8 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         online = setup_online(cfg, objective, needs, acfg=acfg, examples=examples, policy=policy, reference=reference,
                               tokenizer=tok, dcfg=dcfg, mcfg=mcfg, tcfg=tcfg, base_path=base_path, gold_fn=gold_fn,
                               task=dcfg.testbed.task if data_name != "hf" else None, seed=seed, rank=rank,
-                              world_size=world_size, device=device)
+                              world_size=world_size, device=device, placement=place)
+    _place_models(place, policy, reference)
     if online is not None and online.source is not None:
         source, total_steps = online.source, online.total_steps
     else:  # offline methods
@@ -397,7 +412,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         evaluator = periodic_evaluator = pairwise_eval
     trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
                       total_steps=total_steps, evaluator=periodic_evaluator, device=device, console=console,
-                      run_config=run_config)
+                      run_config=run_config, placement=place)
     if is_main:
         n_params = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
@@ -416,6 +431,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
             f"{type(reference).__name__ if reference else ('precomputed' if needs.reference else 'none')}; device: {device}"
         )
+    _print_placement(place, policy, trainer, tcfg, console)
     # Every check has passed: from here on the run writes into out_dir.
     if on_start is not None and is_main:
         on_start()
@@ -440,11 +456,20 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         raise UserError(str(e)) from None
 
     # 5. Outputs. The model first: an evaluation that fails must never cost the trained weights.
-    if is_main and tcfg.save_model:
-        from prefopt.models import save_model
+    if tcfg.save_model:
+        from prefopt.models import consolidated, save_model
 
         ctx["phase"] = "saving the model"
-        save_model(policy, tok, os.path.join(out_dir, "model"))
+        if place.strategy == "fsdp2":
+            # Gathered to rank 0's CPU, one tensor at a time, into a plain copy: model/ is a standard
+            # HF artifact (full model or adapter) whatever the strategy.
+            full = place.full_state_dict(policy)
+            if is_main:
+                save_model(consolidated(full, rebuild), tok, os.path.join(out_dir, "model"))
+            del full
+        elif is_main:
+            save_model(policy, tok, os.path.join(out_dir, "model"))
+        place.barrier()
         ctx["model_saved"] = True
     ctx["phase"] = "evaluation"
     ev = trainer.evaluate(evaluator) if tcfg.eval_at_end else None
@@ -456,6 +481,12 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             trainer.log({"step": trainer.state.step,
                          **{f"eval/{k}": v for k, v in ev_periodic.items() if isinstance(v, (int, float))}})
     summary = None
+    # Every rank's peak memory and what it holds: the summary reports the max over ranks.
+    held = place.held_bytes(policy, trainer.optimizer)
+    memory = {"strategy": place.strategy, "world_size": place.world,
+              "peak_mem_mb_per_rank": _gather(place, round(peak_mem_mb(device), 1)),
+              "params_bytes_per_rank": _gather(place, held["params"]),
+              "optimizer_bytes_per_rank": _gather(place, held["optimizer"])}
     if is_main:
         params = {k: v for k, v in asdict(acfg).items() if k != "name"}
         wall = time.perf_counter() - t_start
@@ -470,7 +501,8 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             "wall_time_s": round(wall, 3),
             "gen_time_s": round(trainer.state.gen_time_s, 3),
             "train_time_s": round(trainer.state.train_time_s, 3),
-            "peak_mem_mb": round(peak_mem_mb(device), 1),
+            "peak_mem_mb": max(memory["peak_mem_mb_per_rank"]),
+            "memory": memory,
             "tokens_per_s": round(trainer.state.tokens / max(trainer.state.train_time_s, 1e-9), 1),
             "final_metrics": trainer.state.history[-1] if trainer.state.history else None,
             "eval": ev,
@@ -490,8 +522,53 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             json.dump(summary, f, indent=2, allow_nan=False)
         os.replace(tmp, os.path.join(out_dir, "summary.json"))
         print_summary(summary, console)
-    accelerator.wait_for_everyone()
+    place.barrier()
     return summary
+
+
+def _gather(place, value) -> list:
+    """``value`` of every rank, in rank order (all ranks call it)."""
+    if not place.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * place.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _place_models(place, policy, reference):
+    """Wrap / shard the policy (any value head or critic is its submodule by now) and the frozen
+    reference by the strategy; under fsdp2 fill the skeletons from rank 0's weights."""
+    from prefopt.models import FrozenReference
+
+    full = None
+    if place.strategy == "fsdp2" and place.world > 1 and place.is_main:
+        # Rank 0's only full copy (its tensors, not copies): the shards are cut from it.
+        full = {**dict(policy.named_buffers()), **policy.state_dict()}
+    place.trainable(policy)
+    place.materialize(policy, full)
+    if isinstance(reference, FrozenReference):
+        place.frozen(reference.model)
+        if place.strategy == "fsdp2":
+            reference.place = place
+            own = set(reference.model.state_dict()) | {n for n, _ in reference.model.named_buffers()}
+            place.materialize(reference.model, {k: v for k, v in full.items() if k in own} if full else None)
+    del full
+
+
+def _print_placement(place, policy, trainer, tcfg, console):
+    """Strategy, world size and the bytes each rank holds (parameters now; optimizer state as it
+    will be after the first step: AdamW keeps two fp32 moments per trainable element)."""
+    held = place.held_bytes(policy)
+    trainable = place.local_bytes(trainer.params)
+    moments = {"adamw": 2, "adam": 2, "sgd": 0}[tcfg.optimizer]
+    per_rank = _gather(place, (held["params"], trainable * moments))
+    if place.is_main:
+        mb = lambda b: f"{b / 2**20:,.1f} MB"  # noqa: E731
+        console.print(f"  strategy: {place.strategy}, {place.world} process(es); per rank: "
+                      + ", ".join(f"rank {r}: params {mb(p)} + optimizer state {mb(o)}" for r, (p, o) in enumerate(per_rank)),
+                      soft_wrap=True)
 
 
 def _resume_point(tcfg, out_dir: str, run_config: dict, console) -> Optional[str]:

@@ -2,8 +2,10 @@
 
 The trainer knows nothing about methods. It gets micro-batches from a batch source, asks the
 objective for a loss summed over its units (pairs, sequences or tokens), divides by the units of
-the whole optimizer step (all micro-batches, all processes), backpropagates, sums gradients across
-processes, clips, steps, logs, evaluates and checkpoints.
+the whole optimizer step (all micro-batches, all processes), backpropagates, clips, steps, logs,
+evaluates and checkpoints. How the processes share gradients and weights (none / DDP / FSDP2) is
+:mod:`prefopt.placement`'s business: the loss runs through ``placement.call`` as the policy's
+forward, so the engine's own gradient reduction (bucketed, overlapped) does the sync.
 
 Why sum-then-divide: a token-mean loss averaged per micro-batch changes with the accumulation
 split; dividing the step's summed loss by the step's unit count does not.
@@ -31,6 +33,7 @@ from prefopt.config import TrainerConfig
 from prefopt.data import EpochOrder
 from prefopt.errors import Interrupted, RunStopped
 from prefopt.logprobs import Scorer
+from prefopt.placement import Placement, is_sharded
 
 TMP_PREFIX = ".tmp-"
 
@@ -77,6 +80,14 @@ def _fsync(path: str):
         os.close(fd)
 
 
+def _files_under(d: str) -> list:
+    """Every file below ``d``, as sorted paths relative to it (a sharded checkpoint has subfolders)."""
+    out = []
+    for root, _, names in os.walk(d):
+        out += [os.path.relpath(os.path.join(root, n), d) for n in names]
+    return sorted(out)
+
+
 def _write_json(path: str, obj):
     with open(path, "w") as f:
         json.dump(finite_or_none(obj), f, allow_nan=False)
@@ -115,6 +126,7 @@ def seed_everything(seed: int):
 
 
 def peak_mem_mb(device) -> float:
+    """This process's peak memory (the summary reports the max over processes)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -173,7 +185,7 @@ class TrainState:
 class Trainer:
     def __init__(self, *, objective, policy, reference, source, cfg: TrainerConfig, out_dir: str,
                  total_steps: int, evaluator: Optional[Callable] = None, device=None, temperature: float = 1.0,
-                 console=None, run_config: Optional[dict] = None):
+                 console=None, run_config: Optional[dict] = None, placement: Optional[Placement] = None):
         self.objective = objective
         self.policy = policy
         self.reference = reference
@@ -182,13 +194,15 @@ class Trainer:
         self.out_dir = out_dir
         self.total_steps = total_steps
         self.evaluator = evaluator
-        self.device = device or torch.device("cpu")
+        self.place = placement or Placement(device=device or torch.device("cpu"))
+        self.device = device or self.place.device
         self.scorer = Scorer(policy, reference, temperature=temperature)
         self.console = console
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.is_main = self.rank == 0
+        self.distributed = self.place.distributed
+        self.rank, self.world = self.place.rank, self.place.world
+        self.is_main = self.place.is_main
+        # Under fsdp2 the checkpoints are sharded (torch.distributed.checkpoint): each rank writes its shards.
+        self.sharded = is_sharded(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
@@ -242,48 +256,97 @@ class Trainer:
     def save_checkpoint(self) -> Optional[str]:
         """Write checkpoints/step_N atomically: build it under a temporary name, manifest last, then
         rename. Non-finite weights are never written; a failed write (a full disk) removes its partial
-        directory and leaves the earlier checkpoints as they were. Returns the checkpoint's path."""
-        if not self.is_main:
+        directory and leaves the earlier checkpoints as they were. Returns the checkpoint's path.
+
+        Under fsdp2 every rank writes its own shards of the weights and optimizer state
+        (torch.distributed.checkpoint, into ``shards/``) and its RNG state; rank 0 writes the rest and
+        the manifest, after all shards are on disk, so the rename publishes a complete checkpoint or none."""
+        if not self.sharded and not self.is_main:
             return None
         step = self.state.step
-        trainable = self._trainable_state()
-        bad = [n for n, v in trainable.items() if not torch.isfinite(v).all()]
+        trainable = None if self.sharded else self._trainable_state()
+        local = [p.detach() for p in self.params] if self.sharded else list(trainable.values())
+        bad = [n for n, v in zip(self._param_names(), local) if not torch.isfinite(getattr(v, "_local_tensor", v)).all()]
+        if self.sharded and self.place.all_max(1.0 if bad else 0.0) > 0 and not bad:
+            bad = ["a parameter shard of another process"]
         if bad:
             last = self.newest_checkpoint(self.out_dir)
             raise TrainingDiverged(f"weights are not finite after step {step} ({bad[0]}); not checkpointed. "
                                    f"Last good checkpoint: {last or 'none'}. Try a lower trainer.lr.")
         final = os.path.join(self.ckpt_dir, f"step_{step:07d}")
         tmp = os.path.join(self.ckpt_dir, f"{TMP_PREFIX}step_{step:07d}-{os.getpid()}")
+        if self.sharded:
+            tmp = self.place.broadcast_object(tmp)  # rank 0's name: its pid marks a live writer
+        error = None
         try:
-            os.makedirs(tmp, exist_ok=True)
-            torch.save(trainable, os.path.join(tmp, "trainable.pt"))
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": _rng_state(),
-                        "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}},
-                       os.path.join(tmp, "optim.pt"))
-            _write_json(os.path.join(tmp, "state.json"), self.state.__dict__)
-            if self.run_config is not None:
-                _write_json(os.path.join(tmp, "config.json"), self.run_config)
-            files = {}
-            for name in sorted(os.listdir(tmp)):
-                p = os.path.join(tmp, name)
-                _fsync(p)
-                files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
-            _write_json(os.path.join(tmp, self.MANIFEST), {"format": self.FORMAT, "step": step, "files": files})
-            _fsync(tmp)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync(self.ckpt_dir)
+            if self.is_main:
+                os.makedirs(tmp, exist_ok=True)
+            if self.sharded:
+                self.place.barrier()
+                self._save_shards(tmp)
+            else:
+                torch.save(trainable, os.path.join(tmp, "trainable.pt"))
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            error = e
+        if self.sharded and self.place.all_max(1.0 if error else 0.0) > 0 and error is None:
+            error = OSError("a write failed on another process")
+        try:
+            if error is None and self.is_main:
+                extras = {"scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                          "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}}
+                if not self.sharded:
+                    extras["optimizer"] = self.optimizer.state_dict()
+                torch.save(extras, os.path.join(tmp, "trainer.pt" if self.sharded else "optim.pt"))
+                _write_json(os.path.join(tmp, "state.json"), self.state.__dict__)
+                if self.run_config is not None:
+                    _write_json(os.path.join(tmp, "config.json"), self.run_config)
+                files = {}
+                for name in _files_under(tmp):
+                    p = os.path.join(tmp, name)
+                    _fsync(p)
+                    files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+                _write_json(os.path.join(tmp, self.MANIFEST), {"format": self.FORMAT, "step": step, "files": files,
+                                                               "layout": "sharded" if self.sharded else "full",
+                                                               "world_size": self.world})
+                _fsync(tmp)
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync(self.ckpt_dir)
+        except OSError as e:
+            error = e
+        if self.sharded and self.place.all_max(1.0 if error else 0.0) > 0 and error is None:
+            error = OSError("a write failed on another process")
+        if error is not None:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
             last = self.newest_checkpoint(self.out_dir)
             raise RunStopped(
-                f"could not write checkpoint {final} ({e.strerror or e}); the partial write was removed; "
-                f"last complete checkpoint: {last or 'none'}. Free some space, then resume with trainer.resume=auto"
+                f"could not write checkpoint {final} ({getattr(error, 'strerror', None) or error}); the partial write was "
+                f"removed; last complete checkpoint: {last or 'none'}. Free some space, then resume with trainer.resume=auto"
             ) from None
-        self._prune()
+        if self.is_main:
+            self._prune()
         return final
+
+    def _param_names(self) -> list:
+        names = {id(p): n for n, p in self.policy.named_parameters()}
+        return [names[id(p)] for p in self.params]
+
+    def _sharded_state(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        # Only what trains (LoRA: the adapters): frozen base weights are read again from model.*.
+        msd, osd = get_state_dict(self.policy, self.optimizer, options=StateDictOptions(ignore_frozen_params=True))
+        return {"model": msd, "optim": osd}
+
+    def _save_shards(self, tmp: str):
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), checkpoint_id=os.path.join(tmp, "shards"))
+        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{self.rank}.pt"))  # each process draws its own
+        self.place.barrier()  # every rank's files are on disk before rank 0 lists them
 
     def _prune(self):
         done = sorted(d for d in os.listdir(self.ckpt_dir) if d.startswith("step_"))
@@ -320,7 +383,10 @@ class Trainer:
             return "no manifest.json (an interrupted write, or a checkpoint of an older prefopt)"
         except (OSError, ValueError, KeyError, TypeError) as e:
             return f"unreadable manifest.json ({type(e).__name__})"
-        for name in ("trainable.pt", "optim.pt", "state.json"):
+        layout = manifest.get("layout", "full")
+        needed = ("trainer.pt", "state.json", "shards/.metadata") if layout == "sharded" else \
+            ("trainable.pt", "optim.pt", "state.json")
+        for name in needed:
             if name not in files:
                 return f"manifest.json does not list {name}"
         for name, meta in files.items():
@@ -365,22 +431,47 @@ class Trainer:
         why = self.verify_checkpoint(path)
         if why is not None:
             raise CheckpointInvalid(f"checkpoint {path}: {why}")
+        with open(os.path.join(path, self.MANIFEST)) as f:
+            layout = json.load(f).get("layout", "full")
+        if (layout == "sharded") != self.sharded:
+            raise CheckpointInvalid(
+                f"checkpoint {path} holds {'sharded (fsdp2)' if layout == 'sharded' else 'whole (none/ddp)'} weights and this "
+                f"run is {'sharded' if self.sharded else 'not sharded'}; accepted: the trainer.strategy it was written under")
         try:
-            trainable = torch.load(os.path.join(path, "trainable.pt"), map_location="cpu", weights_only=True)
-            opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=True)
+            if self.sharded:
+                opt = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+                rng_path = os.path.join(path, "rng", f"rank_{self.rank}.pt")
+                if os.path.exists(rng_path):
+                    opt["rng"] = torch.load(rng_path, map_location="cpu", weights_only=True)
+            else:
+                trainable = torch.load(os.path.join(path, "trainable.pt"), map_location="cpu", weights_only=True)
+                opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 — weights_only refuses anything but tensors and plain types
             raise CheckpointInvalid(
                 f"checkpoint {path}: refused to load ({_first_line(e)}); a prefopt checkpoint holds only "
                 "tensors and plain types") from None
-        named = dict(self.policy.named_parameters())
-        unknown = [n for n in trainable if n not in named]
-        if unknown:
-            raise CheckpointInvalid(f"checkpoint {path}: parameter '{unknown[0]}' is not in this model; "
-                                    "accepted: a checkpoint of the same model and adapter settings")
-        with torch.no_grad():
-            for n, v in trainable.items():
-                named[n].copy_(v.to(named[n].device))
-        self.optimizer.load_state_dict(opt["optimizer"])
+        if self.sharded:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            state = self._sharded_state()
+            try:
+                dcp.load(state, checkpoint_id=os.path.join(path, "shards"))
+            except Exception as e:  # noqa: BLE001 — a checkpoint of another model: keys or shapes differ
+                raise CheckpointInvalid(f"checkpoint {path}: its shards do not fit this model ({_first_line(e)}); "
+                                        "accepted: a checkpoint of the same model and adapter settings") from None
+            set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=StateDictOptions(ignore_frozen_params=True))
+        else:
+            named = dict(self.policy.named_parameters())
+            unknown = [n for n in trainable if n not in named]
+            if unknown:
+                raise CheckpointInvalid(f"checkpoint {path}: parameter '{unknown[0]}' is not in this model; "
+                                        "accepted: a checkpoint of the same model and adapter settings")
+            with torch.no_grad():
+                for n, v in trainable.items():
+                    named[n].copy_(v.to(named[n].device))
+            self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
         _set_rng_state(opt["rng"])
         saved = opt.get("parts", {})
@@ -456,19 +547,32 @@ class Trainer:
 
     def _stop_now(self, saved: Optional[str]):
         signum, self._stop_signal = self._stop_signal, None
-        if saved is None and self.is_main:
-            saved = self.save_checkpoint()
+        if saved is None:
+            saved = self.save_checkpoint()  # every rank: under fsdp2 each writes its shards
         if self.distributed:
             dist.barrier()
         raise Interrupted(signum, step=self.state.step, checkpoint=saved)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _all_sum(self, x: float) -> float:
-        if not self.distributed:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item())
+        return self.place.all_sum(x)
+
+    def _aligned(self, micro: list) -> list:
+        """(batch, weight) per micro-batch. Under ddp / fsdp2 every forward and backward is a
+        collective, so every process must run as many as the others: a process with fewer
+        micro-batches this step (an online rollout whose dynamic sampling kept fewer groups here)
+        repeats its last one with weight 0, which adds nothing to the gradient."""
+        pairs = [(b, 1.0) for b in micro]
+        if not self.distributed or self.place.strategy == "none":
+            return pairs
+        most = int(self.place.all_max(float(len(micro))))
+        if len(micro) < most:
+            if not micro:
+                raise RunStopped(f"process {self.rank} has no sequences at step {self.state.step + 1} while another has "
+                                 f"{most} micro-batch(es); with several processes every one needs data each step. "
+                                 "Accepted: more prompts per process (algo.prompts_per_step) or more generation rounds")
+            pairs += [(micro[-1], 0.0)] * (most - len(micro))
+        return pairs
 
     def train_step(self) -> dict:
         """One optimizer step over the step's micro-batches."""
@@ -480,32 +584,33 @@ class Trainer:
         if units_total <= 0:
             units_total = 1.0  # an all-empty step contributes no gradient rather than NaN
         loss_total, metric_sums, tokens = 0.0, {}, 0
-        for b in micro:
-            loss_sum, metrics = self.objective.loss(b, self.scorer)
-            loss = loss_sum / units_total
-            if not torch.isfinite(loss):
-                last = self.newest_checkpoint(self.out_dir)
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {self.state.step + 1}; stopped before the update. "
-                    f"Last good checkpoint: {last or 'none (set trainer.save_every_steps)'}. Try a lower trainer.lr."
-                )
-            loss.backward()
+        plan = self._aligned(micro)
+        for i, (b, weight) in enumerate(plan):
+            with self.place.accumulate(self.policy, sync=i == len(plan) - 1):
+                loss_sum, metrics = self.place.call(self.policy, self.objective.loss, b, self.scorer)
+                loss = loss_sum / units_total
+                if not torch.isfinite(loss):
+                    last = self.newest_checkpoint(self.out_dir)
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {self.state.step + 1}; stopped before the update. "
+                        f"Last good checkpoint: {last or 'none (set trainer.save_every_steps)'}. Try a lower trainer.lr."
+                    )
+                # Each process's loss is divided by the global unit count: the gradient wanted is the
+                # sum over processes, and DDP / FSDP2 average (grad_scale = world size there).
+                (loss * (weight * self.place.grad_scale)).backward()
+            if weight == 0.0:
+                continue
             loss_total += float(loss.detach())
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
             tokens += _real_tokens(b)
-        if self.distributed:
-            # Each process's loss is already divided by the global unit count: summing gradients
-            # gives the gradient of the global mean.
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
         # A finite loss can still give a NaN / inf gradient (an overflow in the backward pass): the
         # update is checked here, before it reaches the weights and so any checkpoint.
         grads = [p.grad for p in self.params if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
-        grad_norm = float(total_norm)
+        # Under fsdp2 the gradients are shards (DTensors) and so is their norm: the global value
+        # is its full tensor (the same on every rank).
+        grad_norm = float(total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             last = self.newest_checkpoint(self.out_dir)
@@ -586,10 +691,16 @@ class Trainer:
     def evaluate(self, evaluator: Optional[Callable] = None):
         """``evaluator`` (default: the periodic one given at construction) on the current policy."""
         evaluator = evaluator or self.evaluator
-        if not self.is_main or evaluator is None:
+        if evaluator is None:
             return None
         from prefopt.models import dropout_off
 
-        with torch.no_grad(), dropout_off(self.policy):
-            out = evaluator(self.policy)
+        out = None
+        # Rank 0 evaluates; under fsdp2 every rank first takes part in gathering every placed model
+        # (policy, reference, reward model) so that rank 0 can run them alone.
+        with self.place.gathered():
+            if self.is_main:
+                with torch.no_grad(), dropout_off(self.policy):
+                    out = evaluator(self.policy)
+            self.place.barrier()
         return out
