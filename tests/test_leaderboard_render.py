@@ -26,6 +26,7 @@ def fixture_results(d):
     rs.append(r)
     rs.append(rec("kto", 0, 0.9, 3.0, suite="quick"))  # another suite: counted in the notes only
     rs.append(rec("dpo", 0, 9.9, 1.0, suite="standard", code="old"))  # another code version: not in a row
+    rs.append({**rec("ipo", 0, 7.7, 1.0, suite="standard"), "result_version": 1})  # the first protocol: not shown
     for r in rs:
         store.write_result(d, r)
     store.write_result(d, {"config_hash": "failedrun", "status": "failed", "error": "UserError: <boom>",
@@ -52,7 +53,8 @@ def test_render_from_fixture_results(tmp_path):
     assert " — |" in evil and "0.200" in evil
     assert "gold @ KL≤1" in md and "P(row beats column)" in md and "sanity checks" in md
     assert "Code version `c1`" in md and "CPU capability **AVX2**" in md and "code version `old`" in md
-    assert "9.900" not in md  # the other code version's number is nowhere
+    assert "9.900" not in md and "7.700" not in md  # the other code version's and protocol's numbers are nowhere
+    assert "1 result(s) of the first protocol" in md
     assert "corrupt.json" in md and "failed: reviews-s0-ppo" in md and "suite `quick` not shown" in md
     png = (tmp_path / "frontier.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -39,7 +39,7 @@ def rec(method, seed, gold, kl, *, point=None, reward=None, category="offline", 
     ev.update(extra.pop("eval", {}))
     vg, vk = val if val is not None else (gold, kl)
     h = hashlib.sha256(f"{suite}{task}{method}{seed}{sorted((point or {}).items())}{reward}{role}{code}{cpu}".encode()).hexdigest()[:16]
-    return {"config_hash": h, "result_id": h, "status": "ok", "algo": method, "seed": seed, "params": dict(point or {}),
+    return {"config_hash": h, "result_id": h, "result_version": 2, "status": "ok", "algo": method, "seed": seed, "params": dict(point or {}),
             "wall_time_s": 10.0, "gen_time_s": 1.0, "train_time_s": 8.0, "peak_mem_mb": 500.0, "tokens_per_s": 1000.0,
             "testbed": {"label_temperature": 0.5}, "eval": ev,
             "eval_periodic": {**ev, "gold_reward": vg, "kl_to_ref": vk},

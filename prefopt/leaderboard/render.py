@@ -276,6 +276,9 @@ def markdown(agg, suite, budgets, loaded, versions, records) -> str:
 
 def notes(agg, loaded, suite) -> list:
     out = []
+    if agg.get("v1_results"):
+        out.append(f"{agg['v1_results']} result(s) of the first protocol (result_version 1: β picked on the reported "
+                   "prompts, one learning rate for all, no code version) are in results/ and not shown")
     other = Counter(r["leaderboard"].get("suite") for r in loaded.ok if r["leaderboard"].get("suite") != suite)
     for s, n in sorted(other.items(), key=lambda kv: str(kv[0])):
         out.append(f"{n} result(s) of suite `{s}` not shown (`prefopt-leaderboard render suite={s}`)")
@@ -484,7 +487,14 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
         except Exception:  # noqa: BLE001 — a suite defined only by its results
             budgets = []
     records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
+    # Records of the first protocol (β picked on the reported prompts, no tuning grid, no code version)
+    # answer another question: counted, never shown next to this protocol's rows.
+    v1 = [r for r in records if (r.get("result_version") or 1) < 2]
+    records = [r for r in records if r not in v1]
+    if v1:
+        report.append(f"  {len(v1)} result(s) of the first protocol (result_version 1) not shown")
     agg = aggregate(records, budgets)
+    agg["v1_results"] = len(v1)
     from prefopt.leaderboard.aggregate import pick_version
 
     _, shown = pick_version(records)
