@@ -65,7 +65,7 @@ def load_suite(name_or_path: str) -> dict:
     defaults = dict(seed_keys=["seed"], tuning_seeds=[], exclude=[], reward_model="reward", proxy_tasks=None,
                     exact_reward={}, lr_grid={}, pick_kl_budget=None, common=[], stage1=[], offline=[], online=[],
                     online_task={}, algo={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16}, kl_budgets=[],
-                    ablation=None)
+                    ablation=None, board_notes=[])
     suite = {**defaults, **suite}
     if suite["proxy_tasks"] is None:
         suite["proxy_tasks"] = list(suite["tasks"])

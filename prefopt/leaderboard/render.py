@@ -288,6 +288,12 @@ def notes(agg, loaded, suite) -> list:
             out.append(f"failed: {lb.get('job')} ({r.get('result_id') or r.get('config_hash')}): {str(r.get('error', ''))[:300]}")
     for name, why in loaded.problems:
         out.append(f"skipped file {name}: {why}")
+    try:
+        from prefopt.leaderboard.plan import load_suite
+
+        out += list(load_suite(suite).get("board_notes") or [])
+    except Exception:  # noqa: BLE001 — a suite known only from its results
+        pass
     out.append("Selection reads validation numbers only (the `eval_periodic` block of the tuning runs); the table's test "
                "numbers come from the report seeds' runs, which chose nothing. `gold @ KL≤B (curve)` reads the report runs' "
                "validation curves (the best step within the budget), so it is a curve read-off, not a test number.")
