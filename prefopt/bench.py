@@ -647,8 +647,14 @@ def main(argv=None):
         from prefopt.bench_gpu import main as gpu_main
 
         return gpu_main(argv[1:])
+    if argv[:1] == ["memory"]:
+        from prefopt.bench_memory import main as memory_main
+
+        return memory_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m prefopt.bench", description=__doc__.splitlines()[0],
-                                 epilog="python -m prefopt.bench gpu-check [--dry]: the GPU check (see prefopt/bench_gpu.py)")
+                                 epilog="python -m prefopt.bench gpu-check [--dry]: the GPU check (see prefopt/bench_gpu.py); "
+                                        "python -m prefopt.bench memory: fsdp2 memory per rank, 1 vs 2 processes "
+                                        "(prefopt/bench_memory.py)")
     ap.add_argument("--workloads", default="dpo,grpo",
                     help=f"comma-separated, from {', '.join(WORKLOADS)}; 'real' = {ALIASES['real']}")
     ap.add_argument("--providers", default="prefopt,trl",
