@@ -16,6 +16,7 @@ from collections import Counter
 
 from prefopt.leaderboard import checks
 from prefopt.leaderboard.aggregate import REWARD_LABEL, aggregate
+from prefopt.leaderboard.bon import best_of_n_kl
 from prefopt.leaderboard.store import load_results
 
 PROTOCOL = """\
@@ -325,11 +326,12 @@ def frontier_png(agg, suite, path) -> bytes:
         ys = []
         for row in T["rows"]:
             if row.method == "best-of-n":
-                pts = [p for p in row.bon_points if p.est.get("gold")]
-                x = [math.sqrt(max(p.est["kl"].mean, 0.0)) if p.est.get("kl") else 0.0 for p in pts]
-                y = [p.est["gold"].mean for p in pts]
+                # validation numbers, like the training curves (its test numbers are in the table)
+                pts = [p for p in row.bon_points if p.per_seed.get("val_gold")]
+                x = [math.sqrt(max(best_of_n_kl(p.point["n"]), 0.0)) for p in pts]
+                y = [sum(p.per_seed["val_gold"].values()) / len(p.per_seed["val_gold"]) for p in pts]
                 style = dict(color="black", lw=2.2) if row.reward == "proxy" else dict(color="gray", lw=1.4, ls=":")
-                ax.plot(x, y, marker="D", ms=4, label=f"best-of-n ({'proxy RM' if row.reward == 'proxy' else 'gold, oracle'} pick; test)",
+                ax.plot(x, y, marker="D", ms=4, label=f"best-of-n ({'proxy RM' if row.reward == 'proxy' else 'gold, oracle'} pick)",
                         **style)
                 ys += y
                 continue
@@ -349,9 +351,11 @@ def frontier_png(agg, suite, path) -> bytes:
                 ax.plot([math.sqrt(max(p["kl"], 0.0)) for p in pc], [p["proxy_cal"] for p in pc], color=c, ls="--", lw=1.0,
                         alpha=0.7)
                 ys += [p["proxy_cal"] for p in pc]
-        ref = T["reference"]
-        if ref is not None and ref.est.get("gold"):
-            ax.plot([0], [ref.est["gold"].mean], marker="*", ms=14, color="gold", mec="black", ls="none",
+        # π_SFT on the validation prompts: the curves' common step 0
+        starts = [c[0]["gold"] for c in (r.best.mean_curve() for r in T["rows"] if r.best is not None)
+                  if c and c[0]["step"] == 0 and c[0]["gold"] is not None]
+        if starts:
+            ax.plot([0], [sum(starts) / len(starts)], marker="*", ms=14, color="gold", mec="black", ls="none",
                     label="π_SFT (reference)", zorder=5)
         ys = [v for v in ys if math.isfinite(v)]
         if ys:
@@ -359,7 +363,7 @@ def frontier_png(agg, suite, path) -> bytes:
             pad = 0.08 * (hi - lo or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("√KL(π ‖ π_SFT)   (√nats; validation prompts along training)")
-        ax.set_ylabel("gold reward")
+        ax.set_ylabel("gold reward (validation prompts)")
         ax.set_title(f"{task}: gold vs √KL along training (dashed: proxy RM, calibrated)")
         ax.grid(alpha=0.3)
         ax.set_xlim(left=0)
