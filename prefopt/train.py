@@ -4,8 +4,11 @@
     prefopt-train -m algo.beta=0.05,0.1,0.5 seed=0,1
     prefopt-train --cfg job
 
-:func:`run` composes the pieces: typed configs → data → models → objective → trainer → evaluation
-→ outputs. It reads the objective's declarations (``needs``) and never its name.
+:func:`run` composes the pieces in named stages, each a short function below: typed configs
+(``_configs``) → processes and strategy (``_placement``) → data (``_data``) → models (``_models``) →
+online parts (``_online_parts``) → placement of every model by the strategy (``_place_models``) →
+batch source (``_batch_source``) → trainer (``_trainer``) → training (``_train``) → outputs
+(``_outputs``). It reads the objective's declarations (``needs``) and never its name.
 """
 
 from __future__ import annotations
@@ -247,58 +250,126 @@ def run(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
             raise
 
 
+@dataclass
+class _Configs:
+    """Stage 1's output: every section typed and checked."""
+
+    cfg: DictConfig
+    objective: object
+    needs: object
+    acfg: object
+    mcfg: object
+    tcfg: object
+    ecfg: object
+    dcfg: object
+    data_name: str
+    seed: int
+    run_config: dict
+    micro_per_step: int = 0
+    task: Optional[str] = None
+
+
+@dataclass
+class _Data:
+    """Stage 2's output: the tokenized examples, the tokenizer and base weights they go with, and
+    the evaluation prompts."""
+
+    tok: object
+    rows: list
+    source_name: str
+    examples: list
+    report: object
+    base_path: Optional[str]
+    gold_fn: object
+    eval_sets: dict
+    pairwise_eval: object = None
+
+
+@dataclass
+class _Models:
+    """Stage 3's output: the policy, its reference (frozen, adapter-disabled or precomputed) and how
+    to rebuild the policy's skeleton (for the consolidated model/ under fsdp2)."""
+
+    policy: object
+    reference: object
+    eval_reference: object
+    rebuild: object
+    precompute_ref: bool
+
+
 def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
-    quiet_libraries()
-    import torch
+    """configs → data → models → online parts → placement → batch source → trainer → train → outputs."""
     from rich.console import Console
 
-    from prefopt import data as D
-    from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_eval, check_model, check_trainer, typed
-    from prefopt.evaluate import Evaluator, chat_prompt_ids
-    from prefopt.models import lazy_reference, load_policy, load_reward_model, load_tokenizer, make_reference, torch_dtype
-    from prefopt.placement import setup as setup_placement
-    from prefopt.registry import get_objective
-    from prefopt.rollout import HFSampler, SamplingConfig
-    from prefopt.trainer import (CheckpointInvalid, OfflineSource, Trainer, TrainingDiverged, finite_or_none, peak_mem_mb,
-                                 seed_everything)
+    from prefopt.trainer import seed_everything
 
+    quiet_libraries()
     t_start = time.perf_counter()
     console = console or Console(stderr=False)
+    c = _configs(cfg)
+    place = _placement(c)
+    resume_from = _resume_point(c.tcfg, out_dir, c.run_config, console if place.is_main else None)
+    seed_everything(c.seed)
+    d = _data(c, place, console)
+    m = _models(c, d, place, console)
+    online = _online_parts(c, d, m, place)
+    _place_models(place, m.policy, m.reference)
+    source, total_steps = _batch_source(c, d, m, online, place)
+    trainer, evaluator = _trainer(c, d, m, online, source, total_steps, place, out_dir, console)
+    _train(trainer, c, place, out_dir, console, on_start, resume_from, ctx)
+    return _outputs(trainer, evaluator, c, d, m, place, source, out_dir, console, ctx, t_start)
 
-    # 1. Typed configs: every mistake surfaces here, before any model or data is loaded.
+
+def _configs(cfg: DictConfig) -> _Configs:
+    """Typed configs: every mistake surfaces here, before any model or data is loaded."""
+    from prefopt.config import EvalConfig, ModelConfig, TrainerConfig, check_eval, check_model, typed
+    from prefopt.registry import get_objective
+
     if "algo" not in cfg or "name" not in cfg.algo:
         raise UserError("config key 'algo.name' is missing; choose a preset with algo=NAME")
     Obj = get_objective(cfg.algo.name)
     acfg = typed(Obj.Config, cfg.algo, "algo")
-    mcfg: ModelConfig = typed(ModelConfig, cfg.get("model"), "model")
-    tcfg: TrainerConfig = typed(TrainerConfig, cfg.get("trainer"), "trainer")
-    ecfg: EvalConfig = typed(EvalConfig, cfg.get("eval"), "eval")
+    mcfg = typed(ModelConfig, cfg.get("model"), "model")
+    tcfg = typed(TrainerConfig, cfg.get("trainer"), "trainer")
+    ecfg = typed(EvalConfig, cfg.get("eval"), "eval")
     data_name = cfg.data.get("name", "hf")
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
-    seed = int(cfg.get("seed", 0))
     check_eval(ecfg)
     check_model(mcfg)
     objective = Obj(acfg)
-    needs = objective.needs  # an objective may refine its class declaration from its config (no KL: no reference)
+    # needs: an objective may refine its class declaration from its config (no KL: no reference)
+    return _Configs(cfg=cfg, objective=objective, needs=objective.needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg,
+                    dcfg=dcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
+                    task=dcfg.testbed.task if data_name != "hf" else None)
 
-    # The process group (torchrun's variables) and the strategy: where every model below is placed.
-    place = setup_placement(tcfg.strategy, cpu=tcfg.cpu, dtype=torch_dtype(mcfg.dtype) if mcfg.dtype != "auto" else None)
-    if place.strategy == "fsdp2" and mcfg.load_in_4bit:
+
+def _placement(c: _Configs):
+    """The process group (torchrun's variables) and the strategy: where every model will be placed."""
+    from prefopt.config import check_trainer
+    from prefopt.models import torch_dtype
+    from prefopt.placement import setup
+
+    place = setup(c.tcfg.strategy, cpu=c.tcfg.cpu, dtype=torch_dtype(c.mcfg.dtype) if c.mcfg.dtype != "auto" else None)
+    if place.strategy == "fsdp2" and c.mcfg.load_in_4bit:
         raise UserError("model.load_in_4bit=true with trainer.strategy=fsdp2: bitsandbytes' 4-bit CPU weights cannot be "
                         "sharded by fully_shard; accepted: trainer.strategy=ddp (QLoRA replicated) or 16/32-bit LoRA under fsdp2")
-    is_main = place.is_main
-    micro_per_step = check_trainer(tcfg, place.world)
-    run_config = hashed_config(cfg)
-    resume_from = _resume_point(tcfg, out_dir, run_config, console if is_main else None)
+    c.micro_per_step = check_trainer(c.tcfg, place.world)
+    return place
 
-    seed_everything(seed)
-    # 2. Data and the tokenizer / base weights it goes with.
-    gold_fn, eval_texts = None, None
-    if data_name != "hf":
-        from prefopt.testbed import world as W
 
+def _data(c: _Configs, place, console) -> _Data:
+    """Data and the tokenizer / base weights it goes with; the held-out prompts of each split."""
+    from prefopt import data as D
+    from prefopt.evaluate import chat_prompt_ids
+    from prefopt.models import load_tokenizer
+    from prefopt.testbed import world as W
+
+    mcfg, dcfg, ecfg, needs = c.mcfg, c.dcfg, c.ecfg, c.needs
+    show = console if place.is_main else None
+    gold_fn, eval_texts, tok = None, None, None
+    if c.data_name != "hf":
         with place.main_first():
-            world = W.build_world(dcfg.testbed, needs.data, console if is_main else None)
+            world = W.build_world(dcfg.testbed, needs.data, show)
         tok = world.tokenizer
         rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
         if dcfg.num_rows:
@@ -310,17 +381,12 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
         rows, source_name = D.load_rows(dcfg)
         base_path = mcfg.name_or_path
-        tok = None
     rows = D.prepare_rows(rows, needs.data, dcfg, source_name)
     if base_path is None and mcfg.arch is None:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
-        from prefopt.testbed import world as W
-
         with place.main_first():
-            base_path = W.sft_policy_path(W.TestbedConfig(), console if is_main else None)
+            base_path = W.sft_policy_path(W.TestbedConfig(), show)
     if tok is None:
-        from prefopt.testbed import world as W
-
         tok = load_tokenizer(mcfg.tokenizer or base_path or W.tokenizer_path(), mcfg.trust_remote_code)
     examples, report = D.tokenize_rows(rows, needs.data, tok, dcfg, source_name)
     if eval_texts is None:
@@ -331,111 +397,149 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     else:
         eval_sets = {sp: (ps[: ecfg.num_prompts], [chat_prompt_ids(tok, p) for p in ps[: ecfg.num_prompts]])
                      for sp, ps in eval_texts.items()}
-
-    # 3. Models.
     # Objective hooks (optional, read by declaration, never by name): a data check / filter run
-    # before any model loads, and a collate that replaces data.collate (e.g. KTO's mismatched pairs).
-    prepare_examples = getattr(objective, "prepare_examples", None)
+    # before any model loads.
+    prepare_examples = getattr(c.objective, "prepare_examples", None)
     if prepare_examples is not None:
         examples = prepare_examples(examples, rows, source_name)
     pairwise_eval = None
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
-        examples, pairwise_eval = _heldout_pairs(examples, rows, dcfg, acfg, tok, gold_fn, seed, source_name)
-    # Under fsdp2 only rank 0 reads weights; the others build skeletons on meta (prefopt.placement).
+        examples, pairwise_eval = _heldout_pairs(examples, rows, dcfg, c.acfg, tok, gold_fn, c.seed, source_name)
+    return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=base_path,
+                 gold_fn=gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval)
+
+
+def _models(c: _Configs, d: _Data, place, console) -> _Models:
+    """The policy and its reference. Under fsdp2 only rank 0 reads weights; the others build
+    skeletons on meta, filled when the models are placed (prefopt.placement)."""
+    from prefopt.models import lazy_reference, load_policy, load_reward_model, make_reference
+
+    mcfg, needs, seed, tok, base_path = c.mcfg, c.needs, c.seed, d.tok, d.base_path
     sharded = place.strategy == "fsdp2" and place.world > 1
-    rebuild = (lambda: load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed,  # noqa: E731
-                                         pad_token_id=tok.pad_token_id, meta=True)) if needs.head == "scalar" else \
-        (lambda: load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=True))  # noqa: E731
     if needs.head == "scalar":
-        policy = load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed, pad_token_id=tok.pad_token_id,
-                                   meta=place.meta_init)
+        def load(meta):
+            return load_reward_model(mcfg, path=base_path, vocab_size=len(tok), seed=seed, pad_token_id=tok.pad_token_id,
+                                     meta=meta)
     else:
-        policy = load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=place.meta_init)
-    precompute_ref = needs.reference and getattr(acfg, "precompute_ref", False)
+        def load(meta):
+            return load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=meta)
+    policy = load(place.meta_init)
+    precompute_ref = bool(needs.reference and getattr(c.acfg, "precompute_ref", False))
     reference = None
     if needs.reference and not precompute_ref:
         # Sharded: a skeleton on every rank, filled from the policy's initial weights (no second full copy).
         reference = make_reference(policy, mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=sharded)
     eval_reference = reference or lazy_reference(mcfg, base_path, vocab_size=len(tok), seed=seed, policy=policy)
-    device = place.device
     if place.strategy != "fsdp2":
-        policy.to(device)
-        eval_reference.to(device)
+        policy.to(place.device)
+        eval_reference.to(place.device)
     if precompute_ref:
         # π_ref = the policy before any update: one no-grad pass, cached on disk; no reference model.
         from prefopt import reference_cache
 
         with place.main_first():
-            examples = reference_cache.attach(
-                policy, examples, model_key=reference_cache.model_fingerprint(mcfg, base_path, seed),
-                batch_size=tcfg.examples_per_device, pad_token_id=tok.pad_token_id,
+            d.examples = reference_cache.attach(
+                policy, d.examples, model_key=reference_cache.model_fingerprint(mcfg, base_path, seed),
+                batch_size=c.tcfg.examples_per_device, pad_token_id=tok.pad_token_id,
                 # fsdp2: rank 0's whole, not yet sharded policy, where it was loaded
-                device=device if place.strategy != "fsdp2" else next(policy.parameters()).device,
-                console=console if is_main else None)
-    objective_collate = getattr(objective, "collate", None)
+                device=place.device if place.strategy != "fsdp2" else next(policy.parameters()).device,
+                console=console if place.is_main else None)
+    return _Models(policy=policy, reference=reference, eval_reference=eval_reference, rebuild=lambda: load(True),
+                   precompute_ref=precompute_ref)
+
+
+def _online_parts(c: _Configs, d: _Data, m: _Models, place):
+    """Online methods (objective declares rollouts / reward / value head): reward source, value head
+    or critic (attached to the policy, so placed with it), rollout source (prefopt/online.py)."""
+    needs = c.needs
+    if not (needs.rollouts or needs.reward or needs.value_head):
+        return None
+    from prefopt.online import setup_online
+
+    return setup_online(c.cfg, c.objective, needs, acfg=c.acfg, examples=d.examples, policy=m.policy, reference=m.reference,
+                        tokenizer=d.tok, dcfg=c.dcfg, mcfg=c.mcfg, tcfg=c.tcfg, base_path=d.base_path, gold_fn=d.gold_fn,
+                        task=c.task, seed=c.seed, rank=place.rank, world_size=place.world, device=place.device,
+                        placement=place)
+
+
+def _batch_source(c: _Configs, d: _Data, m: _Models, online, place):
+    """(batch source, total optimizer steps): the rollout source, or a fixed dataset's batches."""
+    from prefopt import data as D
+    from prefopt.trainer import OfflineSource
+
+    if online is not None and online.source is not None:
+        return online.source, online.total_steps
+    tcfg, tok = c.tcfg, d.tok
+    # An objective's own collate replaces data.collate (e.g. KTO's mismatched pairs).
+    objective_collate = getattr(c.objective, "collate", None)
 
     def collate_examples(ex):
-        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else D.collate(ex, needs.data, tok.pad_token_id)
-        return reference_cache.add_to_batch(batch, ex) if precompute_ref else batch
+        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else D.collate(ex, c.needs.data, tok.pad_token_id)
+        if m.precompute_ref:
+            from prefopt import reference_cache
 
-    # 4. Batches, evaluation, trainer.
-    world_size, rank = place.world, place.rank
-    # -- online methods (issue #4): reward source, value head, rollout source (prefopt/online.py) --
-    online = None
-    if needs.rollouts or needs.reward or needs.value_head:
-        from prefopt.online import setup_online
+            batch = reference_cache.add_to_batch(batch, ex)
+        return batch
 
-        online = setup_online(cfg, objective, needs, acfg=acfg, examples=examples, policy=policy, reference=reference,
-                              tokenizer=tok, dcfg=dcfg, mcfg=mcfg, tcfg=tcfg, base_path=base_path, gold_fn=gold_fn,
-                              task=dcfg.testbed.task if data_name != "hf" else None, seed=seed, rank=rank,
-                              world_size=world_size, device=device, placement=place)
-    _place_models(place, policy, reference)
-    if online is not None and online.source is not None:
-        source, total_steps = online.source, online.total_steps
-    else:  # offline methods
-        source = OfflineSource(examples, collate_examples,
-                               tcfg.examples_per_step, tcfg.examples_per_device, seed=seed, rank=rank, world_size=world_size)
-        total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
-    # -- end online methods --
+    source = OfflineSource(d.examples, collate_examples, tcfg.examples_per_step, tcfg.examples_per_device, seed=c.seed,
+                           rank=place.rank, world_size=place.world)
+    return source, tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * source.steps_per_epoch
+
+
+def _trainer(c: _Configs, d: _Data, m: _Models, online, source, total_steps, place, out_dir, console):
+    """The evaluators and the trainer; the start-up lines."""
+    from prefopt.evaluate import Evaluator
+    from prefopt.rollout import HFSampler, SamplingConfig
+    from prefopt.trainer import Trainer
+
+    ecfg, tcfg, tok = c.ecfg, c.tcfg, d.tok
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     scfg = SamplingConfig(temperature=ecfg.temperature, max_new_tokens=ecfg.max_new_tokens,
                           samples_per_prompt=ecfg.samples_per_prompt, prompts_per_batch=ecfg.prompts_per_batch)
     # Two evaluators: the final one on eval.split (the summary's eval block), and the periodic one on
     # eval.periodic_split (the training curve, and selection by the leaderboard), which never reads test prompts.
-    evaluators = {sp: Evaluator(tokenizer=tok, reference=eval_reference, prompts_text=eval_sets[sp][0],
-                                prompts_ids=eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=gold_fn, seed=seed + 7919,
-                                proxy_fn=online.proxy_fn if online else None)
+    evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
+                                prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
+                                seed=c.seed + 7919, proxy_fn=online.proxy_fn if online else None)
                   for sp in {ecfg.split, ecfg.periodic_split}}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
-    if pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
-        evaluator = periodic_evaluator = pairwise_eval
-    trainer = Trainer(objective=objective, policy=policy, reference=reference, source=source, cfg=tcfg, out_dir=out_dir,
-                      total_steps=total_steps, evaluator=periodic_evaluator, device=device, console=console,
-                      run_config=run_config, placement=place)
-    if is_main:
-        n_params = sum(p.numel() for p in policy.parameters())
+    if d.pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
+        evaluator = periodic_evaluator = d.pairwise_eval
+    trainer = Trainer(objective=c.objective, policy=m.policy, reference=m.reference, source=source, cfg=tcfg,
+                      out_dir=out_dir, total_steps=total_steps, evaluator=periodic_evaluator, device=place.device,
+                      console=console, run_config=c.run_config, placement=place)
+    if place.is_main:
+        n_params = sum(p.numel() for p in m.policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
         if online is not None and online.source is not None:
             batch_line = "".join(f"  {line}\n" for line in online.lines)
         else:
             batch_line = (f"  batch: {tcfg.examples_per_step} examples/step = {tcfg.examples_per_device} examples/device × "
-                          f"{world_size} process(es) × {micro_per_step} micro-batches; {total_steps} steps "
+                          f"{place.world} process(es) × {c.micro_per_step} micro-batches; {total_steps} steps "
                           f"(≈{total_steps / max(1, source.steps_per_epoch):.2f} epochs of {source.steps_per_epoch} steps)\n")
             batch_line += "".join(f"  {line}\n" for line in (online.lines if online else []))
+        ref = m.reference
         console.print(
-            f"[bold]prefopt[/] algo={acfg.name} data={data_name} model={mcfg.name} seed={seed} → {out_dir}\n"
-            f"  data: {report.rows_kept}/{report.rows_in} rows kept ({report.dropped} dropped, {report.truncated} truncated), "
-            f"{len(examples)} {needs.data} examples from {source_name}\n"
+            f"[bold]prefopt[/] algo={c.acfg.name} data={c.data_name} model={c.mcfg.name} seed={c.seed} → {out_dir}\n"
+            f"  data: {d.report.rows_kept}/{d.report.rows_in} rows kept ({d.report.dropped} dropped, {d.report.truncated} "
+            f"truncated), {len(d.examples)} {c.needs.data} examples from {d.source_name}\n"
             f"{batch_line}"
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
-            f"{type(reference).__name__ if reference else ('precomputed' if needs.reference else 'none')}; device: {device}"
+            f"{type(ref).__name__ if ref else ('precomputed' if c.needs.reference else 'none')}; device: {place.device}"
         )
-    _print_placement(place, policy, trainer, tcfg, console)
-    # Every check has passed: from here on the run writes into out_dir.
-    if on_start is not None and is_main:
+    _print_placement(place, m.policy, trainer, tcfg, console)
+    return trainer, evaluator
+
+
+def _train(trainer, c: _Configs, place, out_dir, console, on_start, resume_from, ctx):
+    """From here on the run writes into out_dir (every check has passed): resume, then the loop."""
+    from prefopt.trainer import CheckpointInvalid, Trainer, TrainingDiverged
+
+    tcfg = c.tcfg
+    if on_start is not None and place.is_main:
         on_start()
-    if tcfg.resume and is_main:
+    if tcfg.resume and place.is_main:
         removed = Trainer.remove_partial_checkpoints(out_dir)
         if removed:
             console.print(f"  removed {len(removed)} partial checkpoint write(s) of an interrupted run: {', '.join(removed)}",
@@ -445,7 +549,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             trainer.load_checkpoint(resume_from)
         except CheckpointInvalid as e:
             raise UserError(str(e)) from None
-        if is_main:
+        if place.is_main:
             console.print(f"  resumed from {resume_from} (step {trainer.state.step})", soft_wrap=True)
     elif tcfg.resume:
         trainer.truncate_metrics(0)  # a fresh start: an earlier attempt's rows would interleave with this one's
@@ -455,7 +559,13 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     except TrainingDiverged as e:
         raise UserError(str(e)) from None
 
-    # 5. Outputs. The model first: an evaluation that fails must never cost the trained weights.
+
+def _outputs(trainer, evaluator, c: _Configs, d: _Data, m: _Models, place, source, out_dir, console, ctx, t_start):
+    """model/ first (an evaluation that fails must never cost the trained weights), then the final
+    evaluation and summary.json."""
+    from prefopt.trainer import finite_or_none, peak_mem_mb
+
+    tcfg, policy, is_main = c.tcfg, m.policy, place.is_main
     if tcfg.save_model:
         from prefopt.models import consolidated, save_model
 
@@ -465,13 +575,14 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             # HF artifact (full model or adapter) whatever the strategy.
             full = place.full_state_dict(policy)
             if is_main:
-                save_model(consolidated(full, rebuild), tok, os.path.join(out_dir, "model"))
+                save_model(consolidated(full, m.rebuild), d.tok, os.path.join(out_dir, "model"))
             del full
         elif is_main:
-            save_model(policy, tok, os.path.join(out_dir, "model"))
+            save_model(policy, d.tok, os.path.join(out_dir, "model"))
         place.barrier()
         ctx["model_saved"] = True
     ctx["phase"] = "evaluation"
+    periodic_evaluator = trainer.evaluator
     ev = trainer.evaluate(evaluator) if tcfg.eval_at_end else None
     ev_periodic = None
     if tcfg.eval_at_end and tcfg.eval_every_steps > 0 and periodic_evaluator is not evaluator:
@@ -480,25 +591,24 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
         if ev_periodic is not None:
             trainer.log({"step": trainer.state.step,
                          **{f"eval/{k}": v for k, v in ev_periodic.items() if isinstance(v, (int, float))}})
-    summary = None
     # Every rank's peak memory and what it holds: the summary reports the max over ranks.
     held = place.held_bytes(policy, trainer.optimizer)
     memory = {"strategy": place.strategy, "world_size": place.world,
-              "peak_mem_mb_per_rank": _gather(place, round(peak_mem_mb(device), 1)),
+              "peak_mem_mb_per_rank": _gather(place, round(peak_mem_mb(place.device), 1)),
               "params_bytes_per_rank": _gather(place, held["params"]),
               "optimizer_bytes_per_rank": _gather(place, held["optimizer"])}
+    summary = None
     if is_main:
-        params = {k: v for k, v in asdict(acfg).items() if k != "name"}
-        wall = time.perf_counter() - t_start
+        acfg = c.acfg
         summary = {
             "algo": acfg.name,
-            "task": dcfg.testbed.task if data_name != "hf" else None,
-            "data": data_name,
-            "seed": seed,
-            "model": mcfg.name,
-            "params": params,
+            "task": c.task,
+            "data": c.data_name,
+            "seed": c.seed,
+            "model": c.mcfg.name,
+            "params": {k: v for k, v in asdict(acfg).items() if k != "name"},
             "steps": trainer.state.step,
-            "wall_time_s": round(wall, 3),
+            "wall_time_s": round(time.perf_counter() - t_start, 3),
             "gen_time_s": round(trainer.state.gen_time_s, 3),
             "train_time_s": round(trainer.state.train_time_s, 3),
             "peak_mem_mb": max(memory["peak_mem_mb_per_rank"]),
@@ -506,12 +616,12 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
             "tokens_per_s": round(trainer.state.tokens / max(trainer.state.train_time_s, 1e-9), 1),
             "final_metrics": trainer.state.history[-1] if trainer.state.history else None,
             "eval": ev,
-            "eval_split": ecfg.split if pairwise_eval is None else "heldout_pairs",
+            "eval_split": c.ecfg.split if d.pairwise_eval is None else "heldout_pairs",
             # The same evaluation on the periodic split (null unless trainer.eval_every_steps > 0).
             "eval_periodic": ev_periodic,
-            "cost": {"examples": len(examples), "policy_tokens": trainer.state.tokens,
+            "cost": {"examples": len(d.examples), "policy_tokens": trainer.state.tokens,
                      "samples_generated": getattr(source, "samples_generated", 0)},
-            "config_hash": config_hash(cfg),
+            "config_hash": config_hash(c.cfg),
             "versions": versions(),
             # Float rounding (and so every trained number) depends on the kernels torch picked.
             "cpu_capability": cpu_capability(),
@@ -715,7 +825,8 @@ def _hydra_main():
         try:
             return run(cfg, out_dir, on_start=write_hydra_dir)
         except UserError as e:
-            print(f"prefopt-train: error: {e}", file=sys.stderr)
+            if int(os.environ.get("RANK", "0")) == 0:  # every process finds the same mistake: one line, not one per rank
+                print(f"prefopt-train: error: {e}", file=sys.stderr)
             if not os.path.isdir(os.path.join(out_dir, ".hydra")):  # refused before it started
                 _remove_if_untouched(out_dir)
             sys.exit(2)

@@ -696,11 +696,15 @@ class Trainer:
         from prefopt.models import dropout_off
 
         out = None
-        # Rank 0 evaluates; under fsdp2 every rank first takes part in gathering every placed model
-        # (policy, reference, reward model) so that rank 0 can run them alone.
-        with self.place.gathered():
-            if self.is_main:
-                with torch.no_grad(), dropout_off(self.policy):
-                    out = evaluator(self.policy)
-            self.place.barrier()
+        if self.sharded:
+            # Every placed model (policy, reference, reward model) gathered once, and every rank runs
+            # the same evaluation (same prompts, same seeds) in lockstep: any forward hook that still
+            # talks to the other ranks then finds them doing the same. Only rank 0's result is kept.
+            with self.place.gathered(), torch.no_grad(), dropout_off(self.policy):
+                out = evaluator(self.policy)
+            return out if self.is_main else None
+        if self.is_main:  # whole models on every rank: rank 0 alone
+            with torch.no_grad(), dropout_off(self.policy):
+                out = evaluator(self.policy)
+        self.place.barrier()
         return out
