@@ -217,6 +217,30 @@ def _rss_now_mb() -> float:
         return float("nan")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident high-water mark (Linux ≥ 4.0: "5" into /proc/self/clear_refs), so
+    that the peak after it is the steps' own and not the model loading's (which on a real-shape world
+    briefly holds the checkpoint and the model at once and can exceed a LoRA step)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_mb() -> float:
+    """Resident high-water mark since the last :func:`_reset_peak_rss` (MB), from /proc/self/status."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
 def _device_memory(device: str) -> dict:
     import torch
 
@@ -309,7 +333,9 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
                      device=torch.device(dev))
         _cuda_sync(dev)
         rss0 = _rss_now_mb()
+        reset = _reset_peak_rss()
         res = _timed_steps(tr, warmup, steps, dev)
+        res["step_peak_rss_mb"] = _hwm_mb() if reset else float("nan")
     return {**res, "completions": [2 * n] * steps, "first_loss": first_loss, "rss_before_first_step_mb": rss0}
 
 
@@ -357,7 +383,9 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
                      total_steps=warmup + steps, temperature=G["temperature"], device=torch.device(dev))
         _cuda_sync(dev)
         rss0 = _rss_now_mb()
+        reset = _reset_peak_rss()
         res = _timed_steps(tr, warmup, steps, dev)
+        res["step_peak_rss_mb"] = _hwm_mb() if reset else float("nan")
     return {**res, "completions": [n] * steps, "rss_before_first_step_mb": rss0}
 
 
@@ -380,12 +408,14 @@ def _step_timer(device: str = "cpu"):
 
         def __init__(self):
             self.cuda = device.startswith("cuda")
-            self.rss0 = float("nan")
+            self.rss0 = self.hwm = float("nan")
+            self.reset = False
             self.ends, self.cpu, self.gen = [], [], []
             self.gen_total = 0.0  # seconds inside model.generate so far (see _time_generate)
 
         def on_train_begin(self, args, state, control, **kw):
             self.rss0 = _rss_now_mb()
+            self.reset = _reset_peak_rss()
             self.ends.append(time.perf_counter())
             self.cpu.append(time.process_time())
             self.gen.append(self.gen_total)
@@ -395,6 +425,7 @@ def _step_timer(device: str = "cpu"):
                 import torch
 
                 torch.cuda.synchronize()
+            self.hwm = _hwm_mb() if self.reset else float("nan")
             self.ends.append(time.perf_counter())
             self.cpu.append(time.process_time())
             self.gen.append(self.gen_total)
@@ -469,7 +500,7 @@ def trl_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     dts = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
     cpu = [b - a for a, b in zip(timer.cpu, timer.cpu[1:])]
     return {"step_s": dts[warmup:], "cpu_s": cpu[warmup:], "tokens": counts[warmup:], "completions": [2 * n] * steps,
-            "first_loss": first_loss, "rss_before_first_step_mb": timer.rss0}
+            "first_loss": first_loss, "rss_before_first_step_mb": timer.rss0, "step_peak_rss_mb": timer.hwm}
 
 
 def trl_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
@@ -503,7 +534,7 @@ def trl_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     cpu = [b - a for a, b in zip(timer.cpu, timer.cpu[1:])]
     gen = [b - a for a, b in zip(timer.gen, timer.gen[1:])]
     return {"step_s": dts[warmup:], "cpu_s": cpu[warmup:], "tokens": counts[warmup:], "completions": [n] * steps,
-            "gen_s": gen[warmup:], "rss_before_first_step_mb": timer.rss0}
+            "gen_s": gen[warmup:], "rss_before_first_step_mb": timer.rss0, "step_peak_rss_mb": timer.hwm}
 
 
 WORKERS = {("prefopt", "dpo"): prefopt_dpo, ("trl", "dpo"): trl_dpo,
@@ -523,7 +554,12 @@ def _worker(args):
     fn = WORKERS[(args.provider, spec["kind"])]
     res = fn(world, args.warmup, args.steps, spec)
     res["peak_rss_mb"] = _rss_mb()
-    res["step_mem_mb"] = res["peak_rss_mb"] - res.get("rss_before_first_step_mb", float("nan"))
+    # what the steps add: their own high-water mark (reset just before the first step) minus the RSS then;
+    # without the reset (not Linux) the process's lifetime peak, which may be the model loading's
+    step_peak = res.get("step_peak_rss_mb", float("nan"))
+    if step_peak != step_peak:
+        step_peak = res["peak_rss_mb"]
+    res["step_mem_mb"] = step_peak - res.get("rss_before_first_step_mb", float("nan"))
     res.update(_device_memory(spec.get("device", "cpu")))
     print("BENCH_RESULT " + json.dumps(res), flush=True)
 
@@ -611,6 +647,10 @@ def _summ(runs: list) -> dict:
     if mem:
         s["step_mem_mb"] = max(mem)
         s["rss_before_first_step_mb"] = min(r["rss_before_first_step_mb"] for r in ok)
+        hw = [r["step_peak_rss_mb"] for r in ok if r.get("step_peak_rss_mb") == r.get("step_peak_rss_mb")
+              and r.get("step_peak_rss_mb") is not None]
+        if hw:
+            s["step_peak_rss_mb"] = max(hw)
     if any("peak_device_mb" in r for r in ok):
         s["peak_device_mb"] = max(r.get("peak_device_mb", 0.0) for r in ok)
     cpu = [t for r in ok for t in r.get("cpu_s", [])]
@@ -722,14 +762,16 @@ def main(argv=None):
                 for p in provs:
                     if p in missing or "error" in results[wl][p]:
                         continue
-                    pts = [(WORKLOADS[wl]["hp"]["pairs_per_step"], results[wl][p]["peak_rss_mb"])]
+                    key = "step_peak_rss_mb" if "step_peak_rss_mb" in results[wl][p] else "peak_rss_mb"
+                    pts = [(WORKLOADS[wl]["hp"]["pairs_per_step"], results[wl][p][key])]
                     extra = []
                     for k in scan:
                         print(f"[bench] {wl} {p} memory scan at {k} pairs ...", file=sys.stderr, flush=True)
                         res = run_one(world, p, wl, 0, 2, workload_spec(wl, pairs=k))
-                        extra.append({"pairs": k, **{x: res.get(x) for x in ("peak_rss_mb", "step_mem_mb", "error")}})
+                        extra.append({"pairs": k, **{x: res.get(x) for x in ("peak_rss_mb", "step_peak_rss_mb",
+                                                                              "step_mem_mb", "error")}})
                         if "error" not in res:
-                            pts.append((k, res["peak_rss_mb"]))
+                            pts.append((k, res.get(key) or res["peak_rss_mb"]))
                     scans[wl][p] = {**fit_largest_batch(pts, MEMORY_BUDGET_GIB * 1024), "scan_runs": extra}
     load_after = load_average()
     report = {"machine": machine(), "load_average_before": load_before, "load_average_after": load_after,
@@ -799,7 +841,7 @@ def table(rep: dict) -> str:
             pts = ", ".join(f"{k} pairs: {mb:,.0f} MB" for k, mb in f["points"])
             if "largest_pairs" in f:
                 lines.append(f"\n{wl} {p}: largest batch within {f['budget_mb'] / 1024:g} GiB ≈ {f['largest_pairs']} "
-                             f"pairs per step (estimated: a line through the measured peak RSS, {pts}; "
+                             f"pairs per step (estimated: a line through the peak RSS measured during the steps, {pts}; "
                              f"{f['mb_per_pair']:,.0f} MB per pair)")
             else:
                 lines.append(f"\n{wl} {p}: {f['error']} ({pts})")
