@@ -469,15 +469,6 @@ def pick_suite(loaded, wanted=None):
     return counts.most_common(1)[0][0] if counts else None
 
 
-def pick_suite(loaded, wanted=None):
-    counts = Counter(r["leaderboard"].get("suite") for r in loaded.ok)
-    if wanted:
-        return wanted
-    if "standard" in counts:
-        return "standard"
-    return counts.most_common(1)[0][0] if counts else None
-
-
 def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> list:
     """Write LEADERBOARD.md, frontier.png, index.html into ``out_dir``; returns report lines."""
     loaded = load_results(os.path.join(out_dir, "results"))
