@@ -98,6 +98,7 @@ class MethodRow:
     chosen: dict = field(default_factory=dict)  # pick -> grid point
     budget_gold: dict = field(default_factory=dict)  # KL budget -> Estimate (best gold on the curve within it)
     fit: Optional[fits.Fit] = None
+    fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
     rank: Optional[int] = None
     bon_points: list = field(default_factory=list)  # best-of-n: a Point per n (test), curve on validation
 
@@ -238,6 +239,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
                 if g0 is not None:
                     row.fit = fits.fit([c["kl"] for c in curve[1:]], [c["gold"] - g0 if c["gold"] is not None else None
                                                                        for c in curve[1:]], "rl")
+                    row.fit_kl_max = max((c["kl"] for c in curve[1:] if c["kl"] is not None), default=None)
                 for b in kl_budgets:
                     row.budget_gold[b] = _curve_best_within(row.best, b, boot_seed)
             rows.append(row)

@@ -45,6 +45,10 @@ the board never mixes them in one row. A rerun on another CPU should give rankin
 intervals shown; a rank that depends on one seed is not separated here in the first place."""
 
 
+# A fitted peak KL more than this many times the curve's largest KL is shown as "> K", not as a number.
+EXTRAPOLATION = 2.0
+
+
 def suite_lines(suite) -> list:
     """The suite's settings as shipped in conf/leaderboard/SUITE.yaml (empty if it is not there)."""
     try:
@@ -153,9 +157,14 @@ def table(task_agg, budgets):
             cells.append((_fmt(e, 3), e.mean if e else None, False))
         f = r.fit
         pk = f.peak_kl if f else None
-        cells.append(("—" if pk is None else f"{pk:.2f}", pk, False))
-        pg = f.peak_gain if f and pk is not None else None
-        cells.append(("—" if pg is None else f"{pg:+.3f}", pg, False))
+        if pk is not None and r.fit_kl_max is not None and pk > EXTRAPOLATION * r.fit_kl_max:
+            # The fitted form is bent by the curve's start; a peak far past the last measured KL is not a reading.
+            cells.append((f"> {r.fit_kl_max:.2f}", None, False))
+            cells.append(("—", None, False))
+        else:
+            cells.append(("—" if pk is None else f"{pk:.2f}", pk, False))
+            pg = f.peak_gain if f and pk is not None else None
+            cells.append(("—" if pg is None else f"{pg:+.3f}", pg, False))
         ab = r.at_budget
         cells.append((_pt(r.chosen.get("at_budget", {})) if ab else "—", None, False))
         cells.append((_fmt(ab.est.get("gold"), 3) if ab else "—", ab.est["gold"].mean if ab and ab.est.get("gold") else None, False))
@@ -299,7 +308,9 @@ def notes(agg, loaded, suite) -> list:
                "numbers come from the report seeds' runs, which chose nothing. `gold @ KL≤B (curve)` reads the report runs' "
                "validation curves (the best step within the budget), so it is a curve read-off, not a test number.")
     out.append("Peak KL / peak gain: Gao et al.'s RL form d(α − β log d), d = √KL, fitted by least squares to the mean "
-               "validation curve (gain over π_SFT); — when the fit has no peak (gold still rising at the end of the budget).")
+               "validation curve (gain over π_SFT); — when the fit has no peak, and \"> K\" when its peak lies more than "
+               f"{EXTRAPOLATION:g}× beyond the curve's largest KL K (gold still rising at the end of the budget: the peak "
+               "would be an extrapolation, not a reading).")
     out.append("Cost: labels = preference labels the method drew on (its pairs, or its reward model's training pairs; 0 "
                "for a verifiable reward); samples = completions generated during training; policy tokens = tokens the "
                "policy was trained on; peak MB = RSS high-water mark of the job (CPU). Wall time and memory depend on "
