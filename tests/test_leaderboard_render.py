@@ -64,6 +64,25 @@ def test_render_from_fixture_results(tmp_path):
     assert "src='http" not in page and 'src="http' not in page  # self-contained: no network
 
 
+def test_render_keeps_the_readme_table_in_step(tmp_path):
+    fixture_results(str(tmp_path / "board" / "results"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- leaderboard:begin (note) -->\nold table\n<!-- leaderboard:end -->\nafter\n")
+    report = render(str(tmp_path / "board"))
+    text = readme.read_text()
+    assert any("updated the compact table" in line for line in report)
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n<!-- leaderboard:begin (note) -->\n")
+    assert text.endswith("<!-- leaderboard:end -->\nafter\n")
+    block = text.split("(note) -->\n")[1].split("<!-- leaderboard:end")[0]
+    dpo = next(l for l in block.splitlines() if l.startswith("| 1 | dpo |"))
+    assert "β=0.1 lr=0.001" in dpo and "**1.100 [1.000, 1.200]**" in dpo and "| 3 |" in dpo  # 3 report seeds
+    assert "code version `c1`" in block and "AVX2" in block and "9.900" not in block
+    # a README without the markers is left as it is
+    readme.write_text("no markers\n")
+    render(str(tmp_path / "board"))
+    assert readme.read_text() == "no markers\n"
+
+
 def test_render_cli_and_empty_store(tmp_path, capsys):
     try:
         cli_main(["render", f"dir={tmp_path}"])

@@ -284,6 +284,40 @@ def markdown(agg, suite, budgets, loaded, versions, records) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- leaderboard:begin", "<!-- leaderboard:end -->"
+README_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "seeds")
+
+
+def readme_block(agg, suite, budgets, records) -> str:
+    """The README's compact copy of the board: per task, the columns of README_COLS of the main table."""
+    code, cpu = agg["version"] or ("—", "—")
+    lines = [f"Suite `{suite}`, code version `{code}`, CPU capability **{cpu}**, {len(records)} results; test-prompt "
+             "numbers of each method's validation-chosen configuration, means over report seeds with 95% intervals; "
+             "a rank counts only the methods whose paired interval lies above (ties share a rank). The whole board "
+             "(grids, curves, fits, paired matrix, checks, cost): [`leaderboard/LEADERBOARD.md`](leaderboard/LEADERBOARD.md).",
+             ""]
+    for task in task_order(agg, suite):
+        header, rows = table(agg["tasks"][task], budgets)
+        keep = [header.index(c) for c in README_COLS]
+        lines += [f"**{task}**", "", "| " + " | ".join(README_COLS) + " |", "|" + "---|" * len(keep)]
+        lines += ["| " + " | ".join(_md(cells[i][0], cells[i][2]) for i in keep) + " |" for cells in rows] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_readme_block(readme: str, block: str) -> bool:
+    """Replace what lies between the README's leaderboard markers with ``block``; False if there are no markers."""
+    if not os.path.exists(readme):
+        return False
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        return False
+    start = text.index("\n", i) + 1  # the begin marker's own line stays
+    _atomic_write(readme, text[:start] + block + text[j:])
+    return True
+
+
 def notes(agg, loaded, suite) -> list:
     out = []
     if agg.get("v1_results"):
@@ -466,7 +500,7 @@ def html_page(agg, suite, budgets, loaded, versions, png: bytes, records) -> str
 
 def _atomic_write(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+    with open(tmp, "wb") if isinstance(data, bytes) else open(tmp, "w", encoding="utf-8") as f:
         f.write(data)
     os.replace(tmp, path)
 
@@ -517,4 +551,8 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), markdown(agg, suite, budgets, loaded, versions, shown))
     _atomic_write(os.path.join(out_dir, "index.html"), html_page(agg, suite, budgets, loaded, versions, png, shown))
     report.append(f"  suite {suite}: wrote {out_dir}/LEADERBOARD.md, frontier.png, index.html")
+    # The README next to the board's directory keeps a compact copy between its markers, so it follows the board.
+    readme = os.path.join(os.path.dirname(os.path.abspath(out_dir)), "README.md")
+    if suite == "standard" and write_readme_block(readme, readme_block(agg, suite, budgets, shown)):
+        report.append(f"  updated the compact table in {readme}")
     return report
