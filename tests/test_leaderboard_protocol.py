@@ -130,7 +130,8 @@ def test_standard_suite_follows_the_rule(tmp_path):
     for name in ("dpo", "dapo"):
         grid = [j for j in jobs if j.stage == 2 and j.meta["method"] == name]
         coef = getattr(get_objective(name), "tuning", {})
-        assert len(grid) == len(s["lr_grid"]["arith"]) * math.prod(len(v) for v in coef.values())
+        assert len(grid) == (len(s["lr_grid"]["arith"]) * math.prod(len(v) for v in coef.values())
+                             * len(s["tuning_seeds"]))
         assert all(j.meta["seed"] in s["tuning_seeds"] for j in grid)
     assert {j.meta["seed"] for j in jobs if j.stage == 2} == set(s["tuning_seeds"])
 

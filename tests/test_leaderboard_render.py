@@ -89,3 +89,16 @@ def test_render_cli_and_empty_store(tmp_path, capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "nothing to render" in capsys.readouterr().out
+
+
+def test_a_pick_on_the_edge_of_its_learning_rate_grid_is_marked():
+    from types import SimpleNamespace
+
+    from prefopt.leaderboard.render import _edge
+
+    row = SimpleNamespace(grid=[{"point": {"lr": lr, "beta": b}} for lr in (1e-4, 3e-4, 1e-3) for b in (0.1, 0.5)])
+    assert _edge(row, {"lr": 1e-3, "beta": 0.1}) == " (lr: top of its grid)"
+    assert _edge(row, {"lr": 1e-4, "beta": 0.5}) == " (lr: bottom of its grid)"
+    assert _edge(row, {"lr": 3e-4, "beta": 0.5}) == ""
+    # two learning rates: every pick is on an edge, so none is marked
+    assert _edge(SimpleNamespace(grid=row.grid[:4]), {"lr": 3e-4}) == ""

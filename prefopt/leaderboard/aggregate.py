@@ -226,8 +226,9 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
         rows = []
         for key, row in T["rows"].items():
             grid_recs = T["tuning"].get(key, {})
-            pts = [dict(p) for p in grid_recs]
-            row.grid = select.grid_scores(pts, [grid_recs[p] for p in grid_recs])
+            # Shown in a fixed order (coefficient, then learning rate), not in the order the files were read.
+            order = sorted(grid_recs, key=lambda p: [(k, v if isinstance(v, (int, float)) else str(v)) for k, v in p])
+            row.grid = select.grid_scores([dict(p) for p in order], [grid_recs[p] for p in order])
             for pick in ("best", "at_budget"):
                 if getattr(row, pick) is not None:
                     getattr(row, pick).estimate(boot_seed)

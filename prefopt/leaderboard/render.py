@@ -105,6 +105,16 @@ def _pt(point: dict) -> str:
                     for k, v in point.items() if k != "chosen")
 
 
+def _edge(row, point: dict) -> str:
+    """' (lr: top of its grid)' when a pick's learning rate is the largest (or smallest) of ≥ 3 tried: the
+    optimum may lie beyond what was tried, and the reader should know."""
+    lrs = sorted({g["point"]["lr"] for g in row.grid if isinstance(g["point"].get("lr"), (int, float))})
+    lr = point.get("lr")
+    if len(lrs) < 3 or lr is None:
+        return ""
+    return " (lr: top of its grid)" if lr == lrs[-1] else " (lr: bottom of its grid)" if lr == lrs[0] else ""
+
+
 def _headline(row):
     """(Point, chosen point) the row is ranked by: the best pick, or best-of-n at its validation-chosen n."""
     if row.best is not None:
@@ -148,7 +158,7 @@ def table(task_agg, budgets):
     for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
         sig = REWARD_LABEL.get(r.reward, str(r.reward))
         cells = [(str(r.rank) if r.rank else "—", r.rank, False), (r.label, r.label, False), (sig, sig, False),
-                 (_pt(chosen), _pt(chosen), False)]
+                 (_pt(chosen) + _edge(r, chosen), _pt(chosen), False)]
         for title, m, d, dg in COLS:
             e = p.est.get(m) if p is not None else None
             cells.append((_fmt(e, dg), e.mean if e else None, i in best[title]))
@@ -166,7 +176,7 @@ def table(task_agg, budgets):
             pg = f.peak_gain if f and pk is not None else None
             cells.append(("—" if pg is None else f"{pg:+.3f}", pg, False))
         ab = r.at_budget
-        cells.append((_pt(r.chosen.get("at_budget", {})) if ab else "—", None, False))
+        cells.append((_pt(r.chosen["at_budget"]) + _edge(r, r.chosen["at_budget"]) if ab else "—", None, False))
         cells.append((_fmt(ab.est.get("gold"), 3) if ab else "—", ab.est["gold"].mean if ab and ab.est.get("gold") else None, False))
         cells.append((_fmt(ab.est.get("kl"), 2, ci=False) if ab else "—", ab.est["kl"].mean if ab and ab.est.get("kl") else None, False))
         for title, m, dg in COST:
