@@ -78,7 +78,7 @@ def test_aggregation_rows_are_report_picks_with_test_numbers():
         rec("ppo", 1, 0.5, 2.0, reward="proxy", category="online", proxy=5.0, eval={"proxy_reward_ref": 2.0}),
         bon_rec(0), bon_rec(1),
     ]
-    agg = agg_t(records)
+    agg = agg_t(records, pick_kl_budget=2.0)  # the suite's pick budget: β=0.5 (val KL 1.0) is the at-budget pick
     rows = {(r.method, r.reward): r for r in agg["rows"]}
     dpo = rows[("dpo", None)]
     assert dpo.chosen == {"best": {"lr": 1e-3, "beta": 0.1}, "at_budget": {"lr": 1e-3, "beta": 0.5}}
@@ -138,3 +138,17 @@ def test_best_of_n_estimator_by_hand():
     assert expected_of_pick(score, value, 1).item() == pytest.approx(20.0)  # n = 1: the plain mean
     assert expected_of_pick(score, value, 3).item() == pytest.approx(30.0)  # n = N: the maximum
     assert best_of_n_kl(1) == 0.0 and best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+
+
+def test_a_stale_pick_never_mixes_into_a_row():
+    # The grid grew (lr 3e-3 was added) after β=0.1 at lr 1e-3 had been picked and reported: the rule now
+    # picks lr 3e-3, so the old pick's report runs stay on file but are not the row.
+    grid = [rec("dpo", 9, 0.0, 1.0, point={"lr": 1e-3, "beta": 0.1}, role="tuning", val=(1.0, 1.0)),
+            rec("dpo", 9, 0.0, 1.0, point={"lr": 3e-3, "beta": 0.1}, role="tuning", val=(2.0, 1.0))]
+    old = [rec("dpo", s, 10.0, 1.0, point={"lr": 1e-3, "beta": 0.1}) for s in (0, 1)]
+    new = [rec("dpo", s, 3.0 + s, 1.0, point={"lr": 3e-3, "beta": 0.1}) for s in (0, 1)]
+    dpo = agg_t(grid + old + new)["rows"][0]
+    assert dpo.chosen["best"] == {"lr": 3e-3, "beta": 0.1}
+    assert dpo.best.est["gold"].mean == pytest.approx(3.5)  # not 10.0, not a mix of both
+    # before the new pick's report runs exist the row is not shown at all, rather than the stale pick
+    assert agg_t(grid + old)["rows"] == []

@@ -101,6 +101,10 @@ class MethodRow:
     fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
     rank: Optional[int] = None
     bon_points: list = field(default_factory=list)  # best-of-n: a Point per n (test), curve on validation
+    # pick -> grid point key -> Point: every report run on file. Only the one the grid's rule chooses now
+    # becomes row.best / row.at_budget, so a report run of an earlier pick (before the grid grew) never
+    # mixes into a row.
+    candidates: dict = field(default_factory=lambda: defaultdict(dict))
 
     @property
     def label(self) -> str:
@@ -163,8 +167,23 @@ def pick_version(records: list):
     return key, recs
 
 
-def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
-    """{"version": (code, cpu), "other_versions": {(code, cpu): n}, "tasks": {task: {...}}}."""
+def _key(point: dict) -> tuple:
+    return tuple(sorted(point.items()))
+
+
+def _current(cands: dict, want: Optional[dict], grid_known: bool):
+    """The candidate Point at the grid point ``want`` (the rule's choice now); without a grid to choose
+    from, the only candidate there is."""
+    if want is not None:
+        return cands.get(_key(want))
+    return next(iter(cands.values())) if not grid_known and len(cands) == 1 else None
+
+
+def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: Optional[float] = None) -> dict:
+    """{"version": (code, cpu), "other_versions": {(code, cpu): n}, "tasks": {task: {...}}}.
+
+    A row's picks are chosen again here from its grid by the plan's own rule (select.choose, with the
+    suite's ``pick_kl_budget``), and only the report runs of those points are shown."""
     version, recs = pick_version(records)
     others = {k: len(v) for k, v in version_groups(records).items() if k != version}
     rm_by_id = {}
@@ -200,7 +219,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
                 T["rows"].setdefault(key, MethodRow(task, method, reward, lb.get("category", "")))
                 continue
             if role == "ablation":
-                pt = T["ablation"][lb.get("pair_prompts")]
+                pt = T["ablation"][(key, lb.get("pair_prompts"), _key(lb.get("point", {})))]
                 pt.curves[seed] = _curve(rec, temp)
                 continue
             ev = rec.get("eval") or {}
@@ -213,9 +232,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
                 continue
             row = T["rows"].setdefault(key, MethodRow(task, method, reward, lb.get("category", "")))
             for pick in lb.get("picks") or ["best"]:
-                pt = getattr(row, pick) or Point(dict(lb.get("point", {})))
-                setattr(row, pick, pt)
-                row.chosen[pick] = dict(lb.get("point", {}))
+                pt = row.candidates[pick].setdefault(_key(lb.get("point", {})), Point(dict(lb.get("point", {}))))
                 for m, v in _metrics(rec, ev, temp, labels).items():
                     if v is not None:
                         pt.per_seed[m][seed] = v
@@ -226,12 +243,19 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
         rows = []
         for key, row in T["rows"].items():
             grid_recs = T["tuning"].get(key, {})
-            # Shown in a fixed order (coefficient, then learning rate), not in the order the files were read.
-            order = sorted(grid_recs, key=lambda p: [(k, v if isinstance(v, (int, float)) else str(v)) for k, v in p])
+            # The plan's grid order (plan.grid_of: learning rate outer, coefficient inner, both ascending as
+            # declared), not the order the files were read: select.choose breaks a tie by it.
+            order = sorted(grid_recs, key=lambda p: [dict(p).get("lr", 0.0)] + [str(v) if not isinstance(v, (int, float))
+                                                                                 else v for k, v in p if k != "lr"])
             row.grid = select.grid_scores([dict(p) for p in order], [grid_recs[p] for p in order])
+            choice = select.choose(row.grid, pick_kl_budget) if row.grid else {}
             for pick in ("best", "at_budget"):
-                if getattr(row, pick) is not None:
-                    getattr(row, pick).estimate(boot_seed)
+                want = (choice.get(pick) or {}).get("point")
+                pt = _current(row.candidates.get(pick, {}), want, bool(row.grid))
+                setattr(row, pick, pt)
+                if pt is not None:
+                    row.chosen[pick] = dict(pt.point)
+                    pt.estimate(boot_seed)
             if row.best is None and not row.bon_points:
                 continue  # tuned but not (yet) reported
             if row.best is not None:
@@ -252,12 +276,30 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0) -> dict:
         matrix, ranks = paired_matrix(rows, boot_seed)
         for r in rows:
             r.rank = ranks.get(r.label)
-        abl = {n: p for n, p in sorted(T["ablation"].items(), key=lambda kv: kv[0] or 0)}
+        abl = _ablation_now(T, rows)
         out[task] = {"rows": rows, "reference": ref, "matrix": matrix,
                      "rm": {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in T["rm"].items()},
                      "rm_by_pairs": {n: bootstrap_ci(list(v.values()), seed=boot_seed) for n, v in T["rm_by_pairs"].items()},
                      "ablation": abl, "proxy_length_corr": bootstrap_ci(list(T["proxy_length_corr"].values()), seed=boot_seed)}
     return {"version": version, "other_versions": others, "tasks": out}
+
+
+def _ablation_now(T, rows) -> dict:
+    """pair count -> Point of the ablation runs at the point the plan's rule gives now: the method's chosen
+    learning rate with each declared coefficient at its weakest (smallest) grid value."""
+    by_key = {(r.method, r.reward): r for r in rows}
+    out = {}
+    for (mkey, n, pkey), pt in sorted(T["ablation"].items(), key=lambda kv: kv[0][1] or 0):
+        row = by_key.get(mkey)
+        if row is not None and row.grid and row.chosen.get("best"):
+            want = {"lr": row.chosen["best"].get("lr")}
+            for k in row.chosen["best"]:
+                if k != "lr":
+                    want[k] = min(g["point"][k] for g in row.grid if k in g["point"])
+            if pkey != _key(want):
+                continue
+        out[n] = pt
+    return out
 
 
 def _row_gold(row) -> Optional[Estimate]:

@@ -534,14 +534,15 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     if suite is None:
         report.append("  nothing to render: no successful results")
         return report
-    budgets = kl_budgets
-    if budgets is None:
-        from prefopt.leaderboard.plan import load_suite
+    budgets, pick_budget = kl_budgets, None
+    from prefopt.leaderboard.plan import load_suite
 
-        try:
-            budgets = load_suite(suite)["kl_budgets"]
-        except Exception:  # noqa: BLE001 — a suite defined only by its results
-            budgets = []
+    try:
+        spec = load_suite(suite)
+        pick_budget = spec["pick_kl_budget"]
+        budgets = spec["kl_budgets"] if budgets is None else budgets
+    except Exception:  # noqa: BLE001 — a suite defined only by its results
+        budgets = [] if budgets is None else budgets
     records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
     # Records of the first protocol (β picked on the reported prompts, no tuning grid, no code version)
     # answer another question: counted, never shown next to this protocol's rows.
@@ -549,7 +550,7 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     records = [r for r in records if r not in v1]
     if v1:
         report.append(f"  {len(v1)} result(s) of the first protocol (result_version 1) not shown")
-    agg = aggregate(records, budgets)
+    agg = aggregate(records, budgets, pick_kl_budget=pick_budget)
     agg["v1_results"] = len(v1)
     from prefopt.leaderboard.aggregate import pick_version
 
