@@ -32,7 +32,7 @@ FAST = ["trainer.progress=false", "eval.num_prompts=16", "eval.max_new_tokens=16
 @pytest.fixture
 def run_cfg(tmp_path):
     """Run prefopt in-process with Hydra overrides; returns (summary, out_dir)."""
-    from prefopt.train import run
+    from prefopt.cli.train import run
 
     def _run(*overrides, out=None):
         cfg = compose([*FAST, *overrides])
@@ -47,8 +47,8 @@ TINY = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden
 
 
 def tiny_model(seed=0, vocab=50, **arch):
-    from prefopt.config import ModelConfig
-    from prefopt.models import load_policy
+    from prefopt.core.config import ModelConfig
+    from prefopt.models.load import load_policy
 
     return load_policy(ModelConfig(arch={**TINY, **arch}), vocab_size=vocab, seed=seed)
 

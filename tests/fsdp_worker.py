@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-import prefopt.train as T  # noqa: E402
+import prefopt.cli.train as T  # noqa: E402
 from conftest import TINY, compose  # noqa: E402
 
 SCENARIOS_OFFLINE = {
@@ -62,7 +62,7 @@ class _Captured:
 
 
 def _capture():
-    """Keep the placed policy of the next run (prefopt.train._place_models is where it is sharded)."""
+    """Keep the placed policy of the next run (prefopt.cli.train._place_models is where it is sharded)."""
     orig = T._place_models
 
     def wrapped(place, policy, reference):
@@ -84,7 +84,7 @@ def probe_batch():
 def main():
     out, data = sys.argv[1], sys.argv[2]
     _capture()
-    from prefopt.logprobs import token_stats
+    from prefopt.models.logprobs import token_stats
 
     report = {}
     only = os.environ.get("FSDP_WORKER_ONLY")  # debugging: a comma-separated subset of the scenarios
@@ -110,7 +110,7 @@ def main():
     # checkpoint: step 2) and resumed with trainer.resume=auto.
     common = overrides_for("dpo_full", data) + ["trainer.max_steps=4", "trainer.save_every_steps=2"]
     T.run(compose(common), os.path.join(out, "resume_ref"))
-    from prefopt.trainer import Trainer
+    from prefopt.core.trainer import Trainer
 
     orig_step = Trainer.train_step
 
@@ -130,7 +130,7 @@ def main():
     report["resume"] = {"checkpoints_at_crash": ckpts}
     # Decoding a gathered sharded policy gives the tokens of the same policy unsharded.
     from conftest import tiny_model
-    from prefopt.rollout import HFSampler, SamplingConfig
+    from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
     place = _Captured.place
     plain, sharded = tiny_model(seed=3), place.trainable(tiny_model(seed=3))

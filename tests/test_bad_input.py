@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import compose
-from prefopt.errors import UserError
-from prefopt.train import run
+from prefopt.core.errors import UserError
+from prefopt.cli.train import run
 
 GOOD = {"prompt": "the movie was", "chosen": "good and fine", "rejected": "bad and dull"}
 CASES = {
@@ -54,7 +54,7 @@ def test_existing_output_directory_is_left_alone(tmp_path):
 @pytest.mark.parametrize("preset", ["llama3", "qwen2_5", "mistral", "gemma2", "llama3_qlora", "qwen2_5_qlora",
                                     "mistral_qlora", "gemma2_qlora"])
 def test_family_presets_are_valid_typed_configs(preset):
-    from prefopt.config import ModelConfig, typed
+    from prefopt.core.config import ModelConfig, typed
 
     m = typed(ModelConfig, compose([f"model={preset}"]).model, "model")
     assert m.lora.r > 0 and m.name_or_path and m.load_in_4bit == preset.endswith("_qlora")
@@ -90,7 +90,7 @@ def test_qlora_online_and_precomputed_reference_keep_training(tmp_path):
 # ---- issue 12: files that do not parse, config values found too late ------------------------------
 
 def _load_error(path):
-    from prefopt.data import DataConfig, load_rows
+    from prefopt.data.formats import DataConfig, load_rows
 
     with pytest.raises(UserError) as e:
         load_rows(DataConfig(path=str(path)))
@@ -136,12 +136,12 @@ def test_non_utf8_and_empty_data_files_are_one_line(tmp_path):
 ])
 def test_every_section_is_checked_before_any_model_loads(tmp_path, monkeypatch, override, needle):
     # C: eval.* was never validated and failed after training, losing the model.
-    import prefopt.models
+    import prefopt.models.load
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the config was checked")
 
-    monkeypatch.setattr(prefopt.models, "load_policy", no_loading)
+    monkeypatch.setattr(prefopt.models.load, "load_policy", no_loading)
     with pytest.raises(UserError) as e:
         run(compose([override]), str(tmp_path / "run"))
     assert needle in str(e.value) and "accepted" in str(e.value), str(e.value)
@@ -150,12 +150,12 @@ def test_every_section_is_checked_before_any_model_loads(tmp_path, monkeypatch, 
 
 def test_model_is_saved_before_evaluation(tmp_path, monkeypatch):
     # C: model/ was written after the evaluation, so a failing evaluation lost the trained weights.
-    import prefopt.evaluate
+    import prefopt.rollout.evaluate
 
     def broken(self, policy):
         raise RuntimeError("evaluation failed")
 
-    monkeypatch.setattr(prefopt.evaluate.Evaluator, "__call__", broken)
+    monkeypatch.setattr(prefopt.rollout.evaluate.Evaluator, "__call__", broken)
     cfg = compose(["trainer.max_steps=1", "trainer.progress=false", "trainer.examples_per_step=8",
                    "trainer.examples_per_device=8", "eval.num_prompts=2"])
     with pytest.raises(RuntimeError, match="evaluation failed"):
@@ -164,7 +164,7 @@ def test_model_is_saved_before_evaluation(tmp_path, monkeypatch):
 
 
 def test_unknown_key_lists_the_valid_keys_of_its_section():
-    from prefopt.train import precheck_argv
+    from prefopt.cli.train import precheck_argv
 
     for argv, needles in ((["algo.betta=0.1"], ("algo.betta", "beta", "label_smoothing")),
                           (["+algo.betta=0.1"], None), (["model.lora.rank=2"], ("model.lora.rank", "alpha, dropout, r")),

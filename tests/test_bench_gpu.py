@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from prefopt import bench_gpu
+from prefopt.bench import gpu as bench_gpu
 
 
 def test_reference64_matches_autograd():
@@ -61,7 +61,7 @@ def test_dry_trainer_steps_lora_dpo_loss_equals_trl(tmp_path):
 
 def test_lora_grpo_worker_at_a_tiny_real_shape(tmp_path):
     # the GRPO worker of section (c) in this process (its subprocess would spend its time on imports)
-    from prefopt import bench
+    from prefopt.bench import throughput as bench
 
     arch = dict(bench.REAL_ARCH, **bench_gpu.TINY_ARCH)
     world = bench.build_world(str(tmp_path / "w"), n_rows=16, shape="real", arch=arch, vocab=1000)

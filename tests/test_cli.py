@@ -11,7 +11,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def cli(*args, cwd=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "prefopt.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "prefopt.cli.train", *args], capture_output=True, text=True,
                           cwd=cwd, env=ENV, timeout=timeout)
 
 

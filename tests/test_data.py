@@ -1,4 +1,4 @@
-"""prefopt.data: loading each file format, validation errors, tokenization, masking, collation.
+"""prefopt.data.formats: loading each file format, validation errors, tokenization, masking, collation.
 
 Uses a word-level tokenizer built here (no downloads); one line of text is one token per word.
 """
@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from prefopt.data import (DataConfig, TokenizeReport, build_sequences, collate, convert_rows,
+from prefopt.data.formats import (DataConfig, TokenizeReport, build_sequences, collate, convert_rows,
                           detect_kind, load_rows, load_splits, prepare_rows, tokenize_rows,
                           validate_rows)
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 WORDS = ("the movie was good bad great awful fine plot actors music long short hello world "
          "what is it tell me more yes no ok sure story").split()

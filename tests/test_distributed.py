@@ -34,11 +34,11 @@ def test_two_processes_match_one(tmp_path):
     data = tmp_path / "pairs.jsonl"
     write_pairs(data)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "prefopt.train", *overrides(data, tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "prefopt.cli.train", *overrides(data, tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29517",
-                          "-m", "prefopt.train", *overrides(data, tmp_path / "two")],
+                          "-m", "prefopt.cli.train", *overrides(data, tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     w1 = load_file(tmp_path / "one" / "model" / "model.safetensors")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from prefopt.logprobs import TokenStats
+from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPO
 
 
@@ -80,7 +80,7 @@ def test_dpo_value_and_gradient_float64(beta, eps):
 
 
 def test_dpo_metrics_and_bad_config():
-    from prefopt.errors import UserError
+    from prefopt.core.errors import UserError
 
     with pytest.raises(UserError, match="loss_type"):
         DPO.Config(loss_type="nope")

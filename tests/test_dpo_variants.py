@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 from prefopt.objectives.dpo import DPO, LOSS_TYPES
 from test_offline_losses import (BATCH, _len, _logsig, _seq, finite_difference_check, paired_inputs,
                                  paired_scorer)
@@ -269,7 +269,7 @@ def test_bad_loss_configs_are_one_line_user_errors():
 
 def test_a_list_loss_type_composes_from_hydra_overrides():
     from conftest import compose
-    from prefopt.config import typed
+    from prefopt.core.config import typed
 
     cfg = compose(["algo=dpo", "algo.loss_type=[sigmoid,bco_pair,sft]", "algo.loss_weights=[0.8,0.2,1.0]"])
     c = typed(DPO.Config, cfg.algo, "algo")

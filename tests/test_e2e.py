@@ -82,7 +82,7 @@ def test_user_data_conversational_with_lora(run_cfg, tmp_path):
 @pytest.mark.slow
 def test_multirun_sweep_writes_one_directory_per_job(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-m", "prefopt.train", "-m", "algo.beta=0.05,0.5", "seed=0,1",
+    p = subprocess.run([sys.executable, "-m", "prefopt.cli.train", "-m", "algo.beta=0.05,0.5", "seed=0,1",
                         "trainer.max_steps=2", "trainer.progress=false", "eval.num_prompts=4", "eval.max_new_tokens=8",
                         "hydra.sweep.dir=sweep"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -145,8 +145,8 @@ def test_consolidated_model_loads_plainly(two):
         torch.testing.assert_close(_plain_logps(full, ids, am, lm), torch.tensor(rep["dpo_full"]["logps"]), rtol=0, atol=1e-5)
     from peft import PeftModel
 
-    from prefopt.config import ModelConfig
-    from prefopt.models import build_random
+    from prefopt.core.config import ModelConfig
+    from prefopt.models.load import build_random
 
     cfg = json.load(open(out / "dpo_full" / "model" / "config.json"))
     arch = {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -140,7 +140,7 @@ def _paired(g, B=4):
 
 
 def _batch(name):
-    from prefopt.data import collate
+    from prefopt.data.formats import collate
 
     g = torch.Generator().manual_seed(11)
     if name in ("kto",):
@@ -177,9 +177,9 @@ OBJECTIVES = {
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_objective_loss_and_gradients_equal_generic_op(objective, monkeypatch):
-    from prefopt.logprobs import Scorer
-    from prefopt.models import AdapterDisabledReference
-    from prefopt.registry import get_objective
+    from prefopt.models.logprobs import Scorer
+    from prefopt.models.load import AdapterDisabledReference
+    from prefopt.objectives.registry import get_objective
 
     name, kw = OBJECTIVES[objective]
     cls = get_objective(name)

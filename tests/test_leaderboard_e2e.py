@@ -10,7 +10,7 @@ import pytest
 
 from prefopt.leaderboard import store
 from prefopt.leaderboard.plan import classify, load_suite, plan
-from prefopt.registry import Needs, available, get_objective
+from prefopt.objectives.registry import Needs, available, get_objective
 
 
 def test_classify_reads_declarations():

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 from prefopt.leaderboard import fits, select, store
 from prefopt.leaderboard.plan import load_suite, plan
 from prefopt.leaderboard.stats import paired_bootstrap, separated_ranks
@@ -122,10 +122,10 @@ def test_standard_suite_follows_the_rule(tmp_path):
         load_suite(str(p))
     # the grid of a method is the lr grid × its declared coefficient, nothing from the leaderboard code
     suite = {**s, "seeds": [0], "tasks": ["arith"], "ablation": None,
-             "exclude": [n for n in __import__("prefopt.registry", fromlist=["available"]).available()
+             "exclude": [n for n in __import__("prefopt.objectives.registry", fromlist=["available"]).available()
                          if n not in ("dpo", "dapo")]}
     jobs, _ = plan(suite, str(tmp_path / "work"))
-    from prefopt.registry import get_objective
+    from prefopt.objectives.registry import get_objective
 
     for name in ("dpo", "dapo"):
         grid = [j for j in jobs if j.stage == 2 and j.meta["method"] == name]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import TINY, synthetic_examples, tiny_model
-from prefopt.config import LoraConfig, ModelConfig
-from prefopt.data import collate
-from prefopt.logprobs import Scorer, token_stats
-from prefopt.models import AdapterDisabledReference, load_policy, make_reference, save_model
+from prefopt.core.config import LoraConfig, ModelConfig
+from prefopt.data.formats import collate
+from prefopt.models.logprobs import Scorer, token_stats
+from prefopt.models.load import AdapterDisabledReference, load_policy, make_reference, save_model
 
 FAMILIES = {
     "llama": dict(model_type="llama"),

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from prefopt.errors import UserError
-from prefopt.logprobs import TokenStats
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPO
 from prefopt.objectives.ipo import IPO
 from prefopt.objectives.kto import KTO

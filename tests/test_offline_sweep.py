@@ -14,7 +14,7 @@ QUICK = ["data.num_rows=64", "trainer.max_steps=1", "trainer.progress=false", "t
 
 def sweep(tmp_path, *args):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-m", "prefopt.train", "-m", *args, *QUICK], cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "prefopt.cli.train", "-m", *args, *QUICK], cwd=tmp_path,
                        capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return p

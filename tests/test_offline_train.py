@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import TINY, synthetic_examples, tiny_model
-from prefopt.config import ModelConfig
-from prefopt.data import collate
-from prefopt.errors import UserError
-from prefopt.logprobs import Scorer
-from prefopt.models import make_reference
+from prefopt.core.config import ModelConfig
+from prefopt.data.formats import collate
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import Scorer
+from prefopt.models.load import make_reference
 
 SHORT = ["trainer.log_every_steps=1", "trainer.eval_at_end=false", "trainer.save_model=false",
          "trainer.warmup_steps=0", "trainer.lr_schedule=constant"]
@@ -32,8 +32,8 @@ def first_last(rows, key, k=4):
 
 @pytest.mark.parametrize("algo", ["dpo", "ipo", "kto"])
 def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch):
-    from prefopt import reference_cache
-    from prefopt.registry import get_objective
+    from prefopt.data import reference_cache
+    from prefopt.objectives.registry import get_objective
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     Obj = get_objective(algo)
@@ -80,7 +80,7 @@ def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch
 
 def test_precompute_ref_run_matches_live_run_and_holds_no_reference(run_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFOPT_CACHE", os.environ["PREFOPT_CACHE"])  # the suite's testbed cache
-    import prefopt.models as M
+    import prefopt.models.load as M
 
     common = ["algo=kto", "data.num_rows=96", "trainer.max_steps=2", "trainer.examples_per_step=32",
               "trainer.examples_per_device=16", *SHORT]
@@ -155,8 +155,8 @@ def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg, outcome
 def test_reward_model_lora_keeps_score_head_trainable_and_saves_merged(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from prefopt.config import LoraConfig
-    from prefopt.models import load_reward_model, save_model
+    from prefopt.core.config import LoraConfig
+    from prefopt.models.load import load_reward_model, save_model
     from prefopt.testbed.world import load_tokenizer
 
     tok = load_tokenizer()

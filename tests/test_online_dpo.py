@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from prefopt.data import pad_batch
-from prefopt.errors import UserError
-from prefopt.logprobs import TokenStats
+from prefopt.data.formats import pad_batch
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPO
 from prefopt.objectives.online_dpo import OnlineDPO
-from prefopt.online import BatchPlan, RolloutSource
+from prefopt.rollout.source import BatchPlan, RolloutSource
 from test_offline_losses import finite_difference_check, ref_dpo
 from test_dpo_variants import ref_losses
 
@@ -124,7 +124,7 @@ def test_presets_mirror_their_yaml():
 
     from conftest import compose
     from omegaconf import OmegaConf
-    from prefopt.registry import get_objective
+    from prefopt.objectives.registry import get_objective
 
     for algo in ("online_dpo", "iterative_dpo", "dpo", "reinforce_pp", "cispo", "remax", "ppo", "rloo", "grpo", "dr_grpo", "dapo"):
         y = OmegaConf.to_container(compose([f"algo={algo}"]).algo)

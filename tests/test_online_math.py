@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from prefopt import advantages as adv
-from prefopt.kl import KLController, kl_estimate
-from prefopt.logprobs import TokenStats
-from prefopt.objectives.pg import PGConfig, PolicyGradient
+from prefopt.objectives.pg import advantages as adv
+from prefopt.objectives.pg.kl import KLController, kl_estimate
+from prefopt.models.logprobs import TokenStats
+from prefopt.objectives.policy_gradient import PGConfig, PolicyGradient
 
 
 # ---- advantages ---------------------------------------------------------------------------------

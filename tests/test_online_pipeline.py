@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_model
-from prefopt.errors import UserError
-from prefopt.logprobs import token_stats
-from prefopt.data import pad_batch as build_sequences
-from prefopt.online import RolloutFields, plan_batches
-from prefopt.rewards import RewardConfig, RewardTerm, build_reward
-from prefopt.rollout import HFSampler, SamplingConfig
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import token_stats
+from prefopt.data.formats import pad_batch as build_sequences
+from prefopt.rollout.source import RolloutFields, plan_batches
+from prefopt.rollout.rewards import RewardConfig, RewardTerm, build_reward
+from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
 EOS, PAD = 2, 0
 
@@ -125,8 +125,8 @@ def test_impossible_split_is_a_user_error(kw, world, msg):
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "dr_grpo", "dapo"])
 def test_group_size_one_fails_before_training(algo):
     from conftest import compose
-    from prefopt.config import typed
-    from prefopt.registry import get_objective
+    from prefopt.core.config import typed
+    from prefopt.objectives.registry import get_objective
 
     cfg = compose([f"algo={algo}", "algo.samples_per_prompt=1"])
     with pytest.raises(UserError, match="samples_per_prompt >= 2"):
@@ -139,7 +139,7 @@ def test_presets_mirror_their_yaml():
     from conftest import compose
     from omegaconf import OmegaConf
 
-    from prefopt.registry import get_objective
+    from prefopt.objectives.registry import get_objective
 
     for algo in ("ppo", "rloo", "grpo", "dr_grpo", "dapo", "rejection_sampling"):
         y = OmegaConf.to_container(compose([f"algo={algo}"]).algo)
@@ -168,7 +168,7 @@ def test_rejection_sampling_keeps_the_best_of_each_group():
 
 
 def test_best_of_n_reports_gold_and_analytic_kl():
-    from prefopt.evaluate import chat_prompt_ids
+    from prefopt.rollout.evaluate import chat_prompt_ids
     from prefopt.objectives.rejection_sampling import best_of_n, best_of_n_kl
     from prefopt.testbed.rewards import arith_exact_match
     from prefopt.testbed.world import load_tokenizer
@@ -199,10 +199,10 @@ def test_skipped_old_pass_gives_the_same_loss_and_gradient(algo, kw):
     for prepare give the loss, gradient and metrics of the recomputed π_old."""
     import copy
 
-    from prefopt.logprobs import Scorer
-    from prefopt.models import FrozenReference
-    from prefopt.online import RolloutSource
-    from prefopt.registry import get_objective
+    from prefopt.models.logprobs import Scorer
+    from prefopt.models.load import FrozenReference
+    from prefopt.rollout.source import RolloutSource
+    from prefopt.objectives.registry import get_objective
     from prefopt.testbed.tokenizer import build_tokenizer
 
     words = ["the", "movie", "was", "a", "plot", "actors", "film", "story"]
@@ -243,7 +243,7 @@ def test_skipped_old_pass_gives_the_same_loss_and_gradient(algo, kw):
 
 def test_decode_loop_draws_follow_the_distribution():
     """The inverse-CDF draw: frequencies match p (chi-square), zero-probability tokens never appear."""
-    from prefopt.rollout import _draw
+    from prefopt.rollout.sampler import _draw
 
     p = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(40_000, 1)
     counts = torch.bincount(_draw(p, torch.Generator().manual_seed(0)), minlength=5).double()

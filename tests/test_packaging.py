@@ -17,6 +17,6 @@ def test_wheel_carries_the_config_tree_and_kernels(tmp_path):
     for yaml in ROOT.joinpath("conf").rglob("*.yaml"):
         assert f"prefopt/conf/{yaml.relative_to(ROOT / 'conf').as_posix()}" in names, yaml
     assert "prefopt_kernels/__init__.py" in names
-    assert "prefopt/train.py" in names
+    assert "prefopt/cli/train.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    assert entry and "prefopt-train = prefopt.train:main" in zipfile.ZipFile(whl).read(entry[0]).decode()
+    assert entry and "prefopt-train = prefopt.cli.train:main" in zipfile.ZipFile(whl).read(entry[0]).decode()

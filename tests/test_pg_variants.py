@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefopt.errors import UserError
-from prefopt.logprobs import TokenStats
-from prefopt.objectives.pg import PGConfig, RLOO, PolicyGradient
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import TokenStats
+from prefopt.objectives.policy_gradient import PGConfig, RLOO, PolicyGradient
 
 
 class FakeScorer:
@@ -241,7 +241,7 @@ def test_reinforce_pp_advantages_float64():
 
 def test_remax_advantage_is_reward_minus_greedy_reward():
     """Li et al. 2023, Algorithm 1: A_i = (r(x, y_i) − β Σ_t KL_t) − r(x, ȳ), ȳ the greedy completion."""
-    from prefopt.objectives.pg import REMAX
+    from prefopt.objectives.policy_gradient import REMAX
 
     torch.manual_seed(2)
     N, T = 6, 5
@@ -332,7 +332,7 @@ def test_sampler_correction_with_perturbed_sampler_logprobs(run_cfg, outcome, mo
     import json
     import os
 
-    from prefopt import rollout
+    from prefopt.rollout import sampler as rollout
 
     real = rollout.HFSampler.sample
     g = torch.Generator().manual_seed(0)

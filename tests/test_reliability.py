@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import FAST, compose, synthetic_examples, tiny_model
-from prefopt.errors import Interrupted, RunStopped, UserError
+from prefopt.core.errors import Interrupted, RunStopped, UserError
 from prefopt.objectives.sft import SFT
-from prefopt.trainer import CheckpointInvalid, Trainer
+from prefopt.core.trainer import CheckpointInvalid, Trainer
 
 from test_trainer import make_trainer
 
@@ -30,14 +30,14 @@ SHORT = [*FAST, "trainer.max_steps=4", "trainer.log_every_steps=1", "trainer.eva
 
 
 def run_in_process(out, *overrides):
-    from prefopt.train import run
+    from prefopt.cli.train import run
 
     return run(compose([*SHORT, *overrides]), str(out))
 
 
 def cli(*args, pre="", timeout=300, **kw):
     """prefopt-train in a subprocess; ``pre`` is Python run first (e.g. a patch that kills the process)."""
-    code = pre + "\nimport sys\nfrom prefopt.train import main\nsys.argv = ['prefopt-train', *sys.argv[1:]]\nmain()\n"
+    code = pre + "\nimport sys\nfrom prefopt.cli.train import main\nsys.argv = ['prefopt-train', *sys.argv[1:]]\nmain()\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV,
                           timeout=timeout, **kw)
 
@@ -148,7 +148,7 @@ class NaNGradAfter:
 
 
 def test_nan_gradient_stops_before_the_update_and_metrics_stay_strict_json(tmp_path):
-    from prefopt.trainer import TrainingDiverged
+    from prefopt.core.trainer import TrainingDiverged
 
     t = make_trainer("demonstrations", NaNGradAfter(SFT(SFT.Config()), at=2), tmp_path, steps=5, save_every=1)
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
@@ -167,7 +167,7 @@ def test_nan_gradient_stops_before_the_update_and_metrics_stay_strict_json(tmp_p
 
 
 def test_non_finite_weights_never_become_a_checkpoint(tmp_path):
-    from prefopt.trainer import TrainingDiverged
+    from prefopt.core.trainer import TrainingDiverged
 
     t = make_trainer("demonstrations", SFT(SFT.Config()), tmp_path, steps=1)
     with torch.no_grad():
@@ -258,13 +258,13 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
 # ---- L, M: the reference log-prob cache ------------------------------------------------------------
 
 def _attach(examples):
-    from prefopt import reference_cache
+    from prefopt.data import reference_cache
 
     return reference_cache.attach(tiny_model(0), examples, model_key="test", batch_size=4, device=torch.device("cpu"))
 
 
 def test_corrupt_reference_cache_is_named_and_rebuilt(tmp_path, monkeypatch, capsys):
-    from prefopt import reference_cache
+    from prefopt.data import reference_cache
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     ex = synthetic_examples("paired", n=6)
@@ -320,7 +320,7 @@ def test_crafted_checkpoint_cannot_run_code(tmp_path):
 
 
 def test_crafted_reference_cache_cannot_run_code(tmp_path, monkeypatch):
-    from prefopt import reference_cache
+    from prefopt.data import reference_cache
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     ex = synthetic_examples("paired", n=4)
@@ -384,14 +384,14 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
     out = tmp_path / "run"
     # Slow steps so that the signal lands mid-run: each forward sleeps a little.
     pre = textwrap.dedent("""
-        import time, prefopt.trainer as T
+        import time, prefopt.core.trainer as T
         _step = T.Trainer.train_step
         def slow(self):
             time.sleep(0.3)
             return _step(self)
         T.Trainer.train_step = slow
     """)
-    code = pre + "\nimport sys\nfrom prefopt.train import main\nsys.argv = ['prefopt-train', *sys.argv[1:]]\nmain()\n"
+    code = pre + "\nimport sys\nfrom prefopt.cli.train import main\nsys.argv = ['prefopt-train', *sys.argv[1:]]\nmain()\n"
     p = subprocess.Popen([sys.executable, "-c", code, *SHORT, "trainer.max_steps=200", f"hydra.run.dir={out}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
     deadline = time.time() + 120
@@ -410,7 +410,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
 
 
 def test_signal_outside_the_training_loop_is_one_line():
-    from prefopt.train import interrupted_line
+    from prefopt.cli.train import interrupted_line
 
     e = Interrupted(signal.SIGINT)
     assert interrupted_line(e, "/tmp/x", {}) == "interrupted by SIGINT before training started; saved: nothing"

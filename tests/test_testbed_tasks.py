@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 from prefopt.testbed import rewards
 from prefopt.testbed.reviews import is_grammatical, split_sentences
 from prefopt.testbed.tasks import TASKS, Task, get_task, combined_vocabulary

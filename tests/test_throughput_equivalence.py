@@ -19,11 +19,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from prefopt.logprobs import Scorer, pair_token_stats, packed_token_stats, token_stats
-from prefopt.models import FrozenReference
+from prefopt.models.logprobs import Scorer, pair_token_stats, packed_token_stats, token_stats
+from prefopt.models.load import FrozenReference
 from prefopt.objectives.dpo import DPO
-from prefopt.packing import pack, shared_prompt_lengths
-from prefopt.rollout import DecodeLoop, HFSampler, SamplingConfig, Samples
+from prefopt.data.packing import pack, shared_prompt_lengths
+from prefopt.rollout.sampler import DecodeLoop, HFSampler, SamplingConfig, Samples
 
 PAD, EOS, V = 0, 3, 64
 
@@ -37,7 +37,7 @@ def tiny(seed=0, kv_heads=2):
 
 
 def paired_batch(seed=0, B=5):
-    from prefopt.data import collate
+    from prefopt.data.formats import collate
 
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: torch.randint(4, V, (int(torch.randint(lo, hi + 1, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
@@ -133,7 +133,7 @@ def test_cached_decoding_samples_the_same_tokens_as_uncached(kv_heads, top_k, to
 
 
 def test_decode_loop_logprobs_are_the_scorers_and_stop_at_eos():
-    from prefopt.data import pad_batch as build_sequences
+    from prefopt.data.formats import pad_batch as build_sequences
 
     model = tiny()
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
@@ -155,8 +155,8 @@ def test_dpo_first_step_loss_equals_trl(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from prefopt.bench import _load_world, build_world, perturb, tokenize_pairs
-    from prefopt.data import collate
+    from prefopt.bench.throughput import _load_world, build_world, perturb, tokenize_pairs
+    from prefopt.data.formats import collate
 
     world = build_world(str(tmp_path / "world"), n_rows=32)
     tok, model, rows = _load_world(world)
@@ -183,7 +183,7 @@ def test_dpo_first_step_loss_equals_trl(tmp_path):
 def test_bench_reports_trl_not_installed(tmp_path, monkeypatch, capsys):
     import json
 
-    import prefopt.bench as bench
+    import prefopt.bench.throughput as bench
 
     monkeypatch.setattr(bench, "trl_available", lambda: False)
     out = tmp_path / "b.json"

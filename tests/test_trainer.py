@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import synthetic_examples, tiny_model
-from prefopt.config import TrainerConfig
-from prefopt.data import collate
-from prefopt.models import make_reference
-from prefopt.config import ModelConfig
+from prefopt.core.config import TrainerConfig
+from prefopt.data.formats import collate
+from prefopt.models.load import make_reference
+from prefopt.core.config import ModelConfig
 from prefopt.objectives.dpo import DPO
 from prefopt.objectives.sft import SFT
-from prefopt.trainer import OfflineSource, Trainer, TrainingDiverged, seed_everything
+from prefopt.core.trainer import OfflineSource, Trainer, TrainingDiverged, seed_everything
 
 from conftest import TINY
 
@@ -116,8 +116,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_impossible_batch_split_is_a_user_error():
-    from prefopt.config import check_trainer
-    from prefopt.errors import UserError
+    from prefopt.core.config import check_trainer
+    from prefopt.core.errors import UserError
 
     with pytest.raises(UserError, match="examples_per_step=10 is not a multiple"):
         check_trainer(TrainerConfig(examples_per_step=10, examples_per_device=4))

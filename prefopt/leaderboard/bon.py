@@ -64,13 +64,13 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     """The result's eval block per n, plus the references (n = 1) for calibration."""
     import time
 
-    from prefopt.evaluate import chat_prompt_ids, repetition_rate
-    from prefopt.rewards import ModelReward
-    from prefopt.rollout import HFSampler, SamplingConfig
+    from prefopt.rollout.evaluate import chat_prompt_ids, repetition_rate
+    from prefopt.rollout.rewards import ModelReward
+    from prefopt.rollout.sampler import HFSampler, SamplingConfig
     from prefopt.testbed import world as W
-    from prefopt.trainer import seed_everything
-    from prefopt.config import ModelConfig
-    from prefopt.models import load_policy
+    from prefopt.core.trainer import seed_everything
+    from prefopt.core.config import ModelConfig
+    from prefopt.models.load import load_policy
 
     t0 = time.perf_counter()
     tb = W.TestbedConfig(**spec["testbed"])

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 USAGE = "usage: prefopt-leaderboard {run,plan,render} [suite=NAME] [dir=DIR] [key=value ...]"
 OWN = ("suite", "dir", "seeds", "tasks", "threads", "only")

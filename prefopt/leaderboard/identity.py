@@ -2,7 +2,7 @@
 
     result_id = sha256(config_hash, code_version, cpu_capability)[:16]
 
-- ``config_hash``: the composed conf/train.yaml of the run (prefopt.train.config_hash);
+- ``config_hash``: the composed conf/train.yaml of the run (prefopt.cli.train.config_hash);
 - ``code_version``: a hash of the source that trains and evaluates: every ``.py`` file of the
   ``prefopt`` package and of ``prefopt_kernels``, and every YAML file of conf/ (its defaults), except
   the files that only plan, aggregate and render the board (``NOT_TRAINING``) and the benchmarks. The

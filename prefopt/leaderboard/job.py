@@ -4,7 +4,7 @@
 
 A job reads its overrides from the plan, composes conf/train.yaml with them, checks the config hash,
 skips if ``results/<hash>.json`` already holds a successful result, otherwise runs
-:func:`prefopt.train.run` into ``work/runs/<hash>/`` and writes the result atomically. A failure is
+:func:`prefopt.cli.train.run` into ``work/runs/<hash>/`` and writes the result atomically. A failure is
 recorded as ``status: failed`` with its error (shown by ``render``, retried by the next ``run``);
 the sweep goes on.
 """
@@ -22,7 +22,7 @@ from typing import Optional
 
 from prefopt.leaderboard import store
 from prefopt.leaderboard.identity import code_version
-from prefopt.train import cpu_capability
+from prefopt.cli.train import cpu_capability
 
 
 @dataclass
@@ -92,7 +92,7 @@ def run_job(manifest_path: str, job_id: str, threads: int = 0, console=None) -> 
 def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     import torch
 
-    from prefopt.errors import UserError
+    from prefopt.core.errors import UserError
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -111,7 +111,7 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     try:
         if job.kind == "best_of_n":
             from prefopt.leaderboard.bon import run_best_of_n
-            from prefopt.train import versions
+            from prefopt.cli.train import versions
 
             from prefopt.leaderboard.plan import spec_hash
 
@@ -142,7 +142,7 @@ def _train(job, run_dir, console) -> dict:
 
     from prefopt.leaderboard.identity import result_id
     from prefopt.leaderboard.plan import compose
-    from prefopt.train import config_hash, run
+    from prefopt.cli.train import config_hash, run
 
     cfg = compose(job.overrides)
     h = config_hash(cfg)
@@ -212,7 +212,7 @@ def main():
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig
 
-    from prefopt.train import quiet_libraries
+    from prefopt.cli.train import quiet_libraries
 
     ConfigStore.instance().store(name="leaderboard_job", node=JobAppConfig)
 

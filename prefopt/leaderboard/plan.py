@@ -32,7 +32,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 
 @dataclass
@@ -138,7 +138,7 @@ def plan(suite: dict, work_dir: str, results_dir: Optional[str] = None) -> tuple
 
 def methods_of(suite: dict) -> tuple[list, list]:
     """([(name, Objective, kind)], notes): the registered objectives the suite runs."""
-    from prefopt.registry import available, get_objective
+    from prefopt.objectives.registry import available, get_objective
 
     notes, methods = [], []
     rm_algo = suite["reward_model"]
@@ -178,8 +178,8 @@ def _short(point: dict) -> dict:
 def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list, list]:
     from prefopt.leaderboard import select, store
     from prefopt.leaderboard.identity import code_version
-    from prefopt.registry import get_objective
-    from prefopt.train import cpu_capability
+    from prefopt.objectives.registry import get_objective
+    from prefopt.cli.train import cpu_capability
 
     code, cpu = code_version(), cpu_capability()
     methods, notes = methods_of(suite)
@@ -364,7 +364,7 @@ def compose(overrides: list):
 
 
 def compose_hash(overrides: list) -> str:
-    from prefopt.train import config_hash
+    from prefopt.cli.train import config_hash
 
     return config_hash(compose(overrides))
 

@@ -90,8 +90,8 @@ from typing import Any, List, Optional
 import torch
 import torch.nn.functional as F
 
-from prefopt.errors import UserError
-from prefopt.registry import Needs, register
+from prefopt.core.errors import UserError
+from prefopt.objectives.registry import Needs, register
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ln", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.registry import Needs, register
+from prefopt.objectives.registry import Needs, register
 
 
 @register("ipo")
@@ -42,7 +42,7 @@ class IPO:
         precompute_ref: bool = False
 
         def __post_init__(self):
-            from prefopt.errors import UserError
+            from prefopt.core.errors import UserError
 
             if self.beta <= 0:
                 raise UserError(f"algo.beta={self.beta} must be > 0")

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.errors import UserError, where
-from prefopt.registry import Needs, register
+from prefopt.core.errors import UserError, where
+from prefopt.objectives.registry import Needs, register
 
 RECOMMENDED_RATIO = (1.0, 4.0 / 3.0)
 PARTNER_SEED = 0  # independent of the run seed, so cached reference log-probs serve every seed
@@ -94,7 +94,7 @@ class KTO:
         return out
 
     def collate(self, examples: list, pad_token_id: int) -> dict:
-        from prefopt.data import collate
+        from prefopt.data.formats import collate
 
         batch = collate(examples, "unpaired", pad_token_id)
         if all("kl_completion_ids" in ex for ex in examples):

@@ -1,7 +1,7 @@
 r"""Online DPO: Direct Language Model Alignment from Online AI Feedback (Guo et al., 2024,
 arXiv:2402.04792, Algorithm 1), and iterative ("rounds") DPO.
 
-Per rollout (:mod:`prefopt.online`), for each prompt x, sample K = ``samples_per_prompt``
+Per rollout (:mod:`prefopt.rollout.source`), for each prompt x, sample K = ``samples_per_prompt``
 completions y_1..y_K from the *current* policy π_θ (K = 2 in the paper), score them with the reward
 source r (a reward model, a function, or the testbed's gold reward: the paper's annotator), and
 form one pair per prompt:
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.errors import UserError
-from prefopt.logprobs import TokenStats
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPOLoss, DPOLossFields
-from prefopt.online import RolloutFields, select
-from prefopt.registry import Needs, register
+from prefopt.rollout.source import RolloutFields, select
+from prefopt.objectives.registry import Needs, register
 
 
 @dataclass

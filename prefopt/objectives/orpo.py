@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.registry import Needs, register
+from prefopt.objectives.registry import Needs, register
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class ORPO:
         beta: float = 0.1  # λ, the weight of the odds-ratio term
 
         def __post_init__(self):
-            from prefopt.errors import UserError
+            from prefopt.core.errors import UserError
 
             if self.beta < 0:
                 raise UserError(f"algo.beta={self.beta} must be >= 0")

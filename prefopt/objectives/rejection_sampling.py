@@ -11,7 +11,7 @@ optionally only those with r ≥ ``min_reward``:
 
 then trains ``epochs_per_rollout`` passes on W before sampling again from the updated policy.
 
-Best-of-N at inference (:func:`best_of_n`; CLI ``python -m prefopt.best_of_n``): the gold reward
+Best-of-N at inference (:func:`best_of_n`; CLI ``python -m prefopt.cli.best_of_n``): the gold reward
 of the completion the reward picks among n samples, for several n, with the analytic
 KL(π_best-of-n ‖ π) = log n − (n−1)/n (Stiennon et al. 2020, Appendix; Hilton & Gao 2022).
 """
@@ -24,9 +24,9 @@ from typing import Optional
 
 import torch
 
-from prefopt.errors import UserError
-from prefopt.online import RolloutFields, select
-from prefopt.registry import Needs, register
+from prefopt.core.errors import UserError
+from prefopt.rollout.source import RolloutFields, select
+from prefopt.objectives.registry import Needs, register
 
 
 @register("rejection_sampling")
@@ -94,7 +94,7 @@ def best_of_n(policy, tokenizer, prompts_text: list, prompts_ids: list, reward, 
               sequences_per_generate: int = 256) -> dict:
     """{n: {"proxy_reward", "gold_reward", "kl_analytic"}}: the mean over prompts of the rewards of
     the completion with the highest ``reward`` among the first n of N = max(ns) samples."""
-    from prefopt.rollout import HFSampler, SamplingConfig
+    from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
     ns = sorted(set(int(n) for n in ns))
     if ns[0] < 1:

@@ -34,8 +34,8 @@ from typing import Optional
 
 import torch.nn.functional as F
 
-from prefopt.errors import UserError
-from prefopt.registry import Needs, register
+from prefopt.core.errors import UserError
+from prefopt.objectives.registry import Needs, register
 
 
 def is_tie(row: dict) -> bool:

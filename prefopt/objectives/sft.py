@@ -6,7 +6,7 @@ Token-level mean over the whole optimizer step (not a mean of per-sequence means
 TRL's SFTTrainer and torchtune; the trainer divides by the step's token count, so the loss does
 not change with the micro-batch split. ``completion_only=false`` also trains on prompt tokens
 (TRL: ``completion_only_loss=False``); with conversational ``messages`` data the completion is the
-final assistant turn (prefopt.data splits it off), so earlier turns are context, not targets.
+final assistant turn (prefopt.data.formats splits it off), so earlier turns are context, not targets.
 This is also the stage that makes the testbed's reference policy (``testbed.world.sft_policy_path``
 runs this objective on the task's demonstrations): the SFT stage of RLHF (Ouyang et al., 2022,
 arXiv:2203.02155).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.registry import Needs, register
+from prefopt.objectives.registry import Needs, register
 
 
 @register("sft")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.registry import Needs, register
+from prefopt.objectives.registry import Needs, register
 
 
 @register("simpo")
@@ -46,7 +46,7 @@ class SimPO:
         label_smoothing: float = 0.0
 
         def __post_init__(self):
-            from prefopt.errors import UserError
+            from prefopt.core.errors import UserError
 
             if self.beta <= 0:
                 raise UserError(f"algo.beta={self.beta} must be > 0")

@@ -15,7 +15,7 @@ import importlib
 import random
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 from prefopt.testbed.tasks import TASKS, get_task
 from prefopt.testbed.tokenizer import build_tokenizer
 
@@ -57,7 +57,7 @@ class TestbedConfig:
 
 
 def _data_config():
-    from prefopt.data import DataConfig
+    from prefopt.data.formats import DataConfig
 
     return DataConfig
 
@@ -138,11 +138,11 @@ def sft_policy_path(tb: TestbedConfig, console=None) -> str:
     path = os.path.join(cache_root(), "testbed", f"sft-{tb.task}-{_hash(key)}")
 
     def build(out):
-        from prefopt.config import ModelConfig, TrainerConfig
-        from prefopt.data import DataConfig, collate, tokenize_rows
-        from prefopt.models import load_policy
+        from prefopt.core.config import ModelConfig, TrainerConfig
+        from prefopt.data.formats import DataConfig, collate, tokenize_rows
+        from prefopt.models.load import load_policy
         from prefopt.objectives.sft import SFT
-        from prefopt.trainer import OfflineSource, Trainer, seed_everything
+        from prefopt.core.trainer import OfflineSource, Trainer, seed_everything
 
         if console is not None:
             console.print(f"[dim]testbed: training the {tb.task} SFT policy once ({tb.sft_steps} steps); cached at {path}")
@@ -180,8 +180,8 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None) -> list:
     def build(out):
         from transformers import AutoModelForCausalLM
 
-        from prefopt.evaluate import chat_prompt_ids
-        from prefopt.rollout import HFSampler, SamplingConfig
+        from prefopt.rollout.evaluate import chat_prompt_ids
+        from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
         if console is not None:
             console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and labelling pairs")
@@ -244,7 +244,7 @@ def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
     elif kind == "unpaired":
         # The testbed's native unpaired data: every pair split into (chosen, desirable) and
         # (rejected, undesirable), as data.convert=paired_to_unpaired does for a user's pairs.
-        from prefopt.data import convert_rows
+        from prefopt.data.formats import convert_rows
 
         rows = convert_rows(preference_rows(tb, policy, console), "paired", "unpaired", f"testbed:{tb.task}")
     elif kind == "demonstrations":

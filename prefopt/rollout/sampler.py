@@ -20,7 +20,7 @@ stop at EOS. ``evaluate``-style ``generate()`` keeps transformers' ``generate``,
 testbed's cached data were built with. Under LoRA the model passed in is the policy with its adapters on.
 The log-probs that enter a loss are recomputed by the trainer through the fused kernel under the
 same temperature; the sampler's own log-probs (equal to those up to float rounding) serve the
-online pipeline where nothing has moved since sampling (see :mod:`prefopt.online`).
+online pipeline where nothing has moved since sampling (see :mod:`prefopt.rollout.source`).
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ class HFSampler:
         for i, p in enumerate(prompts):
             ids[i, T - len(p) :] = torch.tensor(p)
             am[i, T - len(p) :] = 1
-        from prefopt.models import dropout_disable, dropout_restore
+        from prefopt.models.load import dropout_disable, dropout_restore
 
         flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
         want_lp = out.logprobs is not None

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
-from prefopt.data import pad_batch
-from prefopt.errors import UserError
+from prefopt.data.formats import pad_batch
+from prefopt.core.errors import UserError
 
 KINDS = ("auto", "function", "model", "sum")
 

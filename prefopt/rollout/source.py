@@ -5,8 +5,8 @@
 
 1. takes ``prompts_per_step`` prompts (each process a strided share, whole groups per process),
 2. samples ``samples_per_prompt`` completions per prompt from the *current* policy (adapters on
-   under LoRA) through a sampler (:mod:`prefopt.rollout`), timing generation separately,
-3. scores them with the reward source (:mod:`prefopt.rewards`); with ``dynamic_sampling`` drops
+   under LoRA) through a sampler (:mod:`prefopt.rollout.sampler`), timing generation separately,
+3. scores them with the reward source (:mod:`prefopt.rollout.rewards`); with ``dynamic_sampling`` drops
    groups whose rewards are all equal and samples more prompts to refill (DAPO),
 4. recomputes, without gradient, log π_old (through the fused kernel, same temperature), log π_ref
    when the objective needs a reference, and V_old when it has a value head. With one optimizer
@@ -48,11 +48,11 @@ from typing import Optional
 
 import torch
 
-from prefopt.data import EpochOrder, pad_batch
-from prefopt.errors import UserError
-from prefopt.logprobs import token_stats
-from prefopt.models import dropout_disable, dropout_restore
-from prefopt.rollout import SamplingConfig
+from prefopt.data.formats import EpochOrder, pad_batch
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import token_stats
+from prefopt.models.load import dropout_disable, dropout_restore
+from prefopt.rollout.sampler import SamplingConfig
 
 
 @dataclass
@@ -394,9 +394,9 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
                  gold_fn, task, seed, rank, world_size, device, placement=None) -> OnlineSetup:
     """Reward source (needs.reward), value model (needs.value_head) and rollout source
     (needs.rollouts) of a run. Cheap checks first, so mistakes fail before any model is built."""
-    from prefopt.config import typed
-    from prefopt.rewards import RewardConfig, build_reward, check
-    from prefopt.rollout import HFSampler
+    from prefopt.core.config import typed
+    from prefopt.rollout.rewards import RewardConfig, build_reward, check
+    from prefopt.rollout.sampler import HFSampler
 
     plan = plan_batches(acfg, world_size, getattr(objective, "needs_groups", False)) if needs.rollouts else None
     rcfg = typed(RewardConfig, cfg.get("reward"), "reward")
@@ -413,7 +413,7 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
             proxy_fn = lambda p, c: reward(p, c).tolist()  # noqa: E731
     value_model = None
     if needs.value_head:
-        from prefopt.value import build_value_model
+        from prefopt.objectives.pg.value import build_value_model
 
         value_model, desc = build_value_model(acfg, policy, mcfg, base_path, rcfg if needs.reward else None,
                                               vocab_size=len(tokenizer), seed=seed, device=device,

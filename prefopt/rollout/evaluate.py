@@ -18,9 +18,9 @@ from typing import Callable, Optional
 
 import torch
 
-from prefopt.data import pad_batch
-from prefopt.logprobs import hidden_states, token_stats
-from prefopt.rollout import SamplingConfig
+from prefopt.data.formats import pad_batch
+from prefopt.models.logprobs import hidden_states, token_stats
+from prefopt.rollout.sampler import SamplingConfig
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list:
@@ -145,7 +145,7 @@ class PairwiseEvaluator:
 
     @torch.no_grad()
     def scores(self, model):
-        from prefopt.logprobs import Scorer
+        from prefopt.models.logprobs import Scorer
 
         device = next(model.parameters()).device
         scorer = Scorer(model)

@@ -1,4 +1,4 @@
-"""Best-of-N at inference: ``python -m prefopt.best_of_n [n=1,4,16] [out=FILE.json] OVERRIDES...``
+"""Best-of-N at inference: ``python -m prefopt.cli.best_of_n [n=1,4,16] [out=FILE.json] OVERRIDES...``
 
 Samples max(n) completions of each held-out prompt from the policy (``model=...``, or a trained
 run's ``model.name_or_path=DIR/model``), picks the one the reward (``reward=...``, as for
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 
 def main(argv=None) -> dict:
@@ -32,13 +32,13 @@ def main(argv=None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from prefopt.config import EvalConfig, ModelConfig, typed
-    from prefopt.evaluate import chat_prompt_ids
-    from prefopt.models import load_policy
+    from prefopt.core.config import EvalConfig, ModelConfig, typed
+    from prefopt.rollout.evaluate import chat_prompt_ids
+    from prefopt.models.load import load_policy
     from prefopt.objectives.rejection_sampling import best_of_n
-    from prefopt.rewards import RewardConfig, build_reward
+    from prefopt.rollout.rewards import RewardConfig, build_reward
     from prefopt.testbed import world as W
-    from prefopt.train import data_schema, quiet_libraries
+    from prefopt.cli.train import data_schema, quiet_libraries
 
     quiet_libraries()
     with initialize_config_module(config_module="prefopt.conf", version_base=None):

@@ -1,6 +1,6 @@
 """Benchmark: per-token log-probs of a linear head, forward and forward+backward.
 
-    python kernels/bench.py [--quick] [--cases N:H:V,...] [--providers ...] [--out FILE]
+    python -m prefopt.bench kernels [--quick] [--cases N:H:V,...] [--providers ...] [--out FILE]
 
 Providers
     naive   matmul → float → log_softmax → gather (materializes [N, V])
@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PROVIDERS = ("naive", "lce", "liger", "ours")
 CPU_CASES = [(n, 512, v) for v in (32000, 128256) for n in (1024, 4096, 16384)]
 GPU_CASES = [(n, h, v) for (h, v) in ((4096, 128256), (2048, 151936)) for n in (4096, 16384)]
@@ -94,7 +93,6 @@ def _provider_fn(name, torch, device):
             return -loss(W, h, t).float()
         return fn
     if name == "ours":
-        sys.path.insert(0, os.path.dirname(HERE))
         import prefopt_kernels
 
         def fn(h, W, t):
@@ -257,7 +255,7 @@ def device_name(device: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m prefopt.bench kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     ap.add_argument("--cases", default=None, help="comma list of N:H:V, e.g. 4096:512:32000")
@@ -270,7 +268,7 @@ def main(argv=None):
                     help="instead of the sweep: alternate the providers' fwd+bwd in one process "
                          "for this many rounds per case and report per-round time ratios to the "
                          "first provider (robust to load drift on a shared machine)")
-    ap.add_argument("--out", default=os.path.join(HERE, "bench_results.json"))
+    ap.add_argument("--out", default="bench_results.json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--provider", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)

@@ -4,7 +4,7 @@ The trainer knows nothing about methods. It gets micro-batches from a batch sour
 objective for a loss summed over its units (pairs, sequences or tokens), divides by the units of
 the whole optimizer step (all micro-batches, all processes), backpropagates, clips, steps, logs,
 evaluates and checkpoints. How the processes share gradients and weights (none / DDP / FSDP2) is
-:mod:`prefopt.placement`'s business: the loss runs through ``placement.call`` as the policy's
+:mod:`prefopt.distributed.placement`'s business: the loss runs through ``placement.call`` as the policy's
 forward, so the engine's own gradient reduction (bucketed, overlapped) does the sync.
 
 Why sum-then-divide: a token-mean loss averaged per micro-batch changes with the accumulation
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from prefopt.config import TrainerConfig
-from prefopt.data import EpochOrder
-from prefopt.errors import Interrupted, RunStopped
-from prefopt.logprobs import Scorer
-from prefopt.placement import Placement, is_sharded
+from prefopt.core.config import TrainerConfig
+from prefopt.data.formats import EpochOrder
+from prefopt.core.errors import Interrupted, RunStopped
+from prefopt.models.logprobs import Scorer
+from prefopt.distributed.placement import Placement, is_sharded
 
 TMP_PREFIX = ".tmp-"
 
@@ -147,7 +147,7 @@ class OfflineSource:
         self.rank, self.world = rank, world_size
         self._order = EpochOrder(len(examples), seed)
         if len(examples) < self.G:
-            from prefopt.errors import UserError
+            from prefopt.core.errors import UserError
 
             raise UserError(
                 f"the dataset has {len(examples)} examples, fewer than trainer.examples_per_step={self.G}; "
@@ -693,7 +693,7 @@ class Trainer:
         evaluator = evaluator or self.evaluator
         if evaluator is None:
             return None
-        from prefopt.models import dropout_off
+        from prefopt.models.load import dropout_off
 
         out = None
         if self.sharded:

@@ -12,11 +12,11 @@ from typing import Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from prefopt.config import ModelConfig
-from prefopt.errors import UserError
-from prefopt.logprobs import token_stats
+from prefopt.core.config import ModelConfig
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import token_stats
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def dropout_disable(model) -> list:
@@ -48,9 +48,9 @@ def dropout_off(model):
 
 def torch_dtype(name: str):
     try:
-        return DTYPES[name]
+        return TORCH_DTYPES[name]
     except KeyError:
-        raise UserError(f"model.dtype='{name}' is not known; accepted: {', '.join(DTYPES)}") from None
+        raise UserError(f"model.dtype='{name}' is not known; accepted: {', '.join(TORCH_DTYPES)}") from None
 
 
 def _check_path(path: str, key: str):
@@ -110,7 +110,7 @@ def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_
     checkpointing, and LoRA adapters when model.lora.r > 0. Shared by the policy and the reward model.
 
     ``meta``: the same model without reading any weights, on the meta device (the ranks other than
-    0 under fsdp2, which receive their shards from rank 0; see prefopt.placement)."""
+    0 under fsdp2, which receive their shards from rank 0; see prefopt.distributed.placement)."""
     path = path or cfg.name_or_path
     tmp = None
     if meta:

@@ -1,11 +1,11 @@
 """Memory benchmark of trainer.strategy=fsdp2: what each process holds, 1 process against N.
 
-    python -m prefopt.bench_memory                      # 1 vs 2 processes, ~106M-parameter Llama (424 MB fp32)
-    python -m prefopt.bench_memory --procs 1,2,4 --json out.json
+    python -m prefopt.bench.memory                      # 1 vs 2 processes, ~106M-parameter Llama (424 MB fp32)
+    python -m prefopt.bench.memory --procs 1,2,4 --json out.json
 
 Each configuration is one ``torchrun`` launch of this module's worker, which builds the model the
 way ``prefopt-train`` does under fsdp2 (rank 0 materializes it, the other ranks build it on
-``meta`` and receive their shards from rank 0: prefopt.placement), runs two AdamW steps of a
+``meta`` and receive their shards from rank 0: prefopt.distributed.placement), runs two AdamW steps of a
 log-prob loss through the fused kernel, and reports per rank: bytes of parameters and of optimizer
 state held (the shards), and peak RSS. A table is printed and, with ``--json``, written.
 Parameters + optimizer state per rank should fall as 1/N; peak RSS falls less (each process has
@@ -33,10 +33,10 @@ def _rss_mb() -> float:
 def worker(out: str, batch: int, seq: int):
     import torch
 
-    from prefopt.config import ModelConfig
-    from prefopt.logprobs import token_stats
-    from prefopt.models import load_policy
-    from prefopt.placement import setup
+    from prefopt.core.config import ModelConfig
+    from prefopt.models.logprobs import token_stats
+    from prefopt.models.load import load_policy
+    from prefopt.distributed.placement import setup
 
     place = setup("fsdp2")
     cfg = ModelConfig(arch=dict(ARCH))
@@ -86,11 +86,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "r.json")
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONWARNINGS": "ignore"}
-            cmd = ["torchrun", "--nproc_per_node", str(n), "--master_port", str(29700 + n), "-m", "prefopt.bench_memory",
+            cmd = ["torchrun", "--nproc_per_node", str(n), "--master_port", str(29700 + n), "-m", "prefopt.bench.memory",
                    "--worker", out, "--batch", str(a.batch), "--seq", str(a.seq)]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
-                sys.exit(f"prefopt.bench_memory: {n} process(es) failed:\n{r.stderr[-3000:]}")
+                sys.exit(f"prefopt.bench.memory: {n} process(es) failed:\n{r.stderr[-3000:]}")
             with open(out) as f:
                 res = json.load(f)
         results.append({"procs": n, **res})

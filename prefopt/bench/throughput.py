@@ -283,7 +283,7 @@ def _timed_steps(tr, warmup: int, steps: int, device: str = "cpu") -> dict:
 
 
 def _trainer_cfg(lr: float, steps: int, per_step: int = DPO["pairs_per_step"], bf16: bool = False):
-    from prefopt.config import TrainerConfig
+    from prefopt.core.config import TrainerConfig
 
     return TrainerConfig(max_steps=steps, lr=lr, lr_schedule="constant", max_grad_norm=1.0, progress=False,
                          weight_decay=0.0, examples_per_step=per_step, examples_per_device=per_step)
@@ -301,11 +301,11 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     import copy
     from functools import partial
 
-    from prefopt.data import collate
-    from prefopt.logprobs import Scorer
-    from prefopt.models import AdapterDisabledReference, FrozenReference
+    from prefopt.data.formats import collate
+    from prefopt.models.logprobs import Scorer
+    from prefopt.models.load import AdapterDisabledReference, FrozenReference
     from prefopt.objectives.dpo import DPO as DPOObjective
-    from prefopt.trainer import OfflineSource, Trainer
+    from prefopt.core.trainer import OfflineSource, Trainer
 
     hp, dev = spec["hp"], spec.get("device", "cpu")
     tok, model, rows = _load_world(world, spec.get("dtype", "float32"), dev)
@@ -358,10 +358,10 @@ def _prompt_examples(tok, rows):
 
 def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     torch = _torch_setup()
-    from prefopt.online import RolloutSource
-    from prefopt.registry import get_objective
-    from prefopt.rollout import HFSampler
-    from prefopt.trainer import Trainer
+    from prefopt.rollout.source import RolloutSource
+    from prefopt.objectives.registry import get_objective
+    from prefopt.rollout.sampler import HFSampler
+    from prefopt.core.trainer import Trainer
 
     G, dev = spec["hp"], spec.get("device", "cpu")
     tok, model, rows = _load_world(world, spec.get("dtype", "float32"), dev)
@@ -618,7 +618,7 @@ def run_one(world: dict, provider: str, workload: str, warmup: int, steps: int, 
     elif provider == "prefopt-recompute":
         # the fused op without the Jacobian-in-forward route: its backward recomputes the logit tiles
         provider, env["PREFOPT_KERNELS_HIDDEN_GRAD"] = "prefopt", "recompute"
-    cmd = [sys.executable, "-m", "prefopt.bench", "--worker", "--provider", provider, "--workload", workload,
+    cmd = [sys.executable, "-m", "prefopt.bench.throughput", "--worker", "--provider", provider, "--workload", workload,
            "--world", json.dumps(world), "--warmup", str(warmup), "--steps", str(steps),
            "--spec", json.dumps(spec or workload_spec(workload))]
     try:
@@ -683,18 +683,10 @@ def fit_largest_batch(points: list, budget_mb: float) -> dict:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["gpu-check"]:
-        from prefopt.bench_gpu import main as gpu_main
-
-        return gpu_main(argv[1:])
-    if argv[:1] == ["memory"]:
-        from prefopt.bench_memory import main as memory_main
-
-        return memory_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m prefopt.bench", description=__doc__.splitlines()[0],
-                                 epilog="python -m prefopt.bench gpu-check [--dry]: the GPU check (see prefopt/bench_gpu.py); "
+                                 epilog="python -m prefopt.bench gpu-check [--dry]: the GPU check (see prefopt/bench/gpu.py); "
                                         "python -m prefopt.bench memory: fsdp2 memory per rank, 1 vs 2 processes "
-                                        "(prefopt/bench_memory.py)")
+                                        "(prefopt/bench/memory.py)")
     ap.add_argument("--workloads", default="dpo,grpo",
                     help=f"comma-separated, from {', '.join(WORKLOADS)}; 'real' = {ALIASES['real']}")
     ap.add_argument("--providers", default="prefopt,trl",

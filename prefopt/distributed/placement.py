@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp2")
 _CALL = "prefopt_call"  # the method registered as an FSDP forward on a sharded root

@@ -1,9 +1,9 @@
 r"""Policy-gradient objectives: PPO, RLOO, GRPO, Dr. GRPO, DAPO: one loss, presets over its axes.
 
-The online pipeline (:mod:`prefopt.online`) samples G prompts × K completions y_i from π_old,
-scores them (r_i, :mod:`prefopt.rewards`), and keeps log π_old, log π_ref and V_old per token.
+The online pipeline (:mod:`prefopt.rollout.source`) samples G prompts × K completions y_i from π_old,
+scores them (r_i, :mod:`prefopt.rollout.rewards`), and keeps log π_old, log π_ref and V_old per token.
 
-Advantages (``advantage``; :mod:`prefopt.advantages`). With the KL in the reward
+Advantages (``advantage``; :mod:`prefopt.objectives.pg.advantages`). With the KL in the reward
 (``kl_in=reward``), r_i ← r_i − β Σ_t k(t) for the sequence estimators, and for GAE the per-token
 reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al. 2022).
 
@@ -39,7 +39,7 @@ exactly TRL's ``RLOOTrainer`` loss (``per_sequence_loss.mean()``). The other opt
 it: a token ratio with token-mean weighs each sequence by |y_i| / Σ_j |y_j| (gradient N/T times
 the paper's, long completions weigh more) and clips tokens one by one over several epochs;
 seq-mean-token-mean divides each sequence's gradient by |y_i| (short completions weigh more).
-        + β k(t)                           when kl_in=loss; k = k1 | k2 | k3 (:mod:`prefopt.kl`)
+        + β k(t)                           when kl_in=loss; k = k1 | k2 | k3 (:mod:`prefopt.objectives.pg.kl`)
                                            (GRPO's β·k3 as in its paper, eq. 3; TRL 1.16's GRPOTrainer
                                            defaults to use_bias_correction_kl=True, β·ρ_t·k3: the
                                            same for one step per rollout, ρ = 1, different over
@@ -105,12 +105,12 @@ from typing import Optional
 
 import torch
 
-from prefopt import advantages as adv
-from prefopt.errors import UserError
-from prefopt.kl import ESTIMATORS as KL_ESTIMATORS
-from prefopt.kl import KLController, kl_estimate
-from prefopt.online import RolloutFields
-from prefopt.registry import Needs, register
+from prefopt.objectives.pg import advantages as adv
+from prefopt.core.errors import UserError
+from prefopt.objectives.pg.kl import ESTIMATORS as KL_ESTIMATORS
+from prefopt.objectives.pg.kl import KLController, kl_estimate
+from prefopt.rollout.source import RolloutFields
+from prefopt.objectives.registry import Needs, register
 
 LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
 RATIO_LEVELS = ("token", "sequence", "sequence_sum")

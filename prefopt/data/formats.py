@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import torch
 
-from prefopt.errors import UserError, where
+from prefopt.core.errors import UserError, where
 
 KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 TRUNCATION_POLICIES = ("truncate", "drop", "error")

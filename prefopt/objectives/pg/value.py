@@ -1,7 +1,7 @@
 """Value functions for PPO: a value head on the policy, or a separate critic.
 
 V[b, t] is the value of the state *before* token t (prefix x, y_<t), read from the hidden state at
-position t−1, the same alignment as the log-probs in :class:`prefopt.logprobs.TokenStats`.
+position t−1, the same alignment as the log-probs in :class:`prefopt.models.logprobs.TokenStats`.
 
 - ``critic=shared``: a linear head on the policy's last hidden states. It reuses the hidden states
   of the policy forward that computed the log-probs just before (a forward hook), so the value
@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prefopt.errors import UserError
-from prefopt.logprobs import _unwrap, find_head
+from prefopt.core.errors import UserError
+from prefopt.models.logprobs import _unwrap, find_head
 
 
 def _align(v: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,8 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
-from prefopt.data import pad_batch
-from prefopt.logprobs import token_stats
+from prefopt.data.formats import pad_batch
+from prefopt.models.logprobs import token_stats
 
 VERSION = 1
 
@@ -98,7 +98,7 @@ def data_fingerprint(examples: list) -> str:
 def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 0, temperature: float = 1.0) -> dict:
     """{field: [fp32 tensor of len(X_ids)] per example}: log p_model(x_t | x_<t) of each
     completion token, in eval mode (π_ref is a fixed function of its input)."""
-    from prefopt.models import dropout_disable, dropout_restore
+    from prefopt.models.load import dropout_disable, dropout_restore
 
     flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
     out = {}

@@ -2,7 +2,7 @@
 
 conf/ is the only home of defaults users see; the dataclass defaults below mirror them so that the
 library can also be driven from Python. A wrong type or an unknown key becomes a one-line
-:class:`~prefopt.errors.UserError` naming the key.
+:class:`~prefopt.core.errors.UserError` naming the key.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 
 @dataclass
@@ -72,7 +72,7 @@ class TrainerConfig:
     progress: bool = True
     save_model: bool = True
     cpu: bool = False  # force CPU even when a GPU is visible
-    # How the processes of a run share the work (prefopt.placement): auto | none | ddp | fsdp2.
+    # How the processes of a run share the work (prefopt.distributed.placement): auto | none | ddp | fsdp2.
     strategy: str = "auto"
 
 
@@ -90,6 +90,8 @@ class EvalConfig:
     prompts_per_batch: int = 128
 
 
+# model.dtype names; prefopt.models.load maps them to torch dtypes.
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -190,8 +192,6 @@ def check_eval(e: EvalConfig) -> None:
 
 def check_model(m: ModelConfig) -> None:
     """Value checks for the model section that would otherwise surface (or be ignored) at load time."""
-    from prefopt.models import DTYPES
-
     for key in ("dtype", "bnb_4bit_compute_dtype"):
         v = getattr(m, key)
         if v not in DTYPES:

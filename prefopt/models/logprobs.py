@@ -180,7 +180,7 @@ ROW_TOKENS = int(os.environ.get("PREFOPT_ROW_TOKENS", "320"))
 
 
 def _attn_cost(model) -> float:
-    from prefopt.packing import attention_cost_per_token
+    from prefopt.data.packing import attention_cost_per_token
 
     return attention_cost_per_token(getattr(_unwrap(model), "config", None))
 
@@ -188,11 +188,11 @@ def _attn_cost(model) -> float:
 def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row_tokens: Optional[int] = None):
     """Log-probs of two right-padded batches ``a`` and ``b`` = (input_ids, attention_mask,
     loss_mask) whose rows share a prompt (DPO's chosen and rejected), in **one** padding-free
-    forward: each prompt once, both completions continuing from it (:mod:`prefopt.packing`), every
+    forward: each prompt once, both completions continuing from it (:mod:`prefopt.data.packing`), every
     completion token of both sides through one fused log-prob call. Same numbers as two
     :func:`token_stats` calls up to fp32 rounding; returns None when the rows do not share a prompt
     (or the head cannot be read): the caller then does two forwards."""
-    from prefopt.packing import pack, shared_prompt_lengths
+    from prefopt.data.packing import pack, shared_prompt_lengths
 
     head = find_head(model)
     if head is None:
@@ -234,7 +234,7 @@ def packed_token_stats(model, input_ids, attention_mask, loss_mask, *, temperatu
     """:func:`token_stats` of a right-padded batch computed padding-free: the sequences packed into
     rows with their own position ids and a block-diagonal mask. Same numbers up to fp32 rounding;
     None when the head cannot be read or the batch is not right padded."""
-    from prefopt.packing import pack, right_padded_lengths
+    from prefopt.data.packing import pack, right_padded_lengths
 
     head = find_head(model)
     n = right_padded_lengths(attention_mask)

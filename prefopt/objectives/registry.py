@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from prefopt.errors import UserError
+from prefopt.core.errors import UserError
 
 DATA_KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 

@@ -64,7 +64,7 @@ def device_name(dev) -> str:
 
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from prefopt.bench import machine
+    from prefopt.bench.throughput import machine
 
     m = machine()
     return f"CPU: {m['cpu']}, {m['cores']} cores, {m['cpu_capability']} (dry run, not a GPU)"
@@ -306,7 +306,7 @@ def timing(dev, cfg, rate) -> list:
 # ---- (c) trainer steps against TRL --------------------------------------------------------------
 
 def trainer_steps(dev, cfg, root, workloads=("real-dpo-lora", "real-grpo-lora"), providers=None) -> dict:
-    from prefopt import bench
+    from prefopt.bench import throughput as bench
 
     arch = dict(bench.REAL_ARCH, num_hidden_layers=cfg["trainer_layers"])
     if dev.type != "cuda":
@@ -397,7 +397,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from prefopt.bench import _versions
+    from prefopt.bench.throughput import _versions
     from prefopt_kernels import api
 
     if not args.dry and not torch.cuda.is_available():
