@@ -508,7 +508,8 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online, source, total_steps, pla
         evaluator = periodic_evaluator = d.pairwise_eval
     trainer = Trainer(objective=c.objective, policy=m.policy, reference=m.reference, source=source, cfg=tcfg,
                       out_dir=out_dir, total_steps=total_steps, evaluator=periodic_evaluator, device=place.device,
-                      console=console, run_config=c.run_config, placement=place)
+                      console=console, run_config=c.run_config, placement=place,
+                      value_model=online.value_model if online else None)
     if place.is_main:
         n_params = sum(p.numel() for p in m.policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)

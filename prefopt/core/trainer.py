@@ -185,7 +185,8 @@ class TrainState:
 class Trainer:
     def __init__(self, *, objective, policy, reference, source, cfg: TrainerConfig, out_dir: str,
                  total_steps: int, evaluator: Optional[Callable] = None, device=None, temperature: float = 1.0,
-                 console=None, run_config: Optional[dict] = None, placement: Optional[Placement] = None):
+                 console=None, run_config: Optional[dict] = None, placement: Optional[Placement] = None,
+                 value_model=None):
         self.objective = objective
         self.policy = policy
         self.reference = reference
@@ -196,7 +197,7 @@ class Trainer:
         self.evaluator = evaluator
         self.place = placement or Placement(device=device or torch.device("cpu"))
         self.device = device or self.place.device
-        self.scorer = Scorer(policy, reference, temperature=temperature)
+        self.scorer = Scorer(policy, reference, temperature=temperature, value_model=value_model)
         self.console = console
         self.distributed = self.place.distributed
         self.rank, self.world = self.place.rank, self.place.world

@@ -262,16 +262,23 @@ def side_keys(side: Optional[str]):
 
 
 class Scorer:
-    """What an objective sees of the models: policy log-probs (with grad) and reference log-probs
-    (without). The reference source is chosen by the trainer from the objective's declarations:
-    a frozen copy, the adapter-disabled policy under LoRA, or log-probs precomputed into the batch
-    (batch key ``{side}_ref_logps``)."""
+    """What an objective sees of the models: policy log-probs (with grad), reference log-probs
+    (without) and, for an objective that declares ``needs.value_head``, the value model's V_t. The
+    reference source is chosen by the run from the objective's declarations: a frozen copy, the
+    adapter-disabled policy under LoRA, or log-probs precomputed into the batch (batch key
+    ``{side}_ref_logps``)."""
 
-    def __init__(self, policy, reference=None, temperature: float = 1.0, shared_prompt: bool = True):
+    def __init__(self, policy, reference=None, temperature: float = 1.0, shared_prompt: bool = True,
+                 value_model=None):
         self.policy = policy
         self.reference = reference
         self.temperature = temperature
         self.shared_prompt = shared_prompt  # paired batches: one forward over each shared prompt
+        self.value_model = value_model
+
+    def values(self, batch) -> Optional[torch.Tensor]:
+        """[B, T] values V_t of the batch's tokens (with grad), or None without a value model."""
+        return None if self.value_model is None else self.value_model.values(batch)
 
     def logps(self, batch, side: Optional[str] = None, *, entropy: bool = False) -> TokenStats:
         ids, am, lm = side_keys(side)

@@ -24,7 +24,7 @@ the initial policy in both (Guo et al.; the iterative variants that reset π_ref
 implemented).
 
 log π_ref comes from the rollout (one no-grad pass); log π_θ from the loss's forward. Micro-batches
-hold whole pairs (``keeps_groups``). The objective's state (BCO's running shift) is checkpointed.
+hold whole pairs (``Needs.whole_groups_per_micro_batch``). The objective's state (BCO's running shift) is checkpointed.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ class OnlineDPOConfig(RolloutFields, DPOLossFields):
 
 @register("online_dpo")
 class OnlineDPO:
-    needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True)
+    # Samples of one prompt stay together in a rollout and in a micro-batch: rows (2p, 2p+1) are
+    # pair p. No importance ratio: the rollout's π_old pass is skipped.
+    needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True, groups=True,
+                  whole_groups_per_micro_batch=True, old_logps=False)
     Config = OnlineDPOConfig
     # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates).
     tuning = {"beta": (0.05, 0.2)}
-    needs_groups = True  # samples of one prompt stay together in a rollout
-    keeps_groups = True  # ... and in a micro-batch: rows (2p, 2p+1) are pair p (online.py)
-    uses_old_logps = False  # no importance ratio: the rollout's π_old pass is skipped
 
     def __init__(self, cfg: OnlineDPOConfig):
         self.cfg = cfg

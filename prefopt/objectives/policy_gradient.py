@@ -202,13 +202,12 @@ class PolicyGradient:
         self.cfg = cfg
         # The declarations follow the config: no reference without a KL term, a value head for GAE.
         self.needs = dataclasses.replace(type(self).needs, reference=cfg.kl_coef > 0,
-                                         value_head=cfg.advantage == "gae")
-        self.needs_groups = cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling
-        self.needs_sampler_logps = cfg.rollout_is != "none"  # the rollout keeps μ's log-probs (online.py)
-        self.needs_greedy_baseline = cfg.advantage == "greedy"  # the rollout also decodes greedily (online.py)
+                                         value_head=cfg.advantage == "gae",
+                                         groups=cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling,
+                                         sampler_logps=cfg.rollout_is != "none",
+                                         greedy_baseline=cfg.advantage == "greedy")
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.baseline = adv.MovingBaseline(cfg.baseline_decay)
-        self.value_model = None  # set by the run when needs.value_head
 
     # ---- state carried from rollout to rollout (checkpointed by the trainer) --------------------
     def state_dict(self) -> dict:
@@ -314,7 +313,7 @@ class PolicyGradient:
         c = self.cfg
         want_entropy = c.entropy_coef > 0
         stats = scorer.logps(batch, entropy=want_entropy)
-        V = self.value_model.values(batch) if self.value_model is not None and "returns" in batch else None
+        V = scorer.values(batch) if "returns" in batch else None
         logp, mask = stats.logps, stats.mask.float()
         # One optimizer step per rollout: π_old is the policy itself (online.py, step 4).
         old = logp.detach() if batch.get("old_is_current") else batch["old_logps"]

@@ -37,14 +37,22 @@ DATA_KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 
 @dataclass(frozen=True)
 class Needs:
-    data: str
-    reference: bool = False
-    reward: bool = False
-    value_head: bool = False
-    rollouts: bool = False
+    """Everything the run and the rollout pipeline read about an objective; nothing else is read."""
+
+    data: str  # one of DATA_KINDS
+    reference: bool = False  # a frozen π_ref (or precomputed reference log-probs)
+    reward: bool = False  # a reward source (conf/reward)
+    value_head: bool = False  # a value model (critic or value head), handed to the loss through the scorer
+    rollouts: bool = False  # trains on samples of the current policy (prefopt.rollout.source)
     # What the trained model is: "lm" (a causal LM policy) or "scalar" (a sequence classifier with
     # one output, e.g. a reward model).
     head: str = "lm"
+    # Rollout declarations (read by prefopt.rollout.source):
+    groups: bool = False  # compares the samples of one prompt: samples_per_prompt >= 2
+    whole_groups_per_micro_batch: bool = False  # a micro-batch holds whole groups (online DPO's pairs)
+    sampler_logps: bool = False  # keeps the sampler's own log-probs μ (importance correction)
+    greedy_baseline: bool = False  # also decodes each prompt greedily and scores it (ReMax)
+    old_logps: bool = True  # reads log π_old (an importance ratio); False skips that pass
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:

@@ -31,7 +31,7 @@ from prefopt.objectives.registry import Needs, register
 
 @register("rejection_sampling")
 class RejectionSampling:
-    needs = Needs(data="prompt_only", reward=True, rollouts=True)
+    needs = Needs(data="prompt_only", reward=True, rollouts=True, groups=True)  # selects within each prompt's group
     # The main coefficient, n of best-of-n per prompt, and the values the leaderboard's tuning grid
     # tries (× its learning rates).
     tuning = {"samples_per_prompt": (4, 8)}
@@ -51,8 +51,6 @@ class RejectionSampling:
             if self.keep_per_prompt == self.samples_per_prompt:
                 raise UserError(f"algo.keep_per_prompt={self.keep_per_prompt} keeps every sample (no selection); "
                                 "accepted: keep_per_prompt < samples_per_prompt")
-
-    needs_groups = True
 
     def __init__(self, cfg: "RejectionSampling.Config"):
         self.cfg = cfg

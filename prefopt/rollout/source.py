@@ -162,7 +162,7 @@ class RolloutSource:
         self.rank, self.world = rank, world_size
         self.device = device or torch.device("cpu")
         self.place = placement
-        self.plan = plan_batches(self.c, world_size, getattr(objective, "needs_groups", False))
+        self.plan = plan_batches(self.c, world_size, objective.needs.groups)
         self.max_new_tokens = max_new_tokens
         self.scfg = SamplingConfig(temperature=self.c.temperature, top_p=self.c.top_p, top_k=self.c.top_k,
                                    max_new_tokens=max_new_tokens, samples_per_prompt=self.c.samples_per_prompt,
@@ -182,7 +182,7 @@ class RolloutSource:
         # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
         self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
         # An objective that corrects for the sampler (importance weights π_old/μ) keeps μ's own log-probs.
-        self.keep_sampler_logps = bool(getattr(objective, "needs_sampler_logps", False))
+        self.keep_sampler_logps = objective.needs.sampler_logps
 
     @property
     def steps_per_rollout(self) -> int:
@@ -220,7 +220,7 @@ class RolloutSource:
             return []
         # An objective that reads its rollout as groups (online DPO's pairs) gets whole groups per
         # micro-batch: the shuffle and the splits are over groups of ``group_size`` rows.
-        unit = int(roll["group_size"]) if getattr(self.obj, "keeps_groups", False) else 1
+        unit = int(roll["group_size"]) if self.obj.needs.whole_groups_per_micro_batch else 1
         g = torch.Generator().manual_seed(self.seed * 7_919 + r * 104_729 + epoch * 13 + self.rank)
         perm = torch.randperm(n // unit, generator=g)
         chunks = torch.tensor_split(perm, self.c.minibatches_per_rollout)[m]
@@ -275,7 +275,7 @@ class RolloutSource:
             for k, v in terms.items():
                 reward_metrics.setdefault(k, []).append(v)
             greedy = None
-            if getattr(self.obj, "needs_greedy_baseline", False):
+            if self.obj.needs.greedy_baseline:
                 # ReMax's baseline: the reward of each prompt's greedy completion (top-1 decoding).
                 t1 = time.perf_counter()
                 gs = self.sampler.sample(self.policy, prompt_ids, dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1),
@@ -345,7 +345,7 @@ class RolloutSource:
         roll["prompt_text"] = [x for p in parts for x in p["pt"]]
         roll["completion_text"] = [x for p in parts for x in p["t"]]
         # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
-        needs_ref = self.reference is not None and getattr(self.obj, "needs", None) is not None and self.obj.needs.reference
+        needs_ref = self.reference is not None and self.obj.needs.reference
         old, ref, val = [], [], []
         if self.old_is_current or self.keep_sampler_logps:
             # The sampler's log-probs, at the completion positions (where loss_mask is set, in order).
@@ -361,7 +361,7 @@ class RolloutSource:
         for i in range(0, n, self.c.sequences_per_device):
             sl = slice(i, i + self.c.sequences_per_device)
             ids, am, lm = (roll[k][sl].to(self.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-            if not self.old_is_current and getattr(self.obj, "uses_old_logps", True):
+            if not self.old_is_current and self.obj.needs.old_logps:
                 old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
             if self.value_model is not None:
                 # Right after the policy's forward: a value head on the policy reuses its hidden states.
@@ -388,6 +388,7 @@ class OnlineSetup:
     reward: object
     proxy_fn: object  # evaluation's proxy reward: the training reward when a model is part of it
     lines: list  # start-up lines
+    value_model: object = None  # needs.value_head: the critic or value head, for the trainer's scorer
 
 
 def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, tokenizer, dcfg, mcfg, tcfg, base_path,
@@ -398,7 +399,7 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
     from prefopt.rollout.rewards import RewardConfig, build_reward, check
     from prefopt.rollout.sampler import HFSampler
 
-    plan = plan_batches(acfg, world_size, getattr(objective, "needs_groups", False)) if needs.rollouts else None
+    plan = plan_batches(acfg, world_size, needs.groups) if needs.rollouts else None
     rcfg = typed(RewardConfig, cfg.get("reward"), "reward")
     reward = proxy_fn = None
     lines = []
@@ -418,10 +419,9 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
         value_model, desc = build_value_model(acfg, policy, mcfg, base_path, rcfg if needs.reward else None,
                                               vocab_size=len(tokenizer), seed=seed, device=device,
                                               pad_token_id=tokenizer.pad_token_id)
-        objective.value_model = value_model
         lines.append(f"value: {desc}")
     if not needs.rollouts:
-        return OnlineSetup(None, None, reward, proxy_fn, lines)
+        return OnlineSetup(None, None, reward, proxy_fn, lines, value_model)
     max_new = acfg.max_new_tokens or (dcfg.max_length - dcfg.max_prompt_length)
     source = RolloutSource(examples=examples, objective=objective, policy=policy, reward=reward,
                            sampler=HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id), tokenizer=tokenizer,
@@ -432,4 +432,4 @@ def setup_online(cfg, objective, needs, *, acfg, examples, policy, reference, to
     lines.insert(0, f"batch: {plan.describe(acfg, world_size)}; {total} optimizer steps "
                     f"(≈{total / plan.steps_per_rollout:.0f} rollouts; {max_new} max new tokens; "
                     f"trainer.examples_per_* unused by online methods)")
-    return OnlineSetup(source, total, reward, proxy_fn, lines)
+    return OnlineSetup(source, total, reward, proxy_fn, lines, value_model)
