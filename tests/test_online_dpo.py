@@ -89,7 +89,7 @@ def test_loss_is_the_dpo_loss_on_the_pairs_float64(loss_type, beta, eps):
 
 
 def test_micro_batches_hold_whole_pairs():
-    """RolloutSource.step_batches with keeps_groups: each micro-batch is rows (2p, 2p+1) of whole pairs,
+    """RolloutSource.step_batches with needs.whole_groups_per_micro_batch: each micro-batch is rows (2p, 2p+1) of whole pairs,
     every pair exactly once per epoch over the minibatches."""
     obj = OnlineDPO(OnlineDPO.Config(samples_per_prompt=2, prompts_per_step=12, minibatches_per_rollout=2,
                                      sequences_per_device=4))

@@ -250,7 +250,7 @@ def test_remax_advantage_is_reward_minus_greedy_reward():
     old, ref = -torch.rand(N, T) * mask, -torch.rand(N, T) * mask
     scores, greedy = torch.randn(N), torch.randn(N)
     obj = REMAX(REMAX.Config())
-    assert obj.needs_greedy_baseline and not obj.needs_groups
+    assert obj.needs.greedy_baseline and not obj.needs.groups
     roll, _ = obj.prepare({"loss_mask": mask, "old_logps": old, "ref_logps": ref, "scores": scores,
                            "baseline_scores": greedy, "group_size": 1})
     for i in range(N):
