@@ -90,7 +90,7 @@ def test_qlora_online_and_precomputed_reference_keep_training(tmp_path):
 # ---- issue 12: files that do not parse, config values found too late ------------------------------
 
 def _load_error(path):
-    from prefopt.data.formats import DataConfig, load_rows
+    from prefopt.data.load import DataConfig, load_rows
 
     with pytest.raises(UserError) as e:
         load_rows(DataConfig(path=str(path)))

@@ -12,9 +12,11 @@ from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from prefopt.data.formats import (DataConfig, TokenizeReport, build_sequences, collate, convert_rows,
-                          detect_kind, load_rows, load_splits, prepare_rows, tokenize_rows,
-                          validate_rows)
+from prefopt.data.formats import convert_rows, detect_kind, prepare_rows, validate_rows
+
+from prefopt.data.load import DataConfig, load_rows, load_splits
+
+from prefopt.data.tokenize import build_sequences, collate, tokenize_rows, TokenizeReport
 from prefopt.core.errors import UserError
 
 WORDS = ("the movie was good bad great awful fine plot actors music long short hello world "

@@ -8,7 +8,7 @@ import torch
 
 from conftest import TINY, synthetic_examples, tiny_model
 from prefopt.core.config import LoraConfig, ModelConfig
-from prefopt.data.formats import collate
+from prefopt.data.tokenize import collate
 from prefopt.models.logprobs import Scorer, token_stats
 from prefopt.models.load import AdapterDisabledReference, load_policy, make_reference, save_model
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY, synthetic_examples, tiny_model
 from prefopt.core.config import ModelConfig
-from prefopt.data.formats import collate
+from prefopt.data.tokenize import collate
 from prefopt.core.errors import UserError
 from prefopt.models.logprobs import Scorer
 from prefopt.models.load import make_reference

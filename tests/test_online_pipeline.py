@@ -6,7 +6,7 @@ import torch
 from conftest import TINY, tiny_model
 from prefopt.core.errors import UserError
 from prefopt.models.logprobs import token_stats
-from prefopt.data.formats import pad_batch as build_sequences
+from prefopt.data.tokenize import pad_batch as build_sequences
 from prefopt.rollout.source import RolloutFields, plan_batches
 from prefopt.rollout.rewards import RewardConfig, RewardTerm, build_reward
 from prefopt.rollout.sampler import HFSampler, SamplingConfig

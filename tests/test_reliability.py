@@ -19,7 +19,9 @@ import torch
 from conftest import FAST, compose, synthetic_examples, tiny_model
 from prefopt.core.errors import Interrupted, RunStopped, UserError
 from prefopt.objectives.sft import SFT
-from prefopt.core.trainer import CheckpointInvalid, Trainer
+from prefopt.core import checkpoint
+from prefopt.core.checkpoint import CheckpointInvalid
+from prefopt.core.trainer import Trainer
 
 from test_trainer import make_trainer
 
@@ -83,7 +85,7 @@ def test_resume_without_a_complete_checkpoint_starts_clean(killed_in_first_check
     # D: rows 1, 2 of the killed attempt, then no checkpoint: resume=auto started at step 0 and
     # appended (1, 2, 1, 2, 3, 4). It must start clean.
     out = killed_in_first_checkpoint
-    assert steps(out) == [1, 2] and Trainer.newest_checkpoint(str(out)) is None
+    assert steps(out) == [1, 2] and checkpoint.newest(str(out)) is None
     run_in_process(out, "trainer.save_every_steps=2", "trainer.resume=auto")
     assert steps(out) == [1, 2, 3, 4]
 
@@ -112,7 +114,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     newest = out / "checkpoints" / "step_0000004"
     data = (newest / "trainable.pt").read_bytes()
     (newest / "trainable.pt").write_bytes(data[: len(data) // 2])  # a truncated file
-    assert "trainable.pt" in Trainer.verify_checkpoint(str(newest))
+    assert "trainable.pt" in checkpoint.verify(str(newest))
     os.remove(out / "summary.json")
     capsys.readouterr()
     s = run_in_process(out, "trainer.save_every_steps=2", "trainer.resume=auto")
@@ -148,7 +150,7 @@ class NaNGradAfter:
 
 
 def test_nan_gradient_stops_before_the_update_and_metrics_stay_strict_json(tmp_path):
-    from prefopt.core.trainer import TrainingDiverged
+    from prefopt.core.errors import TrainingDiverged
 
     t = make_trainer("demonstrations", NaNGradAfter(SFT(SFT.Config()), at=2), tmp_path, steps=5, save_every=1)
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
@@ -167,7 +169,7 @@ def test_nan_gradient_stops_before_the_update_and_metrics_stay_strict_json(tmp_p
 
 
 def test_non_finite_weights_never_become_a_checkpoint(tmp_path):
-    from prefopt.core.trainer import TrainingDiverged
+    from prefopt.core.errors import TrainingDiverged
 
     t = make_trainer("demonstrations", SFT(SFT.Config()), tmp_path, steps=1)
     with torch.no_grad():
@@ -197,7 +199,7 @@ def test_full_disk_during_checkpoint_removes_the_partial_and_keeps_the_previous(
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "step_0000001" in msg, msg
     assert os.listdir(tmp_path / "checkpoints") == ["step_0000001"]
-    assert Trainer.verify_checkpoint(str(tmp_path / "checkpoints" / "step_0000001")) is None
+    assert checkpoint.verify(str(tmp_path / "checkpoints" / "step_0000001")) is None
 
 
 def test_full_disk_while_logging_leaves_no_torn_line(tmp_path, monkeypatch):
@@ -250,7 +252,7 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "loss": 0.12')  # what a crash mid-write leaves
     b = make_trainer("demonstrations", SFT(SFT.Config()), tmp_path, steps=4, save_every=2)
-    b.load_checkpoint(Trainer.newest_checkpoint(str(tmp_path)))
+    b.load_checkpoint(checkpoint.newest(str(tmp_path)))
     b.fit()
     assert steps(tmp_path) == [1, 2, 3, 4]
 
@@ -403,7 +405,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert f"interrupted by {signal.Signals(sig).name}" in lines[0] and "trainer.resume=auto" in lines[0], lines[0]
-    ckpt = Trainer.newest_checkpoint(str(out))
+    ckpt = checkpoint.newest(str(out))
     assert ckpt and ckpt in lines[0]
     n = json.load(open(os.path.join(ckpt, "state.json")))["step"]
     assert steps(out)[-1] == n and 2 <= n < 200

@@ -8,12 +8,16 @@ import torch
 
 from conftest import synthetic_examples, tiny_model
 from prefopt.core.config import TrainerConfig
-from prefopt.data.formats import collate
+from prefopt.data.tokenize import collate
 from prefopt.models.load import make_reference
 from prefopt.core.config import ModelConfig
 from prefopt.objectives.dpo import DPO
 from prefopt.objectives.sft import SFT
-from prefopt.core.trainer import OfflineSource, Trainer, TrainingDiverged, seed_everything
+from prefopt.core import checkpoint
+from prefopt.core.errors import TrainingDiverged
+from prefopt.core.rng import seed_everything
+from prefopt.core.sources import OfflineSource
+from prefopt.core.trainer import Trainer
 
 from conftest import TINY
 
@@ -78,7 +82,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         if a.state.step == 3:
             a.save_checkpoint()
     b = make_trainer("paired", obj, tmp_path / "resumed", steps=6, per_device=4, save_every=3, seed=0)
-    ckpt = Trainer.newest_checkpoint(str(tmp_path / "resumed"))
+    ckpt = checkpoint.newest(str(tmp_path / "resumed"))
     assert ckpt.endswith("step_0000003")
     b.load_checkpoint(ckpt)
     b.fit()
@@ -108,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     t = make_trainer("demonstrations", NaNAfter(SFT(SFT.Config()), at=2), tmp_path, steps=5, save_every=1)
     with pytest.raises(TrainingDiverged, match="step 3.*step_0000002"):
         t.fit()
-    ckpt = Trainer.newest_checkpoint(str(tmp_path))
+    ckpt = checkpoint.newest(str(tmp_path))
     assert ckpt.endswith("step_0000002")
     state = torch.load(os.path.join(ckpt, "trainable.pt"))
     assert all(torch.isfinite(v).all() for v in state.values())

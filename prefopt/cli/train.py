@@ -124,7 +124,7 @@ def _check_keys_exist(overrides: list, choices: dict) -> None:
 
 def data_schema(name: str):
     """data=hf: prefopt.data.DataConfig; testbed tasks add a ``testbed`` section."""
-    from prefopt.data.formats import DataConfig
+    from prefopt.data.load import DataConfig
     from prefopt.testbed.world import TestbedDataConfig
 
     return DataConfig if name == "hf" else TestbedDataConfig
@@ -219,7 +219,7 @@ def stop_on_signals(ctx: dict):
 
 def interrupted_line(e: Interrupted, out_dir: str, ctx: dict) -> str:
     """What was saved and how to go on, in one line."""
-    from prefopt.core.trainer import Trainer
+    from prefopt.core import checkpoint
 
     trainer = ctx.get("trainer")
     where = "before training started" if trainer is None else (
@@ -228,7 +228,7 @@ def interrupted_line(e: Interrupted, out_dir: str, ctx: dict) -> str:
     saved = []
     if ctx.get("model_saved"):
         saved.append(f"the model in {os.path.join(out_dir, 'model')}")
-    ckpt = e.checkpoint or (Trainer.newest_checkpoint(out_dir) if trainer is not None else None)
+    ckpt = e.checkpoint or (checkpoint.newest(out_dir) if trainer is not None else None)
     if ckpt:
         saved.append(f"checkpoint {ckpt}")
     how = (f"; continue with trainer.resume=auto hydra.run.dir={out_dir}" if ckpt and not ctx.get("model_saved") else "")
@@ -301,7 +301,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: dict) -> dict:
     """configs → data → models → online parts → placement → batch source → trainer → train → outputs."""
     from rich.console import Console
 
-    from prefopt.core.trainer import seed_everything
+    from prefopt.core.rng import seed_everything
 
     quiet_libraries()
     t_start = time.perf_counter()
@@ -466,7 +466,7 @@ def _online_parts(c: _Configs, d: _Data, m: _Models, place):
 def _batch_source(c: _Configs, d: _Data, m: _Models, online, place):
     """(batch source, total optimizer steps): the rollout source, or a fixed dataset's batches."""
     from prefopt.data import formats as D
-    from prefopt.core.trainer import OfflineSource
+    from prefopt.core.sources import OfflineSource
 
     if online is not None and online.source is not None:
         return online.source, online.total_steps
@@ -535,13 +535,15 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online, source, total_steps, pla
 
 def _train(trainer, c: _Configs, place, out_dir, console, on_start, resume_from, ctx):
     """From here on the run writes into out_dir (every check has passed): resume, then the loop."""
-    from prefopt.core.trainer import CheckpointInvalid, Trainer, TrainingDiverged
+    from prefopt.core import checkpoint
+    from prefopt.core.checkpoint import CheckpointInvalid
+    from prefopt.core.errors import TrainingDiverged
 
     tcfg = c.tcfg
     if on_start is not None and place.is_main:
         on_start()
     if tcfg.resume and place.is_main:
-        removed = Trainer.remove_partial_checkpoints(out_dir)
+        removed = checkpoint.remove_partial(out_dir)
         if removed:
             console.print(f"  removed {len(removed)} partial checkpoint write(s) of an interrupted run: {', '.join(removed)}",
                           soft_wrap=True)
@@ -564,7 +566,7 @@ def _train(trainer, c: _Configs, place, out_dir, console, on_start, resume_from,
 def _outputs(trainer, evaluator, c: _Configs, d: _Data, m: _Models, place, source, out_dir, console, ctx, t_start):
     """model/ first (an evaluation that fails must never cost the trained weights), then the final
     evaluation and summary.json."""
-    from prefopt.core.trainer import finite_or_none, peak_mem_mb
+    from prefopt.core.records import finite_or_none
 
     tcfg, policy, is_main = c.tcfg, m.policy, place.is_main
     if tcfg.save_model:
@@ -637,6 +639,17 @@ def _outputs(trainer, evaluator, c: _Configs, d: _Data, m: _Models, place, sourc
     return summary
 
 
+def peak_mem_mb(device) -> float:
+    import resource
+
+    import torch
+
+    """This process's peak memory (the summary reports the max over processes)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def _gather(place, value) -> list:
     """``value`` of every rank, in rank order (all ranks call it)."""
     if not place.distributed:
@@ -685,7 +698,7 @@ def _print_placement(place, policy, trainer, tcfg, console):
 def _resume_point(tcfg, out_dir: str, run_config: dict, console) -> Optional[str]:
     """The checkpoint to resume from (None: start at step 0), checked before anything is loaded or
     written: a resume that would be refused must leave out_dir as it is."""
-    from prefopt.core.trainer import Trainer
+    from prefopt.core import checkpoint
 
     if not tcfg.resume:
         if os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
@@ -693,7 +706,7 @@ def _resume_point(tcfg, out_dir: str, run_config: dict, console) -> Optional[str
                             "Accepted: a new hydra.run.dir, or trainer.resume=auto to continue it")
         return None
     if tcfg.resume == "auto":
-        path, skipped = Trainer.find_checkpoint(out_dir)
+        path, skipped = checkpoint.find(out_dir)
         for p, why in skipped:
             if console is not None:
                 console.print(f"  skipping checkpoint {p}: {why}" + (f"; resuming from {path}" if path else ""),
@@ -710,11 +723,11 @@ def _resume_point(tcfg, out_dir: str, run_config: dict, console) -> Optional[str
         path = tcfg.resume
         if not os.path.isdir(path):
             raise UserError(f"trainer.resume: '{path}' is not a checkpoint directory; accepted: auto or a path")
-        why = Trainer.verify_checkpoint(path)
+        why = checkpoint.verify(path)
         if why is not None:
             raise UserError(f"trainer.resume: checkpoint {path}: {why}; accepted: a complete prefopt checkpoint "
                             "(checkpoints/step_N with its manifest.json)")
-    saved = Trainer.checkpoint_config(path)
+    saved = checkpoint.saved_config(path)
     if saved is not None and not tcfg.resume_allow_config_change:
         diff = config_diff(saved, run_config)
         # Most telling first: a changed preset's name, then changed values, then keys only one side has.

@@ -48,3 +48,14 @@ def where(path=None, row=None, field=None) -> str:
     if field is not None:
         parts.append(f"field '{field}'")
     return ", ".join(parts)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters of it): a library's
+    exception inside one line of ours."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:limit] if text else ''}"
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or weight: the step is stopped before it reaches the weights."""

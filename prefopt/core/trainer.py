@@ -13,156 +13,27 @@ split; dividing the step's summed loss by the step's unit count does not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import random
-import resource
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_scheduler
 
+from prefopt.core import checkpoint
+from prefopt.core.checkpoint import CheckpointStore
 from prefopt.core.config import TrainerConfig
-from prefopt.data.formats import EpochOrder
-from prefopt.core.errors import Interrupted, RunStopped
+from prefopt.core.errors import Interrupted, RunStopped, TrainingDiverged
+from prefopt.core.records import finite_or_none
+from prefopt.distributed.placement import Placement
+from prefopt.models.load import dropout_off
 from prefopt.models.logprobs import Scorer
-from prefopt.distributed.placement import Placement, is_sharded
-
-TMP_PREFIX = ".tmp-"
-
-
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-class CheckpointInvalid(RuntimeError):
-    """A checkpoint that is incomplete, damaged, of another model, or holds more than tensors and plain types."""
-
-
-def finite_or_none(x):
-    """``x`` with every NaN / ±inf float replaced by None: strict JSON has no NaN, and a parser that
-    rejects one line would lose the whole metrics file."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [finite_or_none(v) for v in x]
-    return x
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: str):
-    # Without it a power cut after the rename can leave a complete-looking name over empty files.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _files_under(d: str) -> list:
-    """Every file below ``d``, as sorted paths relative to it (a sharded checkpoint has subfolders)."""
-    out = []
-    for root, _, names in os.walk(d):
-        out += [os.path.relpath(os.path.join(root, n), d) for n in names]
-    return sorted(out)
-
-
-def _write_json(path: str, obj):
-    with open(path, "w") as f:
-        json.dump(finite_or_none(obj), f, allow_nan=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _rng_state() -> dict:
-    """Every RNG the loop draws from, as tensors and plain types (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-
-
-def _set_rng_state(s: dict):
-    torch.set_rng_state(s["torch"])
-    version, internal, gauss = s["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = s["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def peak_mem_mb(device) -> float:
-    """This process's peak memory (the summary reports the max over processes)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-class OfflineSource:
-    """Micro-batches for a fixed dataset. The order depends only on (seed, epoch), and step k reads
-    examples [k·G, (k+1)·G) of the concatenated epoch permutations, so a resumed run sees exactly
-    the batches an uninterrupted run would. Each process takes a strided share of the step."""
-
-    def __init__(self, examples, collate: Callable, examples_per_step: int, examples_per_device: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        self.examples = examples
-        self.collate = collate
-        self.G = examples_per_step
-        self.micro = examples_per_device
-        self.seed = seed
-        self.rank, self.world = rank, world_size
-        self._order = EpochOrder(len(examples), seed)
-        if len(examples) < self.G:
-            from prefopt.core.errors import UserError
-
-            raise UserError(
-                f"the dataset has {len(examples)} examples, fewer than trainer.examples_per_step={self.G}; "
-                "accepted: a smaller examples_per_step or more data"
-            )
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.examples) // self.G
-
-    def step_batches(self, step: int) -> list:
-        epoch, k = divmod(step, self.steps_per_epoch)
-        idx = self._order(epoch)[k * self.G : (k + 1) * self.G]
-        mine = idx[self.rank :: self.world]
-        return [self.collate([self.examples[i] for i in mine[j : j + self.micro]]) for j in range(0, len(mine), self.micro)]
 
 
 def _to(batch, device):
@@ -202,17 +73,17 @@ class Trainer:
         self.distributed = self.place.distributed
         self.rank, self.world = self.place.rank, self.place.world
         self.is_main = self.place.is_main
-        # Under fsdp2 the checkpoints are sharded (torch.distributed.checkpoint): each rank writes its shards.
-        self.sharded = is_sharded(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.state = TrainState()
-        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
         self.tb = None
-        # Stored in every checkpoint so that a resume under a different config can be refused.
-        self.run_config = run_config
+        self.store = CheckpointStore(out_dir, self.place, policy=policy, params=self.params, optimizer=self.optimizer,
+                                     scheduler=self.scheduler, parts=self._stateful_parts(), keep=cfg.keep_checkpoints,
+                                     run_config=run_config)
+        # Under fsdp2 the checkpoints are sharded (torch.distributed.checkpoint): each rank writes its shards.
+        self.sharded = self.store.sharded
         self._stop_signal: Optional[int] = None  # a SIGINT / SIGTERM that asked to stop after this step
         self._in_loop = False
 
@@ -226,8 +97,6 @@ class Trainer:
         return torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _make_scheduler(self):
-        from transformers import get_scheduler
-
         c = self.cfg
         name = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}[c.lr_schedule]
         kw = {"min_lr_rate": c.min_lr_ratio} if c.lr_schedule == "cosine" else None
@@ -241,12 +110,7 @@ class Trainer:
     # to the newest complete one. Every file is loaded with torch.load(weights_only=True): tensors
     # and plain types only, so a checkpoint directory handed over by someone else cannot run code.
     MANIFEST = "manifest.json"
-    FORMAT = 2
-
-    def _trainable_state(self):
-        names = {id(p): n for n, p in self.policy.named_parameters()}
-        return {names[id(p)]: p.detach().cpu().clone() for p in self.params}
-
+    # ---- checkpoints (prefopt.core.checkpoint) -------------------------------------------------
     def _stateful_parts(self) -> dict:
         # Parts that carry state from step to step besides the weights (an online objective's
         # adaptive KL coefficient, the rollout source's bookkeeping): checkpointed through their own
@@ -255,256 +119,19 @@ class Trainer:
                 if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))}
 
     def save_checkpoint(self) -> Optional[str]:
-        """Write checkpoints/step_N atomically: build it under a temporary name, manifest last, then
-        rename. Non-finite weights are never written; a failed write (a full disk) removes its partial
-        directory and leaves the earlier checkpoints as they were. Returns the checkpoint's path.
+        """checkpoints/step_N of the current step (every rank calls it; see CheckpointStore.save)."""
+        return self.store.save(self.state.step, asdict(self.state))
 
-        Under fsdp2 every rank writes its own shards of the weights and optimizer state
-        (torch.distributed.checkpoint, into ``shards/``) and its RNG state; rank 0 writes the rest and
-        the manifest, after all shards are on disk, so the rename publishes a complete checkpoint or none."""
-        if not self.sharded and not self.is_main:
-            return None
-        step = self.state.step
-        trainable = None if self.sharded else self._trainable_state()
-        local = [p.detach() for p in self.params] if self.sharded else list(trainable.values())
-        bad = [n for n, v in zip(self._param_names(), local) if not torch.isfinite(getattr(v, "_local_tensor", v)).all()]
-        if self.sharded and self.place.all_max(1.0 if bad else 0.0) > 0 and not bad:
-            bad = ["a parameter shard of another process"]
-        if bad:
-            last = self.newest_checkpoint(self.out_dir)
-            raise TrainingDiverged(f"weights are not finite after step {step} ({bad[0]}); not checkpointed. "
-                                   f"Last good checkpoint: {last or 'none'}. Try a lower trainer.lr.")
-        final = os.path.join(self.ckpt_dir, f"step_{step:07d}")
-        tmp = os.path.join(self.ckpt_dir, f"{TMP_PREFIX}step_{step:07d}-{os.getpid()}")
-        if self.sharded:
-            tmp = self.place.broadcast_object(tmp)  # rank 0's name: its pid marks a live writer
-        error = None
-        try:
-            if self.is_main:
-                os.makedirs(tmp, exist_ok=True)
-            if self.sharded:
-                self.place.barrier()
-                self._save_shards(tmp)
-            else:
-                torch.save(trainable, os.path.join(tmp, "trainable.pt"))
-        except OSError as e:
-            error = e
-        if self.sharded and self.place.all_max(1.0 if error else 0.0) > 0 and error is None:
-            error = OSError("a write failed on another process")
-        try:
-            if error is None and self.is_main:
-                extras = {"scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
-                          "parts": {name: part.state_dict() for name, part in self._stateful_parts().items()}}
-                if not self.sharded:
-                    extras["optimizer"] = self.optimizer.state_dict()
-                torch.save(extras, os.path.join(tmp, "trainer.pt" if self.sharded else "optim.pt"))
-                _write_json(os.path.join(tmp, "state.json"), self.state.__dict__)
-                if self.run_config is not None:
-                    _write_json(os.path.join(tmp, "config.json"), self.run_config)
-                files = {}
-                for name in _files_under(tmp):
-                    p = os.path.join(tmp, name)
-                    _fsync(p)
-                    files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
-                _write_json(os.path.join(tmp, self.MANIFEST), {"format": self.FORMAT, "step": step, "files": files,
-                                                               "layout": "sharded" if self.sharded else "full",
-                                                               "world_size": self.world})
-                _fsync(tmp)
-                if os.path.exists(final):
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-                _fsync(self.ckpt_dir)
-        except OSError as e:
-            error = e
-        if self.sharded and self.place.all_max(1.0 if error else 0.0) > 0 and error is None:
-            error = OSError("a write failed on another process")
-        if error is not None:
-            if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            last = self.newest_checkpoint(self.out_dir)
-            raise RunStopped(
-                f"could not write checkpoint {final} ({getattr(error, 'strerror', None) or error}); the partial write was "
-                f"removed; last complete checkpoint: {last or 'none'}. Free some space, then resume with trainer.resume=auto"
-            ) from None
-        if self.is_main:
-            self._prune()
-        return final
-
-    def _param_names(self) -> list:
-        names = {id(p): n for n, p in self.policy.named_parameters()}
-        return [names[id(p)] for p in self.params]
-
-    def _sharded_state(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        # Only what trains (LoRA: the adapters): frozen base weights are read again from model.*.
-        msd, osd = get_state_dict(self.policy, self.optimizer, options=StateDictOptions(ignore_frozen_params=True))
-        return {"model": msd, "optim": osd}
-
-    def _save_shards(self, tmp: str):
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(self._sharded_state(), checkpoint_id=os.path.join(tmp, "shards"))
-        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{self.rank}.pt"))  # each process draws its own
-        self.place.barrier()  # every rank's files are on disk before rank 0 lists them
-
-    def _prune(self):
-        done = sorted(d for d in os.listdir(self.ckpt_dir) if d.startswith("step_"))
-        for d in done[: max(0, len(done) - max(1, self.cfg.keep_checkpoints))]:
-            shutil.rmtree(os.path.join(self.ckpt_dir, d), ignore_errors=True)
-        self.remove_partial_checkpoints(self.out_dir)
-
-    @staticmethod
-    def remove_partial_checkpoints(out_dir) -> list:
-        """Delete what interrupted checkpoint writes left behind (``.tmp-step_N-PID``), except the
-        directories of a writer that is still alive; returns the names removed."""
-        d = os.path.join(out_dir, "checkpoints")
-        removed = []
-        if not os.path.isdir(d):
-            return removed
-        for name in os.listdir(d):
-            if not name.startswith(TMP_PREFIX):
-                continue
-            pid = name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue
-            shutil.rmtree(os.path.join(d, name), ignore_errors=True)
-            removed.append(name)
-        return removed
-
-    @classmethod
-    def verify_checkpoint(cls, path) -> Optional[str]:
-        """None if the checkpoint at ``path`` is complete and intact, else why it is not."""
-        try:
-            with open(os.path.join(path, cls.MANIFEST)) as f:
-                manifest = json.load(f)
-            files = manifest["files"]
-        except FileNotFoundError:
-            return "no manifest.json (an interrupted write, or a checkpoint of an older prefopt)"
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"unreadable manifest.json ({type(e).__name__})"
-        layout = manifest.get("layout", "full")
-        needed = ("trainer.pt", "state.json", "shards/.metadata") if layout == "sharded" else \
-            ("trainable.pt", "optim.pt", "state.json")
-        for name in needed:
-            if name not in files:
-                return f"manifest.json does not list {name}"
-        for name, meta in files.items():
-            p = os.path.join(path, name)
-            if not os.path.isfile(p):
-                return f"{name} is missing"
-            if os.path.getsize(p) != meta.get("bytes"):
-                return f"{name} has {os.path.getsize(p)} bytes, the manifest says {meta.get('bytes')}"
-            if _sha256(p) != meta.get("sha256"):
-                return f"{name} does not match its sha256 in the manifest"
-        return None
-
-    @classmethod
-    def find_checkpoint(cls, out_dir) -> tuple[Optional[str], list]:
-        """(newest complete checkpoint or None, [(path, why skipped)] for newer ones that are not)."""
-        d = os.path.join(out_dir, "checkpoints")
-        if not os.path.isdir(d):
-            return None, []
-        skipped = []
-        for name in sorted((x for x in os.listdir(d) if x.startswith("step_")), reverse=True):
-            path = os.path.join(d, name)
-            why = cls.verify_checkpoint(path)
-            if why is None:
-                return path, skipped
-            skipped.append((path, why))
-        return None, skipped
-
-    @classmethod
-    def newest_checkpoint(cls, out_dir) -> Optional[str]:
-        return cls.find_checkpoint(out_dir)[0]
-
-    @staticmethod
-    def checkpoint_config(path) -> Optional[dict]:
-        """The run config a checkpoint was written under (None when it was written without one)."""
-        p = os.path.join(path, "config.json")
-        if not os.path.exists(p):
-            return None
-        with open(p) as f:
-            return json.load(f)
-
-    def load_checkpoint(self, path):
-        why = self.verify_checkpoint(path)
-        if why is not None:
-            raise CheckpointInvalid(f"checkpoint {path}: {why}")
-        with open(os.path.join(path, self.MANIFEST)) as f:
-            layout = json.load(f).get("layout", "full")
-        if (layout == "sharded") != self.sharded:
-            raise CheckpointInvalid(
-                f"checkpoint {path} holds {'sharded (fsdp2)' if layout == 'sharded' else 'whole (none/ddp)'} weights and this "
-                f"run is {'sharded' if self.sharded else 'not sharded'}; accepted: the trainer.strategy it was written under")
-        try:
-            if self.sharded:
-                opt = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
-                rng_path = os.path.join(path, "rng", f"rank_{self.rank}.pt")
-                if os.path.exists(rng_path):
-                    opt["rng"] = torch.load(rng_path, map_location="cpu", weights_only=True)
-            else:
-                trainable = torch.load(os.path.join(path, "trainable.pt"), map_location="cpu", weights_only=True)
-                opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 — weights_only refuses anything but tensors and plain types
-            raise CheckpointInvalid(
-                f"checkpoint {path}: refused to load ({_first_line(e)}); a prefopt checkpoint holds only "
-                "tensors and plain types") from None
-        if self.sharded:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            state = self._sharded_state()
-            try:
-                dcp.load(state, checkpoint_id=os.path.join(path, "shards"))
-            except Exception as e:  # noqa: BLE001 — a checkpoint of another model: keys or shapes differ
-                raise CheckpointInvalid(f"checkpoint {path}: its shards do not fit this model ({_first_line(e)}); "
-                                        "accepted: a checkpoint of the same model and adapter settings") from None
-            set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=StateDictOptions(ignore_frozen_params=True))
-        else:
-            named = dict(self.policy.named_parameters())
-            unknown = [n for n in trainable if n not in named]
-            if unknown:
-                raise CheckpointInvalid(f"checkpoint {path}: parameter '{unknown[0]}' is not in this model; "
-                                        "accepted: a checkpoint of the same model and adapter settings")
-            with torch.no_grad():
-                for n, v in trainable.items():
-                    named[n].copy_(v.to(named[n].device))
-            self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        _set_rng_state(opt["rng"])
-        saved = opt.get("parts", {})
-        for name, part in self._stateful_parts().items():
-            if name in saved:
-                part.load_state_dict(saved[name])
-        with open(os.path.join(path, "state.json")) as f:
-            self.state = TrainState(**json.load(f))
+    def load_checkpoint(self, path: str):
+        """Continue from checkpoint ``path``: the training state, and metrics.jsonl cut back to its step."""
+        self.state = TrainState(**self.store.load(path))
         # Metrics logged after this checkpoint belong to the interrupted attempt: drop them so the
         # resumed run's metrics.jsonl equals an uninterrupted run's.
         self.truncate_metrics(self.state.step)
 
     def truncate_metrics(self, step: int) -> int:
-        """Keep only metrics.jsonl rows of steps <= ``step`` (0: none, a fresh start) and drop a torn
-        line a crash or a full disk left; rewritten atomically. Returns the number of torn lines."""
-        if not self.is_main or not os.path.exists(self.metrics_path):
-            return 0
-        keep, torn = [], 0
-        with open(self.metrics_path, "rb") as f:
-            for raw in f:
-                try:
-                    row = json.loads(raw)
-                except ValueError:  # also a line cut inside a multi-byte character
-                    torn += 1
-                    continue
-                if isinstance(row, dict) and row.get("step", 0) <= step:
-                    keep.append(json.dumps(row, allow_nan=False) + "\n")
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.metrics_path)
-        return torn
+        """metrics.jsonl rows of steps <= ``step`` only (0: none, a fresh start); rank 0 writes."""
+        return checkpoint.truncate_metrics(self.metrics_path, step) if self.is_main else 0
 
     # ---- logging -----------------------------------------------------------------------------
     def log(self, row: dict):
@@ -523,7 +150,7 @@ class Trainer:
                     f.truncate(start)
                 except OSError:
                     pass  # resume drops a torn last line anyway
-                last = self.newest_checkpoint(self.out_dir)
+                last = checkpoint.newest(self.out_dir)
                 raise RunStopped(f"could not append to {self.metrics_path} ({e.strerror or e}) at step {row.get('step')}; "
                                  f"last complete checkpoint: {last or 'none'}. Free some space, then resume with "
                                  "trainer.resume=auto") from None
@@ -591,7 +218,7 @@ class Trainer:
                 loss_sum, metrics = self.place.call(self.policy, self.objective.loss, b, self.scorer)
                 loss = loss_sum / units_total
                 if not torch.isfinite(loss):
-                    last = self.newest_checkpoint(self.out_dir)
+                    last = checkpoint.newest(self.out_dir)
                     raise TrainingDiverged(
                         f"loss is {loss.item()} at step {self.state.step + 1}; stopped before the update. "
                         f"Last good checkpoint: {last or 'none (set trainer.save_every_steps)'}. Try a lower trainer.lr."
@@ -614,7 +241,7 @@ class Trainer:
         grad_norm = float(total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            last = self.newest_checkpoint(self.out_dir)
+            last = checkpoint.newest(self.out_dir)
             raise TrainingDiverged(
                 f"gradient norm is {grad_norm} at step {self.state.step + 1} (loss {loss_total:.4g}); stopped before "
                 f"the update. Last good checkpoint: {last or 'none (set trainer.save_every_steps)'}. "
@@ -641,8 +268,6 @@ class Trainer:
         return row
 
     def fit(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         os.makedirs(self.out_dir, exist_ok=True)
         show = self.is_main and self.cfg.progress
         progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -694,8 +319,6 @@ class Trainer:
         evaluator = evaluator or self.evaluator
         if evaluator is None:
             return None
-        from prefopt.models.load import dropout_off
-
         out = None
         if self.sharded:
             # Every placed model (policy, reference, reward model) gathered once, and every rank runs

@@ -68,7 +68,7 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     from prefopt.rollout.rewards import ModelReward
     from prefopt.rollout.sampler import HFSampler, SamplingConfig
     from prefopt.testbed import world as W
-    from prefopt.core.trainer import seed_everything
+    from prefopt.core.rng import seed_everything
     from prefopt.core.config import ModelConfig
     from prefopt.models.load import load_policy
 

@@ -94,7 +94,7 @@ class KTO:
         return out
 
     def collate(self, examples: list, pad_token_id: int) -> dict:
-        from prefopt.data.formats import collate
+        from prefopt.data.tokenize import collate
 
         batch = collate(examples, "unpaired", pad_token_id)
         if all("kl_completion_ids" in ex for ex in examples):

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from prefopt.data.formats import pad_batch
+from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import hidden_states, token_stats
 from prefopt.rollout.sampler import SamplingConfig
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from prefopt.data.formats import pad_batch
+from prefopt.data.tokenize import pad_batch
 from prefopt.core.errors import UserError
 
 KINDS = ("auto", "function", "model", "sum")

@@ -48,7 +48,9 @@ from typing import Optional
 
 import torch
 
-from prefopt.data.formats import EpochOrder, pad_batch
+from prefopt.core.sources import EpochOrder
+
+from prefopt.data.tokenize import pad_batch
 from prefopt.core.errors import UserError
 from prefopt.models.logprobs import token_stats
 from prefopt.models.load import dropout_disable, dropout_restore

@@ -57,7 +57,7 @@ class TestbedConfig:
 
 
 def _data_config():
-    from prefopt.data.formats import DataConfig
+    from prefopt.data.load import DataConfig
 
     return DataConfig
 
@@ -139,10 +139,13 @@ def sft_policy_path(tb: TestbedConfig, console=None) -> str:
 
     def build(out):
         from prefopt.core.config import ModelConfig, TrainerConfig
-        from prefopt.data.formats import DataConfig, collate, tokenize_rows
+        from prefopt.data.load import DataConfig
+        from prefopt.data.tokenize import collate, tokenize_rows
         from prefopt.models.load import load_policy
         from prefopt.objectives.sft import SFT
-        from prefopt.core.trainer import OfflineSource, Trainer, seed_everything
+        from prefopt.core.rng import seed_everything
+        from prefopt.core.sources import OfflineSource
+        from prefopt.core.trainer import Trainer
 
         if console is not None:
             console.print(f"[dim]testbed: training the {tb.task} SFT policy once ({tb.sft_steps} steps); cached at {path}")
@@ -254,8 +257,3 @@ def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
     return World(task=task, tokenizer=load_tokenizer(), policy_path=policy,
                  heldout={sp: heldout_prompts(task, sp, tb.eval_prompts) for sp in ("val", "test")},
                  rows_by_kind={kind: rows})
-
-
-def limits(task_name: str):
-    """(max_prompt_length, max_length) in tokens for a task."""
-    return _limits(get_task(task_name))
