@@ -17,7 +17,7 @@ from prefopt.bench import gpu as bench_gpu
 
 def test_reference64_matches_autograd():
     # the chunked float64 reference's closed-form gradient against float64 autograd
-    h, w, b, t, g_lp, g_ent = bench_gpu._inputs(50, 12, 77, torch.float64, torch.device("cpu"), True, seed=3)
+    h, w, b, t, g_lp, g_ent = bench_gpu.random_problem(50, 12, 77, torch.float64, torch.device("cpu"), True, seed=3)
     lp, ent, gh, gw = bench_gpu.reference64(h, w, b, t, g_lp, g_ent, temperature=0.7, rows=16)
     hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
     logp = torch.log_softmax((hh @ ww.T + b) / 0.7, -1)
@@ -61,11 +61,12 @@ def test_dry_trainer_steps_lora_dpo_loss_equals_trl(tmp_path):
 
 def test_lora_grpo_worker_at_a_tiny_real_shape(tmp_path):
     # the GRPO worker of section (c) in this process (its subprocess would spend its time on imports)
-    from prefopt.bench import throughput as bench
+    from prefopt.bench.workers import REAL_GRPO, prefopt_grpo, workload_spec
+    from prefopt.bench.world import REAL_ARCH, build_world
 
-    arch = dict(bench.REAL_ARCH, **bench_gpu.TINY_ARCH)
-    world = bench.build_world(str(tmp_path / "w"), n_rows=16, shape="real", arch=arch, vocab=1000)
-    res = bench.prefopt_grpo(world, 0, 1, bench.workload_spec("real-grpo-lora"))
-    n = bench.REAL_GRPO["prompts_per_step"] * bench.REAL_GRPO["samples_per_prompt"]
+    arch = dict(REAL_ARCH, **bench_gpu.TINY_ARCH)
+    world = build_world(str(tmp_path / "w"), n_rows=16, shape="real", arch=arch, vocab=1000)
+    res = prefopt_grpo(world, 0, 1, workload_spec("real-grpo-lora"))
+    n = REAL_GRPO["prompts_per_step"] * REAL_GRPO["samples_per_prompt"]
     assert res["completions"] == [n] and res["tokens"][0] > n and res["gen_s"][0] > 0
     assert res["rss_before_first_step_mb"] > 0

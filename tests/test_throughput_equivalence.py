@@ -37,7 +37,7 @@ def tiny(seed=0, kv_heads=2):
 
 
 def paired_batch(seed=0, B=5):
-    from prefopt.data.formats import collate
+    from prefopt.data.tokenize import collate
 
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: torch.randint(4, V, (int(torch.randint(lo, hi + 1, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
@@ -133,7 +133,7 @@ def test_cached_decoding_samples_the_same_tokens_as_uncached(kv_heads, top_k, to
 
 
 def test_decode_loop_logprobs_are_the_scorers_and_stop_at_eos():
-    from prefopt.data.formats import pad_batch as build_sequences
+    from prefopt.data.tokenize import pad_batch as build_sequences
 
     model = tiny()
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
@@ -155,11 +155,10 @@ def test_dpo_first_step_loss_equals_trl(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from prefopt.bench.throughput import _load_world, build_world, perturb, tokenize_pairs
-    from prefopt.data.formats import collate
+    from prefopt.data.tokenize import collate
+    from worlds import pair_world, perturb, tokenize_pairs
 
-    world = build_world(str(tmp_path / "world"), n_rows=32)
-    tok, model, rows = _load_world(world)
+    tok, model, rows = pair_world(n_rows=32)
     ref = copy.deepcopy(model)
     perturb(model)
     n = 16

@@ -72,7 +72,8 @@ def device_name(dev) -> str:
 
 # ---- (a) correctness against float64 ---------------------------------------------------------
 
-def _inputs(N, H, V, dtype, dev, bias, seed=0):
+def random_problem(N, H, V, dtype, dev, bias, seed=0):
+    """Hidden states, head, bias (or None), targets with a tenth padding rows, upstream gradients."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -175,7 +176,7 @@ def correctness(dev, cfg) -> list:
         T = opt.get("temperature", 1.0)
         for dt in ("float32", "bfloat16"):
             dtype = getattr(torch, dt)
-            h, w, b, t, g_lp, g_ent = _inputs(N, H, V, dtype, dev, opt.get("bias", False))
+            h, w, b, t, g_lp, g_ent = random_problem(N, H, V, dtype, dev, opt.get("bias", False))
             t0 = time.perf_counter()
             want = reference64(h, w, b, t, g_lp, g_ent, T)
             _sync(dev)
@@ -273,7 +274,7 @@ def timing(dev, cfg, rate) -> list:
                 row["skipped"] = flops
                 out.append(row)
                 continue
-            h, w, _, t, g_lp, _ = _inputs(N, H, V, dtype, dev, False)
+            h, w, _, t, g_lp, _ = random_problem(N, H, V, dtype, dev, False)
             h.requires_grad_()
             w.requires_grad_()
             try:
@@ -307,22 +308,23 @@ def timing(dev, cfg, rate) -> list:
 
 def trainer_steps(dev, cfg, root, workloads=("real-dpo-lora", "real-grpo-lora"), providers=None) -> dict:
     from prefopt.bench import throughput as bench
+    from prefopt.bench.workers import workload_spec
+    from prefopt.bench.world import REAL_ARCH, REAL_VOCAB, build_world
 
-    arch = dict(bench.REAL_ARCH, num_hidden_layers=cfg["trainer_layers"])
+    arch = dict(REAL_ARCH, num_hidden_layers=cfg["trainer_layers"])
     if dev.type != "cuda":
         arch.update(TINY_ARCH)
-    world = bench.build_world(os.path.join(root, "world"), n_rows=64, shape="real", arch=arch,
-                              vocab=cfg["trainer_vocab"])
+    world = build_world(os.path.join(root, "world"), n_rows=64, shape="real", arch=arch, vocab=cfg["trainer_vocab"])
     device, dtype = ("cuda", "bfloat16") if dev.type == "cuda" else ("cpu", "float32")
-    out = {"model": dict(arch, vocab_size=cfg["trainer_vocab"] or bench.REAL_VOCAB, dtype=dtype), "results": {}}
+    out = {"model": dict(arch, vocab_size=cfg["trainer_vocab"] or REAL_VOCAB, dtype=dtype), "results": {}}
     everyone = ["prefopt"] + (["trl"] if bench.trl_available() else [])
     for wl in workloads:
-        spec = bench.workload_spec(wl, device=device, dtype=dtype)
+        spec = workload_spec(wl, device=device, dtype=dtype)
         res = {}
         for p in (providers or {}).get(wl, everyone):
             _line(f"trainer {wl} {p} ...")
             run = bench.run_one(world, p, wl, cfg["trainer_warmup"], cfg["trainer_steps"], spec, timeout=240)
-            res[p] = {**bench._summ([run]), "runs": [run]}
+            res[p] = {**bench.summarize([run]), "runs": [run]}
         if not bench.trl_available():
             res["trl"] = {"error": "not installed"}
         out["results"][wl] = res
@@ -397,7 +399,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from prefopt.bench.throughput import _versions
+    from prefopt.bench.throughput import package_versions
     from prefopt_kernels import api
 
     if not args.dry and not torch.cuda.is_available():
@@ -405,7 +407,7 @@ def main(argv=None):
     dev = torch.device("cuda" if not args.dry else "cpu")
     cfg = DRY if args.dry else FULL
     t_start = time.perf_counter()
-    versions = _versions()
+    versions = package_versions()
     try:
         import triton
 
