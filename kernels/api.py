@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import _torch_impl
+from . import _torch_backward, _torch_impl
 from ._common import KL_ESTIMATORS, Config, FusedOutput, estimator_value
 
 IMPLS = ("auto", "triton", "torch", "naive")
@@ -30,7 +30,7 @@ def _load_triton(device: torch.device):
 
 
 def _load_torch(device: torch.device):
-    return _torch_impl.chunked_forward, _torch_impl.chunked_backward
+    return _torch_impl.chunked_forward, _torch_backward.chunked_backward
 
 
 # impl name -> loader(device) -> (forward, backward); a table so that a test can inject a wrong
@@ -40,8 +40,8 @@ BACKENDS = {"triton": _load_triton, "torch": _load_torch}
 
 # ---- guard: the Triton kernels are checked against the torch path before "auto" trusts them ----
 #
-# The kernels had only ever run in Triton's CPU interpreter when this was written; a compiler or
-# driver difference on a real GPU would make every method silently wrong.  So the first "auto"
+# The kernels' tests run them in Triton's CPU interpreter; a compiler or driver difference on a
+# real GPU would make every method silently wrong.  So the first "auto"
 # call per (device, dtype) runs both paths on a small random problem (a few ms on a GPU) and
 # compares log-probs, entropy, lse and the gradients of all three inputs; on a mismatch, or an
 # exception inside the Triton path, the rest of the process uses the torch path and one line on

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prefopt_kernels as pk
-from prefopt_kernels import _torch_impl, api
+from prefopt_kernels import _torch_backward, _torch_impl, api
 
 
 @pytest.fixture
@@ -54,14 +54,14 @@ def _off_by(fwd_shift=0.0, grad_scale=1.0, drop_bias=False):
         return logp + fwd_shift, lse, ent, kl, aux
 
     def bwd(*a):
-        gh, gw, gb = _torch_impl.chunked_backward(*a)
+        gh, gw, gb = _torch_backward.chunked_backward(*a)
         return tuple(None if g is None else g * grad_scale for g in (gh, gw, gb))
 
     return fwd, bwd
 
 
 def test_correct_backend_passes_and_is_used(guarded_cpu, capfd):
-    calls = guarded_cpu(_torch_impl.chunked_forward, _torch_impl.chunked_backward)
+    calls = guarded_cpu(_torch_impl.chunked_forward, _torch_backward.chunked_backward)
     h, w, t = _problem()
     got = _run(h, w, t, "auto")
     want = _run(h, w, t, "torch")
@@ -123,7 +123,7 @@ def test_bf16_tolerance_accepts_rounding_but_not_errors(guarded_cpu):
         return _torch_impl.chunked_forward(hidden, weight, bias, targets, rows, cfg, ref)
 
     def bwd(*a):
-        gh, gw, gb = _torch_impl.chunked_backward(*a)
+        gh, gw, gb = _torch_backward.chunked_backward(*a)
         return tuple(None if g is None else g * (1 + 2 ** -8) for g in (gh, gw, gb))
 
     guarded_cpu(fwd, bwd)

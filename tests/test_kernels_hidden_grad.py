@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import prefopt_kernels as pk
-from prefopt_kernels import _torch_impl, api
+from prefopt_kernels import _torch_backward, _torch_impl, api
 from test_kernels import CASES, CHUNKINGS, _inputs, close, reference
 
 JAC_CASES = ["plain", "V-odd-bias", "T=0.6", "softcap", "softcap-scale-bias", "logit_scale", "vocab-padding",
@@ -32,7 +32,7 @@ def chunking(request, monkeypatch):
 def _spy(monkeypatch):
     """Counts the generic op's backward calls: the forward route must make none."""
     n = {"bwd": 0}
-    orig = _torch_impl.chunked_backward
+    orig = _torch_backward.chunked_backward
 
     def counting(*a, **k):
         n["bwd"] += 1
@@ -140,7 +140,7 @@ def _paired(g, B=4):
 
 
 def _batch(name):
-    from prefopt.data.formats import collate
+    from prefopt.data.tokenize import collate
 
     g = torch.Generator().manual_seed(11)
     if name in ("kto",):
