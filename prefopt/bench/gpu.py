@@ -6,8 +6,8 @@ On a CUDA machine, sized for ≤ 8 minutes on one H100/H200:
 (a) correctness of ``prefopt_kernels.fused_logprobs`` against a float64 reference (row-chunked, so
     the largest case fits), fp32 and bf16, both implementations (Triton, chunked torch), at shapes up
     to N = 16384, H = 4096, V = 128256: log-probs, entropy, ∂h and ∂W for random upstream gradients,
-    next to torch's own path on materialized logits in the same dtype (the error a user would accept
-    today); a row passes when ours is within 1.5× of that (or of a small floor);
+    next to torch's own path on materialized logits in the same dtype (the error a user already
+    accepts); a row passes when ours is within 1.5× of that (or of a small floor);
 (b) forward + backward time and peak memory above the inputs against naive materialized logits, torch's
     chunked ``linear_cross_entropy`` (where this torch has it) and Liger's fused linear cross-entropy
     (``liger-kernel``, imported lazily, skipped when absent), with the measured bf16 matmul rate and the

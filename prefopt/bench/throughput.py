@@ -18,7 +18,7 @@ completions per second, peak RSS, and prefopt / TRL ratios. The DPO workers also
 on the same first batch from the same weights, so the two numbers can be compared.
 
 ``--providers prefopt,prefopt-naive`` compares prefopt with itself with log-probs taken from
-materialized logits (``PREFOPT_LOGPROBS_IMPL=naive``): the training step before and after the fused
+materialized logits (``PREFOPT_LOGPROBS_IMPL=naive``): the training step without and with the fused
 kernel.
 
 TRL is the optional ``bench`` extra (``pip install prefopt[bench]``), imported lazily: without it
@@ -97,7 +97,7 @@ def run_one(world: dict, provider: str, workload: str, warmup: int, steps: int, 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
                HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
     if provider == "prefopt-naive":
-        # prefopt with log-probs from materialized logits: the trainer before the fused op.
+        # prefopt with log-probs from materialized logits: the trainer without the fused op
         provider, env["PREFOPT_LOGPROBS_IMPL"] = "prefopt", "naive"
     elif provider == "prefopt-recompute":
         # the fused op without the Jacobian-in-forward route: its backward recomputes the logit tiles
