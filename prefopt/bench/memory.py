@@ -1,7 +1,7 @@
 """Memory benchmark of trainer.strategy=fsdp2: what each process holds, 1 process against N.
 
-    python -m prefopt.bench.memory                      # 1 vs 2 processes, ~106M-parameter Llama (424 MB fp32)
-    python -m prefopt.bench.memory --procs 1,2,4 --json out.json
+    python -m prefopt.bench memory                      # 1 vs 2 processes, ~106M-parameter Llama (424 MB fp32)
+    python -m prefopt.bench memory --procs 1,2,4 --json out.json
 
 Each configuration is one ``torchrun`` launch of this module's worker, which builds the model the
 way ``prefopt-train`` does under fsdp2 (rank 0 materializes it, the other ranks build it on
@@ -72,7 +72,7 @@ def worker(out: str, batch: int, seq: int):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prefopt.bench memory", description=__doc__.splitlines()[0])
     ap.add_argument("--procs", default="1,2", help="process counts, comma-separated")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
