@@ -29,8 +29,6 @@ hold whole pairs (``Needs.whole_groups_per_micro_batch``). The objective's state
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +37,7 @@ from prefopt.core.errors import UserError
 from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPOLoss, DPOLossFields
 from prefopt.rollout.source import RolloutFields, select
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, preset, register
 
 
 @dataclass
@@ -116,14 +114,5 @@ class OnlineDPO:
         return L.sum(), metrics
 
 
-def _preset(name: str, doc: str, **defaults):
-    """A registered subclass whose Config has the preset's defaults (mirrors conf/algo/NAME.yaml)."""
-    hints = typing.get_type_hints(OnlineDPOConfig)
-    fields = [(k, hints[k], dataclasses.field(default=v)) for k, v in defaults.items()]
-    cfg = dataclasses.make_dataclass(f"{name.upper()}Config", [("name", str, dataclasses.field(default=name)), *fields],
-                                     bases=(OnlineDPOConfig,))
-    return register(name)(type(name.upper(), (OnlineDPO,), {"Config": cfg, "__doc__": doc}))
-
-
-ITERATIVE_DPO = _preset("iterative_dpo", "Rounds of DPO: fresh on-policy pairs every R optimizer steps.",
-                        prompts_per_step=64, minibatches_per_rollout=4)
+ITERATIVE_DPO = preset("iterative_dpo", OnlineDPO, "Rounds of DPO: fresh on-policy pairs every R optimizer steps.",
+                       prompts_per_step=64, minibatches_per_rollout=4)

@@ -1,22 +1,19 @@
 """Objectives register by name and declare what they need; the trainer reads the declarations.
 
-An objective is a class with:
+An objective is a class that satisfies :class:`Objective` (offline methods) or :class:`OnlineObjective`
+(``needs.rollouts``: it trains on samples of the current policy and adds ``prepare``):
 
-- ``needs``: a :class:`Needs` (data kind, reference policy, reward, value head, rollouts);
-- ``Config``: a dataclass of its hyperparameters (the structured config behind conf/algo/NAME.yaml);
-- ``__init__(self, cfg)``;
-- ``units(self, batch) -> int``: how many loss units (pairs, sequences or tokens) a micro-batch holds;
-  the trainer divides the summed loss of a whole optimizer step by the step's total units, so the
-  loss does not depend on how the step is split into micro-batches or processes;
-- ``loss(self, batch, scorer) -> (loss_sum, metric_sums)``: the loss summed over units, and metrics
-  summed over the same units (the trainer reports them divided by the unit count).
+- ``needs``: a :class:`Needs`: the data kind, a reference policy, a reward source, a value model,
+  rollouts, the trained head, and the rollout pipeline's flags (groups, whole groups per micro-batch,
+  the sampler's log-probs, a greedy baseline, log π_old);
+- ``Config``: a dataclass of its hyperparameters, the structured config behind conf/algo/NAME.yaml;
+  ``cfg``: the instance the objective is built from (``__init__(self, cfg)``);
+- ``units(batch)`` and ``loss(batch, scorer)``: see :class:`Objective`;
+- ``prepare(roll) -> (roll, metrics)`` (online objectives): see :class:`OnlineObjective`.
 
-Optional hooks (train.py calls them when present, never by name):
-
-- ``prepare_examples(self, examples, rows, source) -> examples``: checks and filters the tokenized
-  examples before any model loads (raise UserError for bad input), or attaches per-example data;
-- ``collate(self, examples, pad_token_id) -> batch``: replaces ``data.collate`` (e.g. to add extra
-  sequences per example).
+Optional hooks, called when present and never by name, are listed in :class:`Objective`'s docstring.
+A preset (a named set of defaults of one objective, e.g. DAPO of the policy-gradient objective) is a
+registered subclass built by :func:`preset`.
 
 Optional declaration read by the leaderboard: ``tuning = {config key: (values…)}``, the method's main
 coefficient (β, λ, kl_coef, n) and the values its tuning grid tries; ``{}`` or absent: the learning
@@ -28,9 +25,16 @@ Nothing outside this module maps algorithm names to code.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from prefopt.core.errors import UserError
+
+if typing.TYPE_CHECKING:
+    import torch
+
+    from prefopt.models.logprobs import Scorer
 
 DATA_KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 
@@ -61,6 +65,52 @@ class Needs:
             raise ValueError(f"Needs.head must be 'lm' or 'scalar', got {self.head!r}")
 
 
+@runtime_checkable
+class Objective(Protocol):
+    """What the trainer (:mod:`prefopt.core.trainer`) and the run (:mod:`prefopt.cli.train`) call.
+
+    Built as ``Obj(cfg)`` with ``cfg`` an instance of ``Obj.Config``. Optional hooks, called when
+    present and never by name (not protocol members, so that an objective without them still
+    satisfies the protocol):
+
+    - ``prepare_examples(examples, rows, source) -> examples``: checks and filters the tokenized
+      examples before any model loads (raise UserError for bad input), or attaches per-example data;
+    - ``collate(examples, pad_token_id) -> batch``: replaces ``data.collate`` (e.g. to add extra
+      sequences per example);
+    - ``state_dict() -> dict`` and ``load_state_dict(state)``: state carried from step to step
+      besides the weights (an adaptive KL coefficient, a running baseline), saved in checkpoints.
+    """
+
+    needs: Needs
+    Config: type
+    cfg: Any
+
+    def units(self, batch: dict) -> int:
+        """How many loss units (pairs, sequences or tokens) a micro-batch holds. The trainer divides
+        the summed loss of a whole optimizer step by the step's total units, so the loss does not
+        depend on how the step is split into micro-batches or processes."""
+        ...
+
+    def loss(self, batch: dict, scorer: Scorer) -> tuple[torch.Tensor, dict]:
+        """``(loss_sum, metric_sums)``: the loss summed over units, and metrics summed over the same
+        units (the trainer reports them divided by the unit count). ``scorer`` is what the
+        objective sees of the models: the policy's log-probs (``logps``, ``pair_logps``) or a scalar
+        head's ``scores``, the reference's log-probs (``ref_logps``) and, with ``needs.value_head``,
+        the value model's V_t (``values``)."""
+        ...
+
+
+@runtime_checkable
+class OnlineObjective(Objective, Protocol):
+    """An objective with ``needs.rollouts``: :mod:`prefopt.rollout.source` samples a rollout, scores
+    it, and hands it to ``prepare`` before the loss sees it."""
+
+    def prepare(self, roll: dict) -> tuple[dict, dict]:
+        """``(roll, metrics)``: the rollout with what the loss reads (advantages, selected pairs or
+        winners; no gradient), and rollout metrics (``rollout/…``)."""
+        ...
+
+
 OBJECTIVES: dict[str, type] = {}
 
 
@@ -75,11 +125,25 @@ def register(name: str):
                 raise TypeError(f"objective {name!r} lacks {attr!r}")
         if not dataclasses.is_dataclass(cls.Config):
             raise TypeError(f"objective {name!r}: Config must be a dataclass")
+        if cls.needs.rollouts and not hasattr(cls, "prepare"):
+            raise TypeError(f"objective {name!r} declares needs.rollouts but lacks 'prepare'")
         cls.name = name
         OBJECTIVES[name] = cls
         return cls
 
     return wrap
+
+
+def preset(name: str, base: type, doc: str, **defaults) -> type:
+    """Register ``name`` as a subclass of the objective ``base`` whose Config has ``name`` and the
+    given ``defaults`` (the keys conf/algo/NAME.yaml sets on top of its base)."""
+    hints = typing.get_type_hints(base.Config)
+    fields = [(k, hints[k], dataclasses.field(default=v)) for k, v in defaults.items()]
+    cfg = dataclasses.make_dataclass(f"{name.upper()}Config", [("name", str, dataclasses.field(default=name)), *fields],
+                                     bases=(base.Config,))
+    cfg.__module__ = base.__module__
+    cls = type(name.upper(), (base,), {"Config": cfg, "__doc__": doc, "__module__": base.__module__})
+    return register(name)(cls)
 
 
 def _load_builtin():

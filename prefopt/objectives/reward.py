@@ -3,7 +3,7 @@ arXiv:2203.02155, eq. 1).
 
 A sequence classifier with one output scores a prompt + completion: r(x, y) ∈ ℝ, read at the last
 non-pad token (exactly how ``AutoModelForSequenceClassification`` pools, so the saved artifact
-scores what was trained). For a pair (x, y_c ≻ y_r) with an optional margin m (data column
+scores as in training). For a pair (x, y_c ≻ y_r) with an optional margin m (data column
 ``margin``, Llama 2's graded preferences, Touvron et al. 2023, eq. 2; 0 when absent):
 
     L = −log σ(r(x, y_c) − r(x, y_r) − m) + c · (r(x, y_c) + r(x, y_r))²
