@@ -133,20 +133,6 @@ def test_group_size_one_fails_before_training(algo):
         typed(get_objective(algo).Config, cfg.algo, "algo")
 
 
-def test_presets_mirror_their_yaml():
-    import dataclasses
-
-    from conftest import compose
-    from omegaconf import OmegaConf
-
-    from prefopt.objectives.registry import get_objective
-
-    for algo in ("ppo", "rloo", "grpo", "dr_grpo", "dapo", "rejection_sampling"):
-        y = OmegaConf.to_container(compose([f"algo={algo}"]).algo)
-        d = dataclasses.asdict(get_objective(algo).Config())
-        assert y == d, algo
-
-
 # ---- rejection sampling -----------------------------------------------------------------------
 
 
