@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-import prefopt.cli.train as T  # noqa: E402
+import prefopt.cli.stages as T  # noqa: E402
 from conftest import TINY, compose  # noqa: E402
 
 SCENARIOS_OFFLINE = {

@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     from prefopt.objectives.rejection_sampling import best_of_n
     from prefopt.rollout.rewards import RewardConfig, build_reward
     from prefopt.testbed import world as W
-    from prefopt.cli.train import data_schema, quiet_libraries
+    from prefopt.cli.stages import data_schema, quiet_libraries
 
     quiet_libraries()
     with initialize_config_module(config_module="prefopt.conf", version_base=None):

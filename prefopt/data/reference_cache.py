@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
-from prefopt.data.formats import pad_batch
+from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
 
 VERSION = 1

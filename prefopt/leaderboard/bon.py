@@ -17,7 +17,6 @@ repetition, and win rate of the proxy's pick against an independent π_SFT sampl
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 

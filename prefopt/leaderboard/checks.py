@@ -6,7 +6,6 @@ Each check returns {"name", "expect", "status": "pass" | "fail" | "n/a", "detail
 
 from __future__ import annotations
 
-import math
 
 from prefopt.leaderboard.bon import best_of_n_kl
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 from prefopt.leaderboard import store
 from prefopt.leaderboard.identity import code_version
-from prefopt.cli.train import cpu_capability
+from prefopt.cli.summary import cpu_capability
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     try:
         if job.kind == "best_of_n":
             from prefopt.leaderboard.bon import run_best_of_n
-            from prefopt.cli.train import versions
+            from prefopt.cli.summary import versions
 
             from prefopt.leaderboard.plan import spec_hash
 
@@ -142,7 +142,8 @@ def _train(job, run_dir, console) -> dict:
 
     from prefopt.leaderboard.identity import result_id
     from prefopt.leaderboard.plan import compose
-    from prefopt.cli.train import config_hash, run
+    from prefopt.cli.resume import config_hash
+    from prefopt.cli.stages import run
 
     cfg = compose(job.overrides)
     h = config_hash(cfg)
@@ -212,7 +213,7 @@ def main():
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig
 
-    from prefopt.cli.train import quiet_libraries
+    from prefopt.cli.stages import quiet_libraries
 
     ConfigStore.instance().store(name="leaderboard_job", node=JobAppConfig)
 

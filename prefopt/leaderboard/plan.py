@@ -179,7 +179,7 @@ def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list,
     from prefopt.leaderboard import select, store
     from prefopt.leaderboard.identity import code_version
     from prefopt.objectives.registry import get_objective
-    from prefopt.cli.train import cpu_capability
+    from prefopt.cli.summary import cpu_capability
 
     code, cpu = code_version(), cpu_capability()
     methods, notes = methods_of(suite)
@@ -364,7 +364,7 @@ def compose(overrides: list):
 
 
 def compose_hash(overrides: list) -> str:
-    from prefopt.cli.train import config_hash
+    from prefopt.cli.resume import config_hash
 
     return config_hash(compose(overrides))
 

@@ -14,11 +14,15 @@ held-out preference pairs.
 
 from __future__ import annotations
 
+import random
 from typing import Callable, Optional
 
 import torch
 
-from prefopt.data.tokenize import pad_batch
+from prefopt.core.errors import UserError
+from prefopt.data.formats import prepare_rows
+from prefopt.data.load import load_rows
+from prefopt.data.tokenize import collate, pad_batch, tokenize_rows
 from prefopt.models.logprobs import hidden_states, token_stats
 from prefopt.rollout.sampler import SamplingConfig
 
@@ -179,3 +183,36 @@ class PairwiseEvaluator:
                 res["pairwise_accuracy_gold"] = sum(win(a, b) if c_wins else win(b, a) for a, b, c_wins in decided) / len(decided)
                 res["label_accuracy_gold"] = sum(c_wins for _, _, c_wins in decided) / len(decided)
         return res
+
+
+def heldout_pairs(examples: list, rows: list, dcfg, acfg, tok, gold_fn: Optional[Callable], seed: int,
+                  source_name: str) -> tuple[list, Optional["PairwiseEvaluator"]]:
+    """(training pairs, PairwiseEvaluator on held-out pairs) for a scalar head (reward model).
+
+    Held out: ``data.eval_split`` when set (user data), else a seeded ``data.eval_fraction`` or
+    ``algo.eval_fraction`` of the pairs. On the testbed the gold reward of each held-out completion
+    is attached too, for accuracy against the gold ordering."""
+    eval_examples = None
+    if getattr(dcfg, "eval_split", None) and dcfg.name == "hf":
+        eval_rows, _ = load_rows(dcfg, dcfg.eval_split)
+        eval_rows = prepare_rows(eval_rows, "paired", dcfg, f"{source_name}[{dcfg.eval_split}]")
+        eval_examples, _ = tokenize_rows(eval_rows, "paired", tok, dcfg, f"{source_name}[{dcfg.eval_split}]")
+        rows = eval_rows
+    else:
+        frac = dcfg.eval_fraction or getattr(acfg, "eval_fraction", 0.0)
+        if frac <= 0:
+            return examples, None
+        n_eval = max(1, round(len(examples) * frac))
+        if n_eval >= len(examples):
+            raise UserError(f"{source_name}: holding out {frac} of {len(examples)} pairs for evaluation leaves none "
+                            "to train on; accepted: a smaller algo.eval_fraction, or more pairs")
+        held = set(random.Random(seed).sample(range(len(examples)), n_eval))
+        eval_examples = [ex for i, ex in enumerate(examples) if i in held]
+        examples = [ex for i, ex in enumerate(examples) if i not in held]
+    gold = None
+    if gold_fn is not None:
+        text = lambda v: v if isinstance(v, str) else v[-1]["content"]  # noqa: E731
+        prompts = [ex["prompt_text"] for ex in eval_examples]
+        gold = list(zip(gold_fn(prompts, [text(rows[ex["row"]]["chosen"]) for ex in eval_examples]),
+                        gold_fn(prompts, [text(rows[ex["row"]]["rejected"]) for ex in eval_examples])))
+    return examples, PairwiseEvaluator(eval_examples, lambda ex: collate(ex, "paired", tok.pad_token_id), gold=gold)
