@@ -34,7 +34,8 @@ from prefopt.core.sources import OfflineSource
 from prefopt.core.trainer import Trainer
 from prefopt.data import reference_cache
 from prefopt.data.formats import prepare_rows
-from prefopt.data.load import DataConfig, load_rows
+from prefopt.core.config import DataConfig
+from prefopt.data.load import load_rows
 from prefopt.data.tokenize import TokenizeReport, collate, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
 from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, load_policy, load_reward_model,

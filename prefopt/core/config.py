@@ -77,6 +77,23 @@ class TrainerConfig:
 
 
 @dataclass
+class DataConfig:
+    """The ``data`` config group. Typed so that OmegaConf.structured rejects an unknown key or a
+    wrong type at start-up; value ranges are checked by prefopt.data.load.check_config."""
+
+    name: str = "hf"  # "hf" for a user's data; testbed names are handled elsewhere
+    path: Optional[str] = None  # local json/jsonl/parquet/csv file, a directory, or a datasets name
+    split: str = "train"
+    eval_split: Optional[str] = None
+    eval_fraction: float = 0.0  # hold out this fraction (seeded) when no eval_split
+    max_length: int = 512  # prompt + completion tokens
+    max_prompt_length: int = 256  # a longer prompt is a user error
+    truncation: str = "truncate"  # completions that overflow max_length: truncate | drop | error
+    convert: Optional[str] = None  # explicit conversion, e.g. "paired_to_unpaired"
+    num_rows: Optional[int] = None  # use the first N rows of each split loaded
+
+
+@dataclass
 class EvalConfig:
     # The testbed's held-out prompt sets: ``split`` is where the summary's eval block comes from;
     # ``periodic_split`` is what the evaluations every trainer.eval_every_steps (the training curve)

@@ -26,12 +26,10 @@ Every user mistake raises ``UserError`` with one line naming the file, the row (
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from prefopt.core.config import DataConfig
 from prefopt.core.errors import UserError, where
-
-if TYPE_CHECKING:
-    from prefopt.data.load import DataConfig
 
 KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 ROLES = ("system", "user", "assistant", "tool")

@@ -7,32 +7,15 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
 from typing import Any, Optional
 
+from prefopt.core.config import DataConfig
 from prefopt.core.errors import UserError, first_line
 from prefopt.data.diagnose import FILE_BUILDERS, diagnose
 from prefopt.data.formats import parse_convert
 
 TRUNCATION_POLICIES = ("truncate", "drop", "error")
 ACCEPTED_PATHS = "a .json/.jsonl/.parquet/.csv file, a directory of them, or a datasets name"
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` config group. Typed so that OmegaConf.structured rejects an unknown key or a
-    wrong type at start-up; value ranges are checked by the functions that use them."""
-
-    name: str = "hf"  # "hf" for a user's data; testbed names are handled elsewhere
-    path: Optional[str] = None  # local json/jsonl/parquet/csv file, a directory, or a datasets name
-    split: str = "train"
-    eval_split: Optional[str] = None
-    eval_fraction: float = 0.0  # hold out this fraction (seeded) when no eval_split
-    max_length: int = 512  # prompt + completion tokens
-    max_prompt_length: int = 256  # a longer prompt is a user error
-    truncation: str = "truncate"  # completions that overflow max_length: truncate | drop | error
-    convert: Optional[str] = None  # explicit conversion, e.g. "paired_to_unpaired"
-    num_rows: Optional[int] = None  # use the first N rows of each split loaded
 
 
 def check_config(cfg: DataConfig) -> None:

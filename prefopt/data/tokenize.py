@@ -12,7 +12,8 @@ import torch
 from prefopt.core.errors import UserError, where
 from prefopt.data.formats import (COMPLETION_FIELDS, SOURCE_ROW, check_kind, convert_rows, has_messages, prompt_text,
                                   validate_rows)
-from prefopt.data.load import DataConfig, check_config
+from prefopt.core.config import DataConfig
+from prefopt.data.load import check_config
 @dataclass
 class TokenizeReport:
     """Row counts from tokenize_rows; ``truncated`` rows are kept, ``dropped`` ones are not."""

@@ -15,12 +15,20 @@ import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
-import torch
 from filelock import FileLock
 
+from prefopt.core.config import DataConfig, ModelConfig, TrainerConfig
 from prefopt.core.errors import UserError
+from prefopt.core.rng import seed_everything
+from prefopt.core.sources import OfflineSource
+from prefopt.core.trainer import Trainer
+from prefopt.data.formats import convert_rows
+from prefopt.data.tokenize import collate, tokenize_rows
+from prefopt.models.load import load_policy
+from prefopt.objectives.sft import SFT
+from prefopt.rollout.evaluate import chat_prompt_ids
+from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.testbed.tasks import TASKS, get_task
 from prefopt.testbed.tokenizer import build_tokenizer
 
@@ -56,14 +64,8 @@ class TestbedConfig:
     eval_prompts: int = 128
 
 
-def _data_config():
-    from prefopt.data.load import DataConfig
-
-    return DataConfig
-
-
 @dataclass
-class TestbedDataConfig(_data_config()):
+class TestbedDataConfig(DataConfig):
     """``data=reviews`` / ``data=arith``: the data options plus the testbed's own section."""
 
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
@@ -138,15 +140,6 @@ def sft_policy_path(tb: TestbedConfig, console=None) -> str:
     path = os.path.join(cache_root(), "testbed", f"sft-{tb.task}-{_hash(key)}")
 
     def build(out):
-        from prefopt.core.config import ModelConfig, TrainerConfig
-        from prefopt.data.load import DataConfig
-        from prefopt.data.tokenize import collate, tokenize_rows
-        from prefopt.models.load import load_policy
-        from prefopt.objectives.sft import SFT
-        from prefopt.core.rng import seed_everything
-        from prefopt.core.sources import OfflineSource
-        from prefopt.core.trainer import Trainer
-
         if console is not None:
             console.print(f"[dim]testbed: training the {tb.task} SFT policy once ({tb.sft_steps} steps); cached at {path}")
         task = get_task(tb.task)
@@ -183,8 +176,6 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None) -> list:
     def build(out):
         from transformers import AutoModelForCausalLM
 
-        from prefopt.rollout.evaluate import chat_prompt_ids
-        from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
         if console is not None:
             console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and labelling pairs")
@@ -247,7 +238,6 @@ def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
     elif kind == "unpaired":
         # The testbed's native unpaired data: every pair split into (chosen, desirable) and
         # (rejected, undesirable), as data.convert=paired_to_unpaired does for a user's pairs.
-        from prefopt.data.formats import convert_rows
 
         rows = convert_rows(preference_rows(tb, policy, console), "paired", "unpaired", f"testbed:{tb.task}")
     elif kind == "demonstrations":
