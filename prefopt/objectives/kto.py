@@ -17,7 +17,7 @@ in a fixed, seeded shuffle of the whole dataset (``prepare_examples``), so every
 its own mismatched completion, as in TRL's KTOTrainer (which rotates completions by one within
 chunks of the dataset before training). A fixed partner is what makes reference log-probs of the
 mismatched sequences cacheable (``algo.precompute_ref=true``). Examples without a partner (the
-objective used on its own, outside train.py) fall back to the paper's in-batch rotation: prompt i
+objective used on its own, outside prefopt-train) fall back to the paper's in-batch rotation: prompt i
 with completion i+1 mod B. z is estimated per micro-batch; TRL also averages it across processes,
 prefopt per process.
 

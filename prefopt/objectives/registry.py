@@ -67,7 +67,7 @@ class Needs:
 
 @runtime_checkable
 class Objective(Protocol):
-    """What the trainer (:mod:`prefopt.core.trainer`) and the run (:mod:`prefopt.cli.train`) call.
+    """What the trainer (:mod:`prefopt.core.trainer`) and the run's stages (:mod:`prefopt.cli.stages`) call.
 
     Built as ``Obj(cfg)`` with ``cfg`` an instance of ``Obj.Config``. Optional hooks, called when
     present and never by name (not protocol members, so that an objective without them still
