@@ -12,7 +12,7 @@ import os
 import pytest
 
 # 128 held-out prompts × 2 samples: with 64 × 1 the evaluation's own noise (one policy's measured
-# gain moved from −0.37 to +0.22 between two evaluations) was the size of the thresholds below.
+# gain spans −0.37 to +0.22 over two evaluations) is the size of the thresholds below.
 SHORT = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.log_every_steps=1", "eval.num_prompts=128",
          "eval.samples_per_prompt=2", "eval.max_new_tokens=24", "trainer.save_model=false"]
 
@@ -35,7 +35,7 @@ def _rows(out):
 def test_preset_raises_gold_reward_on_reviews(run_cfg, outcome, algo, tmp_path):
     extra = REVIEWS[algo] if any(o.startswith("trainer.lr=") for o in REVIEWS[algo]) else ["trainer.lr=1e-3", *REVIEWS[algo]]
     # The median gain over three training seeds: twelve steps of 8×4 samples at 1e-3 are a noisy
-    # estimate from one seed (dapo's seed-0 gain was 0.66 on AVX-512 and 0.11 on AVX2), and on some
+    # estimate from one seed (dapo's seed-0 gain: 0.66 on AVX-512, 0.11 on AVX2), and on some
     # SFT policies one seed in three diverges (dr_grpo: 0.66, 0.55, −6.0 with a testbed built at 1
     # thread); a mean would let that one run decide.
     gains = []
@@ -85,7 +85,7 @@ def reviews_reward_model(tmp_path_factory):
     recipe (the proxy reward model the leaderboard's online rows use); its model/ directory."""
     from conftest import FAST, check_outcome, compose
     from prefopt.leaderboard.plan import load_suite
-    from prefopt.cli.train import run
+    from prefopt.cli.stages import run
 
     out = tmp_path_factory.mktemp("reward_model")
     s = run(compose([*FAST, "algo=reward", "data=reviews", *load_suite("standard")["stage1"]]), str(out))
@@ -97,8 +97,8 @@ def reviews_reward_model(tmp_path_factory):
 
 # The reviews settings above, with a trained reward model as the reward source instead of the gold one.
 WITH_REWARD_MODEL = {
-    # 5e-4 × 20 steps, not reviews' 1e-3 × 12: against a proxy reward model the larger step found
-    # a reward-model exploit on one seed (gold −3.4) when the reward model was trained on 2 threads.
+    # 5e-4 × 20 steps, not reviews' 1e-3 × 12: against a proxy reward model the larger step finds
+    # a reward-model exploit on one seed (gold −3.4) with a reward model trained on 2 threads.
     "rloo": ["algo.prompts_per_step=8", "algo.samples_per_prompt=4", "trainer.lr=5e-4", "trainer.max_steps=20"],
     # 24 steps, not reviews' 12: against the reward model 12 PPO steps gained only 0.06-0.13 on two of
     # three seeds (24: median 0.34 on AVX-512, 0.84 on AVX2).
