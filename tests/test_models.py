@@ -1,12 +1,15 @@
-"""Models: families from config, LoRA reference, QLoRA, saved artifacts load without prefopt."""
+"""Models: families from config and their presets, LoRA reference, QLoRA (one step, and whole runs
+through the app), saved artifacts load without prefopt."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import TINY, synthetic_examples, tiny_model
+from conftest import TINY, compose, synthetic_examples, tiny_model
+from prefopt.cli.stages import run
 from prefopt.core.config import LoraConfig, ModelConfig
 from prefopt.data.tokenize import collate
 from prefopt.models.logprobs import Scorer, token_stats
@@ -81,6 +84,42 @@ def test_qlora_training_step_runs(tmp_path):
     ref = make_reference(policy, cfg, vocab_size=50)
     assert isinstance(ref, AdapterDisabledReference)
     assert torch.isfinite(Scorer(policy, ref).ref_logps(b, "chosen").logps).all()
+
+
+@pytest.mark.parametrize("preset", ["llama3", "qwen2_5", "mistral", "gemma2", "llama3_qlora", "qwen2_5_qlora",
+                                    "mistral_qlora", "gemma2_qlora"])
+def test_family_presets_are_valid_typed_configs(preset):
+    from prefopt.core.config import ModelConfig, typed
+
+    m = typed(ModelConfig, compose([f"model={preset}"]).model, "model")
+    assert m.lora.r > 0 and m.name_or_path and m.load_in_4bit == preset.endswith("_qlora")
+
+
+def test_qlora_preset_trains_through_the_app(tmp_path):
+    # The qwen2_5_qlora preset with a tiny random Qwen2 architecture in place of the hub weights.
+    arch = ("model.arch={model_type: qwen2, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+            "num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: false}")
+    cfg = compose(["model=qwen2_5_qlora", "model.name_or_path=null", arch, "model.dtype=float32",
+                   "model.bnb_4bit_compute_dtype=float32", "model.gradient_checkpointing=false", "trainer.max_steps=2",
+                   "trainer.progress=false", "eval.num_prompts=4", "eval.max_new_tokens=8", "data.num_rows=64"])
+    s = run(cfg, str(tmp_path / "run"))
+    assert s["steps"] == 2 and s["model"] == "qwen2_5_qlora"
+    assert "adapter_model.safetensors" in os.listdir(tmp_path / "run" / "model")
+
+
+def test_qlora_online_and_precomputed_reference_keep_training(tmp_path):
+    # Rollouts, π_old passes and the reference pre-pass must not put bitsandbytes layers in eval
+    # mode (its CPU repacking then breaks autograd); two online steps and two DPO steps train.
+    arch = ("model.arch={model_type: qwen2, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+            "num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: false}")
+    common = ["model=qwen2_5_qlora", "model.name_or_path=null", arch, "model.dtype=float32",
+              "model.bnb_4bit_compute_dtype=float32", "model.gradient_checkpointing=false", "trainer.max_steps=2",
+              "trainer.progress=false", "eval.num_prompts=4", "eval.max_new_tokens=8"]
+    s = run(compose([*common, "algo=grpo", "data=arith", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
+                     "algo.sequences_per_device=4"]), str(tmp_path / "grpo"))
+    assert s["steps"] == 2
+    s = run(compose([*common, "algo.precompute_ref=true", "data.num_rows=64"]), str(tmp_path / "dpo"))
+    assert s["steps"] == 2
 
 
 LOAD_SCRIPT = r"""

@@ -1,6 +1,7 @@
-"""Offline methods end to end on the testbed: each moves its own metric the right way, the
-reward model beats chance on held-out pairs and saves a plain HF classifier, precomputed
-reference log-probs equal a live reference, and bad input stops before training in one line."""
+"""Offline methods end to end on the testbed: each method and each DPO loss_type moves its own
+metric the right way, the reward model beats chance on held-out pairs and saves a plain HF
+classifier, precomputed reference log-probs equal a live reference. Their bad input is in
+tests/test_bad_input_data.py."""
 
 import json
 import os
@@ -11,12 +12,9 @@ import torch
 from conftest import TINY, synthetic_examples, tiny_model
 from prefopt.core.config import ModelConfig
 from prefopt.data.tokenize import collate
-from prefopt.core.errors import UserError
 from prefopt.models.logprobs import Scorer
 from prefopt.models.load import make_reference
-
-SHORT = ["trainer.log_every_steps=1", "trainer.eval_at_end=false", "trainer.save_model=false",
-         "trainer.warmup_steps=0", "trainer.lr_schedule=constant"]
+from short_runs import TRAIN_ONLY
 
 
 def metrics(out):
@@ -80,10 +78,10 @@ def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch
 
 def test_precompute_ref_run_matches_live_run_and_holds_no_reference(run_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFOPT_CACHE", os.environ["PREFOPT_CACHE"])  # the suite's testbed cache
-    import prefopt.models.load as M
+    import prefopt.cli.stages as M  # the run's stages build the reference
 
     common = ["algo=kto", "data.num_rows=96", "trainer.max_steps=2", "trainer.examples_per_step=32",
-              "trainer.examples_per_device=16", *SHORT]
+              "trainer.examples_per_device=16", *TRAIN_ONLY]
     live, out_live = run_cfg(*common, out=tmp_path / "live")
     built = []
     monkeypatch.setattr(M, "make_reference", lambda *a, **k: built.append(1) or pytest.fail("reference model built"))
@@ -112,11 +110,39 @@ TINY_ARCH = ("model.arch={model_type:llama,hidden_size:32,intermediate_size:64,n
 def test_each_method_moves_its_metric(run_cfg, outcome, algo, extra, metric, direction):
     # 64 examples, 2 steps per epoch, 5 epochs: the first and the last epoch see the same examples,
     # so comparing their averages measures training, not which batch came up.
-    s, out = run_cfg(f"algo={algo}", "data.num_rows=64", "trainer.max_steps=10", "trainer.lr=1e-3", *SHORT, *extra)
+    s, out = run_cfg(f"algo={algo}", "data.num_rows=64", "trainer.max_steps=10", "trainer.lr=1e-3", *TRAIN_ONLY, *extra)
     before, after = first_last(metrics(out), metric, k=2)
     outcome(f"{metric}: last − first epoch (signed {direction:+d})", direction * (after - before), ">", 0,
             (before, after))
     assert s["steps"] == 10 and s["algo"] == algo
+
+
+# Each DPO loss_type's own target: the margin for the pairwise losses, the chosen NLL for sft, the
+# chosen reward for NCA / APO-zero (they push π(y_w) up), the rejected reward down for APO-down.
+DPO_LOSS_TYPES = [
+    (["algo.loss_type=exo_pair", "algo.label_smoothing=0.001"], "rewards/margin", +1),
+    (["algo.loss_type=nca_pair"], "rewards/margin", +1),
+    (["algo.loss_type=bco_pair"], "rewards/margin", +1),
+    (["algo.loss_type=sppo_hard"], "rewards/margin", +1),
+    (["algo.loss_type=aot"], "rewards/margin", +1),
+    (["algo.loss_type=aot_unpaired"], "rewards/margin", +1),
+    (["algo.loss_type=apo_zero"], "rewards/margin", +1),
+    (["algo.loss_type=apo_down"], "rewards/rejected", -1),
+    # τ = 0.3: at the paper's 0.05 the loss pushes margins *down* from π = π_ref
+    # (tests/test_dpo_loss.py::test_discopop_slope_at_zero_margin)
+    (["algo.loss_type=discopop", "algo.discopop_tau=0.3"], "rewards/margin", +1),
+    (["algo.loss_type=[sigmoid,bco_pair,sft]", "algo.loss_weights=[0.8,0.2,1.0]"], "rewards/margin", +1),
+    (["algo.rpo_alpha=1.0"], "nll", -1),
+]
+
+
+@pytest.mark.parametrize("extra,metric,direction", DPO_LOSS_TYPES, ids=[t[0][0].split("=", 1)[1] for t in DPO_LOSS_TYPES])
+def test_each_loss_type_moves_its_metric(run_cfg, outcome, extra, metric, direction):
+    # 64 pairs, 2 steps per epoch, 5 epochs: the first and the last epoch see the same pairs.
+    s, out = run_cfg("algo=dpo", "data.num_rows=64", "trainer.max_steps=10", "trainer.lr=1e-3", *TRAIN_ONLY, *extra)
+    before, after = first_last(metrics(out), metric, k=2)
+    outcome(f"{metric}: last − first epoch (signed {direction:+d})", direction * (after - before), ">", 0, (before, after))
+    assert s["steps"] == 10
 
 
 # ---- reward model ----------------------------------------------------------------------------
@@ -177,34 +203,3 @@ def test_reward_model_lora_keeps_score_head_trainable_and_saves_merged(tmp_path)
     with torch.no_grad():
         got = plain(input_ids=ids, attention_mask=am).logits[:, 0]
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
-
-
-# ---- bad input: one line, before training ----------------------------------------------------
-
-def _write(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
-
-
-def test_bad_input_for_offline_methods(run_cfg, tmp_path):
-    pairs = _write(tmp_path / "pairs.jsonl", [{"prompt": "the film", "chosen": "great", "rejected": "dull"}] * 4)
-    with pytest.raises(UserError, match=r"needs unpaired data.*data.convert=paired_to_unpaired"):
-        run_cfg("algo=kto", "data=hf", f"data.path={pairs}", out=tmp_path / "a")
-    good = _write(tmp_path / "good.jsonl", [{"prompt": "the film", "completion": "great", "label": True}] * 4)
-    with pytest.raises(UserError, match="all 4 examples are desirable"):
-        run_cfg("algo=kto", "data=hf", f"data.path={good}", out=tmp_path / "b")
-    ties = _write(tmp_path / "ties.jsonl", [{"prompt": "the film", "chosen": "great", "rejected": "dull", "tie": True}] * 4)
-    with pytest.raises(UserError, match="all 4 pairs are ties"):
-        run_cfg("algo=reward", "data=hf", f"data.path={ties}", out=tmp_path / "c")
-    scored = _write(tmp_path / "scored.jsonl", [{"prompt": "the film", "chosen": "great", "rejected": "dull",
-                                                 "score_chosen": 7.0, "score_rejected": 7.0}] * 4)
-    with pytest.raises(UserError, match="ties"):
-        run_cfg("algo=reward", "data=hf", f"data.path={scored}", out=tmp_path / "d")
-    for d in "abcd":
-        assert not os.path.exists(tmp_path / d / "metrics.jsonl")
-    # The converted preference data is accepted by KTO.
-    s, _ = run_cfg("algo=kto", "data=hf", f"data.path={pairs}", "data.convert=paired_to_unpaired", "trainer.max_steps=1",
-                   "trainer.examples_per_step=4", "trainer.examples_per_device=4", *SHORT, out=tmp_path / "e")
-    assert s["steps"] == 1

@@ -117,12 +117,3 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state = torch.load(os.path.join(ckpt, "trainable.pt"))
     assert all(torch.isfinite(v).all() for v in state.values())
     assert not [d for d in os.listdir(tmp_path / "checkpoints") if d.startswith(".tmp")]
-
-
-def test_impossible_batch_split_is_a_user_error():
-    from prefopt.core.config import check_trainer
-    from prefopt.core.errors import UserError
-
-    with pytest.raises(UserError, match="examples_per_step=10 is not a multiple"):
-        check_trainer(TrainerConfig(examples_per_step=10, examples_per_device=4))
-    assert check_trainer(TrainerConfig(examples_per_step=16, examples_per_device=4), world_size=2) == 2
