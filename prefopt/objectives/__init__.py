@@ -1,4 +1,8 @@
-"""One file per method. Importing this package registers them all."""
+"""The objectives: one file per method, holding its equations (with the paper) in the docstring and
+code that matches them symbol for symbol. ``registry`` declares what an objective is (``Needs``,
+the ``Objective`` / ``OnlineObjective`` protocols) and maps names to classes; ``pg/`` holds the
+policy-gradient axes (advantages, KL, value) that ``policy_gradient`` composes into presets.
+Importing this package registers every method."""
 
 import importlib
 import pkgutil

@@ -30,20 +30,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from prefopt.core.errors import UserError
+from prefopt.data.formats import KINDS
 
 if typing.TYPE_CHECKING:
     import torch
 
     from prefopt.models.logprobs import Scorer
 
-DATA_KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
 
 
 @dataclass(frozen=True)
 class Needs:
     """Everything the run and the rollout pipeline read about an objective; nothing else is read."""
 
-    data: str  # one of DATA_KINDS
+    data: str  # one of prefopt.data.formats.KINDS
     reference: bool = False  # a frozen π_ref (or precomputed reference log-probs)
     reward: bool = False  # a reward source (conf/reward)
     value_head: bool = False  # a value model (critic or value head), handed to the loss through the scorer
@@ -59,8 +59,8 @@ class Needs:
     old_logps: bool = True  # reads log π_old (an importance ratio); False skips that pass
 
     def __post_init__(self):
-        if self.data not in DATA_KINDS:
-            raise ValueError(f"Needs.data must be one of {DATA_KINDS}, got {self.data!r}")
+        if self.data not in KINDS:
+            raise ValueError(f"Needs.data must be one of {KINDS}, got {self.data!r}")
         if self.head not in ("lm", "scalar"):
             raise ValueError(f"Needs.head must be 'lm' or 'scalar', got {self.head!r}")
 
@@ -146,18 +146,12 @@ def preset(name: str, base: type, doc: str, **defaults) -> type:
     return register(name)(cls)
 
 
-def _load_builtin():
-    # Importing the package registers every built-in objective (one file per method).
-    import prefopt.objectives  # noqa: F401
-
-
+# The package's __init__ imports every method's file (registering it) before this module is used.
 def available() -> list[str]:
-    _load_builtin()
     return sorted(OBJECTIVES)
 
 
 def get_objective(name: str) -> type:
-    _load_builtin()
     try:
         return OBJECTIVES[name]
     except KeyError:
