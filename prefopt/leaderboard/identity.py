@@ -2,7 +2,7 @@
 
     result_id = sha256(config_hash, code_version, cpu_capability)[:16]
 
-- ``config_hash``: the composed conf/train.yaml of the run (prefopt.cli.train.config_hash);
+- ``config_hash``: the composed conf/train.yaml of the run (prefopt.cli.resume.config_hash);
 - ``code_version``: a hash of the source that trains and evaluates: every ``.py`` file of the
   ``prefopt`` package and of ``prefopt_kernels``, and every YAML file of conf/ (its defaults), except
   the files that only plan, aggregate and render the board (``NOT_TRAINING``) and the benchmarks. The
@@ -20,11 +20,10 @@ import hashlib
 import os
 
 # Files that never change a trained or evaluated number: the board's own planning, statistics and
-# rendering, and the benchmarks. Paths relative to the package root they live in.
+# rendering (the benchmarks, prefopt/bench/, are left out by _files). Paths relative to the package root.
 NOT_TRAINING = ("leaderboard/aggregate.py", "leaderboard/render.py", "leaderboard/stats.py", "leaderboard/fits.py",
                 "leaderboard/checks.py", "leaderboard/cli.py", "leaderboard/store.py", "leaderboard/identity.py",
-                "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py", "bench.py", "bench_memory.py",
-                "bench_gpu.py", "bench_real.py")
+                "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py")
 
 
 def _roots() -> list:
@@ -35,7 +34,7 @@ def _roots() -> list:
 
     here = lambda m: os.path.dirname(os.path.abspath(m.__file__))  # noqa: E731
     return [("prefopt", here(prefopt), (".py",), NOT_TRAINING),
-            ("prefopt_kernels", here(prefopt_kernels), (".py",), ("bench.py",)),
+            ("prefopt_kernels", here(prefopt_kernels), (".py",), ()),
             # conf/leaderboard/: a suite's effect on a run is in the run's config hash
             ("prefopt.conf", list(prefopt.conf.__path__)[0], (".yaml",), ()), ]
 
