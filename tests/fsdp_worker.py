@@ -116,7 +116,7 @@ def main():
 
     def dying_step(self):
         if self.state.step == 3:
-            raise SystemExit("simulated crash")  # every rank, after step 3 was done but not checkpointed
+            raise SystemExit("simulated crash")  # every rank, after step 3 is done but not checkpointed
         return orig_step(self)
 
     Trainer.train_step = dying_step

@@ -82,7 +82,7 @@ def test_selection_never_reads_a_test_set_number(tmp_path):
                                 tuple(j.meta["picks"])) for j in js if j.stage == 3 and j.kind == "train")
     jobs1, _ = plan(suite, work, results)
     first = picked(jobs1)
-    assert first  # every tuned method now has report runs
+    assert first  # with every tuning run on file, every tuned method has report runs
     # poison: give the worst validation point of every method the best test number by far, and scramble the rest
     for j in tuning:
         _write(results, j, *vals[j.id], test_gold=1e6 * (1 - vals[j.id][0]) + rng.uniform(0, 1e5))

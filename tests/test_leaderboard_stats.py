@@ -141,8 +141,8 @@ def test_best_of_n_estimator_by_hand():
 
 
 def test_a_stale_pick_never_mixes_into_a_row():
-    # The grid grew (lr 3e-3 was added) after β=0.1 at lr 1e-3 had been picked and reported: the rule now
-    # picks lr 3e-3, so the old pick's report runs stay on file but are not the row.
+    # lr 3e-3 joins the grid after β=0.1 at lr 1e-3 has been picked and reported: the rule picks
+    # lr 3e-3, so the earlier pick's report runs stay on file but are not the row.
     grid = [rec("dpo", 9, 0.0, 1.0, point={"lr": 1e-3, "beta": 0.1}, role="tuning", val=(1.0, 1.0)),
             rec("dpo", 9, 0.0, 1.0, point={"lr": 3e-3, "beta": 0.1}, role="tuning", val=(2.0, 1.0))]
     old = [rec("dpo", s, 10.0, 1.0, point={"lr": 1e-3, "beta": 0.1}) for s in (0, 1)]

@@ -153,11 +153,11 @@ def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg, outcome
     from prefopt.leaderboard.plan import load_suite
 
     # The leaderboard's own stage-1 recipe (120 cosine steps from 1e-3 after 5 warm-up steps), so
-    # the test checks the reward model the online rows are trained against. The test's former
-    # recipe, 40 steps at a constant 3e-3 with no warm-up, moved every weight matrix by 55-85% of
-    # its norm while the loss sat at log 2: the SFT features were overwritten by noise-driven Adam
-    # steps before the new score head had learnt anything, and which CPU's rounding decided
-    # whether it escaped (0.53 held-out gold accuracy on AVX-512 and on AVX2).
+    # the test checks the reward model the online rows are trained against. A shorter, hotter
+    # recipe (40 steps at a constant 3e-3, no warm-up) moves every weight matrix by 55-85% of its
+    # norm while the loss sits at log 2: noise-driven Adam steps overwrite the SFT features before
+    # the new score head learns anything, and the CPU's rounding decides whether it escapes (0.53
+    # held-out gold accuracy on AVX-512 and on AVX2).
     s, out = run_cfg("algo=reward", *load_suite("standard")["stage1"], "trainer.log_every_steps=1")
     ev = s["eval"]
     assert 150 < ev["num_pairs"] < 260  # 10% of the testbed's ~2000 pairs, held out

@@ -71,7 +71,8 @@ def test_partial_checkpoint_dirs_are_removed(killed_in_first_checkpoint, tmp_pat
     # Every interrupted write leaves a .tmp-step_N-PID directory; nothing else would ever remove it.
     out = killed_in_first_checkpoint
     ck = out / "checkpoints"
-    # (after the previous test's resume, or now: resume and prune both clean up)
+    # The kill's leftover, unless the previous test's resume removed it; then one made here (resume
+    # and prune both clean up).
     if not any(n.startswith(".tmp-") for n in os.listdir(ck)):
         (ck / ".tmp-step_0000002-999999999").mkdir()
     run_in_process(out, "trainer.save_every_steps=2", "trainer.resume=auto")
