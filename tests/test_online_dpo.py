@@ -14,8 +14,7 @@ from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPO
 from prefopt.objectives.online_dpo import OnlineDPO
 from prefopt.rollout.source import BatchPlan, RolloutSource
-from test_offline_losses import finite_difference_check, ref_dpo
-from test_dpo_variants import ref_losses
+from loss_reference import finite_difference_check, ref_dpo, ref_losses
 
 
 def _roll(scores, K, lengths=None, seed=0):

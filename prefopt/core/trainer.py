@@ -24,7 +24,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_scheduler
 
 from prefopt.core import checkpoint
 from prefopt.core.checkpoint import CheckpointStore
@@ -97,6 +96,10 @@ class Trainer:
         return torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _make_scheduler(self):
+        # transformers.optimization imports peft and bitsandbytes, whose import logs a CPU warning:
+        # imported once the run has quieted the libraries (prefopt.cli.stages.quiet_libraries).
+        from transformers import get_scheduler
+
         c = self.cfg
         name = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}[c.lr_schedule]
         kw = {"min_lr_rate": c.min_lr_ratio} if c.lr_schedule == "cosine" else None
