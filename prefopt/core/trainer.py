@@ -106,13 +106,6 @@ class Trainer:
         return get_scheduler(name, self.optimizer, num_warmup_steps=c.warmup_steps,
                              num_training_steps=max(1, self.total_steps), scheduler_specific_kwargs=kw)
 
-    # ---- checkpoints -------------------------------------------------------------------------
-    # A checkpoint is complete only when its manifest.json (sizes and sha256 of every other file,
-    # written last, after the files are fsynced) matches what is on disk: a checkpoint truncated or
-    # damaged after it was renamed into place is told apart from a good one, and resume falls back
-    # to the newest complete one. Every file is loaded with torch.load(weights_only=True): tensors
-    # and plain types only, so a checkpoint directory handed over by someone else cannot run code.
-    MANIFEST = "manifest.json"
     # ---- checkpoints (prefopt.core.checkpoint) -------------------------------------------------
     def _stateful_parts(self) -> dict:
         # Parts that carry state from step to step besides the weights (an online objective's

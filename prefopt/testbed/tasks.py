@@ -27,9 +27,9 @@ _TASK_CLASSES = {
 }
 TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
 
-# Of every 100 prompt keys (by hash): 10 test, 10 validation, 80 training. The training set is the one
-# the earlier train/eval split had (the held-out 20% was divided, not re-drawn), so SFT policies and
-# preference pairs built before the validation split existed are unchanged.
+# Of every 100 prompt keys (by hash): 10 test, 10 validation, 80 training. Validation and test split
+# one held-out 20% between them, so the training set (and every SFT policy and preference pair cached
+# from it) does not depend on how the held-out prompts are used.
 TEST_PERCENT = 10
 VAL_PERCENT = 10
 
