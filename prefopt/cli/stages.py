@@ -38,6 +38,7 @@ from prefopt.core.config import DataConfig
 from prefopt.data.load import load_rows
 from prefopt.data.tokenize import TokenizeReport, collate, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
+from prefopt.models import gguf
 from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, load_policy, load_reward_model,
                                  load_tokenizer, make_reference, save_model, torch_dtype)
 from prefopt.objectives.pg.value import build_value_model
@@ -95,6 +96,7 @@ class _Configs:
     seed: int
     run_config: dict
     task: Optional[str] = None
+    gguf_path: Optional[str] = None  # the GGUF file model.* names, checked here and dequantized in _data
     micro_per_step: int = 0  # set with the process count (_placement)
     plan: Optional[BatchPlan] = None  # an online objective's rollout split, checked in _placement
 
@@ -190,6 +192,9 @@ def _configs(cfg: DictConfig) -> _Configs:
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
     check_eval(ecfg)
     check_model(mcfg)
+    gguf_path = gguf.source_file(mcfg)
+    if gguf_path is not None:
+        gguf.check(gguf_path)
     objective = Obj(acfg)
     # needs: an objective may refine its class declaration from its config (no KL: no reference)
     needs = objective.needs
@@ -198,7 +203,7 @@ def _configs(cfg: DictConfig) -> _Configs:
         check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
                     rcfg=rcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
-                    task=dcfg.testbed.task if data_name != "hf" else None)
+                    task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path)
 
 
 def _placement(c: _Configs) -> Placement:
@@ -219,6 +224,10 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
     mcfg, dcfg, ecfg, needs = c.mcfg, c.dcfg, c.ecfg, c.needs
     show = console if place.is_main else None
     gold_fn, eval_texts, tok = None, None, None
+    weights = mcfg.name_or_path
+    if c.gguf_path is not None:
+        with place.main_first():
+            weights = gguf.checkpoint_dir(mcfg, show)
     if c.data_name != "hf":
         with place.main_first():
             world = W.build_world(dcfg.testbed, needs.data, show)
@@ -226,13 +235,13 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
         rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
         if dcfg.num_rows:
             rows = rows[: dcfg.num_rows]
-        base_path = mcfg.name_or_path or (None if mcfg.arch else world.policy_path)
+        base_path = weights or (None if mcfg.arch else world.policy_path)
         gold_fn, eval_texts = world.task.gold_reward, world.heldout
     else:
         if not dcfg.path:
             raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
         rows, source_name = load_rows(dcfg)
-        base_path = mcfg.name_or_path
+        base_path = weights
     rows = prepare_rows(rows, needs.data, dcfg, source_name)
     if base_path is None and mcfg.arch is None:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.

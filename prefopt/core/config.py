@@ -28,8 +28,11 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    # None: the testbed's tiny policy (built and SFT-trained on first use, cached on disk).
+    # None: the testbed's tiny policy (built and SFT-trained on first use, cached on disk). A path
+    # ending in .gguf is a llama.cpp file (prefopt.models.gguf).
     name_or_path: Optional[str] = None
+    gguf_file: Optional[str] = None  # a .gguf file inside name_or_path (a folder) or inside gguf_package
+    gguf_package: Optional[str] = None  # an installed package whose folder holds gguf_file (never imported)
     # Build a randomly initialized model of a family from an architecture config instead of loading
     # weights (tests and benchmarks: no hub access). Keys are passed to AutoConfig.for_model.
     arch: Optional[dict] = None
