@@ -159,3 +159,28 @@ def test_arith_commuted_prompts_share_a_split():
 def test_reward_functions():
     assert rewards.arith_exact_match(["2+2=", "2+2="], ["4", "5"], step=3) == [1.0, 0.0]
     assert rewards.reviews_gold([REVIEWS_PROMPT], ["good."]) == [1.0]
+
+
+# ---------------------------------------------------------------- smol_arith (a real checkpoint's task)
+
+def test_smol_arith_reward_reads_the_stated_number():
+    task = get_task("smol_arith")
+    assert task.real_checkpoint and "smol_arith" not in TASKS  # not part of the word-level tokenizer
+    p = "What is 7+5?"
+    answers = {"7 + 5 = 12.": 1.0, "The answer is 12": 1.0, "7+5 = 12, and 12 = 6+6": 0.0, "12, not 13": 0.0,
+               "7 + 5 = 1,2": 1.0, "It equals twelve.": 0.0, "": 0.0, "7 + 5 = 13": 0.0}
+    assert task.gold_reward([p] * len(answers), list(answers)) == list(answers.values())
+    assert task.gold_reward(["What is 9-4?", "What is 6*8?"], ["9 - 4 = 5", "48"]) == [1.0, 1.0]
+    with pytest.raises(ValueError):
+        task.gold_reward(["7+5="], ["12"])
+
+
+def test_smol_arith_splits_are_disjoint_problems():
+    task = get_task("smol_arith")
+    sets = {s: set(task.prompts(s)) for s in ("train", "val", "test")}
+    assert sum(len(v) for v in sets.values()) == 100 + 100 + 55
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert len(sets["val"]) >= 15 and len(sets["test"]) >= 15
+    for a, b in ((7, 5), (3, 9), (2, 8)):  # a problem and its commuted form share a split
+        for op in "+*":
+            assert [s for s in sets if f"What is {a}{op}{b}?" in sets[s]] == [s for s in sets if f"What is {b}{op}{a}?" in sets[s]]

@@ -230,7 +230,7 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
             weights = gguf.checkpoint_dir(mcfg, show)
     if c.data_name != "hf":
         with place.main_first():
-            world = W.build_world(dcfg.testbed, needs.data, show)
+            world = W.build_world(dcfg.testbed, needs.data, show, base_path=weights)
         tok = world.tokenizer
         rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
         if dcfg.num_rows:

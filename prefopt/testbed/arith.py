@@ -48,6 +48,7 @@ class ArithTask:
     """Add two numbers; gold reward = exact match."""
 
     name = "arith"
+    real_checkpoint = False
 
     def __init__(self):
         self._prompts: dict[Split, list[str]] = {"train": [], "val": [], "test": []}

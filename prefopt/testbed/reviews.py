@@ -256,6 +256,7 @@ class ReviewsTask:
     """Finish a movie review; gold reward = sentiment minus repetition/grammar penalties."""
 
     name = "reviews"
+    real_checkpoint = False
 
     def __init__(self):
         # prompt -> [(probability, rest of its first sentence)], per split.

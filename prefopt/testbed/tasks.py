@@ -21,11 +21,17 @@ Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # name -> "module:Class"; imported on first use so that importing the registry stays cheap.
+# The toy tasks: the testbed's word-level tokenizer covers their vocabularies, an SFT stage makes π_ref.
 _TASK_CLASSES = {
     "reviews": "prefopt.testbed.reviews:ReviewsTask",
     "arith": "prefopt.testbed.arith:ArithTask",
 }
 TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
+# Tasks for a real checkpoint (``real_checkpoint``): its own tokenizer, and π_ref = the checkpoint.
+_REAL_TASK_CLASSES = {
+    "smol_arith": "prefopt.testbed.smol_arith:SmolArithTask",
+}
+REAL_TASKS: tuple[str, ...] = tuple(_REAL_TASK_CLASSES)
 
 # Of every 100 prompt keys (by hash): 10 test, 10 validation, 80 training. Validation and test split
 # one held-out 20% between them, so the training set (and every SFT policy and preference pair cached
@@ -45,6 +51,7 @@ class Task(Protocol):
     """
 
     name: str
+    real_checkpoint: bool  # prompts for a real model: no SFT stage, the model's own tokenizer
     max_prompt_tokens: int
     max_completion_tokens: int
 
@@ -67,14 +74,14 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The task registered as ``name`` (one shared instance per name)."""
-    if name not in _TASK_CLASSES:
-        raise UserError(f"unknown testbed task {name!r}; available: {', '.join(TASKS)}")
+    if name not in _TASK_CLASSES and name not in _REAL_TASK_CLASSES:
+        raise UserError(f"unknown testbed task {name!r}; available: {', '.join(TASKS + REAL_TASKS)}")
     return _load(name)
 
 
 @functools.cache
 def _load(name: str) -> Task:
-    module, cls = _TASK_CLASSES[name].split(":")
+    module, cls = {**_TASK_CLASSES, **_REAL_TASK_CLASSES}[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 
 

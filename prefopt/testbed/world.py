@@ -15,8 +15,11 @@ import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
+import torch
 from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefopt.core.config import DataConfig, ModelConfig, TrainerConfig
 from prefopt.core.errors import UserError
@@ -102,8 +105,6 @@ def tokenizer_path() -> str:
 
 
 def load_tokenizer():
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(tokenizer_path())
 
 
@@ -168,28 +169,27 @@ def sft_policy_path(tb: TestbedConfig, console=None) -> str:
     return _build_once(path, build)
 
 
-def preference_rows(tb: TestbedConfig, policy_path: str, console=None) -> list:
-    """Pairs sampled from π_SFT and labelled by Bradley–Terry draws on the gold reward."""
+def preference_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None) -> list:
+    """Pairs sampled from π_SFT (a real task: the checkpoint) and labelled by Bradley–Terry draws on
+    the gold reward; ``label_temperature`` 0 labels by the reward alone (equal rewards: no pair).
+    ``tok``: the policy's tokenizer (default: the testbed's)."""
     key = {"policy": os.path.basename(policy_path), **{k: v for k, v in asdict(tb).items() if not k.startswith("sft_")}, "v": 1}
     path = os.path.join(cache_root(), "testbed", f"pairs-{tb.task}-{_hash(key)}")
 
     def build(out):
-        from transformers import AutoModelForCausalLM
-
-
         if console is not None:
             console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and labelling pairs")
         task = get_task(tb.task)
-        tok = load_tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(policy_path)
+        tokenizer = tok or load_tokenizer()
+        model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
         rng = random.Random(tb.pair_seed)
         prompts = task.sample_prompts(tb.pair_prompts, rng, split="train")
-        prompt_ids = [chat_prompt_ids(tok, p) for p in prompts]
+        prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
         K = tb.completions_per_prompt
         scfg = SamplingConfig(temperature=tb.sample_temperature, max_new_tokens=task.max_completion_tokens,
                               samples_per_prompt=K, prompts_per_batch=256)
-        comps = HFSampler(tok.pad_token_id, tok.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
-        texts = [tok.decode(c, skip_special_tokens=True) for c in comps]
+        comps = HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in comps]
         gold = task.gold_reward([p for p in prompts for _ in range(K)], texts)
         rows = []
         for i, p in enumerate(prompts):
@@ -199,8 +199,13 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None) -> list:
                     (ta, ra), (tb_, rb) = cand[a], cand[b]
                     if ta == tb_:
                         continue  # identical completions carry no preference
-                    p_a = 1.0 / (1.0 + math.exp(-(ra - rb) / tb.label_temperature))
-                    a_wins = rng.random() < p_a
+                    if tb.label_temperature <= 0:
+                        if ra == rb:
+                            continue  # labelled by the reward alone: a tie says nothing
+                        a_wins = ra > rb
+                    else:
+                        p_a = 1.0 / (1.0 + math.exp(-(ra - rb) / tb.label_temperature))
+                        a_wins = rng.random() < p_a
                     if rng.random() < tb.label_flip_rate:
                         a_wins = not a_wins
                     (cw, rw), (cl, rl) = ((ta, ra), (tb_, rb)) if a_wins else ((tb_, rb), (ta, ra))
@@ -229,21 +234,34 @@ class World:
         return self.heldout["test"]
 
 
-def build_world(tb: TestbedConfig, kind: str, console=None) -> "World":
-    """The rows for a data kind plus what evaluation needs. Pairs are only sampled when asked for."""
+def build_world(tb: TestbedConfig, kind: str, console=None, base_path: Optional[str] = None) -> "World":
+    """The rows for a data kind plus what evaluation needs. Pairs are only sampled when asked for.
+
+    A toy task's policy is the testbed's SFT policy; a real task's (``task.real_checkpoint``) is the
+    checkpoint at ``base_path`` with its own tokenizer, and its SFT rows are the right answers among
+    the checkpoint's sampled pairs (rejection-sampled demonstrations)."""
     task = get_task(tb.task)
-    policy = sft_policy_path(tb, console)
+    if task.real_checkpoint:
+        if base_path is None:
+            raise UserError(f"data={tb.task} is a task for a real checkpoint; accepted: model=smollm2, or "
+                            "model.name_or_path=DIR_OR_FILE.gguf of an instruct model")
+        policy, tok = base_path, AutoTokenizer.from_pretrained(base_path)
+    else:
+        policy, tok = sft_policy_path(tb, console), load_tokenizer()
+    source = f"testbed:{tb.task}"
     if kind == "paired":
-        rows = preference_rows(tb, policy, console)
+        rows = preference_rows(tb, policy, console, tok)
     elif kind == "unpaired":
         # The testbed's native unpaired data: every pair split into (chosen, desirable) and
         # (rejected, undesirable), as data.convert=paired_to_unpaired does for a user's pairs.
-
-        rows = convert_rows(preference_rows(tb, policy, console), "paired", "unpaired", f"testbed:{tb.task}")
+        rows = convert_rows(preference_rows(tb, policy, console, tok), "paired", "unpaired", source)
+    elif kind == "demonstrations" and task.real_checkpoint:
+        rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in preference_rows(tb, policy, console, tok)
+                if r["gold_chosen"] == 1.0]
     elif kind == "demonstrations":
         rows = demonstration_rows(task, tb.pair_prompts, tb.pair_seed + 1)
     else:  # prompt_only
         rows = [{"prompt": _conv(p)} for p in task.sample_prompts(tb.pair_prompts, random.Random(tb.pair_seed), split="train")]
-    return World(task=task, tokenizer=load_tokenizer(), policy_path=policy,
+    return World(task=task, tokenizer=tok, policy_path=policy,
                  heldout={sp: heldout_prompts(task, sp, tb.eval_prompts) for sp in ("val", "test")},
                  rows_by_kind={kind: rows})
