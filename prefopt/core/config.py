@@ -52,7 +52,8 @@ class TrainerConfig:
     epochs: int = 1
     # Batch sizes in the data kind's unit: pairs for paired data, sequences otherwise.
     examples_per_step: int = 32  # global batch per optimizer step, all processes together
-    examples_per_device: int = 32  # micro-batch per forward pass on one device
+    # Micro-batch per forward pass on one device; None: examples_per_step / processes (no accumulation).
+    examples_per_device: Optional[int] = None
     optimizer: str = "adamw"
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -170,6 +171,12 @@ def check_trainer(t: TrainerConfig, world_size: int = 1) -> int:
         raise UserError(f"trainer.optimizer='{t.optimizer}' is not known; accepted: {', '.join(OPTIMIZERS)}")
     if t.lr_schedule not in SCHEDULES:
         raise UserError(f"trainer.lr_schedule='{t.lr_schedule}' is not known; accepted: {', '.join(SCHEDULES)}")
+    if t.examples_per_device is None:
+        # As TRL derives it: the whole step in one micro-batch per process. Set here, printed at start-up.
+        if t.examples_per_step <= 0 or t.examples_per_step % world_size:
+            raise UserError(f"trainer.examples_per_step={t.examples_per_step} does not split over {world_size} "
+                            f"process(es); accepted: a positive multiple of {world_size}, or set trainer.examples_per_device")
+        t.examples_per_device = t.examples_per_step // world_size
     if t.examples_per_step <= 0 or t.examples_per_device <= 0:
         raise UserError("trainer.examples_per_step and trainer.examples_per_device must be positive")
     per_pass = t.examples_per_device * world_size
