@@ -44,7 +44,7 @@ import time
 from prefopt.bench.workers import WORKLOADS, workload_spec
 from prefopt.bench.world import LORA, MODEL_ARCH, N_ROWS, REAL_ARCH, REAL_VOCAB, build_world
 
-ALIASES = {"real": "real-dpo-lora,real-grpo-lora,real-dpo-full"}
+ALIASES = {"real": "real-dpo-lora,real-grpo-lora,real-dpo-full", "smol": "smol-dpo-lora,smol-grpo-lora"}
 MEMORY_BUDGET_GIB = 16.0  # the "largest DPO batch that fits" column
 
 

@@ -31,6 +31,9 @@ WORKLOADS = {
     "real-dpo-lora": dict(kind="dpo", shape="real", lora=True, hp=REAL_DPO),
     "real-grpo-lora": dict(kind="grpo", shape="real", lora=True, hp=REAL_GRPO),
     "real-dpo-full": dict(kind="dpo", shape="real", lora=False, hp=REAL_DPO),
+    # SmolLM2-135M-Instruct's own weights and 49,152-token vocabulary (all 30 layers).
+    "smol-dpo-lora": dict(kind="dpo", shape="smol", lora=True, hp=REAL_DPO),
+    "smol-grpo-lora": dict(kind="grpo", shape="smol", lora=True, hp=REAL_GRPO),
 }
 
 

