@@ -156,7 +156,9 @@ def test_dpo_first_step_loss_equals_trl(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     from prefopt.data.tokenize import collate
-    from worlds import pair_world, perturb, tokenize_pairs
+    from worlds import pair_world, perturb
+
+    from prefopt.bench.world import tokenize_pairs  # what the benchmark and TRL both feed: the thing under test
 
     tok, model, rows = pair_world(n_rows=32)
     ref = copy.deepcopy(model)

@@ -45,16 +45,3 @@ def perturb(model, seed: int = 1, std: float = 0.02):
         for _, p in sorted(model.named_parameters()):
             p.add_(torch.randn(p.shape, generator=g) * std)
     return model
-
-
-def tokenize_pairs(tok, rows: list) -> list:
-    """prefopt's paired examples with TRL's token ids: the prompt's ids, and the ids of
-    prompt + completion + eos after the prompt's."""
-    out = []
-    for i, r in enumerate(rows):
-        p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
-        c = tok(r["prompt"] + r["chosen"] + tok.eos_token, add_special_tokens=False)["input_ids"]
-        j = tok(r["prompt"] + r["rejected"] + tok.eos_token, add_special_tokens=False)["input_ids"]
-        assert c[: len(p)] == p and j[: len(p)] == p
-        out.append({"row": i, "prompt_ids": p, "chosen_ids": c[len(p):], "rejected_ids": j[len(p):]})
-    return out

@@ -32,7 +32,8 @@ class CheckpointInvalid(RuntimeError):
     """A checkpoint that is incomplete, damaged, of another model, or holds more than tensors and plain types."""
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -106,7 +107,7 @@ def verify(path: str) -> Optional[str]:
             return f"{name} is missing"
         if os.path.getsize(p) != meta.get("bytes"):
             return f"{name} has {os.path.getsize(p)} bytes, the manifest says {meta.get('bytes')}"
-        if _sha256(p) != meta.get("sha256"):
+        if sha256(p) != meta.get("sha256"):
             return f"{name} does not match its sha256 in the manifest"
     return None
 
@@ -228,7 +229,7 @@ class CheckpointStore:
                 for name in _files_under(tmp):
                     p = os.path.join(tmp, name)
                     _fsync(p)
-                    files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+                    files[name] = {"bytes": os.path.getsize(p), "sha256": sha256(p)}
                 write_json(os.path.join(tmp, MANIFEST), {"format": FORMAT, "step": step, "files": files,
                                                                "layout": "sharded" if self.sharded else "full",
                                                                "world_size": self.world})

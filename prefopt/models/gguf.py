@@ -15,7 +15,6 @@ package that ships a model file may import heavy dependencies of its own).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Optional
 
 from filelock import FileLock
 
+from prefopt.core.checkpoint import sha256
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError, first_line
 
@@ -55,14 +55,6 @@ def _existing(path: str, key: str) -> str:
     if not os.path.isfile(path):
         raise UserError(f"{key}: GGUF file '{path}' does not exist; accepted: a .gguf file written by llama.cpp")
     return path
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check(path: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 
-from prefopt.testbed.tasks import Split, check_split, sample_distinct, split_of
+from prefopt.testbed.tasks import PromptSets, Split
 from prefopt.testbed.tokenizer import pre_tokenize
 
 MAX_OPERAND = 99
@@ -51,10 +51,10 @@ class ArithTask:
     real_checkpoint = False
 
     def __init__(self):
-        self._prompts: dict[Split, list[str]] = {"train": [], "val": [], "test": []}
+        self._sets = PromptSets()
         for a in range(MAX_OPERAND + 1):
             for b in range(MAX_OPERAND + 1):
-                self._prompts[split_of(f"{min(a, b)}+{max(a, b)}=")].append(f"{a}+{b}=")
+                self._sets.add(f"{min(a, b)}+{max(a, b)}=", f"{a}+{b}=")
         longest = f"{MAX_OPERAND}+{MAX_OPERAND}="
         self.max_prompt_tokens = len(pre_tokenize(longest)) + 2  # + <|user|> <|assistant|>
         self.max_completion_tokens = len(str(2 * MAX_OPERAND)) + 1  # + </s>
@@ -64,15 +64,14 @@ class ArithTask:
 
     def prompts(self, split: Split) -> list[str]:
         """All prompts of ``split``."""
-        return list(self._prompts[check_split(split)])
+        return self._sets.prompts(split)
 
     def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
-        pool = self._prompts[check_split(split)]
-        return sample_distinct(pool, [1.0] * len(pool), n, rng)
+        return self._sets.sample(n, rng, split)
 
     def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
         demos = []
-        for prompt in rng.choices(self._prompts["train"], k=n):
+        for prompt in rng.choices(self._sets.by_split["train"], k=n):
             answer = _answer(prompt)
             if rng.random() >= DEMO_ACCURACY:
                 slip = rng.choice(DEMO_ERRORS)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 
-from prefopt.testbed.tasks import Split, check_split, sample_distinct, split_of
+from prefopt.testbed.tasks import PromptSets, Split
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 _PROMPT = re.compile(r"What is (\d+)([+*-])(\d+)\?")
@@ -66,19 +66,18 @@ class SmolArithTask:
     max_completion_tokens = 32
 
     def __init__(self):
-        self._prompts: dict[Split, list[str]] = {"train": [], "val": [], "test": []}
+        self._sets = PromptSets()
         for a, op, b in problems():
-            self._prompts[split_of(_key(a, op, b))].append(f"What is {a}{op}{b}?")
+            self._sets.add(_key(a, op, b), f"What is {a}{op}{b}?")
 
     def vocabulary(self) -> list[str]:
         return []  # the checkpoint's own tokenizer
 
     def prompts(self, split: Split) -> list[str]:
-        return list(self._prompts[check_split(split)])
+        return self._sets.prompts(split)
 
     def sample_prompts(self, n: int, rng: random.Random, split: Split = "train") -> list[str]:
-        pool = self._prompts[check_split(split)]
-        return sample_distinct(pool, [1.0] * len(pool), n, rng)
+        return self._sets.sample(n, rng, split)
 
     def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
         raise NotImplementedError("smol_arith has no written demonstrations: SFT rows are the base model's right answers")

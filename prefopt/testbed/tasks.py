@@ -105,6 +105,24 @@ def check_split(split: str) -> Split:
     return split  # type: ignore[return-value]
 
 
+class PromptSets:
+    """Disjoint train / val / test prompt lists: each prompt goes to the split of its key (split_of)."""
+
+    def __init__(self):
+        self.by_split: dict[Split, list[str]] = {"train": [], "val": [], "test": []}
+
+    def add(self, key: str, prompt: str) -> None:
+        self.by_split[split_of(key)].append(prompt)
+
+    def prompts(self, split: Split) -> list[str]:
+        return list(self.by_split[check_split(split)])
+
+    def sample(self, n: int, rng: random.Random, split: Split) -> list[str]:
+        """``n`` prompts of ``split``, uniformly, distinct while ``n`` allows."""
+        pool = self.by_split[check_split(split)]
+        return sample_distinct(pool, [1.0] * len(pool), n, rng)
+
+
 def sample_distinct(items: Sequence, weights: Sequence[float], n: int, rng: random.Random) -> list:
     """``n`` items drawn in proportion to ``weights`` without replacement; when ``n`` exceeds
     the pool, the pool is drawn whole again (so repeats appear only when unavoidable)."""
