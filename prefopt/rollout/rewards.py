@@ -9,6 +9,8 @@
     reward=model reward.path=DIR     any HF sequence-classification checkpoint with one output
                                      (e.g. the model/ of an ``algo=reward`` run)
     reward=sum reward.terms=[...]    Σ_i weight_i · term_i, each term a function or a model
+    reward=ensemble reward.paths=[DIR,...] reward.aggregate=mean|min|mean_minus_std
+                                     M reward models, standardised and aggregated (prefopt.rollout.ensemble)
 
 Then, in this order: ``missing_eos_penalty`` is subtracted from completions that hit
 max_new_tokens without EOS (TRL's option of the same name), and the total is clipped to
@@ -26,8 +28,9 @@ import torch
 
 from prefopt.data.tokenize import pad_batch
 from prefopt.core.errors import UserError
+from prefopt.rollout import ensemble
 
-KINDS = ("auto", "function", "model", "sum")
+KINDS = ("auto", "function", "model", "sum", "ensemble")
 
 
 @dataclass
@@ -52,6 +55,12 @@ class RewardConfig:
     missing_eos_penalty: Optional[float] = None  # subtracted when a completion has no EOS
     clip: Optional[float] = None  # clip the total to [−clip, clip]
     sequences_per_device: int = 64  # reward-model batch
+    # kind=ensemble (prefopt.rollout.ensemble): member directories, their aggregate, λ of mean − λ·std,
+    # and whether each member is standardised on the first batch it scores.
+    paths: list[str] = field(default_factory=list)
+    aggregate: str = "mean"  # mean | min | mean_minus_std
+    ensemble_lambda: float = 1.0
+    ensemble_normalize: bool = True
 
 
 # ---- sources ------------------------------------------------------------------------------------
@@ -183,7 +192,7 @@ class Reward:
 
     @property
     def uses_model(self) -> bool:
-        return any(isinstance(s, ModelReward) for _, s in self.terms)
+        return any(isinstance(s, ModelReward) or getattr(s, "uses_model", False) for _, s in self.terms)
 
     def __call__(self, prompts, completions, *, prompt_ids=None, completion_ids=None, finished=None, with_terms=False):
         total = torch.zeros(len(completions))
@@ -192,6 +201,7 @@ class Reward:
             v = src(prompts, completions, prompt_ids=prompt_ids, completion_ids=completion_ids,
                     finished=None if finished is None else finished.tolist())
             parts[f"reward/{src.name}"] = v
+            parts.update(getattr(src, "last_parts", None) or {})  # e.g. an ensemble's members and their std
             total = total + w * v
         if self.cfg.missing_eos_penalty is not None and finished is not None:
             total = total - self.cfg.missing_eos_penalty * (~finished).float()
@@ -199,8 +209,17 @@ class Reward:
             total = total.clamp(-self.cfg.clip, self.cfg.clip)
         return (total, parts) if with_terms else total
 
+    def state_dict(self) -> dict:
+        """State of the sources that carry some (an ensemble's frozen standardisation), for checkpoints."""
+        return {str(i): src.state_dict() for i, (_, src) in enumerate(self.terms) if hasattr(src, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, (_, src) in enumerate(self.terms):
+            if str(i) in state and hasattr(src, "load_state_dict"):
+                src.load_state_dict(state[str(i)])
+
     def describe(self) -> str:
-        s = " + ".join(f"{w:g}·{src.name}" for w, src in self.terms)
+        s = " + ".join(f"{w:g}·{getattr(src, 'label', src.name)}" for w, src in self.terms)
         if self.cfg.missing_eos_penalty is not None:
             s += f" − {self.cfg.missing_eos_penalty:g}·[no EOS]"
         if self.cfg.clip is not None:
@@ -227,6 +246,8 @@ def check(cfg: RewardConfig) -> None:
                 load_function(t.function, f"reward.terms[{i}].function")
             elif not t.path:
                 raise UserError(f"reward.terms[{i}] is a model and needs a path")
+    if cfg.kind == "ensemble":
+        ensemble.check(cfg)
     if cfg.clip is not None and cfg.clip <= 0:
         raise UserError(f"reward.clip={cfg.clip} must be > 0 (or null)")
     if cfg.sequences_per_device <= 0:
@@ -246,6 +267,10 @@ def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, t
         terms = [(1.0, FunctionReward(cfg.function, cfg.kwargs))]
     elif cfg.kind == "model":
         terms = [(1.0, ModelReward(cfg.path, tokenizer, device, cfg.sequences_per_device, placement=placement))]
+    elif cfg.kind == "ensemble":
+        members = [ModelReward(p, tokenizer, device, cfg.sequences_per_device, f"reward.paths[{i}]", placement=placement)
+                   for i, p in enumerate(ensemble.check(cfg))]
+        terms = [(1.0, ensemble.EnsembleReward(members, cfg.aggregate, cfg.ensemble_lambda, cfg.ensemble_normalize))]
     else:
         terms = []
         for i, t in enumerate(cfg.terms):

@@ -204,10 +204,16 @@ class RolloutSource:
         """Checkpointed by the trainer after the objective's own state: which rollout is current and
         the objective's state from before it was prepared. Resume regenerates that rollout when it
         resumes mid-rollout, and must then start it from that earlier state."""
-        return {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before}
+        state = {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before}
+        if hasattr(self.reward, "state_dict"):
+            # A reward with state of its own (an ensemble's standardisation, frozen on the first rollout).
+            state["reward"] = self.reward.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state if state.get("objective_before_rollout") is not None else None
+        if state.get("reward") is not None and hasattr(self.reward, "load_state_dict"):
+            self.reward.load_state_dict(state["reward"])
 
     def step_batches(self, step: int) -> list:
         r, j = divmod(step, self.plan.steps_per_rollout)
