@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import datasets
@@ -33,7 +33,8 @@ from prefopt.core.rng import seed_everything
 from prefopt.core.sources import OfflineSource
 from prefopt.core.trainer import Trainer
 from prefopt.data import reference_cache
-from prefopt.data.formats import prepare_rows
+from prefopt.data.formats import detect_kind, prepare_rows
+from prefopt.data.ranked import pairing_summary
 from prefopt.core.config import DataConfig
 from prefopt.data.load import load_rows
 from prefopt.data.tokenize import TokenizeReport, collate, tokenize_rows
@@ -115,6 +116,8 @@ class _Data:
     gold_fn: Optional[Callable]
     eval_sets: dict
     pairwise_eval: Optional[PairwiseEvaluator] = None
+    kind: str = "paired"  # the data kind the objective trains on (needs.data, or ranked when it takes rankings)
+    notes: list = field(default_factory=list)  # start-up lines about the data (e.g. pairs built from rankings)
 
 
 @dataclass
@@ -242,14 +245,20 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
             raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
         rows, source_name = load_rows(dcfg)
         base_path = weights
-    rows = prepare_rows(rows, needs.data, dcfg, source_name)
+    found = detect_kind(rows, source_name)
+    kind = "ranked" if found == "ranked" and needs.ranked else needs.data
+    notes = []
+    if found == "ranked" and kind in ("ranked", "paired"):
+        notes.append(pairing_summary(prepare_rows(rows, "ranked", dcfg, source_name), dcfg.ranking_to_pairs,
+                                     as_rankings=kind == "ranked"))
+    rows = prepare_rows(rows, kind, dcfg, source_name)
     if base_path is None and mcfg.arch is None:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
         with place.main_first():
             base_path = W.sft_policy_path(W.TestbedConfig(), show)
     if tok is None:
         tok = load_tokenizer(mcfg.tokenizer or base_path or W.tokenizer_path(), mcfg.trust_remote_code)
-    examples, report = tokenize_rows(rows, needs.data, tok, dcfg, source_name)
+    examples, report = tokenize_rows(rows, kind, tok, dcfg, source_name)
     if eval_texts is None:
         # A user's own data has no held-out prompts of the testbed's kind: evaluate KL, length and
         # repetition on the first training prompts (the gold fields stay null), for both splits.
@@ -268,7 +277,7 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
         examples, pairwise_eval = heldout_pairs(examples, rows, dcfg, c.acfg, tok, gold_fn, c.seed, source_name)
     return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=base_path,
-                 gold_fn=gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval)
+                 gold_fn=gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval, kind=kind, notes=notes)
 
 
 def _models(c: _Configs, d: _Data, place: Placement, console) -> _Models:
@@ -352,7 +361,7 @@ def _batch_source(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], 
     objective_collate = getattr(c.objective, "collate", None)
 
     def collate_examples(ex):
-        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else collate(ex, c.needs.data, tok.pad_token_id)
+        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else collate(ex, d.kind, tok.pad_token_id)
         if m.precompute_ref:
             batch = reference_cache.add_to_batch(batch, ex)
         return batch
@@ -396,7 +405,8 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
         console.print(
             f"[bold]prefopt[/] algo={c.acfg.name} data={c.data_name} model={c.mcfg.name} seed={c.seed} → {out_dir}\n"
             f"  data: {d.report.rows_kept}/{d.report.rows_in} rows kept ({d.report.dropped} dropped, {d.report.truncated} "
-            f"truncated), {len(d.examples)} {c.needs.data} examples from {d.source_name}\n"
+            f"truncated), {len(d.examples)} {d.kind} examples from {d.source_name}\n"
+            + "".join(f"  {line}\n" for line in d.notes) +
             f"{batch_line}"
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
             f"{type(ref).__name__ if ref else ('precomputed' if c.needs.reference else 'none')}; device: {place.device}"

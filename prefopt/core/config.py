@@ -95,6 +95,8 @@ class DataConfig:
     truncation: str = "truncate"  # completions that overflow max_length: truncate | drop | error
     convert: Optional[str] = None  # explicit conversion, e.g. "paired_to_unpaired"
     num_rows: Optional[int] = None  # use the first N rows of each split loaded
+    # Ranked data for a method that trains on pairs: all | best_vs_rest | adjacent (prefopt.data.ranked).
+    ranking_to_pairs: str = "all"
 
 
 @dataclass

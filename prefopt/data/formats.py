@@ -1,15 +1,16 @@
 """Data kinds: their columns, validation (one line per bad row or field) and conversions.
 
-Four data kinds, in TRL's formats (extra columns are kept and ignored):
+Five data kinds, in TRL's formats (extra columns are kept and ignored):
 
     paired          prompt, chosen, rejected   (+ optional float ``margin``)
     unpaired        prompt, completion, label  (label: bool, or 0/1)
     prompt_only     prompt
     demonstrations  prompt, completion         (or one ``messages`` column)
+    ranked          prompt, completions (K >= 2), ranks or scores   (:mod:`prefopt.data.ranked`)
 
 Every text field is either a plain string, or conversational: a list of ``{"role", "content"}``
 dicts. A conversational prompt ends with a user turn; a conversational chosen / rejected /
-completion is a list holding one assistant message; ``messages`` is a whole conversation ending
+completion (and each of ``completions``) is a list holding one assistant message; ``messages`` is a whole conversation ending
 with an assistant turn. One dataset uses one form throughout.
 
 Pipeline, as the caller runs it::
@@ -30,8 +31,9 @@ from typing import Any
 
 from prefopt.core.config import DataConfig
 from prefopt.core.errors import UserError, where
+from prefopt.data import ranked
 
-KINDS = ("paired", "unpaired", "prompt_only", "demonstrations")
+KINDS = ("paired", "unpaired", "prompt_only", "demonstrations", "ranked")
 ROLES = ("system", "user", "assistant", "tool")
 
 # Text fields that hold a completion, per kind; they are the ones that may not be empty.
@@ -40,12 +42,14 @@ COMPLETION_FIELDS = {
     "unpaired": ("completion",),
     "demonstrations": ("completion",),
     "prompt_only": (),
+    "ranked": (),  # the list ``completions``: checked and tokenized element by element
 }
 COLUMNS_ACCEPTED = {
     "paired": "prompt, chosen, rejected (+ optional margin)",
     "unpaired": "prompt, completion, label",
     "prompt_only": "prompt",
     "demonstrations": "prompt, completion; or messages",
+    "ranked": ranked.ACCEPTED,
 }
 # Conversions that change the learning signal, so they happen only when asked for by name
 # (data.convert=FROM_to_TO). Taking just the prompts of any dataset is implicit: it is what
@@ -79,12 +83,15 @@ def check_kind(kind: str) -> None:
 
 
 def detect_kind(rows: list[dict], source: str = "data") -> str:
-    """The data kind implied by the columns present: chosen+rejected -> paired;
+    """The data kind implied by the columns present: completions + ranks|scores -> ranked;
+    chosen+rejected -> paired;
     completion+label -> unpaired; messages, or prompt+completion -> demonstrations;
     prompt -> prompt_only."""
     if not rows:
         raise UserError(f"{source}: no rows; accepted: a dataset with at least one row")
     cols = set(rows[0])
+    if ranked.is_ranked(rows):
+        return "ranked"
     if {"chosen", "rejected"} <= cols:
         return "paired"
     if {"completion", "label"} <= cols:
@@ -112,6 +119,10 @@ def prepare_rows(rows: list[dict], kind: str, cfg: DataConfig, source: str) -> l
             raise UserError(f"data.convert: '{cfg.convert}' expects {src} data but {source} has "
                             f"{found} columns {_columns(rows)}; accepted: {_conversions_to(kind)}")
         return convert_rows(rows, src, dst, source)
+    if found == "ranked" and kind == "paired":
+        # Pairs implied by the rankings (data.ranking_to_pairs); start-up prints how many.
+        validate_rows(rows, found, source)
+        return ranked.ranked_to_paired(rows, cfg.ranking_to_pairs, SOURCE_ROW)
     if found != kind:
         if kind == "prompt_only":
             return convert_rows(rows, found, kind, source)
@@ -139,6 +150,8 @@ def validate_rows(rows: list[dict], kind: str, source: str) -> None:
         raise UserError(f"{source}: no rows; accepted: a dataset with at least one row")
     required = _required_columns(kind, rows)
     text_fields = ("messages",) if required == ("messages",) else ("prompt",) + COMPLETION_FIELDS[kind]
+    if kind == "ranked":
+        text_fields = ("prompt", "completions")
     accepted = f"accepted for {kind} data: {COLUMNS_ACCEPTED[kind]}"
 
     form_of_dataset = None  # (form, row, field) of the first text value seen
@@ -150,9 +163,14 @@ def validate_rows(rows: list[dict], kind: str, source: str) -> None:
                                 f"{_columns(rows)}); {accepted}")
             if row[col] is None:
                 raise UserError(f"{where(source, rid, col)}: missing value (null); {accepted}")
-        for col in text_fields:
+        if kind == "ranked":
+            ranked.check_ranking(row, lambda f: where(source, rid, f))
+        values = [(col, row[col]) for col in text_fields if col != "completions"]
+        if kind == "ranked":
+            values += [(f"completions[{j}]", c) for j, c in enumerate(row["completions"])]
+        for col, value in values:
             loc = where(source, rid, col)
-            form = _form(row[col], loc)
+            form = _form(value, loc)
             if form_of_dataset is None:
                 form_of_dataset = (form, rid, col)
             elif form != form_of_dataset[0]:
@@ -160,12 +178,20 @@ def validate_rows(rows: list[dict], kind: str, source: str) -> None:
                                 f"is {form_of_dataset[0]}; accepted: plain strings everywhere, or "
                                 "lists of {role, content} messages everywhere")
             if form == "conversational":
-                _check_messages(row[col], col, loc)
+                _check_messages(value, col, loc)
             elif col == "messages":
                 raise UserError(f"{loc}: is a string; accepted: a list of {{role, content}} messages "
                                 "ending with an assistant message")
-            elif col != "prompt" and not row[col].strip():
+            elif col != "prompt" and not value.strip():
                 raise UserError(f"{loc}: empty {col}; accepted: non-empty text")
+        if kind == "ranked":
+            seen = {}
+            for j, c in enumerate(row["completions"]):
+                text = _content(c).strip()
+                if text in seen:
+                    raise UserError(f"{where(source, rid, f'completions[{j}]')}: identical to completions[{seen[text]}]; "
+                                    "accepted: distinct completions (a tie is a shared rank)")
+                seen[text] = j
         if kind == "paired":
             if _content(row["chosen"]).strip() == _content(row["rejected"]).strip():
                 raise UserError(f"{where(source, rid, 'rejected')}: identical to 'chosen'; "
@@ -203,7 +229,8 @@ def convert_rows(rows: list[dict], from_kind: str, to_kind: str, source: str) ->
             prompt, completion = _split_messages(row["messages"], where(source, rid, "messages"))
             row = {**{k: v for k, v in row.items() if k != "messages"}, "prompt": prompt, "completion": completion}
         base = {k: v for k, v in row.items()
-                if k not in ("chosen", "rejected", "completion", "label", "margin", "messages")}
+                if k not in ("chosen", "rejected", "completion", "label", "margin", "messages", "completions", "ranks",
+                             "scores")}
         base[SOURCE_ROW] = rid
         if to_kind == "prompt_only":
             out.append(base)
@@ -229,7 +256,8 @@ def _required_columns(kind: str, rows: list[dict]) -> tuple[str, ...]:
     if kind == "demonstrations" and has_messages(rows):
         return ("messages",)
     return {"paired": ("prompt", "chosen", "rejected"), "unpaired": ("prompt", "completion", "label"),
-            "prompt_only": ("prompt",), "demonstrations": ("prompt", "completion")}[kind]
+            "prompt_only": ("prompt",), "demonstrations": ("prompt", "completion"),
+            "ranked": ("prompt", "completions")}[kind]
 
 
 def has_messages(rows: list[dict]) -> bool:

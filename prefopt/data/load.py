@@ -13,6 +13,7 @@ from prefopt.core.config import DataConfig
 from prefopt.core.errors import UserError, first_line
 from prefopt.data.diagnose import FILE_BUILDERS, diagnose
 from prefopt.data.formats import parse_convert
+from prefopt.data.ranked import check_pairing
 
 TRUNCATION_POLICIES = ("truncate", "drop", "error")
 ACCEPTED_PATHS = "a .json/.jsonl/.parquet/.csv file, a directory of them, or a datasets name"
@@ -41,6 +42,7 @@ def check_config(cfg: DataConfig) -> None:
         raise UserError(f"data.num_rows: {cfg.num_rows}; accepted: a positive count, or null for all")
     if cfg.convert is not None:
         parse_convert(cfg.convert)
+    check_pairing(cfg.ranking_to_pairs)
 
 
 def load_rows(cfg: DataConfig, split: Optional[str] = None) -> tuple[list[dict], str]:

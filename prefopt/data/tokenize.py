@@ -14,6 +14,9 @@ from prefopt.data.formats import (COMPLETION_FIELDS, SOURCE_ROW, check_kind, con
                                   validate_rows)
 from prefopt.core.config import DataConfig
 from prefopt.data.load import check_config
+from prefopt.data.ranked import ranks_of
+
+
 @dataclass
 class TokenizeReport:
     """Row counts from tokenize_rows; ``truncated`` rows are kept, ``dropped`` ones are not."""
@@ -36,6 +39,7 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, cfg: DataConfig,
     - unpaired: prompt_ids, completion_ids, label (bool)
     - demonstrations: prompt_ids, completion_ids
     - prompt_only: prompt_ids, prompt (the original value)
+    - ranked: prompt_ids, completions_ids (K lists), ranks (K ints, 1 = best; from scores when given)
 
     A conversational prompt goes through the chat template with the generation prompt; its
     completion is the tail of the whole templated conversation after the prompt's tokens (or,
@@ -86,9 +90,11 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, cfg: DataConfig,
 
         room = cfg.max_length - len(prompt_ids)  # >= 1: max_length > max_prompt_length
         drop = cut = False
-        for field in COMPLETION_FIELDS[kind]:
+        fields = ([(f"completions[{j}]", c) for j, c in enumerate(row["completions"])] if kind == "ranked"
+                  else [(f, row[f]) for f in COMPLETION_FIELDS[kind]])
+        for field, value in fields:
             loc = where(source, rid, field)
-            ids = _completion_ids(tokenizer, prompt, prompt_ids, row[field], eos, loc)
+            ids = _completion_ids(tokenizer, prompt, prompt_ids, value, eos, loc)
             if len(ids) > room:
                 if cfg.truncation == "error":
                     raise UserError(f"{loc}: prompt + {field} is {len(prompt_ids) + len(ids)} tokens, "
@@ -99,7 +105,10 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, cfg: DataConfig,
                     break
                 # A cut completion keeps no eos: the model must not learn to stop mid-text.
                 ids, cut = ids[:room], True
-            ex[f"{field}_ids"] = ids
+            if kind == "ranked":
+                ex.setdefault("completions_ids", []).append(ids)
+            else:
+                ex[f"{field}_ids"] = ids
         if drop:
             dropped += 1
             continue
@@ -108,6 +117,8 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, cfg: DataConfig,
             ex["margin"] = float(row["margin"])
         if kind == "unpaired":
             ex["label"] = bool(row["label"])
+        if kind == "ranked":
+            ex["ranks"] = ranks_of(row)
         examples.append(ex)
 
     if not examples:
@@ -222,6 +233,9 @@ def collate(examples: list[dict], kind: str, pad_token_id: int) -> dict[str, Any
       (float [B]) when present.
     - prompt_only: prompt_input_ids, prompt_attention_mask (left padded), row, and the lists
       prompt_text (str) and prompt (original values).
+    - ranked: every example's K completions in one flat batch, completions_* (input_ids,
+      attention_mask, loss_mask [ΣK, T]), with group (long [ΣK], the example's index in the batch)
+      and rank (long [ΣK], 1 = best); row.
     """
     check_kind(kind)
     if not examples:
@@ -235,6 +249,14 @@ def collate(examples: list[dict], kind: str, pad_token_id: int) -> dict[str, Any
                                               torch.long, left=True)
         batch["prompt_text"] = [ex["prompt_text"] for ex in examples]
         batch["prompt"] = [ex.get("prompt", ex["prompt_text"]) for ex in examples]
+        return batch
+    if kind == "ranked":
+        flat = [(g, ex["prompt_ids"], ids, r) for g, ex in enumerate(examples)
+                for ids, r in zip(ex["completions_ids"], ex["ranks"])]
+        batch.update(pad_batch([p for _, p, _, _ in flat], [c for _, _, c, _ in flat], pad_token_id,
+                               prefix="completions_"))
+        batch["group"] = torch.tensor([g for g, _, _, _ in flat], dtype=torch.long)
+        batch["rank"] = torch.tensor([r for _, _, _, r in flat], dtype=torch.long)
         return batch
     if kind == "paired":
         length = max(len(ex["prompt_ids"]) + max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))

@@ -48,6 +48,9 @@ class Needs:
     reward: bool = False  # a reward source (conf/reward)
     value_head: bool = False  # a value model (critic or value head), handed to the loss through the scorer
     rollouts: bool = False  # trains on samples of the current policy (prefopt.rollout.source)
+    # Trains on ranked data as it is (one example = one prompt's K ranked completions); otherwise
+    # ranked data reaches a paired objective as the pairs of data.ranking_to_pairs.
+    ranked: bool = False
     # What the trained model is: "lm" (a causal LM policy) or "scalar" (a sequence classifier with
     # one output, e.g. a reward model).
     head: str = "lm"

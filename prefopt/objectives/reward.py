@@ -18,12 +18,33 @@ signal. A row is a tie when it has a true ``tie`` column, or ``score_chosen == s
 data made only of ties is a user error. ``margin = 0`` is *not* a tie: it is a preference with no
 extra margin. (chosen identical to rejected is rejected earlier by the data checks.)
 
+Ranked data (K completions of a prompt, ranks ρ_1..ρ_K, 1 = best; :mod:`prefopt.data.ranked`)
+trains with one example per prompt, whatever its K, with r_k = r(x, y_k):
+
+``loss=bradley_terry`` (InstructGPT, eq. 1): all ordered pairs P_x = {(w, l) : ρ_w < ρ_l} of the
+prompt, averaged, so a prompt weighs the same whether it has K = 2 or K = 9 (C(9,2) = 36 pairs):
+
+    L_x = −(1/|P_x|) Σ_{(w,l) ∈ P_x} log σ(r_w − r_l)  [+ c · (1/|P_x|) Σ_{(w,l) ∈ P_x} (r_w + r_l)²]
+
+|P_x| = C(K,2) without ties; tied completions make no pair.
+
+``loss=plackett_luce`` (listwise; Plackett 1975, the K-wise MLE of Zhu et al. 2023, arXiv:2301.11270):
+the likelihood of the whole ranking, best first, each level chosen among those not yet placed.
+Ties by Breslow's method (1974): with levels ℓ = 1..L in rank order, G_ℓ the completions at level
+ℓ and R_ℓ = G_ℓ ∪ … ∪ G_L,
+
+    L_x = −Σ_ℓ [ Σ_{k ∈ G_ℓ} r_k − |G_ℓ| · log Σ_{j ∈ R_ℓ} exp(r_j) ]  [+ the same centring term]
+
+A last level of one completion contributes 0; K = 2 without a tie is exactly Bradley–Terry.
+The sum is not averaged over levels: it is one ranking's negative log-likelihood. On paired data
+both losses are the Bradley–Terry pair loss above (margin included).
+
 The run holds out a seeded ``eval_fraction`` of the pairs (unless the data config names an eval
 split), never trained on, and reports pairwise accuracy on them, plus accuracy against the gold
 reward's ordering on the testbed. ``model/`` is a standard ``AutoModelForSequenceClassification``
 (num_labels=1, pad_token_id set) that the online methods can use as their reward.
 
-The loss is summed over pairs; the trainer divides by the step's pair count.
+The loss is summed over pairs (ranked data: prompts); the trainer divides by the step's count.
 """
 
 from __future__ import annotations
@@ -32,10 +53,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 
 from prefopt.core.errors import UserError
 from prefopt.objectives.registry import Needs, register
+
+LOSSES = ("bradley_terry", "plackett_luce")
 
 
 def is_tie(row: dict) -> bool:
@@ -47,15 +71,18 @@ def is_tie(row: dict) -> bool:
 
 @register("reward")
 class RewardModel:
-    needs = Needs(data="paired", head="scalar")
+    needs = Needs(data="paired", head="scalar", ranked=True)
 
     @dataclass
     class Config:
         name: str = "reward"
         center_rewards_coefficient: Optional[float] = None
         eval_fraction: float = 0.1  # held-out pairs for pairwise accuracy (seeded), never trained on
+        loss: str = "bradley_terry"  # ranked data: bradley_terry (all pairs per prompt) | plackett_luce
 
         def __post_init__(self):
+            if self.loss not in LOSSES:
+                raise UserError(f"algo.loss='{self.loss}' is not known; accepted: {', '.join(LOSSES)}")
             c = self.center_rewards_coefficient
             if c is not None and c < 0:
                 raise UserError(f"algo.center_rewards_coefficient={c} must be >= 0 (or null)")
@@ -66,7 +93,9 @@ class RewardModel:
         self.cfg = cfg
 
     def prepare_examples(self, examples: list, rows: list, source: str) -> list:
-        kept = [ex for ex in examples if not is_tie(rows[ex["row"]])]
+        # A ranked prompt whose completions all tie implies no preference, like a tied pair.
+        kept = [ex for ex in examples
+                if not (len(set(ex["ranks"])) == 1 if "ranks" in ex else is_tie(rows[ex["row"]]))]
         if not kept:
             raise UserError(f"{source}: all {len(examples)} pairs are ties (a true 'tie' column, or score_chosen == "
                             "score_rejected); a Bradley-Terry reward model needs pairs with a winner; accepted: "
@@ -77,9 +106,11 @@ class RewardModel:
         return kept
 
     def units(self, batch) -> int:
-        return batch["chosen_input_ids"].shape[0]
+        return batch["row"].shape[0]
 
     def loss(self, batch, scorer):
+        if "completions_input_ids" in batch:
+            return self.ranked_loss(batch, scorer)
         c = self.cfg.center_rewards_coefficient or 0.0
         r_c = scorer.scores(batch, "chosen")
         r_r = scorer.scores(batch, "rejected")
@@ -96,3 +127,30 @@ class RewardModel:
             "rewards/rejected": r_r.detach().sum(),
         }
         return L.sum(), metrics
+
+    def ranked_loss(self, batch, scorer):
+        c = self.cfg.center_rewards_coefficient or 0.0
+        r_all = scorer.scores(batch, "completions")
+        L_sum = r_all.new_zeros(())
+        acc = margin = best = worst = 0.0
+        for g in range(batch["row"].shape[0]):
+            sel = batch["group"] == g
+            r, rho = r_all[sel], batch["rank"][sel].to(r_all.device)
+            P = rho[:, None] < rho[None, :]  # P[w, l]: w ranked above l
+            n_pairs = P.sum()
+            diff = r[:, None] - r[None, :]
+            if self.cfg.loss == "plackett_luce":
+                L_x = -sum(r[rho == lvl].sum() - (rho == lvl).sum() * torch.logsumexp(r[rho >= lvl], 0)
+                           for lvl in torch.unique(rho))
+            else:
+                L_x = -F.logsigmoid(diff[P]).sum() / n_pairs
+            if c:
+                L_x = L_x + c * ((r[:, None] + r[None, :]) ** 2)[P].sum() / n_pairs
+            L_sum = L_sum + L_x
+            d = diff.detach()[P]
+            acc += float((d > 0).float().mean())
+            margin += float(d.mean())
+            best += float(r.detach()[rho == rho.min()].mean())
+            worst += float(r.detach()[rho == rho.max()].mean())
+        metrics = {"accuracy": acc, "margin": margin, "rewards/chosen": best, "rewards/rejected": worst}
+        return L_sum, metrics

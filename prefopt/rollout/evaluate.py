@@ -22,6 +22,7 @@ import torch
 from prefopt.core.errors import UserError
 from prefopt.data.formats import prepare_rows
 from prefopt.data.load import load_rows
+from prefopt.data.ranked import ordered_pairs
 from prefopt.data.tokenize import collate, pad_batch, tokenize_rows
 from prefopt.models.logprobs import hidden_states, token_stats
 from prefopt.rollout.sampler import SamplingConfig
@@ -185,9 +186,19 @@ class PairwiseEvaluator:
         return res
 
 
+def ranked_pairs(ex: dict, rows: list) -> list:
+    """The pair examples (chosen_ids, rejected_ids, and their texts) implied by a tokenized ranked example."""
+    comps = rows[ex["row"]]["completions"]
+    base = {k: v for k, v in ex.items() if k not in ("completions_ids", "ranks")}
+    return [{**base, "chosen_ids": ex["completions_ids"][w], "rejected_ids": ex["completions_ids"][l],
+             "chosen_text": comps[w], "rejected_text": comps[l]} for w, l in ordered_pairs(ex["ranks"], "all")]
+
+
 def heldout_pairs(examples: list, rows: list, dcfg, acfg, tok, gold_fn: Optional[Callable], seed: int,
                   source_name: str) -> tuple[list, Optional["PairwiseEvaluator"]]:
-    """(training pairs, PairwiseEvaluator on held-out pairs) for a scalar head (reward model).
+    """(training examples, PairwiseEvaluator on held-out pairs) for a scalar head (reward model).
+    Ranked examples are held out whole (a prompt with all its completions) and scored as the
+    pairs they imply.
 
     Held out: ``data.eval_split`` when set (user data), else a seeded ``data.eval_fraction`` or
     ``algo.eval_fraction`` of the pairs. On the testbed the gold reward of each held-out completion
@@ -209,10 +220,13 @@ def heldout_pairs(examples: list, rows: list, dcfg, acfg, tok, gold_fn: Optional
         held = set(random.Random(seed).sample(range(len(examples)), n_eval))
         eval_examples = [ex for i, ex in enumerate(examples) if i in held]
         examples = [ex for i, ex in enumerate(examples) if i not in held]
+    # Held-out rankings are scored as all the pairs they imply.
+    eval_examples = [p for ex in eval_examples for p in (ranked_pairs(ex, rows) if "ranks" in ex else [ex])]
     gold = None
     if gold_fn is not None:
         text = lambda v: v if isinstance(v, str) else v[-1]["content"]  # noqa: E731
         prompts = [ex["prompt_text"] for ex in eval_examples]
-        gold = list(zip(gold_fn(prompts, [text(rows[ex["row"]]["chosen"]) for ex in eval_examples]),
-                        gold_fn(prompts, [text(rows[ex["row"]]["rejected"]) for ex in eval_examples])))
+        side = lambda ex, s: ex[f"{s}_text"] if f"{s}_text" in ex else rows[ex["row"]][s]  # noqa: E731
+        gold = list(zip(gold_fn(prompts, [text(side(ex, "chosen")) for ex in eval_examples]),
+                        gold_fn(prompts, [text(side(ex, "rejected")) for ex in eval_examples])))
     return examples, PairwiseEvaluator(eval_examples, lambda ex: collate(ex, "paired", tok.pad_token_id), gold=gold)

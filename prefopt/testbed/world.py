@@ -62,6 +62,10 @@ class TestbedConfig:
     completions_per_prompt: int = 2
     label_temperature: float = 0.5  # P(a > b) = σ((r_a − r_b) / label_temperature)
     label_flip_rate: float = 0.0
+    # Ranked data instead of pairs: each prompt's completions_per_prompt completions ranked by a
+    # Plackett–Luce draw on the gold reward (Gumbel noise at label_temperature; 0: by the reward
+    # alone, equal rewards share a rank). Pair methods get its pairs by data.ranking_to_pairs.
+    ranking: bool = False
     pair_seed: int = 0
     sample_temperature: float = 1.0
     eval_prompts: int = 128
@@ -173,24 +177,12 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None)
     """Pairs sampled from π_SFT (a real task: the checkpoint) and labelled by Bradley–Terry draws on
     the gold reward; ``label_temperature`` 0 labels by the reward alone (equal rewards: no pair).
     ``tok``: the policy's tokenizer (default: the testbed's)."""
-    key = {"policy": os.path.basename(policy_path), **{k: v for k, v in asdict(tb).items() if not k.startswith("sft_")}, "v": 1}
-    path = os.path.join(cache_root(), "testbed", f"pairs-{tb.task}-{_hash(key)}")
+    path = os.path.join(cache_root(), "testbed", f"pairs-{tb.task}-{_hash(_sample_key(tb, policy_path))}")
 
     def build(out):
-        if console is not None:
-            console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and labelling pairs")
-        task = get_task(tb.task)
-        tokenizer = tok or load_tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
         rng = random.Random(tb.pair_seed)
-        prompts = task.sample_prompts(tb.pair_prompts, rng, split="train")
-        prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+        prompts, texts, gold = _sample(tb, policy_path, tok, rng, console, "labelling pairs")
         K = tb.completions_per_prompt
-        scfg = SamplingConfig(temperature=tb.sample_temperature, max_new_tokens=task.max_completion_tokens,
-                              samples_per_prompt=K, prompts_per_batch=256)
-        comps = HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in comps]
-        gold = task.gold_reward([p for p in prompts for _ in range(K)], texts)
         rows = []
         for i, p in enumerate(prompts):
             cand = [(texts[i * K + j], gold[i * K + j]) for j in range(K) if texts[i * K + j].strip()]
@@ -211,13 +203,79 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None)
                     (cw, rw), (cl, rl) = ((ta, ra), (tb_, rb)) if a_wins else ((tb_, rb), (ta, ra))
                     rows.append({"prompt": _conv(p), "chosen": _asst(cw), "rejected": _asst(cl),
                                  "gold_chosen": rw, "gold_rejected": rl})
-        with open(os.path.join(out, "pairs.jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        _write_jsonl(os.path.join(out, "pairs.jsonl"), rows)
 
     _build_once(path, build)
     with open(os.path.join(path, "pairs.jsonl")) as f:
         return [json.loads(l) for l in f]
+
+
+def ranked_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None) -> list:
+    """Rankings of ``completions_per_prompt`` completions sampled from π_SFT per prompt (empty and
+    repeated completions dropped; a prompt left with fewer than 2 makes no row). Plackett–Luce draw:
+    rank by g_k / τ + Gumbel noise, the Gumbel-max form of choosing the best, then the best of the
+    rest, each with probability ∝ exp(g_k / τ) (τ = ``label_temperature``; K = 2 gives the pairs'
+    Bradley–Terry draw σ((g_a − g_b) / τ)). τ = 0 ranks by the gold reward g, ties sharing a rank."""
+    if tb.label_flip_rate:
+        raise UserError("data.testbed.label_flip_rate applies to pairs; with data.testbed.ranking=true the labelling "
+                        "noise is data.testbed.label_temperature; accepted: label_flip_rate=0")
+    path = os.path.join(cache_root(), "testbed", f"ranked-{tb.task}-{_hash(_sample_key(tb, policy_path))}")
+
+    def build(out):
+        rng = random.Random(tb.pair_seed)
+        prompts, texts, gold = _sample(tb, policy_path, tok, rng, console, "ranking them")
+        K = tb.completions_per_prompt
+        rows = []
+        for i, p in enumerate(prompts):
+            seen, cand = set(), []
+            for j in range(K):
+                t = texts[i * K + j]
+                if t.strip() and t not in seen:
+                    seen.add(t)
+                    cand.append((t, gold[i * K + j]))
+            if len(cand) < 2:
+                continue
+            if tb.label_temperature > 0:
+                keys = [g / tb.label_temperature - math.log(-math.log(1.0 - rng.random())) for _, g in cand]
+            else:
+                keys = [g for _, g in cand]
+            ranks = [1 + sum(1 for k2 in keys if k2 > k) for k in keys]
+            rows.append({"prompt": _conv(p), "completions": [_asst(t) for t, _ in cand], "ranks": ranks,
+                         "gold": [g for _, g in cand]})
+        _write_jsonl(os.path.join(out, "ranked.jsonl"), rows)
+
+    _build_once(path, build)
+    with open(os.path.join(path, "ranked.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+def _sample_key(tb: TestbedConfig, policy_path: str) -> dict:
+    # ``ranking`` off leaves the key of the pairs as it has always been, so their caches stay valid.
+    fields = {k: v for k, v in asdict(tb).items() if not k.startswith("sft_") and not (k == "ranking" and not v)}
+    return {"policy": os.path.basename(policy_path), **fields, "v": 1}
+
+
+def _sample(tb: TestbedConfig, policy_path: str, tok, rng: random.Random, console, then: str) -> tuple:
+    """(prompts, their completions_per_prompt completions each, flat, and their gold rewards)."""
+    if console is not None:
+        console.print(f"[dim]testbed: sampling {tb.pair_prompts}×{tb.completions_per_prompt} completions from π_SFT and {then}")
+    task = get_task(tb.task)
+    tokenizer = tok or load_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
+    prompts = task.sample_prompts(tb.pair_prompts, rng, split="train")
+    prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    K = tb.completions_per_prompt
+    scfg = SamplingConfig(temperature=tb.sample_temperature, max_new_tokens=task.max_completion_tokens,
+                          samples_per_prompt=K, prompts_per_batch=256)
+    comps = HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in comps]
+    return prompts, texts, task.gold_reward([p for p in prompts for _ in range(K)], texts)
+
+
+def _write_jsonl(path: str, rows: list) -> None:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
 
 
 @dataclass
@@ -249,7 +307,12 @@ def build_world(tb: TestbedConfig, kind: str, console=None, base_path: Optional[
     else:
         policy, tok = sft_policy_path(tb, console), load_tokenizer()
     source = f"testbed:{tb.task}"
-    if kind == "paired":
+    if kind == "paired" and tb.ranking:
+        rows = ranked_rows(tb, policy, console, tok)  # the run turns them into pairs unless it trains on rankings
+    elif kind == "unpaired" and tb.ranking:
+        raise UserError("data.testbed.ranking=true makes ranked data, and this algorithm needs unpaired data; accepted: "
+                        "data.testbed.ranking=false (the pairs split into desirable / undesirable completions)")
+    elif kind == "paired":
         rows = preference_rows(tb, policy, console, tok)
     elif kind == "unpaired":
         # The testbed's native unpaired data: every pair split into (chosen, desirable) and
