@@ -53,6 +53,31 @@ class JudgeConfig:
     sequences_per_device: int = 16  # forward batch (llm: judge prompts; model: sequences)
 
 
+def options() -> list:
+    """The judge names: conf/judge/*.yaml."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-5] for p in (files("prefopt.conf") / "judge").iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(spec: dict, key: str = "reward.judge") -> JudgeConfig:
+    """A judge named inside another section (``reward.judge``): conf/judge/<spec.name>.yaml with the
+    non-null keys of ``spec`` over it, so that ``reward.judge.name=model reward.judge.path=DIR`` reads
+    like ``judge=model judge.path=DIR``."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from prefopt.core.config import typed
+
+    spec = dict(spec or {})
+    name = spec.pop("name", None)
+    if name not in options():
+        raise UserError(f"{key}.name={name!r} is not a judge; accepted: {', '.join(options())}")
+    base = OmegaConf.load(str(files("prefopt.conf") / "judge" / f"{name}.yaml"))
+    return typed(JudgeConfig, OmegaConf.merge(base, {k: v for k, v in spec.items() if v is not None}), key)
+
+
 def check(cfg: JudgeConfig, key: str = "judge") -> None:
     """Cheap checks that load nothing: run before any sampling."""
     if cfg.kind not in KINDS:

@@ -11,6 +11,9 @@
     reward=sum reward.terms=[...]    Σ_i weight_i · term_i, each term a function or a model
     reward=ensemble reward.paths=[DIR,...] reward.aggregate=mean|min|mean_minus_std
                                      M reward models, standardised and aggregated (prefopt.rollout.ensemble)
+    reward=judge reward.judge.name=smollm2|model|function|gold
+                                     a pairwise judge (prefopt.label.judges): each sample's win rate
+                                     against the other samples of its prompt
 
 Then, in this order: ``missing_eos_penalty`` is subtracted from completions that hit
 max_new_tokens without EOS (TRL's option of the same name), and the total is clipped to
@@ -30,7 +33,7 @@ from prefopt.data.tokenize import pad_batch
 from prefopt.core.errors import UserError
 from prefopt.rollout import ensemble
 
-KINDS = ("auto", "function", "model", "sum", "ensemble")
+KINDS = ("auto", "function", "model", "sum", "ensemble", "judge")
 
 
 @dataclass
@@ -61,6 +64,8 @@ class RewardConfig:
     aggregate: str = "mean"  # mean | min | mean_minus_std
     ensemble_lambda: float = 1.0
     ensemble_normalize: bool = True
+    # kind=judge: ``name``, a conf/judge option, plus any of its keys to override (null: its default).
+    judge: dict = field(default_factory=dict)
 
 
 # ---- sources ------------------------------------------------------------------------------------
@@ -178,6 +183,23 @@ class GoldReward:
         return torch.tensor(self.fn(prompts, completions), dtype=torch.float32)
 
 
+class JudgeReward:
+    """A pairwise judge as a per-completion reward: the win rate of y_i among the K samples of its
+    prompt, score_i = 1/(K − 1) Σ_{j≠i} P(y_i ≻ y_j) (K = 2: P(y_1 ≻ y_2) and its complement; a
+    lone sample: ½). A rollout lays a prompt's samples out consecutively, so a group is a run of
+    equal prompts (:func:`prefopt.label.judges.consecutive_groups`)."""
+
+    def __init__(self, judge):
+        self.judge, self.name = judge, f"judge_{judge.name}"
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None, **kw) -> torch.Tensor:
+        from prefopt.label.judges import consecutive_groups, group_scores
+
+        keys = [tuple(p) for p in prompt_ids] if prompt_ids is not None else list(prompts)
+        return group_scores(self.judge, list(prompts), list(completions), consecutive_groups(keys),
+                            prompt_ids=prompt_ids, completion_ids=completion_ids)
+
+
 class Reward:
     """Σ weight · term, then the missing-EOS penalty, then clipping."""
 
@@ -248,6 +270,10 @@ def check(cfg: RewardConfig) -> None:
                 raise UserError(f"reward.terms[{i}] is a model and needs a path")
     if cfg.kind == "ensemble":
         ensemble.check(cfg)
+    if cfg.kind == "judge":
+        from prefopt.label import judges
+
+        judges.check(judges.resolve(cfg.judge, "reward.judge"), "reward.judge")
     if cfg.clip is not None and cfg.clip <= 0:
         raise UserError(f"reward.clip={cfg.clip} must be > 0 (or null)")
     if cfg.sequences_per_device <= 0:
@@ -271,6 +297,12 @@ def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, t
         members = [ModelReward(p, tokenizer, device, cfg.sequences_per_device, f"reward.paths[{i}]", placement=placement)
                    for i, p in enumerate(ensemble.check(cfg))]
         terms = [(1.0, ensemble.EnsembleReward(members, cfg.aggregate, cfg.ensemble_lambda, cfg.ensemble_normalize))]
+    elif cfg.kind == "judge":
+        from prefopt.label import judges
+
+        judge = judges.build_judge(judges.resolve(cfg.judge, "reward.judge"), tokenizer=tokenizer, gold_fn=gold_fn,
+                                   device=device, key="reward.judge")
+        terms = [(1.0, JudgeReward(judge))]
     else:
         terms = []
         for i, t in enumerate(cfg.terms):
