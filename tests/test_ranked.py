@@ -10,7 +10,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from conftest import compose
+from conftest import ROOT, compose
 from data_files import cfg_for, make_tokenizer
 from prefopt.cli.stages import run
 from prefopt.core.errors import UserError
@@ -294,3 +294,27 @@ def test_testbed_rankings_follow_the_gold_reward(tmp_path):
                      "data.testbed.pair_prompts=64", "algo=reward", "trainer.max_steps=2", "trainer.progress=false"]),
             str(tmp_path / "run"))
     assert s["eval"]["pairwise_accuracy_gold"] is not None
+
+
+def _readme_section():
+    text = (ROOT / "README.md").read_text()
+    return text.split("### Ranked data")[1].split("\n## ")[0]
+
+
+@pytest.mark.slow
+def test_the_readme_ranked_examples_run(tmp_path, monkeypatch):
+    """The section's JSON row is valid ranked data, and each of its commands runs (shortened to a step)."""
+    sec = _readme_section()
+    row = json.loads(sec.split("```json\n")[1].split("\n```")[0])
+    assert detect_kind([row]) == "ranked"
+    (tmp_path / "my_rankings.jsonl").write_text(json.dumps(row) + "\n" + "".join(
+        json.dumps({**row, "prompt": f"{row['prompt']} {i}"}) + "\n" for i in range(11)))
+    monkeypatch.chdir(tmp_path)
+    cmds = [l.split("#")[0].split() for l in sec.split("```bash\n")[1].split("\n```")[0].splitlines()]
+    assert len(cmds) == 4
+    for i, cmd in enumerate(cmds):
+        assert cmd[0] == "prefopt-train"
+        short = ["trainer.max_steps=1", "trainer.examples_per_step=4", *TRAIN_ONLY, "trainer.progress=false",
+                 *(["data.testbed.pair_prompts=64"] if "data=reviews" in cmd else [])]
+        s = run(compose([*cmd[1:], *short]), str(tmp_path / f"run{i}"))
+        assert s["steps"] == 1
