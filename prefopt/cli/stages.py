@@ -22,6 +22,7 @@ import transformers
 from omegaconf import DictConfig
 from rich.console import Console
 
+from prefopt.cli import members
 from prefopt.cli.resume import config_hash, hashed_config, resume_point
 from prefopt.cli.signals import RunContext, interrupted_line, stop_on_signals
 from prefopt.cli.summary import peak_mem_mb, print_summary, summarize, write_summary
@@ -71,6 +72,9 @@ def run(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
     ``on_start`` is called once every check has passed, right before the first write to ``out_dir``
     (the CLI writes .hydra/ there), so that a refused run changes nothing on disk. SIGINT / SIGTERM
     raise :class:`~prefopt.core.errors.Interrupted` whose ``line`` says what was saved."""
+    n_members = members.count(cfg)
+    if n_members > 1:  # the objective's config asks for N runs (an ensemble): each member is one run of this function
+        return members.run_members(cfg, out_dir, n_members, console, on_start)
     ctx = RunContext()
     with stop_on_signals(ctx):
         try:
@@ -276,6 +280,8 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
         examples, pairwise_eval = heldout_pairs(examples, rows, dcfg, c.acfg, tok, gold_fn, c.seed, source_name)
+    # An ensemble member's bootstrap resample of its training examples (after the held-out split), if declared.
+    examples = members.resample(examples, c.acfg, c.seed)
     return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=base_path,
                  gold_fn=gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval, kind=kind, notes=notes)
 
@@ -383,8 +389,10 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
     evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
                                 prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
                                 seed=c.seed + 7919, proxy_fn=online.proxy_fn if online else None)
-                  for sp in {ecfg.split, ecfg.periodic_split}}
+                  for sp in {ecfg.split, ecfg.periodic_split} | ({"test"} if ecfg.periodic_test else set())}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
+    if ecfg.periodic_test and ecfg.periodic_split != "test":
+        periodic_evaluator = _with_test(periodic_evaluator, evaluators["test"])
     if d.pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
         evaluator = periodic_evaluator = d.pairwise_eval
     trainer = Trainer(objective=c.objective, policy=m.policy, reference=m.reference, source=source, cfg=tcfg,
@@ -413,6 +421,16 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
         )
     _print_placement(place, m.policy, trainer, tcfg, console)
     return trainer, evaluator
+
+
+def _with_test(periodic: Callable, test: Callable) -> Callable:
+    """eval.periodic_test: each periodic evaluation also on the test prompts, logged as eval/test/…, so that a
+    step chosen on the validation curve (an over-optimisation peak) has its test number without a rerun."""
+    def evaluate(policy):
+        out = periodic(policy)
+        extra = test(policy) or {}
+        return None if out is None else {**out, **{f"test/{k}": v for k, v in extra.items()}}
+    return evaluate
 
 
 def _train(trainer: Trainer, c: _Configs, place: Placement, out_dir: str, console, on_start, resume_from: Optional[str],

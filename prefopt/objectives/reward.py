@@ -78,6 +78,10 @@ class RewardModel:
         name: str = "reward"
         center_rewards_coefficient: Optional[float] = None
         eval_fraction: float = 0.1  # held-out pairs for pairwise accuracy (seeded), never trained on
+        # N members in one command (prefopt.cli.members): they differ by seed, or (bootstrap) each also
+        # trains on a seeded bootstrap resample of the training pairs; members/0 is the run's own seed.
+        ensemble_members: int = 1
+        ensemble_resample: str = "seed"  # seed | bootstrap
         loss: str = "bradley_terry"  # ranked data: bradley_terry (all pairs per prompt) | plackett_luce
 
         def __post_init__(self):
@@ -88,6 +92,10 @@ class RewardModel:
                 raise UserError(f"algo.center_rewards_coefficient={c} must be >= 0 (or null)")
             if not 0.0 <= self.eval_fraction < 1.0:
                 raise UserError(f"algo.eval_fraction={self.eval_fraction} must be in [0, 1)")
+            if self.ensemble_members < 1:
+                raise UserError(f"algo.ensemble_members={self.ensemble_members}; accepted: a whole number >= 1")
+            if self.ensemble_resample not in ("seed", "bootstrap"):
+                raise UserError(f"algo.ensemble_resample='{self.ensemble_resample}' is not known; accepted: seed, bootstrap")
 
     def __init__(self, cfg: "RewardModel.Config"):
         self.cfg = cfg
