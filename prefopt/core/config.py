@@ -106,6 +106,9 @@ class EvalConfig:
     # and a second evaluation at the end use, so that a curve or a selection never reads test prompts.
     split: str = "test"
     periodic_split: str = "val"
+    # Also evaluate the test prompts at each periodic evaluation (logged as eval/test/...): the test number of
+    # a step chosen on the validation curve. Never read by a selection.
+    periodic_test: bool = False
     num_prompts: int = 128
     max_new_tokens: int = 32
     temperature: float = 1.0

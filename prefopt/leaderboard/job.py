@@ -176,7 +176,9 @@ def _train(job, run_dir, console) -> dict:
 # chosen log-probs); the rest of metrics.jsonl stays in the run directory.
 TRACKED = ("loss", "logps/chosen", "logps/rejected", "rewards/margin", "rewards/accuracy", "kl")
 CURVE = ("gold_reward", "kl_to_ref", "proxy_reward", "proxy_reward_ref", "gold_reward_ref", "mean_length",
-         "win_rate_vs_ref")
+         "win_rate_vs_ref",
+         # with eval.periodic_test: the same step on the test prompts (reported only at a step chosen on validation)
+         "test/gold_reward", "test/kl_to_ref")
 
 
 def read_curves(path: str) -> tuple[list, dict]:
