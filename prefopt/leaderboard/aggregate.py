@@ -197,6 +197,8 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
         temp = _num(_get(rec, "testbed", "label_temperature"))
         for lb in roles(rec):
             task, method, reward, seed, role = lb.get("task"), lb.get("method"), lb.get("reward"), lb.get("seed"), lb.get("role")
+            if role in ("ensemble", "ensemble_rm"):
+                continue  # the reward-ensemble comparison has its own section (prefopt.leaderboard.ensemble)
             T = tasks[task]
             if role == "reward_model":
                 for k in RM_METRICS:

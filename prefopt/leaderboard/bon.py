@@ -79,7 +79,12 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     tok = world.tokenizer
     # π_SFT loaded exactly as every run loads its policy and reference (dtype, attention backend).
     policy = load_policy(ModelConfig(), path=world.policy_path, vocab_size=len(tok), seed=spec["seed"]).eval()
-    rm = ModelReward(spec["rm_path"], tok) if spec.get("rm_path") else None
+    if spec.get("reward"):  # any reward source of conf/reward (e.g. an ensemble: prefopt.leaderboard.ensemble)
+        from prefopt.rollout.rewards import RewardConfig, build_reward
+
+        rm = build_reward(RewardConfig(name=spec["reward"]["kind"], **spec["reward"]), tokenizer=tok)
+    else:
+        rm = ModelReward(spec["rm_path"], tok) if spec.get("rm_path") else None
     N = int(spec["samples"])
     ns = sorted(n for n in spec["ns"] if 1 <= n <= N)
     scfg = SamplingConfig(temperature=ev["temperature"], max_new_tokens=ev["max_new_tokens"], samples_per_prompt=N,

@@ -23,6 +23,7 @@ once (the job recomputes and checks it), so a job whose identity already has a r
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -65,7 +66,7 @@ def load_suite(name_or_path: str) -> dict:
     defaults = dict(seed_keys=["seed"], tuning_seeds=[], exclude=[], reward_model="reward", proxy_tasks=None,
                     exact_reward={}, lr_grid={}, pick_kl_budget=None, common=[], stage1=[], offline=[], online=[],
                     online_task={}, algo={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16}, kl_budgets=[],
-                    ablation=None, board_notes=[])
+                    ablation=None, board_notes=[], reward_ensemble=None)
     suite = {**defaults, **suite}
     if suite["proxy_tasks"] is None:
         suite["proxy_tasks"] = list(suite["tasks"])
@@ -147,7 +148,7 @@ def methods_of(suite: dict) -> tuple[list, list]:
     for name in available():
         Obj = get_objective(name)
         kind = classify(Obj.needs)
-        if name in suite["exclude"]:
+        if any(fnmatch.fnmatchcase(name, pat) for pat in suite["exclude"]):  # names or patterns ("*": none)
             notes.append(f"{name}: excluded by the suite ({kind})")
         elif name == rm_algo:
             continue
@@ -188,7 +189,7 @@ def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list,
     RM = get_objective(rm_algo)
     abl = suite.get("ablation") or None
     report_seeds, tuning_seeds = list(suite["seeds"]), list(suite["tuning_seeds"]) or list(suite["seeds"])
-    if not suite["tuning_seeds"]:
+    if not suite["tuning_seeds"] and methods:
         notes.append("no tuning seeds: the grid runs on the report seeds (selection and report share seeds)")
 
     by_hash = {}
@@ -302,8 +303,10 @@ def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list,
                                                 rms.get((task, seed)), 3,
                                                 {"picks": [pick], "grid": [{**g, "point": _short(g["point"])} for g in scored]})
             # the best-of-n baseline (from π_SFT; n chosen on validation inside the job)
-            cfg = compose(base_of(task, seed))
             bon = suite["best_of_n"]
+            if not bon:
+                continue
+            cfg = compose(base_of(task, seed))
             rm = rms.get((task, seed))
             rm_path = os.path.join(work_dir, "runs", rm.hash, "model") if rm else None
             spec = {"kind": "best_of_n", "testbed": OmegaConf.to_container(cfg.data.testbed, resolve=True),
@@ -331,6 +334,10 @@ def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list,
                                rms[(abl["task"], seed, n)], 3, {"pair_prompts": n}, tag=f"-rmpairs{n}")
         elif abl["method"] not in [m[0] for m in methods]:
             notes.append(f"ablation: method {abl['method']} is not run by the suite")
+    if suite.get("reward_ensemble"):
+        from prefopt.leaderboard import ensemble
+
+        jobs += ensemble.plan_jobs(suite, work_dir, add, base_of, code, cpu)
     ids = [j.id for j in jobs]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:

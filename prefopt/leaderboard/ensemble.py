@@ -1,0 +1,279 @@
+"""The reward-ensemble comparison (a suite's ``reward_ensemble`` section; ``prefopt-leaderboard run suite=ensemble``):
+one proxy reward model against an ensemble of M under each aggregation, for best-of-n and one policy-gradient
+method, on one task.
+
+Plan, per report seed s:
+
+- stage 1: one ``algo=reward algo.ensemble_members=M`` job (its members at ``runs/<hash>/members/i/model``;
+  member 0 has seed s, so it is the single proxy reward model the same suite would train);
+- stage 3, for each variant: ``single`` (member 0 alone, ``reward=ensemble`` over one path with
+  ``aggregate=mean``, so it is standardised exactly as the members are) and each aggregate over all M:
+  the policy-gradient method at the section's fixed configuration (no tuning: its learning rate and small
+  KL coefficient are declared in the suite), evaluated every k steps on the validation *and* the test
+  prompts (``eval.periodic_test``); and best-of-n from π_SFT, picked by that reward.
+
+Reported (validation chooses, test reports): the over-optimisation peak is the step (best-of-n: the n)
+with the highest mean validation gold over the report seeds; the row's number is the test gold of the
+same step (n) per seed, mean with a 95% bootstrap interval, and its paired difference to ``single``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+VARIANTS_SINGLE = "single"
+
+
+def section(suite: dict):
+    return suite.get("reward_ensemble") or None
+
+
+def variants(sec: dict) -> list:
+    return [VARIANTS_SINGLE] + list(sec.get("aggregates") or ["mean", "min", "mean_minus_std"])
+
+
+def plan_jobs(suite: dict, work_dir: str, add, base_of, code: str, cpu: str) -> list:
+    """The section's training jobs go through ``add`` (which fixes their identities and lists them); returns
+    the best-of-n jobs, identified by their spec, for the caller to list."""
+    from prefopt.leaderboard.plan import Job, _applicable, compose, result_identity, spec_hash
+    from prefopt.objectives.registry import get_objective
+    from omegaconf import OmegaConf
+
+    sec = section(suite)
+    task, M = sec["task"], int(sec["members"])
+    RM = get_objective(suite["reward_model"])
+    pg = sec["pg"]
+    PG = get_objective(pg["method"])
+    lam = float(sec.get("lambda", 1.0))
+    out = []
+    for seed in suite["seeds"]:
+        meta = {"suite": suite["name"], "task": task, "seed": seed, "category": "ensemble", "point": {}}
+        rm = add(Job(id=f"{task}-s{seed}-{suite['reward_model']}-ensemble{M}", stage=1, kind="train",
+                     overrides=[f"algo={suite['reward_model']}", *base_of(task, seed), *_applicable(suite["stage1"], RM),
+                                f"algo.ensemble_members={M}", f"algo.ensemble_resample={sec.get('resample', 'seed')}"],
+                     meta={**meta, "method": suite["reward_model"], "algo": suite["reward_model"], "reward": None,
+                           "role": "ensemble_rm", "members": M}))
+        member = [os.path.join(work_dir, "runs", rm.hash, "members", str(i), "model") for i in range(M)]
+        for v in variants(sec):
+            paths, how = ([member[0]], "mean") if v == VARIANTS_SINGLE else (member, v)
+            rw = {"kind": "ensemble", "paths": paths, "aggregate": how, "ensemble_lambda": lam, "ensemble_normalize": True}
+            ovr = ["reward=ensemble", f"reward.paths=[{','.join(paths)}]", f"reward.aggregate={how}",
+                   f"reward.ensemble_lambda={lam:g}"]
+            vmeta = {**meta, "reward": "ensemble", "rm_hash": rm.hash, "role": "ensemble", "variant": v, "members": len(paths)}
+            add(Job(id=f"{task}-s{seed}-{pg['method']}-ens-{v}", stage=3, kind="train",
+                               overrides=[f"algo={pg['method']}", *base_of(task, seed), *_applicable(suite["online"], PG),
+                                          *_applicable(list(pg.get("overrides") or []), PG), "eval.periodic_test=true", *ovr],
+                               meta={**vmeta, "method": pg["method"], "algo": pg["method"]}))
+            cfg = compose(base_of(task, seed))
+            bon = sec.get("best_of_n") or {"ns": [1, 2, 4, 8, 16], "samples": 16}
+            spec = {"kind": "best_of_n", "testbed": OmegaConf.to_container(cfg.data.testbed, resolve=True),
+                    "eval": OmegaConf.to_container(cfg.eval, resolve=True), "seed": seed, "ns": list(bon["ns"]),
+                    "samples": int(bon["samples"]), "rm_hash": rm.hash, "rm_path": None, "reward": rw, "v": 2}
+            j = Job(id=f"{task}-s{seed}-best_of_n-ens-{v}", stage=3, kind="best_of_n", overrides=[],
+                    meta={**vmeta, "method": "best_of_n", "algo": None, "code_version": code, "cpu_capability": cpu},
+                    spec=spec)
+            j.hash = result_identity(spec_hash(spec), code, cpu)
+            out.append(j)
+    return out
+
+
+# ---- aggregation and rendering (from result files only) -------------------------------------------
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def label(v: str, members: int, lam: float = 1.0) -> str:
+    if v == VARIANTS_SINGLE:
+        return "single RM (member 0)"
+    name = {"mean": "mean", "min": "min (worst case)", "mean_minus_std": f"mean − {lam:g}·std (uncertainty-weighted)"}
+    return f"ensemble of {members}: {name.get(v, v)}"
+
+
+def _pg_points(rec: dict) -> list:
+    """[{step, val, kl, test, test_kl}] of one run: its validation curve with the test numbers of each step."""
+    ev = rec.get("eval") or {}
+    out = []
+    for p in rec.get("trajectory") or []:
+        if p.get("step") == 0:  # π_SFT itself: KL 0, its own gold on each split
+            out.append({"step": 0, "val": _num(p.get("gold_reward")), "kl": 0.0, "test": _num(ev.get("gold_reward_ref")),
+                        "test_kl": 0.0})
+        else:
+            out.append({"step": p.get("step"), "val": _num(p.get("gold_reward")), "kl": _num(p.get("kl_to_ref")),
+                        "test": _num(p.get("test/gold_reward")), "test_kl": _num(p.get("test/kl_to_ref"))})
+    return out
+
+
+def _bon_points(rec: dict) -> list:
+    by = rec.get("best_of_n_by_split") or {}
+    test = {p["n"]: p for p in by.get("test", [])}
+    return [{"step": p["n"], "val": _num(p.get("gold_reward")), "kl": _num(p.get("kl_to_ref")),
+             "test": _num((test.get(p["n"]) or {}).get("gold_reward")), "test_kl": _num(p.get("kl_to_ref"))}
+            for p in by.get("val", [])]
+
+
+def rows_of(records: list, boot_seed: int = 0) -> dict:
+    """{"version", "rows": [...]} from the result records of reward_ensemble jobs (one code version and CPU
+    capability: the one with the most of them). A row per (method, variant): the peak step (best-of-n: n)
+    chosen on the mean validation curve over seeds, the test gold there per seed, its paired difference to
+    the single reward model, and the mean validation curve."""
+    from prefopt.leaderboard.aggregate import version_groups
+    from prefopt.leaderboard.stats import bootstrap_ci, paired_bootstrap
+
+    recs = [r for r in records if r.get("status", "ok") == "ok" and (r.get("leaderboard") or {}).get("role") == "ensemble"]
+    if not recs:
+        return {"version": None, "rows": []}
+    groups = version_groups(recs)
+    version, recs = max(groups.items(), key=lambda kv: (len(kv[1]), max(str(r.get("finished_at") or "") for r in kv[1])))
+    per = defaultdict(dict)  # (method, variant) -> seed -> points
+    info = {}
+    for r in recs:
+        lb = r["leaderboard"]
+        key = (lb["method"], lb["variant"])
+        per[key][lb["seed"]] = _bon_points(r) if lb["method"] == "best_of_n" else _pg_points(r)
+        info[key] = (lb.get("members"),)
+    rows = []
+    for (method, variant), by_seed in per.items():
+        steps = sorted(set.intersection(*[{p["step"] for p in pts} for pts in by_seed.values()]))
+        at = {s: {seed: next(p for p in pts if p["step"] == s) for seed, pts in by_seed.items()} for s in steps}
+        curve = []
+        for s in steps:
+            vals = [p["val"] for p in at[s].values() if p["val"] is not None]
+            kls = [p["kl"] for p in at[s].values() if p["kl"] is not None]
+            curve.append({"step": s, "val": sum(vals) / len(vals) if vals else None,
+                          "kl": sum(kls) / len(kls) if kls else None})
+        usable = [c for c in curve if c["val"] is not None]
+        if not usable:
+            continue
+        peak = max(usable, key=lambda c: c["val"])  # max() keeps the first (earliest step, smallest n) on ties
+        test = {seed: p["test"] for seed, p in at[peak["step"]].items() if p["test"] is not None}
+        last = {seed: p["test"] for seed, p in at[steps[-1]].items() if p["test"] is not None}
+        kl_test = [p["test_kl"] for p in at[peak["step"]].values() if p["test_kl"] is not None]
+        rows.append({"method": method, "variant": variant, "members": info[(method, variant)][0], "peak": peak["step"],
+                     "peak_val": peak["val"], "peak_kl": sum(kl_test) / len(kl_test) if kl_test else None,
+                     "test": test, "gold": bootstrap_ci(list(test.values()), seed=boot_seed),
+                     "last_step": steps[-1], "last": bootstrap_ci(list(last.values()), seed=boot_seed),
+                     "curve": curve, "seeds": len(test)})
+    order = {VARIANTS_SINGLE: 0, "mean": 1, "min": 2, "mean_minus_std": 3}
+    rows.sort(key=lambda r: (r["method"] != "best_of_n", r["method"], order.get(r["variant"], 9), r["variant"]))
+    for r in rows:
+        single = next((q for q in rows if q["method"] == r["method"] and q["variant"] == VARIANTS_SINGLE), None)
+        r["vs_single"] = None
+        if single is not None and r is not single:
+            common = sorted(set(r["test"]) & set(single["test"]))
+            r["vs_single"] = paired_bootstrap([r["test"][s] for s in common], [single["test"][s] for s in common],
+                                              seed=boot_seed)
+    return {"version": version, "rows": rows}
+
+
+def _f(est, d=3):
+    if est is None:
+        return "—"
+    s = f"{est.mean:.{d}f}"
+    return s + (f" [{est.lo:.{d}f}, {est.hi:.{d}f}]" if est.n > 1 and est.hi > est.lo else "")
+
+
+HEADER = ["method", "reward", "peak (chosen on validation)", "KL at the peak (test)", "test gold at the peak",
+          "Δ vs single RM (paired)", "P(beats single)", "test gold at the end", "seeds"]
+
+
+def table(agg: dict, lam: float = 1.0) -> list:
+    """[[cell text]] under HEADER."""
+    out = []
+    for r in agg["rows"]:
+        bon = r["method"] == "best_of_n"
+        vs = r["vs_single"]
+        out.append(["best-of-n" if bon else r["method"], label(r["variant"], r["members"], lam),
+                    (f"n={r['peak']}" if bon else f"step {r['peak']}") + f" (val gold {r['peak_val']:.3f})",
+                    "—" if r["peak_kl"] is None else f"{r['peak_kl']:.2f}", _f(r["gold"]),
+                    "—" if vs is None else _f(vs["diff"]) + ("*" if vs["n"] > 1 and (vs["diff"].lo > 0 or vs["diff"].hi < 0) else ""),
+                    "—" if vs is None else f"{vs['p_a_beats_b']:.2f}",
+                    _f(r["last"]) + (f" (n={r['last_step']})" if bon else f" (step {r['last_step']})"), str(r["seeds"])])
+    return out
+
+
+def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
+    """ensemble.png: mean validation gold against √KL, best-of-n (over n) and the PG method (over steps), a
+    line per reward variant, the chosen peak starred."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in agg["rows"]}, key=lambda m: m != "best_of_n")
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(6.4 * max(1, len(methods)), 4.8), squeeze=False)
+    colors = {VARIANTS_SINGLE: "black", "mean": "tab:blue", "min": "tab:red", "mean_minus_std": "tab:green"}
+    for ax, m in zip(axes[0], methods):
+        for r in (q for q in agg["rows"] if q["method"] == m):
+            pts = [c for c in r["curve"] if c["val"] is not None and c["kl"] is not None]
+            x = [math.sqrt(max(c["kl"], 0.0)) for c in pts]
+            ax.plot(x, [c["val"] for c in pts], marker="o", ms=3, lw=1.6, color=colors.get(r["variant"]),
+                    label=label(r["variant"], r["members"], lam))
+            pk = next((c for c in pts if c["step"] == r["peak"]), None)
+            if pk is not None:
+                ax.plot([math.sqrt(max(pk["kl"], 0.0))], [pk["val"]], marker="*", ms=13, color=colors.get(r["variant"]),
+                        mec="black", ls="none")
+        ax.set_title(f"{'best-of-n (n = 1 … N)' if m == 'best_of_n' else m + ' (along training)'}: ★ the peak")
+        ax.set_xlabel("√KL(π ‖ π_SFT)  (√nats)")
+        ax.set_ylabel("gold reward (validation prompts, mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Reward-model ensembles against over-optimisation (reviews)", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return data
+
+
+INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste et al. 2023, arXiv:2310.02743), "
+         "each member standardised on the first batch it scores (π_SFT's samples), for best-of-n from π_SFT and for "
+         "a policy-gradient method at a fixed configuration with a small KL coefficient (not tuned). The single RM is "
+         "member 0, through the same code path (reward=ensemble over one path, aggregate=mean). The over-optimisation "
+         "peak is chosen on the mean *validation* curve over seeds (the step, or best-of-n's n); its *test* gold is "
+         "reported (periodic evaluations on both prompt sets: eval.periodic_test), with the paired difference to the "
+         "single RM over seeds (* its 95% interval excludes 0). `prefopt-leaderboard run suite=ensemble` reproduces it.")
+
+
+def board(records: list, out_dir: str, boot_seed: int = 0):
+    """(markdown lines, html parts) of the ensemble section, and ensemble.png in ``out_dir``; ([], []) without results."""
+    import base64
+    import html
+
+    agg = rows_of(records, boot_seed)
+    if not agg["rows"]:
+        return [], []
+    lam = 1.0
+    try:
+        from prefopt.leaderboard.plan import load_suite
+
+        lam = float(section(load_suite("ensemble")).get("lambda", 1.0))
+    except Exception:  # noqa: BLE001 — a suite known only from its results
+        pass
+    png = figure(agg, os.path.join(out_dir, "ensemble.png"), lam)
+    body = table(agg, lam)
+    code, cpu = agg["version"]
+    ver = f"Code version `{code}`, CPU capability **{cpu}**."
+    esc = lambda t: html.escape(str(t), quote=False).replace("|", "\\|")  # noqa: E731
+    md = ["## Reward-model ensembles against reward hacking (suite `ensemble`, reviews)", "", INTRO, "", ver, "",
+          "![gold against √KL: single RM vs ensembles](ensemble.png)", "",
+          "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body] + [""]
+    e = html.escape
+    h = [f"<h2>Reward-model ensembles against reward hacking (suite <code>ensemble</code>, reviews)</h2><p>{e(INTRO)}</p>",
+         f"<p>{e(ver.replace('`', '').replace('**', ''))}</p>",
+         f"<img alt='ensemble gold against sqrt KL' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
+         "<table class='board'><thead><tr>" + "".join(f"<th>{e(x)}</th>" for x in HEADER) + "</tr></thead><tbody>"]
+    h += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
+    h.append("</tbody></table>")
+    return md, h
