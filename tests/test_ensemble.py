@@ -287,3 +287,39 @@ def test_board_section_picks_the_peak_on_validation_and_reports_test(tmp_path):
     assert "## Reward-model ensembles against reward hacking" in md and "ensemble.png" in md
     assert (tmp_path / "ensemble.png").read_bytes()[:4] == b"\x89PNG"
     assert "Reward-model ensembles" in (tmp_path / "index.html").read_text()
+
+
+def test_readme_commands_compose_and_pass_their_checks(members):
+    """Every command of the README's ensemble block composes and passes the checks a run makes before
+    anything loads (the runs themselves are the toy-size runs above)."""
+    import re
+    import shlex
+
+    from conftest import ROOT
+    from prefopt.cli import members as M
+    from prefopt.core.config import typed
+
+    out, _ = members
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Reward-model ensembles (against reward hacking)")[1].split("```bash\n")[1].split("```")[0]
+    kinds = set()
+    for line in block.strip().splitlines():
+        line = re.split(r"\s{2,}#", line)[0]
+        for cmd in line.split("&&"):
+            args = shlex.split(cmd)
+            if args[0] == "prefopt-leaderboard":
+                kinds.add("leaderboard")
+                from prefopt.leaderboard.plan import load_suite
+
+                own = dict(a.split("=", 1) for a in args[2:] if "=" in a)
+                assert args[1] == "render" or load_suite(own["suite"])["reward_ensemble"]
+                continue
+            ovr = args[1:] if args[0] == "prefopt-train" else args[3:]
+            ovr = [o.replace("outputs/rm4", str(out)) for o in ovr if not o.startswith(("hydra.", "n="))]
+            cfg = compose(ovr)
+            kinds.add(cfg.algo.name)
+            if cfg.algo.name == "reward":
+                assert M.count(cfg) == 4
+            else:
+                check(typed(RewardConfig, cfg.reward, "reward"))
+    assert kinds == {"reward", "rloo", "ppo", "dpo", "leaderboard"}  # best_of_n composes train.yaml's default algo

@@ -187,7 +187,8 @@ def table(agg: dict, lam: float = 1.0) -> list:
         bon = r["method"] == "best_of_n"
         vs = r["vs_single"]
         out.append(["best-of-n" if bon else r["method"], label(r["variant"], r["members"], lam),
-                    (f"n={r['peak']}" if bon else f"step {r['peak']}") + f" (val gold {r['peak_val']:.3f})",
+                    (f"n={r['peak']}" if bon else f"step {r['peak']}") + f" (val gold {r['peak_val']:.3f})"
+                    + (" = the last: no peak within the range" if r["peak"] == r["last_step"] else ""),
                     "—" if r["peak_kl"] is None else f"{r['peak_kl']:.2f}", _f(r["gold"]),
                     "—" if vs is None else _f(vs["diff"]) + ("*" if vs["n"] > 1 and (vs["diff"].lo > 0 or vs["diff"].hi < 0) else ""),
                     "—" if vs is None else f"{vs['p_a_beats_b']:.2f}",
@@ -206,20 +207,23 @@ def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
     import matplotlib.pyplot as plt
 
     methods = sorted({r["method"] for r in agg["rows"]}, key=lambda m: m != "best_of_n")
-    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(6.4 * max(1, len(methods)), 4.8), squeeze=False)
+    # a panel per method against √KL, and each training method again against its step (its KL is not monotone)
+    panels = [(m, "kl") for m in methods] + [(m, "step") for m in methods if m != "best_of_n"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
     colors = {VARIANTS_SINGLE: "black", "mean": "tab:blue", "min": "tab:red", "mean_minus_std": "tab:green"}
-    for ax, m in zip(axes[0], methods):
+    for ax, (m, xkey) in zip(axes[0], panels):
         for r in (q for q in agg["rows"] if q["method"] == m):
             pts = [c for c in r["curve"] if c["val"] is not None and c["kl"] is not None]
-            x = [math.sqrt(max(c["kl"], 0.0)) for c in pts]
+            xof = (lambda c: math.sqrt(max(c["kl"], 0.0))) if xkey == "kl" else (lambda c: c["step"])  # noqa: E731
+            x = [xof(c) for c in pts]
             ax.plot(x, [c["val"] for c in pts], marker="o", ms=3, lw=1.6, color=colors.get(r["variant"]),
                     label=label(r["variant"], r["members"], lam))
             pk = next((c for c in pts if c["step"] == r["peak"]), None)
             if pk is not None:
-                ax.plot([math.sqrt(max(pk["kl"], 0.0))], [pk["val"]], marker="*", ms=13, color=colors.get(r["variant"]),
+                ax.plot([xof(pk)], [pk["val"]], marker="*", ms=13, color=colors.get(r["variant"]),
                         mec="black", ls="none")
         ax.set_title(f"{'best-of-n (n = 1 … N)' if m == 'best_of_n' else m + ' (along training)'}: ★ the peak")
-        ax.set_xlabel("√KL(π ‖ π_SFT)  (√nats)")
+        ax.set_xlabel("√KL(π ‖ π_SFT)  (√nats)" if xkey == "kl" else "optimizer step")
         ax.set_ylabel("gold reward (validation prompts, mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
