@@ -100,6 +100,10 @@ def test_standardisation_is_frozen_on_the_first_batch_and_checkpointed():
     # a member constant on the first batch (σ = 0) is centred, not divided by zero
     flat = E.EnsembleReward([Fixed({"x": 2.0, "y": 2.0})], "mean")
     assert flat(["p"] * 2, ["x", "y"]).tolist() == [0.0, 0.0]
+    # through a one-process all_sum (the path of a placed run): the same statistics
+    placed = E.EnsembleReward([Fixed(a), Fixed(b)], "mean_minus_std", 0.5, all_sum=lambda x: x)
+    placed(["p"] * 3, first)
+    assert torch.allclose(placed.mu, ens.mu, atol=1e-12) and torch.allclose(placed.sigma, ens.sigma, atol=1e-12)
     raw = E.EnsembleReward([Fixed(a), Fixed(b)], "min", normalize=False)
     assert raw(["p"] * 3, first).tolist() == [min(a[c], b[c]) for c in first]
 

@@ -135,8 +135,11 @@ class EnsembleReward:
     uses_model = True
 
     def __init__(self, members: list, how: str = "mean", lam: float = 1.0, normalize: bool = True,
-                 name: str = "ensemble"):
+                 name: str = "ensemble", all_sum=None):
         self.members, self.how, self.lam, self.normalize = members, how, float(lam), normalize
+        # Several processes score their own first batches: S is their union (sums over the processes),
+        # so every process standardises alike.
+        self.all_sum = all_sum
         self.name = name
         self.mu: Optional[torch.Tensor] = None  # [M] frozen at the first call (see the module docstring)
         self.sigma: Optional[torch.Tensor] = None
@@ -148,13 +151,31 @@ class EnsembleReward:
         r = torch.stack([m(prompts, completions, **kw).double() for m in self.members])  # [M, B]
         if self.normalize:
             if self.mu is None:
-                self.mu, sd = r.mean(1), population_std(r.T)
-                self.sigma = torch.where(sd < _EPS, torch.ones_like(sd), sd)
+                self._freeze(r)
             r = (r - self.mu[:, None]) / self.sigma[:, None]
         out = aggregate(r, self.how, self.lam)
         self.last_parts = {f"reward/member_{i}": r[i].float() for i in range(r.shape[0])}
         self.last_parts["reward/ensemble_std"] = population_std(r).float()
         return out.float()
+
+    def _freeze(self, r: torch.Tensor) -> None:
+        """μ_i, σ_i over S from the sums n, Σ r_i, Σ (r_i − c_i)² (c_i: this batch's mean, a shift that keeps the
+        second sum well conditioned; exact for any c_i)."""
+        n, c = float(r.shape[1]), r.mean(1)
+        s1, s2 = (r - c[:, None]).sum(1), ((r - c[:, None]) ** 2).sum(1)
+        if self.all_sum is not None:
+            c_tot = torch.tensor([self.all_sum(float(x) * n) for x in c], dtype=torch.float64)
+            n_tot = self.all_sum(n)
+            mu = c_tot / n_tot
+            # Σ over processes of Σ (r − μ)² = Σ [s2 + 2 (c − μ) s1 + n (c − μ)²]
+            d = c - mu
+            s2 = torch.tensor([self.all_sum(float(x)) for x in s2 + 2 * d * s1 + n * d ** 2], dtype=torch.float64)
+            n = n_tot
+        else:
+            mu = c + s1 / n
+            s2 = s2 - s1 ** 2 / n
+        sd = (s2.clamp(min=0.0) / n).sqrt()
+        self.mu, self.sigma = mu, torch.where(sd < _EPS, torch.ones_like(sd), sd)
 
     def state_dict(self) -> dict:
         return {"mu": None if self.mu is None else self.mu.tolist(),

@@ -296,7 +296,8 @@ def build_reward(cfg: RewardConfig, tokenizer=None, device=None, gold_fn=None, t
     elif cfg.kind == "ensemble":
         members = [ModelReward(p, tokenizer, device, cfg.sequences_per_device, f"reward.paths[{i}]", placement=placement)
                    for i, p in enumerate(ensemble.check(cfg))]
-        terms = [(1.0, ensemble.EnsembleReward(members, cfg.aggregate, cfg.ensemble_lambda, cfg.ensemble_normalize))]
+        terms = [(1.0, ensemble.EnsembleReward(members, cfg.aggregate, cfg.ensemble_lambda, cfg.ensemble_normalize,
+                                               all_sum=placement.all_sum if placement is not None else None))]
     elif cfg.kind == "judge":
         from prefopt.label import judges
 
