@@ -327,3 +327,17 @@ def test_readme_commands_compose_and_pass_their_checks(members):
             else:
                 check(typed(RewardConfig, cfg.reward, "reward"))
     assert kinds == {"reward", "rloo", "ppo", "dpo", "leaderboard"}  # best_of_n composes train.yaml's default algo
+
+
+def test_cli_refuses_a_bad_ensemble_in_one_line(tmp_path):
+    from prefopt.cli import members as M
+    from short_runs import cli, one_line_error
+
+    for bad, needle in (("algo.ensemble_members=0", "accepted: a whole number >= 1"),
+                        ("algo.ensemble_resample=jackknife", "accepted: seed, bootstrap")):
+        with pytest.raises(UserError, match=needle):
+            M.count(compose(["algo=reward", bad]))
+    p = cli("algo=rloo", "reward=ensemble", f"reward.paths=[{tmp_path}]", "reward.aggregate=min",
+            f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(p, "reward.paths[0]", "is not a model directory")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
