@@ -18,7 +18,8 @@ likelihood sees differences) and its scale depends on how long it trained, so wi
 would pick the member with the lowest offset rather than the most pessimistic one, and s would
 measure offsets rather than disagreement. Coste et al. normalise each member for the same reason.
 S is the first batch the ensemble scores: the first rollout of an online run (samples of π_SFT
-before any update) or best-of-n's samples of π_SFT; μ, σ are then frozen, so a reward never
+before any update; under ddp / fsdp2 the union of every process's first rollout) or best-of-n's
+samples of π_SFT; μ, σ are then frozen, so a reward never
 moves because the policy did, and they travel in the run's checkpoints (``state_dict``), so a
 resumed run scores exactly as the uninterrupted one.
 
