@@ -40,9 +40,9 @@ class JudgeConfig:
 
     name: str = "smollm2"
     kind: str = "llm"  # llm | model | function | gold
-    # llm: an HF directory or a .gguf file (wins over gguf_package); model: a sequence-classifier directory.
+    # llm: an HF directory or a .gguf file (wins over gguf_package / gguf_file); model: a sequence-classifier directory.
     path: Optional[str] = None
-    gguf_file: Optional[str] = None  # llm: the .gguf file in path (a folder) or in gguf_package
+    gguf_file: Optional[str] = None  # llm: the .gguf file inside gguf_package
     gguf_package: Optional[str] = None  # llm: an installed package that ships gguf_file (never imported)
     principles: str = ""  # llm: what "better" means; conf/judge/smollm2.yaml holds the default text
     principles_file: Optional[str] = None  # llm: read the principles from this file instead

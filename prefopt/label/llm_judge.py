@@ -41,11 +41,10 @@ def order_averaged(z_ab: torch.Tensor, z_ba: torch.Tensor) -> tuple:
 
 
 def _model_config(cfg) -> ModelConfig:
-    """The judge's weights as a model config: ``path`` (a directory or .gguf file) wins over a package."""
+    """The judge's weights as a model config: ``path`` (a directory or .gguf file) wins over a package
+    and its file, so that ``judge=smollm2 judge.path=...`` needs no other key reset."""
     if cfg.path:
-        path = os.path.expanduser(cfg.path)
-        return ModelConfig(name=cfg.name, name_or_path=path, gguf_file=cfg.gguf_file if os.path.isdir(path) else None,
-                           dtype=cfg.dtype)
+        return ModelConfig(name=cfg.name, name_or_path=os.path.expanduser(cfg.path), dtype=cfg.dtype)
     return ModelConfig(name=cfg.name, gguf_file=cfg.gguf_file, gguf_package=cfg.gguf_package, dtype=cfg.dtype)
 
 
@@ -73,7 +72,7 @@ def check_llm(cfg, key: str = "judge") -> None:
         if not os.path.exists(path):
             raise UserError(f"{key}.path: '{cfg.path}' does not exist; accepted: an instruct model's HF directory "
                             "or a .gguf file")
-        if os.path.isdir(path) and not cfg.gguf_file and not os.path.isfile(os.path.join(path, "config.json")):
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"{key}.path: '{cfg.path}' is not a model directory (no config.json); accepted: an "
                             "instruct model's HF directory or a .gguf file")
         if os.path.isfile(path) and not path.lower().endswith(".gguf"):
