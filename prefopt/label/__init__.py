@@ -1,3 +1,3 @@
 """AI feedback: judges that compare two completions of one prompt (:mod:`prefopt.label.judges`,
-:mod:`prefopt.label.llm_judge`) and ``prefopt-label``, which samples completions from a policy and
-writes the judge's verdicts as a TRL-format preference file (:mod:`prefopt.label.cli`)."""
+:mod:`prefopt.label.llm_judge`), and the preference rows made from their verdicts
+(:mod:`prefopt.label.pairs`) that ``prefopt-label`` (:mod:`prefopt.cli.label`) writes."""
