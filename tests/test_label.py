@@ -178,6 +178,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     for args, needle in cases:
         _refused(capsys, args, needle)
     assert sorted(os.listdir(tmp_path)) == ["afile", "exists.jsonl"]
+    assert label_main(["--help"]) == {} and "prefopt-label data=reviews" in capsys.readouterr().out
 
 
 def test_the_command_line_refuses_in_one_line(tmp_path):

@@ -222,6 +222,9 @@ def main(argv=None) -> dict:
     from prefopt.cli.signals import RunContext, stop_on_signals
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return {}
     with stop_on_signals(RunContext()):
         try:
             return label(compose_label(argv))
