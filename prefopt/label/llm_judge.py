@@ -135,8 +135,12 @@ class LLMJudge:
             ids = torch.tensor([[pad] * (T - len(x)) + x for x in chunk])
             am = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in chunk])
             pos = (am.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=am.to(self.device),
-                                position_ids=pos.to(self.device), use_cache=False, logits_to_keep=1).logits
+            kw = dict(input_ids=ids.to(self.device), attention_mask=am.to(self.device), position_ids=pos.to(self.device),
+                      use_cache=False)
+            try:  # the last position's logits only: [batch, 1, vocab] instead of [batch, T, vocab]
+                logits = self.model(**kw, logits_to_keep=1).logits
+            except TypeError:  # an architecture without logits_to_keep
+                logits = self.model(**kw).logits
             out.append(logits[:, -1, self.letter_ids].float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 2)
 
