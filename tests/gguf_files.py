@@ -84,3 +84,11 @@ def write_gguf(path: str, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast,
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def save_tiny_chat_model(d: str, seed: int) -> str:
+    """A tiny Llama and its chat tokenizer saved as an HF directory (a judge the tests can load)."""
+    tok = bpe_tokenizer()
+    tiny_llama(len(tok), seed=seed).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

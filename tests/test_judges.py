@@ -94,13 +94,9 @@ def test_pairs_best_vs_worst_and_all():
 
 @pytest.fixture(scope="module")
 def tiny_judge_dir(tmp_path_factory):
-    from gguf_files import bpe_tokenizer, tiny_llama
+    from gguf_files import save_tiny_chat_model
 
-    d = str(tmp_path_factory.mktemp("judge"))
-    tok = bpe_tokenizer()
-    tiny_llama(len(tok), seed=3).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_chat_model(str(tmp_path_factory.mktemp("judge")), seed=3)
 
 
 def test_llm_judge_batched_verdict_equals_unpadded_forwards(tiny_judge_dir):

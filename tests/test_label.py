@@ -106,13 +106,9 @@ def test_the_readme_smollm2_commands_run(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    from gguf_files import bpe_tokenizer, tiny_llama
+    from gguf_files import save_tiny_chat_model
 
-    d = str(tmp_path_factory.mktemp("judge"))
-    tok = bpe_tokenizer()
-    tiny_llama(len(tok), seed=5).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_chat_model(str(tmp_path_factory.mktemp("judge")), seed=5)
 
 
 def test_an_llm_judge_labels_all_pairs_and_reports_position_bias(tmp_path, tiny_judge):
