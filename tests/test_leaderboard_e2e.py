@@ -82,7 +82,7 @@ def test_quick_suite_end_to_end(tmp_path):
     # a second run finds every identity done and runs nothing
     p2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p2.returncode == 0, p2.stderr[-3000:]
-    assert p2.stdout.count("nothing to run") == 3 and "running →" not in p2.stdout + p2.stderr
+    assert p2.stdout.count("nothing to run") == 4 and "running →" not in p2.stdout + p2.stderr
     # render
     p3 = subprocess.run([sys.executable, "-m", "prefopt.leaderboard.cli", "render", f"dir={tmp_path}"],
                         capture_output=True, text=True, env=env, timeout=300)

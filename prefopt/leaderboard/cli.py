@@ -1,15 +1,20 @@
 """``prefopt-leaderboard``: run the protocol (reward models → tuning grid → report seeds), render the board.
 
-    prefopt-leaderboard run suite=quick|standard [hydra/launcher=joblib hydra.launcher.n_jobs=2]
-    prefopt-leaderboard plan suite=standard          # list the jobs and which are done, run nothing
-    prefopt-leaderboard render                       # leaderboard/LEADERBOARD.md, frontier.png, index.html
+    prefopt-leaderboard run suite=quick               # every stage at toy scale (minutes)
+    prefopt-leaderboard run suite=standard hydra/launcher=joblib hydra.launcher.n_jobs=2   # the published board
+    prefopt-leaderboard run suite=quick only='[*dpo*,*-s0-*]' stages=[1,2]   # some jobs, some stages
+    prefopt-leaderboard plan suite=standard           # list the jobs and which are done, run nothing
+    prefopt-leaderboard render                        # leaderboard/LEADERBOARD.md, frontier.png, index.html
 
 Options (key=value): ``suite`` (a name in conf/leaderboard/ or a YAML path), ``dir`` (default
 ``leaderboard``: results/ and the rendered files; scratch under work/), ``seeds=[0,1]`` (report seeds) and
-``tasks=[reviews]`` (replace the suite's), ``only='[*dpo*,*-s0-*]'`` (job-id patterns; a job's reward
-model comes along), ``threads`` (torch threads per job; default: cores / jobs
-under the joblib launcher). ``hydra/…`` and ``hydra.…`` overrides go to the Hydra multirun of each
-stage; any other ``key=value`` is a conf/train.yaml override added to every run of the suite.
+``tasks=[reviews]`` (replace the suite's), ``only='[*dpo*,*-s0-*]'`` (job-id patterns, shell-style; the
+reward model of a kept job comes along, trained before it), ``stages=[1,2]`` (run only those stages: 1 the
+reward models, 2 the tuning grid, then its grid-edge extensions, 3 the report runs; ``plan`` lists only
+their jobs), ``threads`` (torch threads per job; default: cores / jobs under the joblib launcher). A list
+is ``[a,b]`` or a bare ``a``, read without YAML (``*dpo*`` would be a YAML alias); quotes around it or its
+items are dropped. ``hydra/…`` and ``hydra.…`` overrides go to the Hydra multirun of each stage; any other
+``key=value`` is a conf/train.yaml override added to every run of the suite.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ import sys
 from prefopt.core.errors import UserError
 
 USAGE = "usage: prefopt-leaderboard {run,plan,render} [suite=NAME] [dir=DIR] [key=value ...]"
-OWN = ("suite", "dir", "seeds", "tasks", "threads", "only")
+OWN = ("suite", "dir", "seeds", "tasks", "threads", "only", "stages")
+# What each list option accepts, for its error messages.
+LISTS = {"seeds": "a list of whole numbers, e.g. seeds=[0,1]",
+         "tasks": "a list of task names, e.g. tasks=[reviews,arith] or tasks=reviews",
+         "stages": "a list of stages among 1, 2, 3, e.g. stages=[1,2]",
+         "only": "a list of job-id patterns, e.g. only=[*dpo*,*-s0-*] or only=*dpo*"}
 
 
 def parse(argv: list) -> tuple[str, dict, list, list]:
@@ -62,14 +72,13 @@ def _check_own(own: dict) -> None:
     """The values of prefopt-leaderboard's own options, each checked before anything runs."""
     if "threads" in own:
         _int(own["threads"], "threads", "a whole number of torch threads per job, >= 0 (0: torch's default)", lo=0)
-    if "seeds" in own:
-        for s in _list(own["seeds"], "seeds"):
-            _int(s, "seeds", "a list of whole numbers, e.g. seeds=[0,1]", lo=0)
-    for key in ("tasks", "only"):
-        if key in own:
-            vals = _list(own[key], key)
-            if not vals or not all(isinstance(t, str) and t for t in vals):
-                raise UserError(f"{key}={own[key]}: accepted: a list of names, e.g. {key}=[reviews]")
+    for s in _items(own, "seeds"):
+        _int(s, "seeds", LISTS["seeds"], lo=0)
+    for s in _items(own, "stages"):
+        if _int(s, "stages", LISTS["stages"], lo=1) > 3:
+            raise UserError(f"stages: {s} is not a stage; accepted: {LISTS['stages']}")
+    _items(own, "tasks")
+    _items(own, "only")
 
 
 def _int(v, key: str, accepted: str, lo: int) -> int:
@@ -84,14 +93,27 @@ def _int(v, key: str, accepted: str, lo: int) -> int:
     return n
 
 
-def _list(v: str, key: str = "value") -> list:
-    import yaml
+def _items(own: dict, key: str) -> list:
+    """The items of the list option ``key`` ([] when not given): ``[a,b]`` or a bare ``a``. Not YAML: it reads
+    ``*dpo*`` as an alias. Shells and Hydra habits leave quotes in (``only=['*-rloo-*']``, ``only="[*dpo*]"``
+    through a launcher that passes them on): quotes around the whole or an item would make a glob match
+    nothing, so they are dropped."""
+    if key not in own:
+        return []
+    v = own[key]
+    s = _unquote(v.strip())
+    if s.startswith("[") and s.endswith("]"):
+        s = s[1:-1]
+    elif s.startswith("["):
+        raise UserError(f"{key}={v}: no closing ']'; accepted: {LISTS[key]}")
+    items = [_unquote(x.strip()) for x in s.split(",")]
+    if not all(items):
+        raise UserError(f"{key}={v}: an empty list or item; accepted: {LISTS[key]}")
+    return items
 
-    try:
-        out = yaml.safe_load(v)
-    except yaml.YAMLError:
-        raise UserError(f"{key}={v} is not a list; accepted: e.g. {key}=[a,b]") from None
-    return out if isinstance(out, list) else [out]
+
+def _unquote(s: str) -> str:
+    return s[1:-1].strip() if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"" else s
 
 
 def _threads(own: dict, hydra_ovr: list) -> int:
@@ -116,23 +138,34 @@ def suite_for(own: dict, train_ovr: list) -> dict:
 
     suite = load_suite(own.get("suite", "quick"))
     if "seeds" in own:
-        suite["seeds"] = [int(s) for s in _list(own["seeds"], "seeds")]
+        suite["seeds"] = [int(s) for s in _items(own, "seeds")]
     if "tasks" in own:
-        suite["tasks"] = [str(t) for t in _list(own["tasks"], "tasks")]
+        suite["tasks"] = _items(own, "tasks")
     suite["common"] = list(suite["common"]) + train_ovr
     d = own.get("dir", "leaderboard")
     suite["_results_dir"], suite["_work_dir"] = os.path.join(d, "results"), os.path.join(d, "work")
     return suite
 
 
-def _filter_only(jobs: list, only: str) -> list:
+def _matches(job_id: str, pats: list) -> bool:
     import fnmatch
 
-    pats = [p.strip() for p in only.strip("[]").split(",") if p.strip()]
-    keep = {j.id for j in jobs if any(fnmatch.fnmatch(j.id, p) for p in pats)}
-    # a kept stage-2/3 job brings its reward model along
-    rms = {j.meta.get("rm_hash") for j in jobs if j.id in keep}
-    return [j for j in jobs if j.id in keep or (j.stage == 1 and j.hash in rms)]
+    return any(fnmatch.fnmatchcase(job_id, p) for p in pats)
+
+
+def _filter_only(jobs: list, only: str) -> list:
+    """The jobs whose id matches a pattern of ``only``, and the reward models they train against (the stage-1
+    job whose identity is a kept job's ``rm_hash``, in any role the job serves), whatever their ids."""
+    pats = _items({"only": only}, "only")
+    kept = [j for j in jobs if _matches(j.id, pats)]
+    rms = {m.get("rm_hash") for j in kept for m in (j.meta, *(j.meta.get("also") or []))} - {None}
+    keep = {j.id for j in kept} | {j.id for j in jobs if j.stage == 1 and j.hash in rms}
+    return [j for j in jobs if j.id in keep]
+
+
+def _unmatched(jobs: list, only: str) -> list:
+    """The patterns of ``only`` that match no job (a typo shows before anything runs)."""
+    return [p for p in _items({"only": only}, "only") if not any(_matches(j.id, [p]) for j in jobs)]
 
 
 def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
@@ -145,44 +178,69 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, report seeds {suite['seeds']}, "
           f"tuning seeds {suite['tuning_seeds']}; planning…", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rc, shown_notes = 0, set()
+    rc, shown_notes, launched = 0, set(), set()
+    wanted = {int(s) for s in _items(own, "stages")} or {1, 2, 3}
+
+    def launch(name: str, manifest: str, todo: list) -> int:
+        cmd = [sys.executable, "-m", "prefopt.leaderboard.job", "-m", f"manifest={manifest}",
+               f"job={','.join(j.id for j in todo)}", f"threads={threads}",
+               f"hydra.sweep.dir={os.path.join(work, 'multirun', suite['name'] + f'-{stamp}-{name}')}",
+               "hydra.sweep.subdir=${job}", *hydra_ovr]
+        shown = " ".join(cmd[1:5] + [f"job=<{len(todo)} ids>"] + cmd[6:])
+        print(f"  {name}: {len(todo)} jobs: python {shown}", flush=True)
+        launched.update(j.id for j in todo)
+        p = subprocess.run(cmd, check=False)  # a failed job is counted below, by its missing result
+        ok = sum(store.has_result(res, j.hash) for j in todo)
+        print(f"  {name}: {ok}/{len(todo)} succeeded", flush=True)
+        return p.returncode or int(ok < len(todo))
+
     # The report stage depends on the tuning stage's validation numbers: plan again before each stage.
-    for stage in (1, 2, 3):
+    # Stage 2 twice: its second pass runs the grid-edge extensions its first pass's results call for.
+    for stage, name in ((1, "stage1"), (2, "stage2"), (2, "stage2-ext"), (3, "stage3")):
+        if stage not in wanted and not dry:
+            continue
         jobs, notes = plan(suite, work, res)
         for n in notes:
             if n not in shown_notes and (dry or stage == 3 or not n.endswith(" in)")):
                 print(f"  note: {n}")
                 shown_notes.add(n)
         if "only" in own:
+            for pat in _unmatched(jobs, own["only"]):
+                if ("only", pat) not in shown_notes:
+                    later = " (report runs join the plan once their tuning results are in)" if any(
+                        n.endswith(" in)") for n in notes) else ""
+                    print(f"  note: only=[{pat}]: matches none of the {len(jobs)} jobs planned now{later}")
+                    shown_notes.add(("only", pat))
             jobs = _filter_only(jobs, own["only"])
-        manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}-stage{stage}.json")
+        manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}-{name}.json")
         write_manifest(manifest, suite, jobs)
         done = {j.id for j in jobs if store.has_result(res, j.hash)}
         if dry:
-            print(f"  {len(jobs)} jobs planned now ({len(done)} already have a result); plan: {manifest}")
-            for j in jobs:
+            listed = [j for j in jobs if j.stage in wanted]
+            print(f"  {len(listed)} jobs planned now ({sum(j.id in done for j in listed)} already have a result); "
+                  f"plan: {manifest}")
+            for j in listed:
                 print(f"  [{'done' if j.id in done else 'todo'}] stage {j.stage} {j.id} {j.hash}")
             return 0
         todo = [j for j in jobs if j.stage == stage and j.id not in done]
-        blocked = [j for j in todo if j.meta.get("rm_hash") and not store.has_result(res, j.meta["rm_hash"]) and stage > 1]
+        if stage > 1 and 1 in wanted:
+            # A reward model no earlier pass listed: under only=, a report run's or an ablation run's (planned
+            # only once the grid's results are in). It trains first, here.
+            need = {m.get("rm_hash") for j in todo for m in (j.meta, *(j.meta.get("also") or []))}
+            rms = [j for j in jobs if j.stage == 1 and j.hash in need and j.id not in done and j.id not in launched]
+            if rms:
+                rc = launch(f"{name}-rm", manifest, rms) or rc
+        blocked = [j for j in todo
+                   if stage > 1 and j.meta.get("rm_hash") and not store.has_result(res, j.meta["rm_hash"])]
         todo = [j for j in todo if j not in blocked]
         for j in blocked:
-            print(f"  stage {stage}: {j.id} skipped: its reward model ({j.meta['rm_hash']}) has no result")
+            print(f"  stage {stage}: {j.id} skipped: its reward model ({j.meta['rm_hash']}) has no result"
+                  + ("" if 1 in wanted else "; stages= leaves out stage 1"))
         if not todo:
-            print(f"  stage {stage}: nothing to run ({sum(j.stage == stage for j in jobs)} jobs, all done)")
+            rest = f"{len(blocked)} skipped, the rest done" if blocked else "all done"
+            print(f"  {name}: nothing to run ({sum(j.stage == stage for j in jobs)} jobs, {rest})")
             continue
-        cmd = [sys.executable, "-m", "prefopt.leaderboard.job", "-m", f"manifest={manifest}",
-               f"job={','.join(j.id for j in todo)}", f"threads={threads}",
-               f"hydra.sweep.dir={os.path.join(work, 'multirun', suite['name'] + f'-{stamp}-stage{stage}')}",
-               "hydra.sweep.subdir=${job}", *hydra_ovr]
-        shown = " ".join(cmd[1:5] + [f"job=<{len(todo)} ids>"] + cmd[6:])
-        print(f"  stage {stage}: {len(todo)} jobs: python {shown}", flush=True)
-        p = subprocess.run(cmd)
-        rc = rc or p.returncode
-        ok = sum(store.has_result(res, j.hash) for j in todo)
-        print(f"  stage {stage}: {ok}/{len(todo)} succeeded", flush=True)
-        if ok < len(todo):
-            rc = rc or 1
+        rc = launch(name, manifest, todo) or rc
     return rc
 
 
