@@ -101,9 +101,9 @@ def test_selection_never_reads_a_test_set_number(tmp_path):
 
 
 def test_choose_ties_and_budget():
-    scored = [{"point": {"lr": 1}, "val_gold": 0.5, "val_kl": 3.0, "seeds": 1},
-              {"point": {"lr": 2}, "val_gold": 0.5, "val_kl": 1.0, "seeds": 1},
-              {"point": {"lr": 3}, "val_gold": None, "val_kl": None, "seeds": 0}]
+    scored = select.grid_scores([{"lr": 1}, {"lr": 2}, {"lr": 3}],
+                                [[{"eval_periodic": {"gold_reward": 0.5, "kl_to_ref": 3.0}}],
+                                 [{"eval_periodic": {"gold_reward": 0.5, "kl_to_ref": 1.0}}], []])
     c = select.choose(scored, kl_budget=2.0)
     assert c["best"]["point"] == {"lr": 1} and c["at_budget"]["point"] == {"lr": 2}  # tie: the earlier point
     assert select.choose(scored, kl_budget=0.1)["at_budget"] is None

@@ -47,7 +47,7 @@ def test_render_from_fixture_results(tmp_path):
     assert lines["dpo"].startswith("| 1 |")
     assert "π_SFT (reference)" in lines and "best-of-n" in md and "n=2" in md
     # the grid line shows validation numbers and marks the pick
-    assert "dpo: β=0.1 lr=0.001: 1.000 (KL 1.00)★" in md
+    assert "dpo: β=0.1 lr=0.001: 1.000 (mean 1.000, KL 1.00)★" in md
     # the missing KL leaves that cell empty, the row is still there
     evil = lines["&lt;b&gt;evil&lt;/b&gt;"]  # escaped in the Markdown too (GitHub renders inline HTML)
     assert " — |" in evil and "0.200" in evil

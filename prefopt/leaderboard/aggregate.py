@@ -58,6 +58,7 @@ class Point:
     per_seed: dict = field(default_factory=lambda: defaultdict(dict))  # metric -> {seed: value}
     curves: dict = field(default_factory=dict)  # seed -> trajectory [{step, gold, kl, proxy_cal, length}]
     first_last: dict = field(default_factory=dict)  # seed -> {metric: [first, last]}
+    diverged: dict = field(default_factory=dict)  # seed -> why its validation curve diverged, or None
     est: dict = field(default_factory=dict)
 
     def estimate(self, seed: int = 0):
@@ -96,6 +97,7 @@ class MethodRow:
     at_budget: Optional[Point] = None  # the "at_budget" pick's report runs
     grid: list = field(default_factory=list)  # select.grid_scores of the tuning runs
     chosen: dict = field(default_factory=dict)  # pick -> grid point
+    chosen_mean: dict = field(default_factory=dict)  # pick -> grid point under the earlier rule (select.choose "mean")
     budget_gold: dict = field(default_factory=dict)  # KL budget -> Estimate (best gold on the curve within it)
     fit: Optional[fits.Fit] = None
     fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
@@ -179,11 +181,14 @@ def _current(cands: dict, want: Optional[dict], grid_known: bool):
     return next(iter(cands.values())) if not grid_known and len(cands) == 1 else None
 
 
-def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: Optional[float] = None) -> dict:
+def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: Optional[float] = None,
+              divergence: Optional[dict] = None) -> dict:
     """{"version": (code, cpu), "other_versions": {(code, cpu): n}, "tasks": {task: {...}}}.
 
     A row's picks are chosen again here from its grid by the plan's own rule (select.choose, with the
-    suite's ``pick_kl_budget``), and only the report runs of those points are shown."""
+    suite's ``pick_kl_budget`` and ``divergence``), and only the report runs of those points are shown.
+    Rows are in rank order, then by mean test gold."""
+    rule_of = lambda task: select.divergence_rule({"divergence": divergence or {}}, task)  # noqa: E731
     version, recs = pick_version(records)
     others = {k: len(v) for k, v in version_groups(records).items() if k != version}
     rm_by_id = {}
@@ -240,17 +245,21 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
                         pt.per_seed[m][seed] = v
                 pt.curves[seed] = _curve(rec, temp)
                 pt.first_last[seed] = rec.get("train_first_last") or {}
+                pt.diverged[seed] = select.divergence_of(rec, *rule_of(task))
     out = {}
     for task, T in tasks.items():
-        rows = []
+        rows, tuned = [], []
         for key, row in T["rows"].items():
             grid_recs = T["tuning"].get(key, {})
             # The plan's grid order (plan.grid_of: learning rate outer, coefficient inner, both ascending as
             # declared), not the order the files were read: select.choose breaks a tie by it.
             order = sorted(grid_recs, key=lambda p: [dict(p).get("lr", 0.0)] + [str(v) if not isinstance(v, (int, float))
                                                                                  else v for k, v in p if k != "lr"])
-            row.grid = select.grid_scores([dict(p) for p in order], [grid_recs[p] for p in order])
+            row.grid = select.grid_scores([dict(p) for p in order], [grid_recs[p] for p in order], *rule_of(task))
             choice = select.choose(row.grid, pick_kl_budget) if row.grid else {}
+            if row.grid:
+                row.chosen_mean = {k: dict(v["point"]) for k, v in select.choose(row.grid, pick_kl_budget, "mean").items()
+                                   if v is not None}
             for pick in ("best", "at_budget"):
                 want = (choice.get(pick) or {}).get("point")
                 pt = _current(row.candidates.get(pick, {}), want, bool(row.grid))
@@ -258,6 +267,8 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
                 if pt is not None:
                     row.chosen[pick] = dict(pt.point)
                     pt.estimate(boot_seed)
+            if row.grid:
+                tuned.append(row)
             if row.best is None and not row.bon_points:
                 continue  # tuned but not (yet) reported
             if row.best is not None:
@@ -278,8 +289,12 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
         matrix, ranks = paired_matrix(rows, boot_seed)
         for r in rows:
             r.rank = ranks.get(r.label)
+        # Rank order first (a rank counts the methods separated above it, so mean order can put a 6 above a 3),
+        # the mean inside a rank; unranked rows (the oracle) last.
+        rows.sort(key=lambda r: (r.rank if r.rank is not None else math.inf,
+                                 -(_row_gold(r).mean if _row_gold(r) else float("-inf"))))
         abl = _ablation_now(T, rows)
-        out[task] = {"rows": rows, "reference": ref, "matrix": matrix,
+        out[task] = {"rows": rows, "tuned": tuned, "reference": ref, "matrix": matrix,
                      "rm": {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in T["rm"].items()},
                      "rm_by_pairs": {n: bootstrap_ci(list(v.values()), seed=boot_seed) for n, v in T["rm_by_pairs"].items()},
                      "ablation": abl, "proxy_length_corr": bootstrap_ci(list(T["proxy_length_corr"].values()), seed=boot_seed)}

@@ -23,7 +23,8 @@ import os
 # rendering (the benchmarks, prefopt/bench/, are left out by _files). Paths relative to the package root.
 NOT_TRAINING = ("leaderboard/aggregate.py", "leaderboard/render.py", "leaderboard/stats.py", "leaderboard/fits.py",
                 "leaderboard/checks.py", "leaderboard/cli.py", "leaderboard/store.py", "leaderboard/identity.py",
-                "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py", "leaderboard/ensemble.py")
+                "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py", "leaderboard/ensemble.py",
+                "leaderboard/page.py", "leaderboard/plot.py", "leaderboard/transfer.py", "leaderboard/crosscpu.py")
 
 
 def _roots() -> list:

@@ -66,7 +66,8 @@ def load_suite(name_or_path: str) -> dict:
     defaults = dict(seed_keys=["seed"], tuning_seeds=[], exclude=[], reward_model="reward", proxy_tasks=None,
                     exact_reward={}, lr_grid={}, pick_kl_budget=None, common=[], stage1=[], offline=[], online=[],
                     online_task={}, algo={}, best_of_n={"ns": [1, 2, 4, 8, 16], "samples": 16}, kl_budgets=[],
-                    ablation=None, board_notes=[], reward_ensemble=None)
+                    ablation=None, board_notes=[], reward_ensemble=None, methods=None, tune_coefficients=True,
+                    extend_grid_edges=True, divergence={}, budget_note=None, tiers=[], transfer=None)
     suite = {**defaults, **suite}
     if suite["proxy_tasks"] is None:
         suite["proxy_tasks"] = list(suite["tasks"])
@@ -145,10 +146,18 @@ def methods_of(suite: dict) -> tuple[list, list]:
     rm_algo = suite["reward_model"]
     if rm_algo not in available() or classify(get_objective(rm_algo).needs) != "reward_model":
         raise UserError(f"suite {suite['name']}: reward_model '{rm_algo}' is not a registered objective with a scalar head")
+    only = suite.get("methods")
+    if only is not None:
+        unknown = [m for m in only if m not in available()]
+        if unknown:
+            raise UserError(f"suite {suite['name']}: methods {unknown} are not registered objectives; accepted: "
+                            f"{', '.join(available())}")
     for name in available():
         Obj = get_objective(name)
         kind = classify(Obj.needs)
-        if any(fnmatch.fnmatchcase(name, pat) for pat in suite["exclude"]):  # names or patterns ("*": none)
+        if only is not None and name not in only and name != rm_algo:
+            notes.append(f"{name}: not in the suite's methods ({kind})")
+        elif any(fnmatch.fnmatchcase(name, pat) for pat in suite["exclude"]):  # names or patterns ("*": none)
             notes.append(f"{name}: excluded by the suite ({kind})")
         elif name == rm_algo:
             continue
@@ -161,10 +170,17 @@ def methods_of(suite: dict) -> tuple[list, list]:
     return methods, notes
 
 
-def grid_of(suite: dict, task: str, Obj) -> list:
-    """The tuning grid of one method on one task: [{override key: value}] in grid order."""
-    lrs = suite["lr_grid"].get(task, suite["lr_grid"].get("default"))
-    points = [{"trainer.lr": float(lr)} for lr in lrs]
+def lrs_of(suite: dict, task: str) -> list:
+    return [float(lr) for lr in suite["lr_grid"].get(task, suite["lr_grid"].get("default"))]
+
+
+def grid_of(suite: dict, task: str, Obj, lrs: Optional[list] = None) -> list:
+    """The tuning grid of one method on one task: [{override key: value}] in grid order: the suite's
+    learning rates (or ``lrs``) × the values of the method's declared coefficient (unless the suite
+    sets ``tune_coefficients: false``: then the preset's value)."""
+    points = [{"trainer.lr": float(lr)} for lr in (lrs_of(suite, task) if lrs is None else lrs)]
+    if not suite.get("tune_coefficients", True):
+        return points
     for key, values in (getattr(Obj, "tuning", None) or {}).items():
         if key not in _algo_fields(Obj):
             raise UserError(f"{Obj.__name__}.tuning names '{key}', which its Config does not have")
@@ -268,19 +284,48 @@ def _plan(suite: dict, work_dir: str, results_dir: Optional[str]) -> tuple[list,
                         grids.setdefault((task, name, rw), (grid, [[] for _ in grid]))[1][i].append(j)
     # stage 3: the picks on the report seeds (once the grid's results are in), best-of-n, the ablation
     loaded = store.load_results(results_dir) if results_dir else None
-    by_id = {r.get("result_id") or r["config_hash"]: r for r in (loaded.ok if loaded else [])}
-    picks_of = {}
-    for (task, name, rw), (grid, grid_jobs) in grids.items():
+    # A failed tuning run counts as in (select treats it as diverged), so that one crash does not hold a
+    # method's report runs back; `run` retries it next time.
+    by_id = {r.get("result_id") or r["config_hash"]: r for r in ((loaded.failed + loaded.ok) if loaded else [])}
+    objs = {name: (Obj, kind) for name, Obj, kind in methods}
+
+    def scored_of(task, grid, grid_jobs, label):
         recs = [[by_id[j.hash] for j in js if j.hash in by_id] for js in grid_jobs]
         if any(len(r) < len(js) for r, js in zip(recs, grid_jobs)):
             done = sum(len(r) for r in recs)
-            notes.append(f"{task}/{name}{'' if rw in (None, 'proxy') else '-' + rw}: report runs wait for its tuning "
-                         f"results ({done}/{sum(len(js) for js in grid_jobs)} in)")
+            notes.append(f"{label}: report runs wait for its tuning results ({done}/{sum(len(js) for js in grid_jobs)} in)")
+            return None
+        return select.grid_scores(grid, recs, *select.divergence_rule(suite, task))
+
+    picks_of = {}
+    for (task, name, rw), (grid, grid_jobs) in grids.items():
+        label = f"{task}/{name}{'' if rw in (None, 'proxy') else '-' + rw}"
+        scored = scored_of(task, grid, grid_jobs, label)
+        if scored is None:
             continue
-        scored = select.grid_scores(grid, recs)
         chosen = select.choose(scored, suite["pick_kl_budget"])
+        side = select.edge_of(chosen, scored, lrs_of(suite, task)) if suite.get("extend_grid_edges", True) else None
+        if side is not None:
+            # One more learning rate beyond the edge the pick sits on, on the tuning seeds; then choose again
+            # over the whole grid (the extension is not extended again).
+            Obj, kind = objs[name]
+            lr = select.extend_lr(lrs_of(suite, task), side)
+            ext = grid_of(suite, task, Obj, lrs=[lr])
+            ext_jobs = [[] for _ in ext]
+            for seed in tuning_seeds:
+                for i, point in enumerate(ext):
+                    ext_jobs[i].append(method_job(task, seed, name, Obj, kind, rw, point, "tuning",
+                                                  rms.get((task, seed)), 2, {"extension": side}))
+            whole = sorted(zip(grid + ext, grid_jobs + ext_jobs), key=lambda gj: gj[0]["trainer.lr"])
+            scored = scored_of(task, [g for g, _ in whole], [js for _, js in whole], label + f" (grid extended {side} "
+                               f"to lr {lr:g})")
+            if scored is None:
+                continue
+            chosen = select.choose(scored, suite["pick_kl_budget"])
         if chosen["best"] is None:
-            notes.append(f"{task}/{name}: no grid point has a validation score; nothing to report")
+            why = "every grid point diverged on a tuning seed" if any(s["seeds"] for s in scored) else \
+                "no grid point has a validation score"
+            notes.append(f"{label}: {why}; nothing to report")
             continue
         picks_of[(task, name, rw)] = (scored, chosen)
     for seed in report_seeds:

@@ -14,27 +14,33 @@ import math
 import os
 from collections import Counter
 
-from prefopt.leaderboard import checks, ensemble
+from prefopt.leaderboard import checks, ensemble, select, transfer
 from prefopt.leaderboard.aggregate import REWARD_LABEL, aggregate
 from prefopt.leaderboard.bon import best_of_n_kl
 from prefopt.leaderboard.store import load_results
 
 PROTOCOL = """\
-Per task and seed: π_SFT (the testbed's SFT policy) → K completions per training prompt → pairs
-labelled by Bradley–Terry draws on the gold reward → a proxy reward model (the `reward` objective) on
-those pairs → every registered method on the same pairs / prompts: offline methods on the pairs;
-online methods against the proxy reward model (and, where the task has one, the verifiable reward).
-Three disjoint prompt sets per task: training, validation, test. **Tuning**: each method runs its grid
-(the suite's learning rates × its own declared main coefficient) on tuning seeds that are never
-report seeds; the configuration with the best mean *validation* gold reward (and a second pick: the
-best at validation KL ≤ the suite's budget) then runs on the report seeds. **Reported numbers are
-test-prompt numbers of those report runs only.** Every run evaluates on the validation prompts
-every k steps: the curves (gold reward against √KL, proxy dashed in gold units) and Gao et al.'s
-fits come from those. Seeds share π_SFT, pairs and reward model across methods, so comparisons are
-paired: the matrix gives P(row beats column) by a paired bootstrap over seeds, and a method's rank
-counts only the methods whose paired 95% interval lies above it (ties share a rank). Intervals:
-95% percentile bootstrap over report seeds (exact enumeration for ≤ 5 seeds); **bold**: best mean of
-a column (KL is not ranked)."""
+Per task and seed: π_SFT (the testbed's SFT policy; on the real-checkpoint tier, the checkpoint itself) →
+K completions per training prompt → pairs labelled by the gold reward (Bradley–Terry draws on the toy
+tasks, exact match on smol_arith) → a proxy reward model (the `reward` objective) on those pairs where
+the suite lists the task in `proxy_tasks` → every method on the same pairs / prompts: offline methods on
+the pairs; online methods against the proxy reward model and, where the task has one, the verifiable
+reward. Three disjoint prompt sets per task: training, validation, test. **Tuning**: each method runs
+its grid (the suite's learning rates × its own declared main coefficient) on tuning seeds that are never
+report seeds. A grid point whose validation curve **diverged** on any tuning seed (gold below π_SFT's by
+more than the suite's margin, or KL past its bound, at any evaluation) is not eligible; among the rest,
+the pick maximises the **worst tuning seed's** final validation gold (with two tuning seeds, exactly
+mean − std), so a configuration at the edge of divergence that one seed happened to survive is not
+picked; a second pick does the same among the points within the suite's validation-KL budget on every
+tuning seed. A pick on the top or bottom learning rate extends the grid one step that way, once.
+**Reported numbers are test-prompt numbers of the picks' report runs only.** Every run evaluates on the
+validation prompts every k steps: the curves (gold reward against √KL, proxy dashed in gold units) and
+Gao et al.'s fits come from those, and a report run counts as diverged by the same rule. Seeds share
+π_SFT, pairs and reward model across methods, so comparisons are paired: the matrix gives P(row beats
+column) by a paired bootstrap over seeds, and a method's rank counts only the methods whose paired 95%
+interval lies above it (ties share a rank); rows are in rank order. Intervals: 95% percentile
+bootstrap over report seeds (exact enumeration for ≤ 5 seeds); **bold**: best mean of a column (KL is
+not ranked)."""
 
 REPRO = """\
 Reproduces exactly: the same code version on the same CPU capability (and the same torch threads per
@@ -136,7 +142,7 @@ def table(task_agg, budgets):
     header = (["rank", "method", "signal", "chosen (validation)"] + [c[0] for c in COLS]
               + [f"gold @ KL≤{b:g} (curve)" for b in budgets] + ["peak KL (fit)", "peak gain (fit)", "pick @ KL budget",
                                                                   "its test gold", "its KL"]
-              + [c[0] for c in COST] + ["seeds"])
+              + [c[0] for c in COST] + ["diverged", "seeds"])
     heads = [_headline(r) for r in rows]
     best = {}
     for title, m, d, _ in COLS:
@@ -154,7 +160,7 @@ def table(task_agg, budgets):
         e = ref.est.get(m) if ref is not None else None
         cells.append((_fmt(e, dg), e.mean if e else None, False))
     cells += [(_fmt(ref.est.get("gold"), 3), None, False)] * len(budgets) + [("—", None, False)] * 5
-    cells += [("—", None, False)] * len(COST) + [(str(ref.seeds), ref.seeds, False)]
+    cells += [("—", None, False)] * len(COST) + [("—", None, False), (str(ref.seeds), ref.seeds, False)]
     out.append(cells)
     for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
         sig = REWARD_LABEL.get(r.reward, str(r.reward))
@@ -184,9 +190,30 @@ def table(task_agg, budgets):
             e = p.est.get(m) if p is not None else None
             cells.append(("—" if e is None else f"{e.mean:,.{dg}f}", e.mean if e else None, False))
         n = p.seeds if p is not None else 0
+        dv = diverged_count(p)
+        cells.append((f"{dv}/{n}" if p is not None and p.diverged else "—", dv, False))
         cells.append((str(n), n, False))
         out.append(cells)
     return header, out
+
+
+def diverged_count(p) -> int:
+    """Report seeds whose validation curve diverged (select.divergence_of, the rule that makes a tuning
+    point ineligible)."""
+    return sum(1 for why in (getattr(p, "diverged", None) or {}).values() if why)
+
+
+# The main table: what a reader compares. The rest of table()'s columns go to the task's "cost and
+# diagnostics" table, so that neither is 23 columns wide.
+MAIN_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged")
+DIAG_COLS = ("method", "proxy−gold gap", "Δ length", "repetition", "peak KL (fit)", "peak gain (fit)", "labels",
+             "samples", "policy tokens", "wall s", "peak MB", "seeds")
+
+
+def md_table(header, rows, cols) -> list:
+    keep = [header.index(c) for c in cols if c in header]
+    out = ["| " + " | ".join(_md(header[i]) for i in keep) + " |", "|" + "---|" * len(keep)]
+    return out + ["| " + " | ".join(_md(cells[i][0], cells[i][2]) for i in keep) + " |" for cells in rows]
 
 
 def grid_lines(task_agg) -> list:
@@ -200,7 +227,12 @@ def grid_lines(task_agg) -> list:
         for g in r.grid:
             key = tuple(sorted(g["point"].items()))
             mark = "".join(s for k, s in (("best", "★"), ("at_budget", "◆")) if picks.get(k) == key)
-            val = "—" if g["val_gold"] is None else f"{g['val_gold']:.3f} (KL {g['val_kl']:.2f})"
+            if g["val_gold"] is None:
+                val = "—"
+            elif g.get("diverged"):
+                val = f"diverged on {g['diverged']}/{g['seeds']} ({g['why']})"
+            else:
+                val = f"{g['val_gold_worst']:.3f} (mean {g['val_gold']:.3f}, KL {g['val_kl']:.2f})"
             parts.append(f"{_pt(g['point'])}: {val}{mark}")
         out.append(f"{r.label}: " + "; ".join(parts))
     return out
@@ -265,55 +297,139 @@ def header_lines(agg, records) -> list:
     return out
 
 
-def markdown(agg, suite, budgets, loaded, versions, records, extra=()) -> str:
-    lines = [f"# prefopt leaderboard — suite `{suite}`", "",
-             "Generated by `prefopt-leaderboard render` from `leaderboard/results/*.json`; do not edit by hand.", ""]
-    lines += header_lines(agg, records) + ["", "![gold reward against √KL along training](frontier.png)", "",
-                                           "## Protocol", "", PROTOCOL, ""]
-    all_checks = check_rows(agg, suite, budgets)
-    for task in task_order(agg, suite):
-        T = agg["tasks"][task]
-        header, rows = table(T, budgets)
-        lines += [f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for cells in rows:
-            lines.append("| " + " | ".join(_md(t, b) for t, _, b in cells) + " |")
-        lines += ["", rm_line(T), "", f"### {task}: tuning grids (validation gold, KL; ★ best, ◆ best at the KL budget)", ""]
-        lines += [f"- {_md(x)}" for x in grid_lines(T)] + [""]
-        mh, mb = matrix_table(T)
-        if len(mh) > 2:
-            lines += [f"### {task}: paired comparison (test gold; * the paired 95% interval of the difference excludes 0)", "",
-                      "| " + " | ".join(_md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
-            lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in mb] + [""]
-        lines += [f"### {task}: sanity checks from the literature", "", "| check | expected | result | numbers |",
+def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
+    """One task's sections: headline, main table, cost and diagnostics, grids, paired matrix, checks."""
+    header, rows = table(T, budgets)
+    lines = [f"{level} {title or task}", "", headline(T), ""] + md_table(header, rows, MAIN_COLS) + [""]
+    side = [c for c in header if c.startswith("gold @ KL") or c in ("pick @ KL budget", "its test gold", "its KL")]
+    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in side):
+        lines += [f"{level}# {task}: at a KL budget (validation curve read-offs; the second pick's test numbers)", ""]
+        lines += md_table(header, rows, ("method", *side)) + [""]
+    lines += [f"{level}# {task}: cost and diagnostics", ""] + md_table(header, rows, DIAG_COLS) + [""]
+    lines += [rm_line(T), "", f"{level}# {task}: tuning grids (validation gold of the worst tuning seed; ★ best, "
+              "◆ best at the KL budget)", ""]
+    lines += [f"- {_md(x)}" for x in grid_lines(T)] + [""]
+    mh, mb = matrix_table(T)
+    if len(mh) > 2:
+        lines += [f"{level}# {task}: paired comparison (test gold; * the paired 95% interval of the difference "
+                  "excludes 0)", "", "| " + " | ".join(_md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in mb] + [""]
+    if task_checks:
+        lines += [f"{level}# {task}: sanity checks from the literature", "", "| check | expected | result | numbers |",
                   "|---|---|---|---|"]
         lines += [f"| {_md(c['name'])} | {_md(c['expect'])} | {_md(c['status'].upper(), c['status'] == 'fail')} | "
-                  f"{_md(c['detail'])} |" for c in all_checks.get(task, [])] + [""]
-    lines += list(extra)  # sections of other suites shown on this board (the reward-ensemble comparison)
-    lines += ["## Reproducibility", "", REPRO, ""]
-    lines += ["## Suite", ""] + [f"- {html.escape(x, quote=False)}" for x in suite_lines(suite)] + [""]
-    lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite)] + [""]
-    lines += ["## Versions", ""] + [f"- {v}" for v in versions] + [""]
-    return "\n".join(lines)
+                  f"{_md(c['detail'])} |" for c in task_checks] + [""]
+    return lines
+
+
+def _cost(p) -> str:
+    if p is None:
+        return ""
+    e = lambda m: p.est.get(m)  # noqa: E731
+    parts = [f"{e(m).mean:,.0f} {name}" for m, name in (("labels", "labels"), ("samples", "samples"), ("wall", "s"))
+             if e(m) is not None]
+    return ", ".join(parts)
+
+
+def headline(T) -> str:
+    """The task in one paragraph: the methods tied for best (rank 1), the best offline method, and what
+    each of them costs (labels, samples generated, wall seconds per run)."""
+    rows = [r for r in T["rows"] if r.reward != "gold" and _headline(r)[0] is not None]
+    if not rows:
+        return "No method has report results yet."
+    g = lambda r: _headline(r)[0].est.get("gold")  # noqa: E731
+    desc = lambda r: f"{r.label} {_fmt(g(r), 3)} ({_cost(_headline(r)[0])})"  # noqa: E731
+    top = [r for r in rows if r.rank == 1]
+    ref = T["reference"].est.get("gold")
+    out = [f"**Tied for best** (rank 1: no method's paired interval lies above): " + "; ".join(desc(r) for r in top) + "."]
+    off = [r for r in rows if r.category == "offline"]
+    if off:
+        b = off[0]
+        out.append(f"**Best offline**: {desc(b)}, rank {b.rank}.")
+    if ref is not None:
+        out.append(f"π_SFT: {_fmt(ref, 3)}.")
+    div = [f"{r.label} {diverged_count(r.best)}/{r.best.seeds}" for r in rows if r.best is not None and diverged_count(r.best)]
+    out.append("Report seeds diverged: " + (", ".join(div) if div else "none") + ".")
+    return " ".join(out)
+
+
+def picks_changed(agg) -> tuple[list, int, int]:
+    """(lines, changed, compared): each row whose ``best`` pick differs from the earlier rule's (highest mean
+    validation gold, no eligibility), and why."""
+    out, changed, n = [], 0, 0
+    for task, T in agg["tasks"].items():
+        for r in T.get("tuned", T["rows"]):
+            new = next((x["point"] for x in [select.choose(r.grid, None)["best"]] if x), None) if r.grid else None
+            old = r.chosen_mean.get("best")
+            if not r.grid or new is None or old is None:
+                continue
+            n += 1
+            if _key(new) == _key(old):
+                continue
+            changed += 1
+            g = {_key(x["point"]): x for x in r.grid}
+            go, gn = g.get(_key(old)), g.get(_key(new))
+            if go and go.get("diverged"):
+                why = f"the mean rule's pick diverged on {go['diverged']}/{go['seeds']} tuning seeds ({go['why']})"
+            elif go and gn:
+                why = (f"its worst tuning seed scored {go['val_gold_worst']:.3f} (mean {go['val_gold']:.3f}) against "
+                       f"{gn['val_gold_worst']:.3f} (mean {gn['val_gold']:.3f})")
+            else:
+                why = "the grid grew past its edge"
+            out.append(f"{task}/{r.label}: {_pt(old)} → {_pt(new)}: {why}")
+    return out, changed, n
+
+
+def _key(point: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in point.items() if k != "chosen"))
+
+
+def tier_cost(records) -> str:
+    """Total job time of a suite's results (tuning and report), the measure of what the tier costs."""
+    wall = sum(float(r.get("wall_time_s") or 0.0) for r in records)
+    return f"{len(records)} runs, {wall / 60:.0f} min of job time ({wall / 3600:.1f} job-hours)"
+
+
+def transfer_lines(result, a_name, b_name, title, note="") -> list:
+    """A comparison of two boards' rankings (:mod:`prefopt.leaderboard.transfer`) as Markdown."""
+    if result is None:
+        return [title, "", f"Not enough common methods with report results between {a_name} and {b_name}.", ""]
+    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}** ({result['tau']['resamples']} "
+             f"bootstrap resamples of each board's seeds: {result['tau']['seeds'][0]} and {result['tau']['seeds'][1]}).", "",
+             f"| method | {a_name}: test gold | rank | board rank | {a_name}: pick | {b_name}: test gold | rank | board rank "
+             f"| {b_name}: pick |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {_md(r['label'])} | {_fmt(r['a'], 3)} | {r['rank_a']} | {r['board_rank_a'] or '—'} | "
+                     f"{_md(_pt(r['pick_a']))} | {_fmt(r['b'], 3)} | {r['rank_b']} | {r['board_rank_b'] or '—'} | "
+                     f"{_md(_pt(r['pick_b']))} |")
+    if result["only_a"] or result["only_b"]:
+        lines += ["", f"Not compared (on one board only): {', '.join(result['only_a'] + result['only_b'])}."]
+    return lines + [""]
+
+
+README_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged", "seeds")
+
+
+def readme_block(board) -> str:
+    """The README's compact copy of the board: per task of every tier, the columns of README_COLS, and the
+    headlines (transfer, cross-CPU, selection)."""
+    agg, suite = board["agg"], board["suite"]
+    code, cpu = agg["version"] or ("—", "—")
+    lines = [f"Suite `{suite}`" + "".join(f" + `{t['suite']}`" for t in board["tiers"]) + f", code version `{code}`, "
+             f"CPU capability **{cpu}**; test-prompt numbers of each method's validation-chosen configuration, means over "
+             "report seeds with 95% intervals; rows in rank order (a rank counts only the methods whose paired interval "
+             "lies above; ties share a rank); diverged: report seeds whose validation curve diverged. The whole board "
+             "(grids, curves, fits, paired matrix, checks, cost): [`leaderboard/LEADERBOARD.md`](leaderboard/LEADERBOARD.md).",
+             ""]
+    for b in [board] + board["tiers"]:
+        for task in task_order(b["agg"], b["suite"]):
+            header, rows = table(b["agg"]["tasks"][task], b["budgets"])
+            lines += [f"**{task}** (suite `{b['suite']}`)", ""] + md_table(header, rows, README_COLS) + [""]
+    lines += [f"- {x}" for x in board["headlines"]]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 README_BEGIN, README_END = "<!-- leaderboard:begin", "<!-- leaderboard:end -->"
-README_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "seeds")
-
-
-def readme_block(agg, suite, budgets, records) -> str:
-    """The README's compact copy of the board: per task, the columns of README_COLS of the main table."""
-    code, cpu = agg["version"] or ("—", "—")
-    lines = [f"Suite `{suite}`, code version `{code}`, CPU capability **{cpu}**, {len(records)} results; test-prompt "
-             "numbers of each method's validation-chosen configuration, means over report seeds with 95% intervals; "
-             "a rank counts only the methods whose paired interval lies above (ties share a rank). The whole board "
-             "(grids, curves, fits, paired matrix, checks, cost): [`leaderboard/LEADERBOARD.md`](leaderboard/LEADERBOARD.md).",
-             ""]
-    for task in task_order(agg, suite):
-        header, rows = table(agg["tasks"][task], budgets)
-        keep = [header.index(c) for c in README_COLS]
-        lines += [f"**{task}**", "", "| " + " | ".join(README_COLS) + " |", "|" + "---|" * len(keep)]
-        lines += ["| " + " | ".join(_md(cells[i][0], cells[i][2]) for i in keep) + " |" for cells in rows] + [""]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def write_readme_block(readme: str, block: str) -> bool:
@@ -330,12 +446,13 @@ def write_readme_block(readme: str, block: str) -> bool:
     return True
 
 
-def notes(agg, loaded, suite) -> list:
+def notes(agg, loaded, suite, shown_suites=()) -> list:
     out = []
     if agg.get("v1_results"):
         out.append(f"{agg['v1_results']} result(s) of the first protocol (result_version 1: β picked on the reported "
                    "prompts, one learning rate for all, no code version) are in results/ and not shown")
-    other = Counter(r["leaderboard"].get("suite") for r in loaded.ok if r["leaderboard"].get("suite") != suite)
+    other = Counter(r["leaderboard"].get("suite") for r in loaded.ok
+                    if r["leaderboard"].get("suite") not in (suite, "ensemble", *shown_suites))
     for s, n in sorted(other.items(), key=lambda kv: str(kv[0])):
         out.append(f"{n} result(s) of suite `{s}` not shown (`prefopt-leaderboard render suite={s}`)")
     for r in loaded.failed:
@@ -366,151 +483,6 @@ def notes(agg, loaded, suite) -> list:
     return out
 
 
-def frontier_png(agg, suite, path) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = task_order(agg, suite)
-    n = max(1, len(tasks))
-    fig, axes = plt.subplots(1, n, figsize=(7.2 * n, 5.6), squeeze=False)
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors) + list(plt.get_cmap("tab20b").colors)
-    methods = sorted({r.method for t in tasks for r in agg["tasks"][t]["rows"] if r.method != "best-of-n"})
-    mcolor = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    for ax, task in zip(axes[0], tasks):
-        T = agg["tasks"][task]
-        ys = []
-        for row in T["rows"]:
-            if row.method == "best-of-n":
-                # validation numbers, like the training curves (its test numbers are in the table)
-                pts = [p for p in row.bon_points if p.per_seed.get("val_gold")]
-                x = [math.sqrt(max(best_of_n_kl(p.point["n"]), 0.0)) for p in pts]
-                y = [sum(p.per_seed["val_gold"].values()) / len(p.per_seed["val_gold"]) for p in pts]
-                style = dict(color="black", lw=2.2) if row.reward == "proxy" else dict(color="gray", lw=1.4, ls=":")
-                ax.plot(x, y, marker="D", ms=4, label=f"best-of-n ({'proxy RM' if row.reward == 'proxy' else 'gold, oracle'} pick)",
-                        **style)
-                ys += y
-                continue
-            if row.best is None:
-                continue
-            curve = [c for c in row.best.mean_curve() if c["gold"] is not None and c["kl"] is not None]
-            if not curve:
-                continue
-            c = mcolor[row.method]
-            x = [math.sqrt(max(p["kl"], 0.0)) for p in curve]
-            y = [p["gold"] for p in curve]
-            ys += y
-            ax.plot(x, y, color=c, marker="^" if row.reward == "exact" else ("s" if row.category == "online" else "o"), ms=4,
-                    lw=1.6, ls=":" if row.reward == "exact" else "-", label=row.label)
-            pc = [p for p in curve if p["proxy_cal"] is not None]
-            if pc:
-                ax.plot([math.sqrt(max(p["kl"], 0.0)) for p in pc], [p["proxy_cal"] for p in pc], color=c, ls="--", lw=1.0,
-                        alpha=0.7)
-                ys += [p["proxy_cal"] for p in pc]
-        # π_SFT on the validation prompts: the curves' common step 0
-        starts = [c[0]["gold"] for c in (r.best.mean_curve() for r in T["rows"] if r.best is not None)
-                  if c and c[0]["step"] == 0 and c[0]["gold"] is not None]
-        if starts:
-            ax.plot([0], [sum(starts) / len(starts)], marker="*", ms=14, color="gold", mec="black", ls="none",
-                    label="π_SFT (reference)", zorder=5)
-        ys = [v for v in ys if math.isfinite(v)]
-        if ys:
-            lo, hi = min(ys), max(ys)
-            pad = 0.08 * (hi - lo or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel("√KL(π ‖ π_SFT)   (√nats; validation prompts along training)")
-        ax.set_ylabel("gold reward (validation prompts)")
-        ax.set_title(f"{task}: gold vs √KL along training (dashed: proxy RM, calibrated)")
-        ax.grid(alpha=0.3)
-        ax.set_xlim(left=0)
-    seen = {}
-    for a in axes[0]:
-        for hh, ll in zip(*a.get_legend_handles_labels()):
-            seen.setdefault(ll, hh)
-    first = [k for k in seen if k.startswith(("π_SFT", "best-of-n"))]
-    order = first + sorted(k for k in seen if k not in first)
-    if order:
-        fig.legend([seen[k] for k in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
-                   frameon=False, title="● offline   ■ proxy RM   ▲ exact reward", title_fontsize=8)
-    fig.suptitle(f"prefopt leaderboard ({suite}): each method's chosen configuration, mean over report seeds, "
-                 "validation evaluations every k steps", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    data = buf.getvalue()
-    _atomic_write(path, data)
-    return data
-
-
-SORT_JS = """
-document.querySelectorAll('table.board th').forEach(function (th, col) {
-  th.addEventListener('click', function () {
-    var tb = th.closest('table').tBodies[0], rows = Array.prototype.slice.call(tb.rows);
-    var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
-    rows.sort(function (a, b) {
-      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      if (x === '' || isNaN(nx)) { if (y === '' || isNaN(ny)) return (x || '').localeCompare(y || '') * (asc ? 1 : -1); return 1; }
-      if (y === '' || isNaN(ny)) return -1;
-      return (nx - ny) * (asc ? 1 : -1);
-    });
-    rows.forEach(function (r) { tb.appendChild(r); });
-  });
-});
-"""
-
-
-
-def html_page(agg, suite, budgets, loaded, versions, png: bytes, records, extra=()) -> str:
-    e = html.escape
-    parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
-             f"<title>prefopt leaderboard — {e(suite)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1700px}"
-             "table{border-collapse:collapse;font-size:13px;margin-bottom:2em}"
-             "th,td{border:1px solid #ccc;padding:4px 7px;text-align:right;white-space:nowrap}"
-             "th{background:#f3f3f3;cursor:pointer}td:nth-child(2),td:nth-child(3),td:nth-child(4){text-align:left}"
-             "td.best{font-weight:bold;background:#e8f5e9}td.fail{color:#b00;font-weight:bold}img{max-width:100%}"
-             "pre{white-space:pre-wrap}</style>",
-             "</head><body>", f"<h1>prefopt leaderboard — suite <code>{e(suite)}</code></h1>"]
-    parts += [f"<p>{e(x)}</p>" for x in header_lines(agg, records)]
-    parts += ["<p>Click a column title to sort. Values: mean over report seeds [95% bootstrap interval] on test prompts.</p>",
-              f"<img alt='gold reward against sqrt KL' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
-    all_checks = check_rows(agg, suite, budgets)
-    for task in task_order(agg, suite):
-        T = agg["tasks"][task]
-        header, rows = table(T, budgets)
-        parts.append(f"<h2>{e(task)}</h2><table class='board'><thead><tr>")
-        parts += [f"<th>{e(h)}</th>" for h in header]
-        parts.append("</tr></thead><tbody>")
-        for cells in rows:
-            parts.append("<tr>" + "".join(
-                f"<td data-v='{e('' if v is None else str(v), quote=True)}'{' class=best' if b else ''}>{e(t)}</td>"
-                for t, v, b in cells) + "</tr>")
-        parts.append(f"</tbody></table><p>{e(rm_line(T))}</p><h3>tuning grids</h3><ul>")
-        parts += [f"<li>{e(x)}</li>" for x in grid_lines(T)]
-        parts.append("</ul>")
-        mh, mb = matrix_table(T)
-        if len(mh) > 2:
-            parts.append("<h3>paired comparison: P(row beats column)</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in mh)
-                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in mb)
-                         + "</table>")
-        parts.append("<h3>sanity checks</h3><table><tr><th>check</th><th>expected</th><th>result</th><th>numbers</th></tr>")
-        parts += [f"<tr><td>{e(c['name'])}</td><td>{e(c['expect'])}</td><td{' class=fail' if c['status'] == 'fail' else ''}>"
-                  f"{e(c['status'])}</td><td>{e(c['detail'])}</td></tr>" for c in all_checks.get(task, [])]
-        parts.append("</table>")
-    parts += list(extra)
-    parts += ["<h2>Protocol</h2>", f"<pre>{e(PROTOCOL)}</pre>", "<h2>Reproducibility</h2>", f"<p>{e(REPRO)}</p>",
-              "<h2>Suite</h2><ul>"]
-    parts += [f"<li><code>{e(x)}</code></li>" for x in suite_lines(suite)]
-    parts += ["</ul><h2>Notes</h2><ul>"]
-    parts += [f"<li>{e(n)}</li>" for n in notes(agg, loaded, suite)]
-    parts += ["</ul><h2>Versions</h2><ul>"] + [f"<li>{e(v)}</li>" for v in versions] + ["</ul>"]
-    parts += [f"<script>{SORT_JS}</script>", "</body></html>"]
-    return "\n".join(parts)
-
-
 def _atomic_write(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") if isinstance(data, bytes) else open(tmp, "w", encoding="utf-8") as f:
@@ -527,8 +499,94 @@ def pick_suite(loaded, wanted=None):
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _suite_board(loaded, suite, kl_budgets, report) -> dict:
+    """One suite's aggregate and what its sections need."""
+    from prefopt.leaderboard.aggregate import pick_version
+    from prefopt.leaderboard.plan import load_suite
+
+    spec = {}
+    try:
+        spec = load_suite(suite)
+    except Exception:  # noqa: BLE001 — a suite defined only by its results
+        pass
+    budgets = kl_budgets if kl_budgets is not None else list(spec.get("kl_budgets") or [])
+    records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
+    # Records of the first protocol (β picked on the reported prompts, no tuning grid, no code version)
+    # answer another question: counted, never shown next to this protocol's rows.
+    v1 = [r for r in records if (r.get("result_version") or 1) < 2]
+    records = [r for r in records if r not in v1]
+    if v1:
+        report.append(f"  {len(v1)} result(s) of the first protocol (result_version 1) not shown")
+    agg = aggregate(records, budgets, pick_kl_budget=spec.get("pick_kl_budget"), divergence=spec.get("divergence"))
+    agg["v1_results"] = len(v1)
+    _, shown = pick_version(records)
+    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in shown
+                       if r.get("versions")})
+    return {"suite": suite, "spec": spec, "agg": agg, "budgets": budgets, "records": records, "shown": shown,
+            "versions": versions, "tiers": [], "headlines": []}
+
+
+def cross_cpu(board) -> list:
+    """[(cpu, task, transfer.compare result, runs)]: the suite's results of the board's code version on another
+    CPU capability (a rerun of a subset), each task compared with the board over the seeds the rerun has."""
+    code, cpu = board["agg"]["version"] or (None, None)
+    others = {}
+    for r in board["records"]:
+        if r.get("code_version") == code and r.get("cpu_capability") not in (None, cpu):
+            others.setdefault(r["cpu_capability"], []).append(r)
+    out = []
+    for other_cpu, recs in sorted(others.items()):
+        spec = board["spec"]
+        agg = aggregate(recs, board["budgets"], pick_kl_budget=spec.get("pick_kl_budget"), divergence=spec.get("divergence"))
+        for task, T in agg["tasks"].items():
+            seeds = {s for r in T["rows"] if r.best is not None for s in r.best.per_seed.get("gold", {})}
+            if task in board["agg"]["tasks"] and seeds:
+                res = transfer.compare(board["agg"]["tasks"][task], T, seeds_a=seeds)
+                out.append((other_cpu, task, res, len(recs)))
+    return out
+
+
+def markdown(board, loaded, ensemble_md=()) -> str:
+    agg, suite, budgets = board["agg"], board["suite"], board["budgets"]
+    spec = board["spec"]
+    lines = ["# prefopt leaderboard", "",
+             "Generated by `prefopt-leaderboard render` from `leaderboard/results/*.json`; do not edit by hand.", "",
+             "## Headlines", ""] + [f"- {x}" for x in board["headlines"]] + [""]
+    lines += header_lines(agg, board["shown"]) + ["", "![gold reward against √KL along training](frontier.png)", "",
+                                                  "## Protocol", "", PROTOCOL, ""]
+    checks_of = check_rows(agg, suite, budgets)
+    lines += [f"## Toy tier (suite `{suite}`)", "", f"Cost: {tier_cost(board['shown'])}.", ""]
+    for task in task_order(agg, suite):
+        lines += task_section(agg["tasks"][task], task, budgets, checks_of.get(task), level="###")
+    for t in board["tiers"]:
+        ta = t["agg"]
+        lines += [f"## Real-checkpoint tier (suite `{t['suite']}`)", ""]
+        lines += header_lines(ta, t["shown"]) + [""]
+        if t["spec"].get("budget_note"):
+            lines += [t["spec"]["budget_note"], ""]
+        lines += [f"Cost: {tier_cost(t['shown'])}.", "", f"![gold against √KL on the real checkpoint]({t['suite']}.png)", ""]
+        tchecks = check_rows(ta, t["suite"], t["budgets"])
+        for task in task_order(ta, t["suite"]):
+            lines += task_section(ta["tasks"][task], task, t["budgets"], tchecks.get(task), level="###")
+    lines += board.get("transfer_md", [])
+    lines += board.get("cross_cpu_md", [])
+    lines += board.get("selection_md", [])
+    lines += list(ensemble_md)  # the reward-ensemble suite's section
+    lines += ["## Reproducibility", "", REPRO, ""]
+    for b in [board] + board["tiers"]:
+        lines += [f"## Suite `{b['suite']}`", ""] + [f"- {html.escape(x, quote=False)}" for x in suite_lines(b["suite"])] + [""]
+    lines += ["## Notes", ""] + [f"- {html.escape(n, quote=False)}" for n in notes(agg, loaded, suite, [t["suite"] for t in board["tiers"]])]
+    for t in board["tiers"]:
+        lines += [f"- {t['suite']}: {html.escape(n, quote=False)}" for n in (t["spec"].get("board_notes") or [])]
+    lines += [""]
+    lines += ["## Versions", ""] + [f"- {v}" for v in board["versions"]] + [""]
+    return "\n".join(lines)
+
+
 def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> list:
     """Write LEADERBOARD.md, frontier.png, index.html into ``out_dir``; returns report lines."""
+    from prefopt.leaderboard import page, plot
+
     loaded = load_results(os.path.join(out_dir, "results"))
     suite = pick_suite(loaded, suite)
     report = [f"prefopt-leaderboard: {len(loaded.ok)} result(s), {len(loaded.failed)} failed run(s), "
@@ -537,38 +595,65 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     if suite is None:
         report.append("  nothing to render: no successful results")
         return report
-    budgets, pick_budget = kl_budgets, None
-    from prefopt.leaderboard.plan import load_suite
-
-    try:
-        spec = load_suite(suite)
-        pick_budget = spec["pick_kl_budget"]
-        budgets = spec["kl_budgets"] if budgets is None else budgets
-    except Exception:  # noqa: BLE001 — a suite defined only by its results
-        budgets = [] if budgets is None else budgets
-    records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
-    # Records of the first protocol (β picked on the reported prompts, no tuning grid, no code version)
-    # answer another question: counted, never shown next to this protocol's rows.
-    v1 = [r for r in records if (r.get("result_version") or 1) < 2]
-    records = [r for r in records if r not in v1]
-    if v1:
-        report.append(f"  {len(v1)} result(s) of the first protocol (result_version 1) not shown")
-    agg = aggregate(records, budgets, pick_kl_budget=pick_budget)
-    agg["v1_results"] = len(v1)
-    from prefopt.leaderboard.aggregate import pick_version
-
-    _, shown = pick_version(records)
-    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in shown
-                       if r.get("versions")})
+    board = _suite_board(loaded, suite, kl_budgets, report)
+    have = {r["leaderboard"].get("suite") for r in loaded.ok}
+    board["tiers"] = [_suite_board(loaded, t, None, report) for t in (board["spec"].get("tiers") or []) if t in have]
+    heads = board["headlines"]
+    for b in [board] + board["tiers"]:
+        for task in task_order(b["agg"], b["suite"]):
+            heads.append(f"**{task}** (suite `{b['suite']}`): {headline(b['agg']['tasks'][task])}")
+    # Transfer: the toy task's ranking against the real checkpoint's, over the methods both boards have.
+    tr = board["spec"].get("transfer") or {}
+    real = next((t for t in board["tiers"] if t["suite"] == tr.get("suite")), None)
+    if tr and real is not None and tr.get("toy") in board["agg"]["tasks"] and tr.get("task") in real["agg"]["tasks"]:
+        res = transfer.compare(board["agg"]["tasks"][tr["toy"]], real["agg"]["tasks"][tr["task"]])
+        title = f"## Transfer: does the toy `{tr['toy']}` ranking predict `{tr['task']}` on the real checkpoint?"
+        board["transfer_md"] = transfer_lines(res, tr["toy"], tr["task"], title,
+                                              "Each method at its own validation-chosen configuration on each board.")
+        if res is not None:
+            heads.append(f"**Transfer** ({tr['toy']} → {tr['task']}): {transfer.verdict(res['tau'])}.")
+    cc = cross_cpu(board)
+    if cc:
+        md = ["## Cross-CPU: a subset rerun on another CPU kind", "",
+              f"The same code version, rerun from scratch under another CPU capability (its own π_SFT, pairs, reward "
+              f"models, tuning grid and picks); compared with this board over the methods and report seeds the rerun has.", ""]
+        for other_cpu, task, res, n in cc:
+            same = sum(1 for r in res["rows"] if _key(r["pick_a"]) == _key(r["pick_b"])) if res else 0
+            md += transfer_lines(res, board["agg"]["version"][1], other_cpu,
+                                 f"### {task}: {board['agg']['version'][1]} board vs {other_cpu} rerun ({n} runs)",
+                                 f"Picks the same: {same} of {len(res['rows']) if res else 0}.")
+            if res is not None:
+                heads.append(f"**Cross-CPU** ({task}, {other_cpu} rerun, {len(res['rows'])} methods): {same} of "
+                             f"{len(res['rows'])} picks the same; {transfer.verdict(res['tau'])}.")
+        board["cross_cpu_md"] = md
+    sel, changed, n = [], 0, 0
+    for b in [board] + board["tiers"]:
+        lines_b, c, k = picks_changed(b["agg"])
+        sel += [f"- {b['suite']}: {_md(x)}" for x in lines_b]
+        changed, n = changed + c, n + k
+    if n:
+        board["selection_md"] = (["## Selection: what the robust rule changed", "",
+                                  f"{changed} of {n} picks differ from the earlier rule's (highest mean validation gold over "
+                                  "the tuning seeds, diverged points eligible), on the same tuning runs:", ""] + sel + [""])
+        heads.append(f"**Selection**: the robust rule (no diverged point, worst tuning seed) changed {changed} of {n} picks "
+                     "against the mean rule on the same tuning runs (see Selection).")
     os.makedirs(out_dir, exist_ok=True)
-    png = frontier_png(agg, suite, os.path.join(out_dir, "frontier.png"))
-    ens_md, ens_html = ensemble.board(loaded.ok, out_dir)  # the reward-ensemble suite's section, when it has results
-    _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), markdown(agg, suite, budgets, loaded, versions, shown, ens_md))
-    _atomic_write(os.path.join(out_dir, "index.html"), html_page(agg, suite, budgets, loaded, versions, png, shown,
-                                                                 ens_html))
-    report.append(f"  suite {suite}: wrote {out_dir}/LEADERBOARD.md, frontier.png, index.html")
+    images = {"frontier.png": plot.frontier_png(board["agg"], task_order(board["agg"], suite),
+                                                f"prefopt leaderboard ({suite})", os.path.join(out_dir, "frontier.png"))}
+    for t in board["tiers"]:
+        images[f"{t['suite']}.png"] = plot.frontier_png(t["agg"], task_order(t["agg"], t["suite"]),
+                                                        f"prefopt leaderboard ({t['suite']})",
+                                                        os.path.join(out_dir, f"{t['suite']}.png"))
+    ens_md, _ = ensemble.board(loaded.ok, out_dir)  # the reward-ensemble suite's section, when it has results
+    if ens_md and os.path.exists(os.path.join(out_dir, "ensemble.png")):
+        with open(os.path.join(out_dir, "ensemble.png"), "rb") as f:
+            images["ensemble.png"] = f.read()
+    md = markdown(board, loaded, ens_md)
+    _atomic_write(os.path.join(out_dir, "LEADERBOARD.md"), md)
+    _atomic_write(os.path.join(out_dir, "index.html"), page.html_page(md, f"prefopt leaderboard — {suite}", images))
+    report.append(f"  suite {suite}: wrote {out_dir}/LEADERBOARD.md, {', '.join(images)}, index.html")
     # The README next to the board's directory keeps a compact copy between its markers, so it follows the board.
     readme = os.path.join(os.path.dirname(os.path.abspath(out_dir)), "README.md")
-    if suite == "standard" and write_readme_block(readme, readme_block(agg, suite, budgets, shown)):
+    if suite == "standard" and write_readme_block(readme, readme_block(board)):
         report.append(f"  updated the compact table in {readme}")
     return report

@@ -1,17 +1,30 @@
 """The one selection rule of the leaderboard, applied to every method alike.
 
 A method's tuning grid (its learning rates × its declared main coefficient, ``Objective.tuning``) runs
-on the tuning seeds. Each grid point is scored by its **validation** evaluation at the end of training
-(``eval_periodic`` of the result: the validation prompts; never the test prompts of ``eval``), averaged
-over the tuning seeds. Two picks:
+on the tuning seeds. Each grid point is scored by its **validation** evaluations (``trajectory`` and
+``eval_periodic`` of the result: the validation prompts; never the test prompts of ``eval``):
 
-- ``best``: the highest mean validation gold reward;
-- ``at_budget``: the highest mean validation gold reward among the points whose mean validation KL
-  is at most the suite's ``pick_kl_budget`` (none if no point is within it).
+- **diverged** on a seed: its run failed, or at some validation evaluation, gold < π_SFT's gold − ``gold_drop``, or
+  KL(π‖π_SFT) > ``max_kl`` (the suite's ``divergence``, per task). A point that diverged on any tuning
+  seed is not eligible: a configuration at the edge of divergence survives some seeds and not others,
+  and the report seeds are other seeds;
+- **score**: the worst tuning seed's final validation gold, min_s g_s. With two tuning seeds this is
+  exactly mean − std (population std: ½(a+b) − ½|a−b| = min(a, b)), so a point whose seeds disagree
+  pays for the disagreement; the mean rewarded luck (a point that one seed survived well).
+
+Two picks among the eligible points:
+
+- ``best``: the highest score;
+- ``at_budget``: the highest score among the points whose final validation KL is at most the suite's
+  ``pick_kl_budget`` on every tuning seed (none if no point is within it).
 
 Ties go to the earlier grid point (grid order: learning rate, then coefficient, as declared), so a
-selection is a deterministic function of validation numbers alone. Only the picks run on the report
-seeds, and only those runs' test-prompt numbers are reported.
+selection is a deterministic function of validation numbers alone. A ``best`` pick at the top or the
+bottom learning rate of the suite's grid extends the grid by one step of the 1–3 series that way
+(:func:`extend_lr`), once: the plan runs the new points on the tuning seeds and chooses again over
+the whole grid. Only the picks run on the report seeds, and only those runs' test-prompt numbers are
+reported. ``rule="mean"`` is the earlier rule (highest mean validation gold, no eligibility), kept
+so that the board can show which picks the robust rule changed.
 """
 
 from __future__ import annotations
@@ -19,36 +32,121 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+RULES = ("worst_seed", "mean")
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
 
 def validation_score(rec: dict) -> Optional[dict]:
-    """{"gold", "kl"} from a result's validation evaluation, or None if it has none."""
+    """{"gold", "kl"} from a result's final validation evaluation, or None if it has none."""
     ev = rec.get("eval_periodic") or {}
     g, k = ev.get("gold_reward"), ev.get("kl_to_ref")
-    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    return {"gold": float(g), "kl": float(k)} if ok(g) and ok(k) else None
+    return {"gold": float(g), "kl": float(k)} if _ok(g) and _ok(k) else None
 
 
-def grid_scores(points: list, records_by_point: list) -> list:
-    """[{"point", "val_gold", "val_kl", "seeds"}] in grid order; records_by_point[i] lists point i's records."""
+def divergence_of(rec: dict, gold_drop: Optional[float], max_kl: Optional[float]) -> Optional[str]:
+    """Why a run's validation curve diverged ("gold −5.1 < π_SFT −0.29 − 1 at step 20"), or None.
+
+    The curve is the result's ``trajectory`` (validation evaluations every k steps, step 0 = π_SFT)
+    and its final validation evaluation."""
+    traj = [p for p in (rec.get("trajectory") or []) if isinstance(p, dict)]
+    final = rec.get("eval_periodic") or {}
+    g0 = next((p.get("gold_reward") for p in traj if p.get("step") == 0 and _ok(p.get("gold_reward"))), None)
+    if g0 is None and _ok(final.get("gold_reward_ref")):
+        g0 = final["gold_reward_ref"]
+    for p in traj + [{**final, "step": "end"}]:
+        g, k = p.get("gold_reward"), p.get("kl_to_ref")
+        if gold_drop is not None and g0 is not None and _ok(g) and g < g0 - gold_drop:
+            return f"gold {g:.3g} < π_SFT's {g0:.3g} − {gold_drop:g} at step {p.get('step')}"
+        if max_kl is not None and _ok(k) and k > max_kl:
+            return f"KL {k:.3g} > {max_kl:g} at step {p.get('step')}"
+        if _ok(g) is False and g is not None:
+            return f"gold {g} at step {p.get('step')}"
+    return None
+
+
+def divergence_rule(suite: dict, task: str) -> tuple:
+    """(gold_drop, max_kl) of a task from the suite's ``divergence`` ({gold_drop: {task: x, default: y},
+    max_kl: {...} or a number}); (None, None) where the suite sets none."""
+    d = suite.get("divergence") or {}
+
+    def per_task(v):
+        if isinstance(v, dict):
+            v = v.get(task, v.get("default"))
+        return None if v is None else float(v)
+
+    return per_task(d.get("gold_drop")), per_task(d.get("max_kl"))
+
+
+def grid_scores(points: list, records_by_point: list, gold_drop: Optional[float] = None,
+                max_kl: Optional[float] = None) -> list:
+    """[{"point", "seeds", "val_gold", "val_gold_worst", "val_kl", "val_kl_max", "diverged", "why"}] in
+    grid order; records_by_point[i] lists point i's tuning records (one per tuning seed)."""
     out = []
     for point, recs in zip(points, records_by_point):
-        scores = [s for s in (validation_score(r) for r in recs) if s is not None]
-        out.append({"point": dict(point), "seeds": len(scores),
-                    "val_gold": sum(s["gold"] for s in scores) / len(scores) if scores else None,
-                    "val_kl": sum(s["kl"] for s in scores) / len(scores) if scores else None})
+        scored = [(s, r) for s, r in ((validation_score(r), r) for r in recs) if s is not None]
+        whys = [f"run failed: {str(r.get('error') or '')[:80]}" for r in recs if r.get("status") == "failed"]
+        whys += [w for w in (divergence_of(r, gold_drop, max_kl) for _, r in scored) if w]
+        golds, kls = [s["gold"] for s, _ in scored], [s["kl"] for s, _ in scored]
+        out.append({"point": dict(point), "seeds": len(scored),
+                    "val_gold": sum(golds) / len(golds) if golds else None,
+                    "val_gold_worst": min(golds) if golds else None,
+                    "val_kl": sum(kls) / len(kls) if kls else None,
+                    "val_kl_max": max(kls) if kls else None,
+                    "diverged": len(whys), "why": whys[0] if whys else None})
     return out
 
 
-def choose(scored: list, kl_budget: Optional[float]) -> dict:
+def choose(scored: list, kl_budget: Optional[float], rule: str = "worst_seed") -> dict:
     """{"best": grid entry or None, "at_budget": grid entry or None} by the rule above."""
-    usable = [s for s in scored if s["val_gold"] is not None]
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; accepted: {', '.join(RULES)}")
+    if rule == "mean":
+        usable = [s for s in scored if s["val_gold"] is not None]
+        score, kl = "val_gold", "val_kl"
+    else:
+        # A point missing a tuning seed's score (its run failed) is not eligible either: its worst seed is unknown.
+        seeds = max((s["seeds"] for s in scored), default=0)
+        usable = [s for s in scored if s["val_gold_worst"] is not None and not s.get("diverged") and s["seeds"] == seeds]
+        score, kl = "val_gold_worst", "val_kl_max"
 
     def top(cands):
         best = None
         for s in cands:  # strict >: the earlier grid point wins a tie
-            if best is None or s["val_gold"] > best["val_gold"]:
+            if best is None or s[score] > best[score]:
                 best = s
         return best
 
-    within = [s for s in usable if kl_budget is not None and s["val_kl"] <= kl_budget]
+    within = [s for s in usable if kl_budget is not None and s[kl] <= kl_budget]
     return {"best": top(usable), "at_budget": top(within) if kl_budget is not None else None}
+
+
+def extend_lr(lrs: list, side: str) -> float:
+    """The next learning rate beyond the grid on the 1–3 series (…, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, …):
+    the first value above max(lrs) (side="up") or below min(lrs) (side="down")."""
+    lo, hi = min(lrs), max(lrs)
+    e = math.floor(math.log10(hi if side == "up" else lo)) - 1
+    series = sorted(m * 10.0 ** k for k in range(e - 1, e + 4) for m in (1.0, 3.0))
+    series = [float(f"{v:.3g}") for v in series]
+    if side == "up":
+        return next(v for v in series if v > hi * (1 + 1e-9))
+    return next(v for v in reversed(series) if v < lo * (1 - 1e-9))
+
+
+def edge_of(chosen: dict, scored: list, lrs: list) -> Optional[str]:
+    """"up" / "down" when the ``best`` pick sits on the top / bottom learning rate of ``lrs`` (the
+    suite's grid), "down" when no point is eligible (every one diverged: the grid starts too high),
+    else None."""
+    best = chosen.get("best")
+    if best is None:
+        return "down" if any(s["seeds"] for s in scored) else None
+    lr = best["point"].get("trainer.lr", best["point"].get("lr"))
+    if lr is None or len(lrs) < 2:
+        return None
+    if math.isclose(lr, max(lrs), rel_tol=1e-9):
+        return "up"
+    if math.isclose(lr, min(lrs), rel_tol=1e-9):
+        return "down"
+    return None

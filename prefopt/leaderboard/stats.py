@@ -78,3 +78,46 @@ def separated_ranks(names: Sequence[str], beats: dict) -> dict:
     of a − b lies above zero. rank(a) = 1 + the number of methods that beat a, so methods nobody
     separates share a rank (competition ranking: 1, 1, 3, …)."""
     return {a: 1 + sum(1 for b in names if b != a and beats.get((b, a), False)) for a in names}
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Kendall's τ-b between two score vectors over the same items (ties in either count against
+    neither order): τ_b = (C − D) / √((n₀ − n₁)(n₀ − n₂)), n₀ = n(n−1)/2, n₁ / n₂ the tied pairs of x / y.
+    None when either vector is constant (or has < 2 items): no order to compare."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    n0 = len(i)
+    n1, n2 = int(np.sum(sx == 0)), int(np.sum(sy == 0))
+    den = math.sqrt((n0 - n1) * (n0 - n2))
+    return float(np.sum(sx * sy) / den) if den > 0 else None
+
+
+def tau_bootstrap(a: dict, b: dict, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Optional[dict]:
+    """Kendall τ between two boards' rankings of the same methods, with a bootstrap interval over seeds.
+
+    ``a`` and ``b`` map method → {seed: test gold}. Each board's seeds are resampled with replacement,
+    jointly across its methods (a seed's methods share π_SFT, pairs, reward model), the two boards
+    independently (their seeds share nothing); each method's mean over the resampled seeds gives one τ.
+    Returns {"tau", "lo", "hi", "n_methods", "resamples"}, or None with fewer than 2 common methods."""
+    names = sorted(set(a) & set(b))
+    if len(names) < 2:
+        return None
+    tau = kendall_tau([np.mean(list(a[m].values())) for m in names], [np.mean(list(b[m].values())) for m in names])
+    rng = np.random.default_rng(seed)
+
+    def matrix(board):
+        seeds = sorted(set.intersection(*(set(board[m]) for m in names)))
+        return np.array([[board[m][s] for s in seeds] for m in names], dtype=np.float64)
+
+    A, B = matrix(a), matrix(b)
+    taus = []
+    for _ in range(resamples):
+        ia, ib = rng.integers(0, A.shape[1], A.shape[1]), rng.integers(0, B.shape[1], B.shape[1])
+        t = kendall_tau(A[:, ia].mean(axis=1), B[:, ib].mean(axis=1))
+        if t is not None:
+            taus.append(t)
+    q = (1.0 - level) / 2.0
+    lo, hi = (np.quantile(taus, [q, 1.0 - q], method="inverted_cdf") if taus else (float("nan"), float("nan")))
+    return {"tau": tau, "lo": float(lo), "hi": float(hi), "n_methods": len(names), "resamples": len(taus),
+            "seeds": (A.shape[1], B.shape[1])}
