@@ -97,7 +97,7 @@ class MethodRow:
     at_budget: Optional[Point] = None  # the "at_budget" pick's report runs
     grid: list = field(default_factory=list)  # select.grid_scores of the tuning runs
     chosen: dict = field(default_factory=dict)  # pick -> grid point
-    chosen_mean: dict = field(default_factory=dict)  # pick -> grid point under the earlier rule (select.choose "mean")
+    chosen_mean: dict = field(default_factory=dict)  # pick -> grid point under the earlier rule (mean, two tuning seeds)
     budget_gold: dict = field(default_factory=dict)  # KL budget -> Estimate (best gold on the curve within it)
     fit: Optional[fits.Fit] = None
     fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
@@ -258,7 +258,12 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
             row.grid = select.grid_scores([dict(p) for p in order], [grid_recs[p] for p in order], *rule_of(task))
             choice = select.choose(row.grid, pick_kl_budget) if row.grid else {}
             if row.grid:
-                row.chosen_mean = {k: dict(v["point"]) for k, v in select.choose(row.grid, pick_kl_budget, "mean").items()
+                # The earlier rule as it was run: the highest mean validation gold over the first two tuning seeds,
+                # diverged points eligible; the board lists the picks the robust rule changed, and why.
+                seeds2 = sorted({r["leaderboard"].get("seed") for p in order for r in grid_recs[p]})[:2]
+                grid2 = select.grid_scores([dict(p) for p in order],
+                                           [[r for r in grid_recs[p] if r["leaderboard"].get("seed") in seeds2] for p in order])
+                row.chosen_mean = {k: dict(v["point"]) for k, v in select.choose(grid2, pick_kl_budget, "mean").items()
                                    if v is not None}
             for pick in ("best", "at_budget"):
                 want = (choice.get(pick) or {}).get("point")

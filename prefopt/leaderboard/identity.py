@@ -24,7 +24,7 @@ import os
 NOT_TRAINING = ("leaderboard/aggregate.py", "leaderboard/render.py", "leaderboard/stats.py", "leaderboard/fits.py",
                 "leaderboard/checks.py", "leaderboard/cli.py", "leaderboard/store.py", "leaderboard/identity.py",
                 "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py", "leaderboard/ensemble.py",
-                "leaderboard/page.py", "leaderboard/plot.py", "leaderboard/transfer.py", "leaderboard/crosscpu.py")
+                "leaderboard/page.py", "leaderboard/plot.py", "leaderboard/transfer.py")
 
 
 def _roots() -> list:

@@ -326,8 +326,8 @@ def _cost(p) -> str:
     if p is None:
         return ""
     e = lambda m: p.est.get(m)  # noqa: E731
-    parts = [f"{e(m).mean:,.0f} {name}" for m, name in (("labels", "labels"), ("samples", "samples"), ("wall", "s"))
-             if e(m) is not None]
+    parts = [f"{e(m).mean:,.0f} {name}" for m, name in (("labels", "labels"), ("samples", "samples"), ("wall", "s/run"))
+             if e(m) is not None and (e(m).mean or m == "wall")]
     return ", ".join(parts)
 
 
@@ -338,26 +338,28 @@ def headline(T) -> str:
     if not rows:
         return "No method has report results yet."
     g = lambda r: _headline(r)[0].est.get("gold")  # noqa: E731
-    desc = lambda r: f"{r.label} {_fmt(g(r), 3)} ({_cost(_headline(r)[0])})"  # noqa: E731
+    desc = lambda r: f"{r.label} {_fmt(g(r), 2, ci=False)} ({_cost(_headline(r)[0])})"  # noqa: E731
     top = [r for r in rows if r.rank == 1]
     ref = T["reference"].est.get("gold")
-    out = [f"**Tied for best** (rank 1: no method's paired interval lies above): " + "; ".join(desc(r) for r in top) + "."]
+    out = ["**Tied for best** (rank 1): " + "; ".join(desc(r) for r in top) + "."]
     off = [r for r in rows if r.category == "offline"]
     if off:
         b = off[0]
         out.append(f"**Best offline**: {desc(b)}, rank {b.rank}.")
     if ref is not None:
-        out.append(f"π_SFT: {_fmt(ref, 3)}.")
+        out.append(f"π_SFT: {_fmt(ref, 2, ci=False)}.")
     div = [f"{r.label} {diverged_count(r.best)}/{r.best.seeds}" for r in rows if r.best is not None and diverged_count(r.best)]
     out.append("Report seeds diverged: " + (", ".join(div) if div else "none") + ".")
     return " ".join(out)
 
 
-def picks_changed(agg) -> tuple[list, int, int]:
+def picks_changed(agg, spec=None) -> tuple[list, int, int]:
     """(lines, changed, compared): each row whose ``best`` pick differs from the earlier rule's (highest mean
-    validation gold, no eligibility), and why."""
+    validation gold over the first two tuning seeds, diverged points eligible, no grid extension), and why."""
     out, changed, n = [], 0, 0
+    lr_grid = (spec or {}).get("lr_grid") or {}
     for task, T in agg["tasks"].items():
+        base = {float(x) for x in lr_grid.get(task, lr_grid.get("default", []))}
         for r in T.get("tuned", T["rows"]):
             new = next((x["point"] for x in [select.choose(r.grid, None)["best"]] if x), None) if r.grid else None
             old = r.chosen_mean.get("best")
@@ -370,12 +372,14 @@ def picks_changed(agg) -> tuple[list, int, int]:
             g = {_key(x["point"]): x for x in r.grid}
             go, gn = g.get(_key(old)), g.get(_key(new))
             if go and go.get("diverged"):
-                why = f"the mean rule's pick diverged on {go['diverged']}/{go['seeds']} tuning seeds ({go['why']})"
+                why = f"the earlier pick diverged on {go['diverged']}/{go['seeds']} tuning seeds ({go['why']})"
             elif go and gn:
                 why = (f"its worst tuning seed scored {go['val_gold_worst']:.3f} (mean {go['val_gold']:.3f}) against "
                        f"{gn['val_gold_worst']:.3f} (mean {gn['val_gold']:.3f})")
             else:
-                why = "the grid grew past its edge"
+                why = "no score for the earlier pick"
+            if base and new.get("lr") is not None and all(not math.isclose(new["lr"], x) for x in base):
+                why += f"; lr {new['lr']:g} is the grid's extension"
             out.append(f"{task}/{r.label}: {_pt(old)} → {_pt(new)}: {why}")
     return out, changed, n
 
@@ -457,7 +461,7 @@ def notes(agg, loaded, suite, shown_suites=()) -> list:
         out.append(f"{n} result(s) of suite `{s}` not shown (`prefopt-leaderboard render suite={s}`)")
     for r in loaded.failed:
         lb = r["leaderboard"]
-        if lb.get("suite") == suite:
+        if lb.get("suite") in (suite, *shown_suites):
             out.append(f"failed: {lb.get('job')} ({r.get('result_id') or r.get('config_hash')}): {str(r.get('error', ''))[:300]}")
     for name, why in loaded.problems:
         out.append(f"skipped file {name}: {why}")
@@ -628,15 +632,17 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
         board["cross_cpu_md"] = md
     sel, changed, n = [], 0, 0
     for b in [board] + board["tiers"]:
-        lines_b, c, k = picks_changed(b["agg"])
+        lines_b, c, k = picks_changed(b["agg"], b["spec"])
         sel += [f"- {b['suite']}: {_md(x)}" for x in lines_b]
         changed, n = changed + c, n + k
     if n:
         board["selection_md"] = (["## Selection: what the robust rule changed", "",
-                                  f"{changed} of {n} picks differ from the earlier rule's (highest mean validation gold over "
-                                  "the tuning seeds, diverged points eligible), on the same tuning runs:", ""] + sel + [""])
-        heads.append(f"**Selection**: the robust rule (no diverged point, worst tuning seed) changed {changed} of {n} picks "
-                     "against the mean rule on the same tuning runs (see Selection).")
+                                  f"{changed} of {n} picks differ from the earlier rule's (the highest mean validation gold over "
+                                  "the first two tuning seeds, diverged points eligible, no grid extension), computed on "
+                                  "the same tuning runs:", ""] + sel + [""])
+        heads.append(f"**Selection**: the robust rule (no diverged point, worst of three tuning seeds, grid edges extended) "
+                     f"changed {changed} of {n} picks against the earlier rule (mean of two tuning seeds) on the same "
+                     "tuning runs (see Selection).")
     os.makedirs(out_dir, exist_ok=True)
     images = {"frontier.png": plot.frontier_png(board["agg"], task_order(board["agg"], suite),
                                                 f"prefopt leaderboard ({suite})", os.path.join(out_dir, "frontier.png"))}
