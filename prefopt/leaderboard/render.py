@@ -389,9 +389,23 @@ def _key(point: dict) -> tuple:
 
 
 def tier_cost(records) -> str:
-    """Total job time of a suite's results (tuning and report), the measure of what the tier costs."""
+    """What a suite's results (tuning and report) cost: the sum of their job times, and the elapsed time
+    from the first job's start to the last one's end (jobs run in parallel, and other suites may have
+    shared the machine: the note says which)."""
+    import datetime
+
     wall = sum(float(r.get("wall_time_s") or 0.0) for r in records)
-    return f"{len(records)} runs, {wall / 60:.0f} min of job time ({wall / 3600:.1f} job-hours)"
+    spans = []
+    for r in records:
+        try:
+            end = datetime.datetime.fromisoformat(str(r.get("finished_at")))
+        except ValueError:
+            continue
+        spans.append((end - datetime.timedelta(seconds=float(r.get("wall_time_s") or 0.0)), end))
+    out = f"{len(records)} runs, {wall / 60:.0f} min of job time"
+    if spans:
+        out += f", {(max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() / 60:.0f} min elapsed"
+    return out
 
 
 def transfer_lines(result, a_name, b_name, title, note="") -> list:
@@ -619,8 +633,9 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
     cc = cross_cpu(board)
     if cc:
         md = ["## Cross-CPU: a subset rerun on another CPU kind", "",
-              f"The same code version, rerun from scratch under another CPU capability (its own π_SFT, pairs, reward "
-              f"models, tuning grid and picks); compared with this board over the methods and report seeds the rerun has.", ""]
+              "The same code version rerun under another CPU capability: its own reward models, tuning grid, picks and "
+              "report runs (whether π_SFT and the pairs were rebuilt too is in the Notes); compared with this board over "
+              "the methods and report seeds the rerun has.", ""]
         for other_cpu, task, res, n in cc:
             same = sum(1 for r in res["rows"] if _key(r["pick_a"]) == _key(r["pick_b"])) if res else 0
             md += transfer_lines(res, board["agg"]["version"][1], other_cpu,
