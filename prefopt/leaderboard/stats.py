@@ -103,14 +103,17 @@ def tau_bootstrap(a: dict, b: dict, level: float = 0.95, resamples: int = 2000, 
     names = sorted(set(a) & set(b))
     if len(names) < 2:
         return None
-    tau = kendall_tau([np.mean(list(a[m].values())) for m in names], [np.mean(list(b[m].values())) for m in names])
     rng = np.random.default_rng(seed)
 
     def matrix(board):
+        # the seeds every method has: the point estimate and each resample average the same seeds
         seeds = sorted(set.intersection(*(set(board[m]) for m in names)))
         return np.array([[board[m][s] for s in seeds] for m in names], dtype=np.float64)
 
     A, B = matrix(a), matrix(b)
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return None
+    tau = kendall_tau(A.mean(axis=1), B.mean(axis=1))
     taus = []
     for _ in range(resamples):
         ia, ib = rng.integers(0, A.shape[1], A.shape[1]), rng.integers(0, B.shape[1], B.shape[1])
