@@ -23,6 +23,8 @@ import math
 import os
 from collections import defaultdict
 
+from prefopt.leaderboard.store import atomic_write
+
 VARIANTS_SINGLE = "single"
 
 
@@ -233,10 +235,7 @@ def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     data = buf.getvalue()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return data
 
 

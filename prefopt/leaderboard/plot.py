@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from typing import Optional
+
+from prefopt.leaderboard.store import atomic_write
 
 FAMILIES = ("offline (pairs)", "online, proxy RM", "online, exact reward", "online, gold reward (oracle)")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p")
@@ -228,10 +229,7 @@ def frontier_png(agg, tasks: list, title: str, path: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     png = buf.getvalue()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(png)
-    os.replace(tmp, path)
+    atomic_write(path, png)
     return png
 
 

@@ -123,3 +123,12 @@ def load_results(results_dir: str) -> Loaded:
         else:
             out.failed.append(rec)
     return out
+
+
+def atomic_write(path: str, data) -> None:
+    """Write a rendered file (text or bytes) under a temporary name, then rename it onto ``path``: a
+    reader sees the old file or the new one, never a half-written one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") if isinstance(data, bytes) else open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+    os.replace(tmp, path)
