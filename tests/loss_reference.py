@@ -9,9 +9,9 @@ import torch
 from prefopt.models.logprobs import TokenStats
 
 
-class SideScorer:
-    """Serves per-token log-probs (and scalar scores) from tensors, one side per call: the loss in
-    isolation, through the path an objective takes for a scorer without the paired calls."""
+class FakeScorer:
+    """Serves per-token log-probs (and scalar scores) from tensors, one side per call or both sides
+    at once (the paired calls), as the trainer's scorer does: the loss in isolation."""
 
     def __init__(self, pol, ref=None, scores=None):
         self.pol, self.ref, self._scores = pol, ref or {}, scores or {}
@@ -26,10 +26,6 @@ class SideScorer:
 
     def scores(self, batch, side=None):
         return self._scores[side]
-
-
-class FakeScorer(SideScorer):
-    """A SideScorer that also answers the paired calls (both sides at once), as the trainer's scorer does."""
 
     def pair_logps(self, batch, sides=("chosen", "rejected")):
         return tuple(self.logps(batch, s) for s in sides)

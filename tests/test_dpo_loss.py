@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from loss_reference import (BATCH, FakeScorer, SideScorer, bco_delta, finite_difference_check, paired_inputs,
+from loss_reference import (BATCH, FakeScorer, bco_delta, finite_difference_check, paired_inputs,
                             paired_scorer, ref_dpo, ref_losses)
 from prefopt.core.errors import UserError
 from prefopt.objectives.dpo import DPO, LOSS_TYPES
@@ -19,8 +19,7 @@ from prefopt.objectives.dpo import DPO, LOSS_TYPES
 
 @pytest.mark.parametrize("beta,eps", [(0.1, 0.0), (0.5, 0.0), (0.1, 0.2), (2.0, 0.45)])
 def test_dpo_value_and_gradient_float64(beta, eps):
-    """Rafailov et al. eq. 7 (+ cDPO smoothing), served by a scorer without the paired calls, so the
-    objective reads each side on its own."""
+    """Rafailov et al. eq. 7 (+ cDPO smoothing) on random log-probs with padding."""
     g = torch.Generator().manual_seed(0)
     B, T = 6, 9
     def rand():
@@ -31,7 +30,7 @@ def test_dpo_value_and_gradient_float64(beta, eps):
     mw[0, :] = False  # a sequence with no completion tokens at all (edge case)
     pw, pl, rw, rl = rand().requires_grad_(), rand().requires_grad_(), rand(), rand()
     obj = DPO(DPO.Config(beta=beta, label_smoothing=eps))
-    sc = SideScorer({"chosen": (pw, mw.double()), "rejected": (pl, ml.double())},
+    sc = FakeScorer({"chosen": (pw, mw.double()), "rejected": (pl, ml.double())},
                     {"chosen": (rw, mw.double()), "rejected": (rl, ml.double())})
     loss_sum, metrics = obj.loss({"chosen_input_ids": torch.zeros(B, T)}, sc)
     expect = ref_dpo(pw.detach(), pl.detach(), rw, rl, mw, ml, beta, eps, "sigmoid")

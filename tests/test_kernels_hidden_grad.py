@@ -187,7 +187,7 @@ def test_objective_loss_and_gradients_equal_generic_op(objective, monkeypatch):
     batch = _batch(name)
     if name == "kto":
         obj = cls(cls.Config(**kw))
-        batch = obj.collate(obj.prepare_examples(batch, batch, "test"), PAD)
+        batch = obj.collate(obj.prepare_examples(batch, batch, "test"), "unpaired", PAD)
     results = []
     for mode in ("forward", "recompute"):
         monkeypatch.setattr(api, "HIDDEN_GRAD", mode)

@@ -131,7 +131,7 @@ def test_kto_mismatched_pairs():
     partners = [tuple(e["kl_completion_ids"]) for e in ex]
     assert sorted(partners) == sorted(tuple(e["completion_ids"]) for e in ex)
     assert all(p != tuple(e["completion_ids"]) for p, e in zip(partners, ex))
-    b = obj.collate(ex[:3], pad_token_id=0)
+    b = obj.collate(ex[:3], "unpaired", pad_token_id=0)
     for i in range(3):
         n_p = len(ex[i]["prompt_ids"])
         got = b["kl_input_ids"][i][b["kl_loss_mask"][i]].tolist()
@@ -139,7 +139,7 @@ def test_kto_mismatched_pairs():
         assert b["kl_input_ids"][i, :n_p].tolist() == ex[i]["prompt_ids"]
     # Without partners (the objective on its own): prompt i with completion i+1 mod B of the batch.
     raw = _unpaired([1, 0, 1])
-    b = obj.collate(raw, pad_token_id=0)
+    b = obj.collate(raw, "unpaired", pad_token_id=0)
     for i in range(3):
         assert b["kl_input_ids"][i][b["kl_loss_mask"][i]].tolist() == raw[(i + 1) % 3]["completion_ids"]
 

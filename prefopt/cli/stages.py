@@ -38,7 +38,7 @@ from prefopt.data.formats import detect_kind, prepare_rows
 from prefopt.data.ranked import pairing_summary
 from prefopt.core.config import DataConfig
 from prefopt.data.load import load_rows
-from prefopt.data.tokenize import TokenizeReport, collate, tokenize_rows
+from prefopt.data.tokenize import TokenizeReport, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
 from prefopt.models import gguf
 from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, load_policy, load_reward_model,
@@ -271,11 +271,8 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
     else:
         eval_sets = {sp: (ps[: ecfg.num_prompts], [chat_prompt_ids(tok, p) for p in ps[: ecfg.num_prompts]])
                      for sp, ps in eval_texts.items()}
-    # Objective hooks (optional, read by declaration, never by name): a data check / filter run
-    # before any model loads.
-    prepare_examples = getattr(c.objective, "prepare_examples", None)
-    if prepare_examples is not None:
-        examples = prepare_examples(examples, rows, source_name)
+    # The objective's data check / filter (a do-nothing hook by default), run before any model loads.
+    examples = c.objective.prepare_examples(examples, rows, source_name)
     pairwise_eval = None
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
@@ -299,7 +296,7 @@ def _models(c: _Configs, d: _Data, place: Placement, console) -> _Models:
         def load(meta):
             return load_policy(mcfg, path=base_path, vocab_size=len(tok), seed=seed, meta=meta)
     policy = load(place.meta_init)
-    precompute_ref = bool(needs.reference and getattr(c.acfg, "precompute_ref", False))
+    precompute_ref = needs.reference and c.objective.precomputes_reference()
     reference = None
     if needs.reference and not precompute_ref:
         # Sharded: a skeleton on every rank, filled from the policy's initial weights (no second full copy).
@@ -363,11 +360,8 @@ def _batch_source(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], 
     if online is not None and online.source is not None:
         return online.source, online.total_steps
     tcfg, tok = c.tcfg, d.tok
-    # An objective's own collate replaces data.collate (e.g. KTO's mismatched pairs).
-    objective_collate = getattr(c.objective, "collate", None)
-
     def collate_examples(ex):
-        batch = objective_collate(ex, tok.pad_token_id) if objective_collate else collate(ex, d.kind, tok.pad_token_id)
+        batch = c.objective.collate(ex, d.kind, tok.pad_token_id)
         if m.precompute_ref:
             batch = reference_cache.add_to_batch(batch, ex)
         return batch

@@ -91,7 +91,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.core.errors import UserError
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ln", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft")
@@ -230,7 +230,7 @@ class DPOLoss:
 
 
 @register("dpo")
-class DPO:
+class DPO(Objective):
     needs = Needs(data="paired", reference=True)
     # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates).
     tuning = {"beta": (0.05, 0.2)}
@@ -256,16 +256,14 @@ class DPO:
     def load_state_dict(self, state: dict) -> None:
         self.pair_loss.load_state_dict(state)
 
+    def precomputes_reference(self) -> bool:
+        return self.cfg.precompute_ref
+
     def units(self, batch) -> int:
         return batch["chosen_input_ids"].shape[0]
 
     def loss(self, batch, scorer):
-        # Both sides in one forward over each shared prompt (same numbers as one forward per side);
-        # a scorer without the paired calls (a test double, say) is asked side by side.
-        if hasattr(scorer, "pair_logps"):
-            (π_w, π_l), (ref_w, ref_l) = scorer.pair_logps(batch), scorer.pair_ref_logps(batch)
-        else:
-            π_w, π_l = scorer.logps(batch, "chosen"), scorer.logps(batch, "rejected")
-            ref_w, ref_l = scorer.ref_logps(batch, "chosen"), scorer.ref_logps(batch, "rejected")
+        # Both sides in one forward over each shared prompt (same numbers as one forward per side).
+        (π_w, π_l), (ref_w, ref_l) = scorer.pair_logps(batch), scorer.pair_ref_logps(batch)
         L, metrics = self.pair_loss(π_w, π_l, ref_w.seq_sum(), ref_l.seq_sum())
         return L.sum(), metrics

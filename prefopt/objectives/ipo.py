@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 
 @register("ipo")
-class IPO:
+class IPO(Objective):
     needs = Needs(data="paired", reference=True)
     # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates):
     # τ sets the target log-ratio gap 1/(2τ).
@@ -49,6 +49,9 @@ class IPO:
 
     def __init__(self, cfg: "IPO.Config"):
         self.cfg = cfg
+
+    def precomputes_reference(self) -> bool:
+        return self.cfg.precompute_ref
 
     def units(self, batch) -> int:
         return batch["chosen_input_ids"].shape[0]

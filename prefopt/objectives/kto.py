@@ -40,14 +40,14 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.errors import UserError, where
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 RECOMMENDED_RATIO = (1.0, 4.0 / 3.0)
 PARTNER_SEED = 0  # independent of the run seed, so cached reference log-probs serve every seed
 
 
 @register("kto")
-class KTO:
+class KTO(Objective):
     needs = Needs(data="unpaired", reference=True)
     # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates).
     tuning = {"beta": (0.05, 0.2)}
@@ -69,6 +69,9 @@ class KTO:
 
     def __init__(self, cfg: "KTO.Config"):
         self.cfg = cfg
+
+    def precomputes_reference(self) -> bool:
+        return self.cfg.precompute_ref
 
     # ---- data: checked before training, mismatched partners, batches ----------------------
     def prepare_examples(self, examples: list, rows: list, source: str) -> list:
@@ -93,7 +96,7 @@ class KTO:
             out[i]["kl_completion_ids"] = examples[order[(k + 1) % len(order)]]["completion_ids"]
         return out
 
-    def collate(self, examples: list, pad_token_id: int) -> dict:
+    def collate(self, examples: list, kind: str, pad_token_id: int) -> dict:
         from prefopt.data.tokenize import collate
 
         batch = collate(examples, "unpaired", pad_token_id)

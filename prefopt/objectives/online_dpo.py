@@ -37,7 +37,7 @@ from prefopt.core.errors import UserError
 from prefopt.models.logprobs import TokenStats
 from prefopt.objectives.dpo import DPOLoss, DPOLossFields
 from prefopt.rollout.source import RolloutFields, select
-from prefopt.objectives.registry import Needs, preset, register
+from prefopt.objectives.registry import Needs, OnlineObjective, preset, register
 
 
 @dataclass
@@ -57,7 +57,7 @@ class OnlineDPOConfig(RolloutFields, DPOLossFields):
 
 
 @register("online_dpo")
-class OnlineDPO:
+class OnlineDPO(OnlineObjective):
     # Samples of one prompt stay together in a rollout and in a micro-batch: rows (2p, 2p+1) are
     # pair p. No importance ratio: the rollout's π_old pass is skipped.
     needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True, groups=True,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 @register("orpo")
-class ORPO:
+class ORPO(Objective):
     needs = Needs(data="paired")
     # The main coefficient (λ, the odds-ratio term's weight) and the values the leaderboard's tuning
     # grid tries (× its learning rates).

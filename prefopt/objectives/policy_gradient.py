@@ -112,7 +112,7 @@ from prefopt.core.errors import UserError
 from prefopt.objectives.pg.kl import ESTIMATORS as KL_ESTIMATORS
 from prefopt.objectives.pg.kl import KLController, kl_estimate
 from prefopt.rollout.source import RolloutFields
-from prefopt.objectives.registry import Needs, preset
+from prefopt.objectives.registry import Needs, OnlineObjective, preset
 
 LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
 RATIO_LEVELS = ("token", "sequence", "sequence_sum")
@@ -194,7 +194,7 @@ class PGConfig(RolloutFields):
             raise UserError("algo.gamma and algo.lam must be in [0, 1]")
 
 
-class PolicyGradient:
+class PolicyGradient(OnlineObjective):
     """The shared policy-gradient objective; registered below under each preset's name."""
 
     needs = Needs(data="prompt_only", reference=True, reward=True, rollouts=True)

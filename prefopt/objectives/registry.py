@@ -1,6 +1,6 @@
 """Objectives register by name and declare what they need; the trainer reads the declarations.
 
-An objective is a class that satisfies :class:`Objective` (offline methods) or :class:`OnlineObjective`
+An objective is a subclass of :class:`Objective` (offline methods) or :class:`OnlineObjective`
 (``needs.rollouts``: it trains on samples of the current policy and adds ``prepare``):
 
 - ``needs``: a :class:`Needs`: the data kind, a reference policy, a reward source, a value model,
@@ -11,13 +11,14 @@ An objective is a class that satisfies :class:`Objective` (offline methods) or :
 - ``units(batch)`` and ``loss(batch, scorer)``: see :class:`Objective`;
 - ``prepare(roll) -> (roll, metrics)`` (online objectives): see :class:`OnlineObjective`.
 
-Optional hooks, called when present and never by name, are listed in :class:`Objective`'s docstring.
+Hooks with do-nothing defaults, called unconditionally and never by name, are listed in
+:class:`Objective`'s docstring.
 A preset (a named set of defaults of one objective, e.g. DAPO of the policy-gradient objective) is a
 registered subclass built by :func:`preset`.
 
-Optional declaration read by the leaderboard: ``tuning = {config key: (values…)}``, the method's main
-coefficient (β, λ, kl_coef, n) and the values its tuning grid tries; ``{}`` or absent: the learning
-rate alone is tuned.
+Declaration read by the leaderboard: ``tuning = {config key: (values…)}``, the method's main
+coefficient (β, λ, kl_coef, n) and the values its tuning grid tries; ``{}`` (the default): the
+learning rate alone is tuned.
 
 Nothing outside this module maps algorithm names to code.
 """
@@ -27,16 +28,16 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from prefopt.core.errors import UserError
 from prefopt.data.formats import KINDS
+from prefopt.data.tokenize import collate
 
 if typing.TYPE_CHECKING:
     import torch
 
     from prefopt.models.logprobs import Scorer
-
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,23 @@ class Needs:
             raise ValueError(f"Needs.head must be 'lm' or 'scalar', got {self.head!r}")
 
 
-@runtime_checkable
-class Objective(Protocol):
-    """What the trainer (:mod:`prefopt.core.trainer`) and the run's stages (:mod:`prefopt.cli.stages`) call.
+class Objective:
+    """The base of every objective: what the trainer (:mod:`prefopt.core.trainer`) and the run's
+    stages (:mod:`prefopt.run.stages`) call. Built as ``Obj(cfg)`` with ``cfg`` an instance of
+    ``Obj.Config``.
 
-    Built as ``Obj(cfg)`` with ``cfg`` an instance of ``Obj.Config``. Optional hooks, called when
-    present and never by name (not protocol members, so that an objective without them still
-    satisfies the protocol):
+    Every objective defines ``needs``, ``Config``, ``units`` and ``loss``. The hooks below have
+    defaults that do nothing, so callers call them unconditionally and an objective overrides only
+    what it uses:
 
+    - ``tuning``: the leaderboard's grid of the main coefficient, ``{config key: (values…)}``;
+      ``{}``: the learning rate alone is tuned;
     - ``prepare_examples(examples, rows, source) -> examples``: checks and filters the tokenized
       examples before any model loads (raise UserError for bad input), or attaches per-example data;
-    - ``collate(examples, pad_token_id) -> batch``: replaces ``data.collate`` (e.g. to add extra
-      sequences per example);
+    - ``collate(examples, kind, pad_token_id) -> batch``: turns examples into a batch (default:
+      :func:`prefopt.data.tokenize.collate`; KTO adds its mismatched sequences);
+    - ``precomputes_reference() -> bool``: whether the reference log-probs are computed once before
+      training and cached on disk instead of keeping π_ref in memory;
     - ``state_dict() -> dict`` and ``load_state_dict(state)``: state carried from step to step
       besides the weights (an adaptive KL coefficient, a running baseline), saved in checkpoints.
     """
@@ -87,12 +93,16 @@ class Objective(Protocol):
     needs: Needs
     Config: type
     cfg: Any
+    tuning: dict = {}
+
+    def __init__(self, cfg):
+        self.cfg = cfg
 
     def units(self, batch: dict) -> int:
         """How many loss units (pairs, sequences or tokens) a micro-batch holds. The trainer divides
         the summed loss of a whole optimizer step by the step's total units, so the loss does not
         depend on how the step is split into micro-batches or processes."""
-        ...
+        raise NotImplementedError
 
     def loss(self, batch: dict, scorer: Scorer) -> tuple[torch.Tensor, dict]:
         """``(loss_sum, metric_sums)``: the loss summed over units, and metrics summed over the same
@@ -100,18 +110,32 @@ class Objective(Protocol):
         objective sees of the models: the policy's log-probs (``logps``, ``pair_logps``) or a scalar
         head's ``scores``, the reference's log-probs (``ref_logps``) and, with ``needs.value_head``,
         the value model's V_t (``values``)."""
-        ...
+        raise NotImplementedError
+
+    def prepare_examples(self, examples: list, rows: list, source: str) -> list:
+        return examples
+
+    def collate(self, examples: list, kind: str, pad_token_id: int) -> dict:
+        return collate(examples, kind, pad_token_id)
+
+    def precomputes_reference(self) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
-@runtime_checkable
-class OnlineObjective(Objective, Protocol):
+class OnlineObjective(Objective):
     """An objective with ``needs.rollouts``: :mod:`prefopt.rollout.source` samples a rollout, scores
     it, and hands it to ``prepare`` before the loss sees it."""
 
     def prepare(self, roll: dict) -> tuple[dict, dict]:
         """``(roll, metrics)``: the rollout with what the loss reads (advantages, selected pairs or
         winners; no gradient), and rollout metrics (``rollout/…``)."""
-        ...
+        raise NotImplementedError
 
 
 OBJECTIVES: dict[str, type] = {}
@@ -123,13 +147,18 @@ def register(name: str):
     def wrap(cls):
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} registered twice")
-        for attr in ("needs", "Config", "units", "loss"):
+        if not issubclass(cls, Objective):
+            raise TypeError(f"objective {name!r} must subclass prefopt.objectives.registry.Objective")
+        for attr in ("needs", "Config"):  # declarations (annotated on the base, never given a value there)
             if not hasattr(cls, attr):
+                raise TypeError(f"objective {name!r} lacks {attr!r}")
+        for attr in ("units", "loss"):
+            if getattr(cls, attr) is getattr(Objective, attr):
                 raise TypeError(f"objective {name!r} lacks {attr!r}")
         if not dataclasses.is_dataclass(cls.Config):
             raise TypeError(f"objective {name!r}: Config must be a dataclass")
-        if cls.needs.rollouts and not hasattr(cls, "prepare"):
-            raise TypeError(f"objective {name!r} declares needs.rollouts but lacks 'prepare'")
+        if cls.needs.rollouts and not issubclass(cls, OnlineObjective):
+            raise TypeError(f"objective {name!r} declares needs.rollouts but is no OnlineObjective (which adds 'prepare')")
         cls.name = name
         OBJECTIVES[name] = cls
         return cls

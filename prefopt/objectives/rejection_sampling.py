@@ -26,11 +26,11 @@ import torch
 
 from prefopt.core.errors import UserError
 from prefopt.rollout.source import RolloutFields, select
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, OnlineObjective, register
 
 
 @register("rejection_sampling")
-class RejectionSampling:
+class RejectionSampling(OnlineObjective):
     needs = Needs(data="prompt_only", reward=True, rollouts=True, groups=True)  # selects within each prompt's group
     # The main coefficient, n of best-of-n per prompt, and the values the leaderboard's tuning grid
     # tries (× its learning rates).

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.core.errors import UserError
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 LOSSES = ("bradley_terry", "plackett_luce")
 
@@ -70,7 +70,7 @@ def is_tie(row: dict) -> bool:
 
 
 @register("reward")
-class RewardModel:
+class RewardModel(Objective):
     needs = Needs(data="paired", head="scalar", ranked=True)
 
     @dataclass

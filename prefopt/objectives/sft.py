@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 
 @register("sft")
-class SFT:
+class SFT(Objective):
     needs = Needs(data="demonstrations")
 
     @dataclass

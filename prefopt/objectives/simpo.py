@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.objectives.registry import Needs, register
+from prefopt.objectives.registry import Needs, Objective, register
 
 
 @register("simpo")
-class SimPO:
+class SimPO(Objective):
     needs = Needs(data="paired")
     # The main coefficient and the values the leaderboard's tuning grid tries (× its learning rates);
     # γ follows β through gamma_beta_ratio.
