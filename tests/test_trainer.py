@@ -10,8 +10,10 @@ from conftest import synthetic_examples, tiny_model
 from prefopt.core.config import TrainerConfig
 from prefopt.data.tokenize import collate
 from prefopt.models.load import make_reference
+from prefopt.models.logprobs import Scorer
 from prefopt.core.config import ModelConfig
 from prefopt.objectives.dpo import DPO
+from prefopt.objectives.registry import Objective
 from prefopt.objectives.sft import SFT
 from prefopt.core import checkpoint
 from prefopt.core.errors import TrainingDiverged
@@ -30,7 +32,8 @@ def make_trainer(kind, obj, out_dir, *, per_step=8, per_device=8, steps=3, seed=
     cfg = TrainerConfig(max_steps=steps, examples_per_step=per_step, examples_per_device=per_device, lr=lr,
                         progress=False, log_every_steps=1, save_every_steps=save_every, warmup_steps=1, keep_checkpoints=5)
     src = OfflineSource(ex, lambda e: collate(e, kind, 0), per_step, per_device, seed=seed)
-    return Trainer(objective=obj, policy=policy, reference=ref, source=src, cfg=cfg, out_dir=str(out_dir), total_steps=steps)
+    return Trainer(objective=obj, policy=policy, source=src, scorer=Scorer(policy, ref), cfg=cfg, out_dir=str(out_dir),
+                   total_steps=steps)
 
 
 def params(t):
@@ -92,7 +95,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert _metrics(tmp_path / "resumed" / "metrics.jsonl") == _metrics(tmp_path / "full" / "metrics.jsonl")
 
 
-class NaNAfter:
+class NaNAfter(Objective):
     """Wraps an objective and returns NaN from step `at` on."""
 
     def __init__(self, inner, at):

@@ -163,7 +163,7 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     first_loss = float(loss0) / n
     src = OfflineSource(examples, coll, n, n, seed=0)
     with tempfile.TemporaryDirectory() as out:
-        tr = Trainer(objective=obj, policy=model, reference=reference, source=src,
+        tr = Trainer(objective=obj, policy=model, source=src, scorer=Scorer(model, reference),
                      cfg=_trainer_cfg(hp["lr"], warmup + steps, n), out_dir=out, total_steps=warmup + steps,
                      device=torch.device(dev))
         _cuda_sync(dev)
@@ -193,10 +193,11 @@ def _prompt_examples(tok, rows):
 
 def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     torch = _torch_setup()
-    from prefopt.rollout.source import RolloutSource
+    from prefopt.core.trainer import Trainer
+    from prefopt.models.logprobs import Scorer
     from prefopt.objectives.registry import get_objective
     from prefopt.rollout.sampler import HFSampler
-    from prefopt.core.trainer import Trainer
+    from prefopt.rollout.source import RolloutSource
 
     G, dev = spec["hp"], spec.get("device", "cpu")
     tok, model, rows = load_world(world, spec.get("dtype", "float32"), dev)
@@ -213,9 +214,9 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
                         sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), tokenizer=tok,
                         max_new_tokens=G["max_new_tokens"], seed=0)
     with tempfile.TemporaryDirectory() as out:
-        tr = Trainer(objective=obj, policy=model, reference=None, source=src,
+        tr = Trainer(objective=obj, policy=model, source=src, scorer=Scorer(model, temperature=G["temperature"]),
                      cfg=_trainer_cfg(G["lr"], warmup + steps, G["prompts_per_step"]), out_dir=out,
-                     total_steps=warmup + steps, temperature=G["temperature"], device=torch.device(dev))
+                     total_steps=warmup + steps, device=torch.device(dev))
         _cuda_sync(dev)
         rss0 = _rss_now_mb()
         reset = _reset_peak_rss()

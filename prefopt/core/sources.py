@@ -1,10 +1,12 @@
-"""Batch sources for offline methods: a fixed dataset's micro-batches in an order that depends only
-on (seed, epoch). The online counterpart, which samples its batches from the policy, is
-:class:`prefopt.rollout.source.RolloutSource`; the trainer asks either for ``step_batches(step)``."""
+"""Batch sources: what the trainer pulls micro-batches from. :class:`BatchSource` declares the
+interface with do-nothing defaults; :class:`OfflineSource` serves a fixed dataset's micro-batches in
+an order that depends only on (seed, epoch). The online counterpart, which samples its batches from
+the policy, is :class:`prefopt.rollout.source.RolloutSource`."""
 
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 
@@ -26,7 +28,31 @@ class EpochOrder:
         return self._cache[epoch]
 
 
-class OfflineSource:
+class BatchSource:
+    """The trainer's side of a batch source. ``step_batches`` is the one method a source must
+    define; the rest have defaults for a source that generates nothing and carries no state, so
+    the trainer and the run read them unconditionally."""
+
+    samples_generated: int = 0  # completions sampled so far (a cost column of the summary)
+    last_gen_time_s: float = 0.0  # generation time inside the last step_batches call (not training time)
+    # Metrics of the last step_batches call, logged with the step (an online source's rollout
+    # statistics). Read-only here, since a class attribute is shared by every instance; a source
+    # assigns its own dict.
+    last_metrics: Mapping = MappingProxyType({})
+
+    def step_batches(self, step: int) -> list:
+        """The micro-batches of optimizer step ``step`` (0-based) for this process."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """State to checkpoint besides the weights; a source whose batches follow from the step alone has none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class OfflineSource(BatchSource):
     """Micro-batches for a fixed dataset. The order depends only on (seed, epoch), and step k reads
     examples [k·G, (k+1)·G) of the concatenated epoch permutations, so a resumed run sees exactly
     the batches an uninterrupted run would. Each process takes a strided share of the step."""

@@ -4,8 +4,11 @@ The trainer knows nothing about methods. It gets micro-batches from a batch sour
 objective for a loss summed over its units (pairs, sequences or tokens), divides by the units of
 the whole optimizer step (all micro-batches, all processes), backpropagates, clips, steps, logs,
 evaluates and checkpoints. How the processes share gradients and weights (none / DDP / FSDP2) is
-:mod:`prefopt.distributed.placement`'s business: the loss runs through ``placement.call`` as the policy's
-forward, so the engine's own gradient reduction (bucketed, overlapped) does the sync.
+the placement's business (:mod:`prefopt.distributed.placement`, seen here through
+:class:`~prefopt.core.processes.Processes`): the loss runs through ``placement.call`` as the policy's
+forward, so the engine's own gradient reduction (bucketed, overlapped) does the sync. What the
+objective reads of the models (log-probs, a reference, values) comes through the ``scorer`` the
+caller builds (:class:`prefopt.models.logprobs.Scorer`); the trainer only hands it to the loss.
 
 Why sum-then-divide: a token-mean loss averaged per micro-batch changes with the accumulation
 split; dividing the step's summed loss by the step's unit count does not.
@@ -23,16 +26,17 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prefopt.core import checkpoint
 from prefopt.core.checkpoint import CheckpointStore
 from prefopt.core.config import TrainerConfig
 from prefopt.core.errors import Interrupted, RunStopped, TrainingDiverged
+from prefopt.core.modules import dropout_off
+from prefopt.core.processes import OneProcess, Processes
 from prefopt.core.records import finite_or_none
-from prefopt.distributed.placement import Placement
-from prefopt.models.load import dropout_off
-from prefopt.models.logprobs import Scorer
+from prefopt.core.sources import BatchSource
 
 
 def _to(batch, device):
@@ -53,21 +57,19 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, *, objective, policy, reference, source, cfg: TrainerConfig, out_dir: str,
-                 total_steps: int, evaluator: Optional[Callable] = None, device=None, temperature: float = 1.0,
-                 console=None, run_config: Optional[dict] = None, placement: Optional[Placement] = None,
-                 value_model=None):
+    def __init__(self, *, objective, policy, source: BatchSource, scorer, cfg: TrainerConfig, out_dir: str,
+                 total_steps: int, evaluator: Optional[Callable] = None, device=None, console=None,
+                 run_config: Optional[dict] = None, placement: Optional[Processes] = None):
         self.objective = objective
         self.policy = policy
-        self.reference = reference
         self.source = source
+        self.scorer = scorer  # passed to objective.loss as is
         self.cfg = cfg
         self.out_dir = out_dir
         self.total_steps = total_steps
         self.evaluator = evaluator
-        self.place = placement or Placement(device=device or torch.device("cpu"))
+        self.place = placement or OneProcess(device)
         self.device = device or self.place.device
-        self.scorer = Scorer(policy, reference, temperature=temperature, value_model=value_model)
         self.console = console
         self.distributed = self.place.distributed
         self.rank, self.world = self.place.rank, self.place.world
@@ -111,8 +113,7 @@ class Trainer:
         # Parts that carry state from step to step besides the weights (an online objective's
         # adaptive KL coefficient, the rollout source's bookkeeping): checkpointed through their own
         # state_dict() / load_state_dict(), whatever method is running. Loaded in this order.
-        return {name: part for name, part in (("objective", self.objective), ("source", self.source))
-                if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))}
+        return {"objective": self.objective, "source": self.source}
 
     def save_checkpoint(self) -> Optional[str]:
         """checkpoints/step_N of the current step (every rank calls it; see CheckpointStore.save)."""
@@ -203,7 +204,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.policy.train()
         micro = [_to(b, self.device) for b in self.source.step_batches(self.state.step)]
-        gen_s = getattr(self.source, "last_gen_time_s", 0.0)
+        gen_s = self.source.last_gen_time_s
         units_total = self._all_sum(float(sum(self.objective.units(b) for b in micro)))
         if units_total <= 0:
             units_total = 1.0  # an all-empty step contributes no gradient rather than NaN
@@ -234,7 +235,7 @@ class Trainer:
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
         # Under fsdp2 the gradients are shards (DTensors) and so is their norm: the global value
         # is its full tensor (the same on every rank).
-        grad_norm = float(total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm)
+        grad_norm = float(total_norm.full_tensor() if isinstance(total_norm, DTensor) else total_norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             last = checkpoint.newest(self.out_dir)
@@ -257,7 +258,7 @@ class Trainer:
         self.state.train_time_s += dt - gen_s
         self.state.gen_time_s += gen_s
         row = {"step": self.state.step, "loss": loss_total, "lr": lr, "tokens": tokens, "step_time_s": dt}
-        row.update(getattr(self.source, "last_metrics", None) or {})  # e.g. an online source's rollout statistics
+        row.update(self.source.last_metrics)  # e.g. an online source's rollout statistics
         row["grad_norm"] = grad_norm
         for k, v in metric_sums.items():
             row[k] = self._all_sum(v) / units_total

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from prefopt.core.errors import UserError
+from prefopt.core.modules import is_sharded
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp2")
 _CALL = "prefopt_call"  # the method registered as an FSDP forward on a sharded root
@@ -68,13 +69,6 @@ def _fsdp():
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     return FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-
-
-def is_sharded(model) -> bool:
-    if model is None:
-        return False
-    FSDPModule = _fsdp()[0]
-    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 class _Caller(nn.Module):

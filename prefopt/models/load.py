@@ -14,36 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError
+from prefopt.core.modules import dropout_off
 from prefopt.models.logprobs import token_stats
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def dropout_disable(model) -> list:
-    """Switch off the model's active dropout layers; returns them for :func:`dropout_restore`.
-
-    Why not ``model.eval()``: bitsandbytes repacks 4-bit CPU weights the first time a Linear4bit
-    runs in eval mode, and its repacked path adds the bias in place, which breaks autograd for
-    every later training step. Decoder LMs have no other train/eval-dependent layers."""
-    flipped = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
-    for m in flipped:
-        m.training = False
-    return flipped
-
-
-def dropout_restore(flipped: list) -> None:
-    for m in flipped:
-        m.training = True
-
-
-@contextmanager
-def dropout_off(model):
-    """Inference behaviour for the duration of a block (see :func:`dropout_disable`)."""
-    flipped = dropout_disable(model)
-    try:
-        yield model
-    finally:
-        dropout_restore(flipped)
 
 
 def torch_dtype(name: str):

@@ -30,6 +30,8 @@ from typing import Optional, Protocol
 
 import torch
 
+from prefopt.core.modules import dropout_disable, dropout_restore
+
 
 @dataclass
 class SamplingConfig:
@@ -309,8 +311,6 @@ class HFSampler:
         for i, p in enumerate(prompts):
             ids[i, T - len(p) :] = torch.tensor(p)
             am[i, T - len(p) :] = 1
-        from prefopt.models.load import dropout_disable, dropout_restore
-
         flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
         want_lp = out.logprobs is not None
         if engine == "loop":

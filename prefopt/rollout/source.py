@@ -1,7 +1,7 @@
 """The online pipeline shared by every online method: rollout → reward → advantage → policy loss.
 
 :class:`RolloutSource` is the batch source the trainer pulls from (the online counterpart of
-``trainer.OfflineSource``). Per rollout it
+:class:`prefopt.core.sources.OfflineSource`). Per rollout it
 
 1. takes ``prompts_per_step`` prompts (each process a strided share, whole groups per process),
 2. samples ``samples_per_prompt`` completions per prompt from the *current* policy (adapters on
@@ -48,12 +48,11 @@ from typing import Optional
 
 import torch
 
-from prefopt.core.sources import EpochOrder
-
-from prefopt.data.tokenize import pad_batch
 from prefopt.core.errors import UserError
+from prefopt.core.modules import dropout_disable, dropout_restore
+from prefopt.core.sources import BatchSource, EpochOrder
+from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
-from prefopt.models.load import dropout_disable, dropout_restore
 from prefopt.rollout.sampler import SamplingConfig
 
 
@@ -145,7 +144,7 @@ def select(roll: dict, idx) -> dict:
     return out
 
 
-class RolloutSource:
+class RolloutSource(BatchSource):
     """Micro-batches for online methods; see the module docstring."""
 
     def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
@@ -309,10 +308,9 @@ class RolloutSource:
         parts = parts[:want]
         self.last_gen_time_s = gen_s
         roll = self._tensors(parts)
-        if hasattr(self.obj, "state_dict"):
-            if self._resume is not None and self._resume["rollout"] == r:
-                self.obj.load_state_dict(self._resume["objective_before_rollout"])
-            self._obj_state_before = self.obj.state_dict()
+        if self._resume is not None and self._resume["rollout"] == r:
+            self.obj.load_state_dict(self._resume["objective_before_rollout"])
+        self._obj_state_before = self.obj.state_dict()
         self._resume = None
         roll, obj_metrics = self.obj.prepare(roll)
         # Metrics of the sampled batch (before any selection), averaged per sequence.

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefopt.core import files
 from prefopt.core.config import DataConfig, ModelConfig, TrainerConfig
 from prefopt.core.errors import UserError
 from prefopt.core.rng import seed_everything
@@ -29,6 +30,7 @@ from prefopt.core.trainer import Trainer
 from prefopt.data.formats import convert_rows
 from prefopt.data.tokenize import collate, tokenize_rows
 from prefopt.models.load import load_policy
+from prefopt.models.logprobs import Scorer
 from prefopt.objectives.sft import SFT
 from prefopt.rollout.evaluate import chat_prompt_ids
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
@@ -87,18 +89,23 @@ def _hash(obj) -> str:
 
 
 def _build_once(path: str, build):
-    """Run ``build(tmpdir)`` unless ``path`` exists; atomic rename under a lock."""
+    """Run ``build(tmpdir)`` unless ``path`` exists, then rename the directory into place, under a
+    lock: ``path`` exists only once complete, and a failed build leaves nothing behind."""
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with FileLock(path + ".lock"):
         if os.path.exists(path):
             return path
-        tmp = f"{path}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        build(tmp)
-        os.replace(tmp, path)
+        tmp = files.tmp_path(path)
+        try:
+            os.makedirs(tmp)
+            build(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        files.fsync_dir(os.path.dirname(path))
     return path
 
 
@@ -162,13 +169,12 @@ def sft_policy_path(tb: TestbedConfig, console=None) -> str:
         source = OfflineSource(examples, lambda ex: collate(ex, "demonstrations", tok.pad_token_id),
                                tcfg.examples_per_step, tcfg.examples_per_device, seed=tb.sft_seed)
         obj = SFT(SFT.Config())
-        trainer = Trainer(objective=obj, policy=model, reference=None, source=source, cfg=tcfg, out_dir=out,
+        trainer = Trainer(objective=obj, policy=model, source=source, scorer=Scorer(model), cfg=tcfg, out_dir=out,
                           total_steps=tb.sft_steps)
         trainer.fit()
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
-        with open(os.path.join(out, "testbed.json"), "w") as f:
-            json.dump(key, f)
+        files.write_json(os.path.join(out, "testbed.json"), key)
 
     return _build_once(path, build)
 
@@ -203,7 +209,7 @@ def preference_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None)
                     (cw, rw), (cl, rl) = ((ta, ra), (tb_, rb)) if a_wins else ((tb_, rb), (ta, ra))
                     rows.append({"prompt": _conv(p), "chosen": _asst(cw), "rejected": _asst(cl),
                                  "gold_chosen": rw, "gold_rejected": rl})
-        _write_jsonl(os.path.join(out, "pairs.jsonl"), rows)
+        files.write_jsonl(os.path.join(out, "pairs.jsonl"), rows)
 
     _build_once(path, build)
     with open(os.path.join(path, "pairs.jsonl")) as f:
@@ -242,7 +248,7 @@ def ranked_rows(tb: TestbedConfig, policy_path: str, console=None, tok=None) -> 
             ranks = [1 + sum(1 for k2 in keys if k2 > k) for k in keys]
             rows.append({"prompt": _conv(p), "completions": [_asst(t) for t, _ in cand], "ranks": ranks,
                          "gold": [g for _, g in cand]})
-        _write_jsonl(os.path.join(out, "ranked.jsonl"), rows)
+        files.write_jsonl(os.path.join(out, "ranked.jsonl"), rows)
 
     _build_once(path, build)
     with open(os.path.join(path, "ranked.jsonl")) as f:
@@ -270,12 +276,6 @@ def _sample(tb: TestbedConfig, policy_path: str, tok, rng: random.Random, consol
     comps = HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id).generate(model, prompt_ids, scfg, seed=tb.pair_seed)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in comps]
     return prompts, texts, task.gold_reward([p for p in prompts for _ in range(K)], texts)
-
-
-def _write_jsonl(path: str, rows: list) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
 
 
 @dataclass
