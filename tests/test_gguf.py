@@ -10,6 +10,7 @@ import torch
 from gguf_files import bpe_tokenizer, tiny_llama, write_gguf
 from short_runs import cli, one_line_error
 
+from prefopt.core.files import sha256_file
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.models import gguf
@@ -38,7 +39,7 @@ def test_gguf_loads_as_the_model_and_tokenizer_it_was_written_from(tiny, tmp_pat
     out = gguf.checkpoint_dir(cfg)
     assert out.startswith(str(tmp_path / "cache" / "gguf"))
     src = json.load(open(os.path.join(out, "gguf_source.json")))
-    assert src["sha256"] == gguf.sha256(path) and src["file"] == os.path.abspath(path)
+    assert src["sha256"] == sha256_file(path) and src["file"] == os.path.abspath(path)
     loaded_tok = load_tokenizer(out)
     text = loaded_tok.apply_chat_template([{"role": "user", "content": "What is 7+5?"}], add_generation_prompt=True,
                                           tokenize=False)

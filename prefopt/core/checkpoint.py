@@ -10,7 +10,6 @@ plain types only, so a checkpoint directory handed over by someone else cannot r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,36 +17,19 @@ from typing import Optional
 
 import torch
 
+from prefopt.core import files
 from prefopt.core.errors import RunStopped, TrainingDiverged, first_line
-from prefopt.core.records import write_json
+from prefopt.core.files import TMP_PREFIX, sha256_file
+from prefopt.core.modules import is_sharded
+from prefopt.core.processes import Processes
 from prefopt.core.rng import rng_state, set_rng_state
-from prefopt.distributed.placement import is_sharded
 
 MANIFEST = "manifest.json"
 FORMAT = 2
-TMP_PREFIX = ".tmp-"
 
 
 class CheckpointInvalid(RuntimeError):
     """A checkpoint that is incomplete, damaged, of another model, or holds more than tensors and plain types."""
-
-
-def sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: str):
-    # Without it a power cut after the rename can leave a complete-looking name over empty files.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _files_under(d: str) -> list:
@@ -107,7 +89,7 @@ def verify(path: str) -> Optional[str]:
             return f"{name} is missing"
         if os.path.getsize(p) != meta.get("bytes"):
             return f"{name} has {os.path.getsize(p)} bytes, the manifest says {meta.get('bytes')}"
-        if sha256(p) != meta.get("sha256"):
+        if sha256_file(p) != meta.get("sha256"):
             return f"{name} does not match its sha256 in the manifest"
     return None
 
@@ -152,10 +134,8 @@ def truncate_metrics(metrics_path: str, step: int) -> int:
                 continue
             if isinstance(row, dict) and row.get("step", 0) <= step:
                 keep.append(json.dumps(row, allow_nan=False) + "\n")
-    tmp = metrics_path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_open(metrics_path) as f:
         f.writelines(keep)
-    os.replace(tmp, metrics_path)
     return torn
 
 
@@ -165,7 +145,7 @@ class CheckpointStore:
     step besides the weights (an online objective's adaptive KL coefficient, the rollout source's
     bookkeeping), each through its own ``state_dict()`` / ``load_state_dict()``."""
 
-    def __init__(self, out_dir: str, place, *, policy, params: list, optimizer, scheduler, parts: dict, keep: int,
+    def __init__(self, out_dir: str, place: Processes, *, policy, params: list, optimizer, scheduler, parts: dict, keep: int,
                  run_config: Optional[dict] = None):
         self.out_dir, self.place = out_dir, place
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -222,22 +202,23 @@ class CheckpointStore:
                 if not self.sharded:
                     extras["optimizer"] = self.optimizer.state_dict()
                 torch.save(extras, os.path.join(tmp, "trainer.pt" if self.sharded else "optim.pt"))
-                write_json(os.path.join(tmp, "state.json"), state)
+                files.write_json(os.path.join(tmp, "state.json"), state)
                 if self.run_config is not None:
-                    write_json(os.path.join(tmp, "config.json"), self.run_config)
-                files = {}
+                    files.write_json(os.path.join(tmp, "config.json"), self.run_config)
+                listed = {}
                 for name in _files_under(tmp):
                     p = os.path.join(tmp, name)
-                    _fsync(p)
-                    files[name] = {"bytes": os.path.getsize(p), "sha256": sha256(p)}
-                write_json(os.path.join(tmp, MANIFEST), {"format": FORMAT, "step": step, "files": files,
+                    # Without it a power cut after the rename can leave a complete-looking name over empty files.
+                    files.fsync_file(p)
+                    listed[name] = {"bytes": os.path.getsize(p), "sha256": sha256_file(p)}
+                # Written last (and fsynced with its directory): its presence marks the files above complete.
+                files.write_json(os.path.join(tmp, MANIFEST), {"format": FORMAT, "step": step, "files": listed,
                                                                "layout": "sharded" if self.sharded else "full",
                                                                "world_size": self.world})
-                _fsync(tmp)
                 if os.path.exists(final):
                     shutil.rmtree(final)
-                os.replace(tmp, final)
-                _fsync(self.ckpt_dir)
+                os.replace(tmp, final)  # a directory: published whole by one rename
+                files.fsync_dir(self.ckpt_dir)
         except OSError as e:
             error = e
         if self.sharded and self.place.all_max(1.0 if error else 0.0) > 0 and error is None:

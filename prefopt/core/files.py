@@ -40,6 +40,16 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str) -> None:
+    """Flush a file written by someone else's writer (``torch.save``, a checkpoint library) to disk.
+    Unlike :func:`fsync_dir`, a failure raises: the caller must not publish bytes that may be lost."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def tmp_path(path: str) -> str:
     """A fresh temporary name beside ``path``; leftovers carry :data:`TMP_PREFIX`, so cleaners find them."""
     folder, name = os.path.split(os.path.abspath(path))

@@ -1,9 +1,9 @@
 """What a run writes as JSON (metrics.jsonl rows, summary.json, checkpoint metadata) is strict JSON:
-no NaN or infinity, which many parsers reject, and one rejected line would lose a whole file."""
+no NaN or infinity, which many parsers reject, and one rejected line would lose a whole file.
+The writers that apply this are in :mod:`prefopt.core.files`."""
 
 from __future__ import annotations
 
-import json
 import math
 
 
@@ -17,8 +17,3 @@ def finite_or_none(x):
     if isinstance(x, (list, tuple)):
         return [finite_or_none(v) for v in x]
     return x
-
-
-def write_json(path: str, obj):
-    with open(path, "w") as f:
-        json.dump(finite_or_none(obj), f, allow_nan=False)

@@ -16,14 +16,13 @@ package that ships a model file may import heavy dependencies of its own).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 from typing import Optional
 
 from filelock import FileLock
 
-from prefopt.core.checkpoint import sha256
+from prefopt.core import files
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError, first_line
 
@@ -93,7 +92,7 @@ def checkpoint_dir(cfg: ModelConfig, console=None) -> Optional[str]:
     path = source_file(cfg)
     if path is None:
         return None
-    digest = sha256(path)
+    digest = files.sha256_file(path)
     out = cache_dir(digest)
     if os.path.isfile(os.path.join(out, "gguf_source.json")):
         return out
@@ -103,10 +102,17 @@ def checkpoint_dir(cfg: ModelConfig, console=None) -> Optional[str]:
         if not os.path.isfile(os.path.join(out, "gguf_source.json")):
             if console is not None:
                 console.print(f"[dim]gguf: dequantizing {os.path.basename(path)} once into {out}")
-            tmp = f"{out}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            _dequantize(path, digest, tmp)
-            os.replace(tmp, out)
+            # Built under a temporary name and renamed whole: ``out`` either holds a finished
+            # checkpoint (its gguf_source.json, written last) or does not exist.
+            tmp = files.tmp_path(out)
+            try:
+                _dequantize(path, digest, tmp)
+                shutil.rmtree(out, ignore_errors=True)  # an unfinished one without its marker
+                os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            files.fsync_dir(os.path.dirname(out))
     return out
 
 
@@ -130,5 +136,5 @@ def _dequantize(path: str, digest: str, out: str) -> None:
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(out)
     tok.save_pretrained(out)
-    with open(os.path.join(out, "gguf_source.json"), "w") as f:
-        json.dump({"file": os.path.abspath(path), "sha256": digest, "format": FORMAT}, f, indent=1)
+    files.write_json(os.path.join(out, "gguf_source.json"), {"file": os.path.abspath(path), "sha256": digest,
+                                                            "format": FORMAT}, indent=1)
