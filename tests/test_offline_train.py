@@ -30,7 +30,7 @@ def first_last(rows, key, k=4):
 
 @pytest.mark.parametrize("algo", ["dpo", "ipo", "kto"])
 def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch):
-    from prefopt.data import reference_cache
+    from prefopt.models import reference_cache
     from prefopt.objectives.registry import get_objective
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
@@ -78,7 +78,7 @@ def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch
 
 def test_precompute_ref_run_matches_live_run_and_holds_no_reference(run_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFOPT_CACHE", os.environ["PREFOPT_CACHE"])  # the suite's testbed cache
-    import prefopt.cli.stages as M  # the run's stages build the reference
+    import prefopt.run.stages as M  # the run's stages build the reference
 
     common = ["algo=kto", "data.num_rows=96", "trainer.max_steps=2", "trainer.examples_per_step=32",
               "trainer.examples_per_device=16", *TRAIN_ONLY]

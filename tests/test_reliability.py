@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import compose, synthetic_examples, tiny_model
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.errors import Interrupted, RunStopped, UserError
 from prefopt.objectives.sft import SFT
 from prefopt.core import checkpoint
@@ -238,13 +238,13 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
 # ---- the reference log-prob cache ----------------------------------------------------------------
 
 def _attach(examples):
-    from prefopt.data import reference_cache
+    from prefopt.models import reference_cache
 
     return reference_cache.attach(tiny_model(0), examples, model_key="test", batch_size=4, device=torch.device("cpu"))
 
 
 def test_corrupt_reference_cache_is_named_and_rebuilt(tmp_path, monkeypatch, capsys):
-    from prefopt.data import reference_cache
+    from prefopt.models import reference_cache
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     ex = synthetic_examples("paired", n=6)
@@ -301,7 +301,7 @@ def test_crafted_checkpoint_cannot_run_code(tmp_path):
 
 
 def test_crafted_reference_cache_cannot_run_code(tmp_path, monkeypatch):
-    from prefopt.data import reference_cache
+    from prefopt.models import reference_cache
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     ex = synthetic_examples("paired", n=4)
@@ -363,7 +363,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
 
 
 def test_signal_outside_the_training_loop_is_one_line():
-    from prefopt.cli.signals import RunContext, interrupted_line
+    from prefopt.run.signals import RunContext, interrupted_line
 
     e = Interrupted(signal.SIGINT)
     assert interrupted_line(e, "/tmp/x", RunContext()) == "interrupted by SIGINT before training started; saved: nothing"

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from prefopt.models.logprobs import Scorer, pair_token_stats, packed_token_stats, token_stats
 from prefopt.models.load import FrozenReference
 from prefopt.objectives.dpo import DPO
-from prefopt.data.packing import pack, shared_prompt_lengths
+from prefopt.models.packing import pack, shared_prompt_lengths
 from prefopt.rollout.sampler import DecodeLoop, HFSampler, SamplingConfig, Samples
 
 PAD, EOS, V = 0, 3, 64

@@ -1,3 +1,3 @@
 """Preference data from files to batches: the accepted formats and their checks (one line per bad
-file, row or field), tokenization with chat templates, collation, sequence packing, and the
-on-disk cache of precomputed reference log-probs."""
+file, row or field), tokenization with chat templates and collation. Nothing here runs a model:
+packing and the cached reference log-probs, which do, are in :mod:`prefopt.models`."""

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 import prefopt_kernels
+from prefopt.models.packing import attention_cost_per_token, pack, right_padded_lengths, shared_prompt_lengths
 
 IMPL = os.environ.get("PREFOPT_LOGPROBS_IMPL", "auto")
 if IMPL not in prefopt_kernels.api.IMPLS:  # a typo must not silently measure the wrong path
@@ -180,20 +181,16 @@ ROW_TOKENS = int(os.environ.get("PREFOPT_ROW_TOKENS", "320"))
 
 
 def _attn_cost(model) -> float:
-    from prefopt.data.packing import attention_cost_per_token
-
     return attention_cost_per_token(getattr(_unwrap(model), "config", None))
 
 
 def pair_token_stats(model, a: tuple, b: tuple, *, temperature: float = 1.0, row_tokens: Optional[int] = None):
     """Log-probs of two right-padded batches ``a`` and ``b`` = (input_ids, attention_mask,
     loss_mask) whose rows share a prompt (DPO's chosen and rejected), in **one** padding-free
-    forward: each prompt once, both completions continuing from it (:mod:`prefopt.data.packing`), every
+    forward: each prompt once, both completions continuing from it (:mod:`prefopt.models.packing`), every
     completion token of both sides through one fused log-prob call. Same numbers as two
     :func:`token_stats` calls up to fp32 rounding; returns None when the rows do not share a prompt
     (or the head cannot be read): the caller then does two forwards."""
-    from prefopt.data.packing import pack, shared_prompt_lengths
-
     head = find_head(model)
     if head is None:
         return None
@@ -234,8 +231,6 @@ def packed_token_stats(model, input_ids, attention_mask, loss_mask, *, temperatu
     """:func:`token_stats` of a right-padded batch computed padding-free: the sequences packed into
     rows with their own position ids and a block-diagonal mask. Same numbers up to fp32 rounding;
     None when the head cannot be read or the batch is not right padded."""
-    from prefopt.data.packing import pack, right_padded_lengths
-
     head = find_head(model)
     n = right_padded_lengths(attention_mask)
     if head is None or n is None or bool((n < 1).any()):

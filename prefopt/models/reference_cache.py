@@ -6,14 +6,15 @@ before any update, so no reference model is ever loaded: one no-grad pass throug
 log-prob path (``token_stats``), in eval mode. The per-token log-probs are attached to each
 tokenized example (``{field}_ref_logps`` next to ``{field}_ids``) and collated into the batch as
 ``{side}_ref_logps`` [B, T], where ``Scorer.ref_logps`` reads them; nothing but those floats stays
-in memory during training.
+in memory during training. It runs a model over tokenized data, so it lives with the models, above
+the data layer.
 
 Cache: one file per (model fingerprint, data fingerprint) under ``$PREFOPT_CACHE/reference_logps``
 (default ~/.cache/prefopt). The model fingerprint covers what decides π_ref's numbers (weights
 source and their files, dtype, 4-bit, attention implementation, random-init arch + seed); the data
 fingerprint is a hash of every token id, so any change of data, tokenizer, template or truncation
-gives a new entry. Writes go to a temporary file renamed into place under a file lock, so parallel
-jobs (Hydra's joblib launcher) compute an entry once and never read a half-written one. Entries
+gives a new entry. Entries are written atomically (:mod:`prefopt.core.files`) under a file lock, so
+parallel jobs (Hydra's joblib launcher) compute an entry once and never read a half-written one. Entries
 are read with ``torch.load(weights_only=True)`` (the cache directory may be shared: reading it must
 never run code) and checked against the examples; one that is truncated, damaged or does not fit is
 named in a warning and rebuilt.
@@ -35,6 +36,8 @@ from typing import Optional
 import torch
 from filelock import FileLock
 
+from prefopt.core import files
+from prefopt.core.modules import dropout_disable, dropout_restore
 from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
 
@@ -98,8 +101,6 @@ def data_fingerprint(examples: list) -> str:
 def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 0, temperature: float = 1.0) -> dict:
     """{field: [fp32 tensor of len(X_ids)] per example}: log p_model(x_t | x_<t) of each
     completion token, in eval mode (π_ref is a fixed function of its input)."""
-    from prefopt.models.load import dropout_disable, dropout_restore
-
     flipped = dropout_disable(model)  # not eval(): it would break 4-bit (bitsandbytes) training later
     out = {}
     try:
@@ -127,16 +128,8 @@ def compute(model, examples: list, batch_size: int, device, pad_token_id: int = 
 def _save(path: str, values: dict):
     flat = {f: (torch.cat(v) if v else torch.zeros(0), torch.tensor([len(x) for x in v], dtype=torch.long))
             for f, v in values.items()}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(flat, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # a power cut after the rename must not leave a named but empty entry
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with files.atomic_open(path, "wb") as f:
+        torch.save(flat, f)
 
 
 class CacheCorrupt(Exception):
