@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.core.modules import dropout_off
-from prefopt.models.logprobs import token_stats
+from prefopt.models.logprobs import Reference
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -187,16 +187,12 @@ def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
-class FrozenReference:
+class FrozenReference(Reference):
     """A frozen copy of the initial policy."""
 
     def __init__(self, model):
         self.model = model.eval().requires_grad_(False)
         self.place = None  # set by placement when the copy is sharded
-
-    def token_stats(self, input_ids, attention_mask, loss_mask, temperature=1.0):
-        with self.active() as m:
-            return token_stats(m, input_ids, attention_mask, loss_mask, temperature=temperature)
 
     def to(self, device):
         self.model.to(device)
@@ -208,16 +204,11 @@ class FrozenReference:
         return self.place.forward_scope(self.model) if self.place is not None else nullcontext(self.model)
 
 
-class AdapterDisabledReference:
+class AdapterDisabledReference(Reference):
     """Under LoRA the reference is the policy with its adapters switched off: one copy in memory."""
 
     def __init__(self, policy):
         self.policy = policy
-
-    def token_stats(self, input_ids, attention_mask, loss_mask, temperature=1.0):
-        # Dropout off for the reference pass: the reference is a fixed function of its input.
-        with self.active() as m:
-            return token_stats(m, input_ids, attention_mask, loss_mask, temperature=temperature)
 
     @property
     def model(self):
@@ -228,11 +219,12 @@ class AdapterDisabledReference:
 
     @contextmanager
     def active(self):
+        # Dropout off for the reference pass: the reference is a fixed function of its input.
         with dropout_off(self.policy), self.policy.disable_adapter():
             yield self.policy
 
 
-class LazyReference:
+class LazyReference(Reference):
     """The initial policy, loaded only when first used. Evaluation needs π_ref even for methods
     that train without one (SFT, ORPO, SimPO); loading it lazily keeps it out of memory during
     training."""
@@ -257,9 +249,6 @@ class LazyReference:
 
     def active(self):
         return self._get().active()
-
-    def token_stats(self, *a, **kw):
-        return self._get().token_stats(*a, **kw)
 
 
 def make_reference(policy, cfg: ModelConfig, path: Optional[str] = None, vocab_size=None, seed: int = 0,

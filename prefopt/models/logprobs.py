@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import ContextManager, Optional
 
 import torch
 
@@ -256,6 +256,19 @@ def side_keys(side: Optional[str]):
     return f"{p}input_ids", f"{p}attention_mask", f"{p}loss_mask"
 
 
+class Reference:
+    """π_ref as the scorer reads it. A reference defines ``active()``, a context manager yielding the
+    module that computes it (a frozen copy, the policy with its adapters off, ...); its log-probs
+    come from that module through the same fused path as the policy's."""
+
+    def active(self) -> ContextManager:
+        raise NotImplementedError
+
+    def token_stats(self, input_ids, attention_mask, loss_mask, temperature: float = 1.0) -> TokenStats:
+        with self.active() as m:
+            return token_stats(m, input_ids, attention_mask, loss_mask, temperature=temperature)
+
+
 class Scorer:
     """What an objective sees of the models: policy log-probs (with grad), reference log-probs
     (without) and, for an objective that declares ``needs.value_head``, the value model's V_t. The
@@ -263,8 +276,8 @@ class Scorer:
     adapter-disabled policy under LoRA, or log-probs precomputed into the batch (batch key
     ``{side}_ref_logps``)."""
 
-    def __init__(self, policy, reference=None, temperature: float = 1.0, shared_prompt: bool = True,
-                 value_model=None):
+    def __init__(self, policy, reference: Optional[Reference] = None, temperature: float = 1.0,
+                 shared_prompt: bool = True, value_model=None):
         self.policy = policy
         self.reference = reference
         self.temperature = temperature
@@ -302,10 +315,9 @@ class Scorer:
     def pair_ref_logps(self, batch, sides=("chosen", "rejected")) -> tuple:
         """Reference log-probs of both sides (precomputed when in the batch), like :meth:`pair_logps`."""
         cached = all(f"{s}_ref_logps" in batch for s in sides)
-        active = getattr(self.reference, "active", None)
-        if not cached and self.shared_prompt and active is not None:
+        if not cached and self.shared_prompt and self.reference is not None:
             a, b = (tuple(batch[k] for k in side_keys(s)) for s in sides)
-            with active() as ref_model:
+            with self.reference.active() as ref_model:
                 out = pair_token_stats(ref_model, a, b, temperature=self.temperature)
             if out is not None:
                 return out
