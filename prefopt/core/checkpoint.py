@@ -16,6 +16,7 @@ import shutil
 from typing import Optional
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from prefopt.core import files
 from prefopt.core.errors import RunStopped, TrainingDiverged, first_line
@@ -171,7 +172,8 @@ class CheckpointStore:
             return None
         trainable = None if self.sharded else self._trainable_state()
         local = [p.detach() for p in self.params] if self.sharded else list(trainable.values())
-        bad = [n for n, v in zip(self._param_names(), local) if not torch.isfinite(getattr(v, "_local_tensor", v)).all()]
+        bad = [n for n, v in zip(self._param_names(), local)
+               if not torch.isfinite(v.to_local() if isinstance(v, DTensor) else v).all()]
         if self.sharded and self.place.all_max(1.0 if bad else 0.0) > 0 and not bad:
             bad = ["a parameter shard of another process"]
         if bad:

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from prefopt.core.errors import UserError
 from prefopt.core.modules import is_sharded
@@ -318,7 +319,7 @@ class Placement:
     def local_bytes(tensors) -> int:
         n = 0
         for t in tensors:
-            t = getattr(t, "_local_tensor", t)  # a DTensor's own shard
+            t = t.to_local() if isinstance(t, DTensor) else t  # a DTensor's own shard
             n += t.numel() * t.element_size()
         return n
 
