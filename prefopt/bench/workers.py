@@ -185,6 +185,12 @@ class _BenchReward:
         s = torch.tensor(cheap_reward(completions), dtype=torch.float32)
         return (s, {}) if with_terms else s
 
+    def state_dict(self) -> dict:
+        return {}  # stateless; checkpointed with the rollout source like any reward
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 def _prompt_examples(tok, rows):
     return [{"row": i, "prompt_text": r["prompt"], "prompt_ids": tok(r["prompt"], add_special_tokens=False)["input_ids"]}

@@ -145,7 +145,10 @@ def select(roll: dict, idx) -> dict:
 
 
 class RolloutSource(BatchSource):
-    """Micro-batches for online methods; see the module docstring."""
+    """Micro-batches for online methods; see the module docstring. ``reward`` is a
+    :class:`prefopt.rollout.rewards.Reward`: called as ``reward(prompts, completions, prompt_ids=,
+    completion_ids=, finished=, with_terms=True) -> (scores, {metric: values})``, checkpointed through
+    its ``state_dict()`` / ``load_state_dict()``."""
 
     def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
                  seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None,
@@ -203,15 +206,13 @@ class RolloutSource(BatchSource):
         """Checkpointed by the trainer after the objective's own state: which rollout is current and
         the objective's state from before it was prepared. Resume regenerates that rollout when it
         resumes mid-rollout, and must then start it from that earlier state."""
-        state = {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before}
-        if hasattr(self.reward, "state_dict"):
-            # A reward with state of its own (an ensemble's standardisation, frozen on the first rollout).
-            state["reward"] = self.reward.state_dict()
-        return state
+        # The reward's own state too (an ensemble's standardisation, frozen on the first rollout; {} for most).
+        return {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before,
+                "reward": self.reward.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state if state.get("objective_before_rollout") is not None else None
-        if state.get("reward") is not None and hasattr(self.reward, "load_state_dict"):
+        if state.get("reward") is not None:  # absent in checkpoints written before the reward's state was saved
             self.reward.load_state_dict(state["reward"])
 
     def step_batches(self, step: int) -> list:
