@@ -158,7 +158,7 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     n = hp["pairs_per_step"]
     model.train()
     with torch.no_grad():
-        loss0, _ = obj.loss({k: (v.to(dev) if hasattr(v, "to") else v) for k, v in coll(examples[:n]).items()},
+        loss0, _ = obj.loss({k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in coll(examples[:n]).items()},
                             Scorer(model, reference))
     first_loss = float(loss0) / n
     src = OfflineSource(examples, coll, n, n, seed=0)
@@ -333,7 +333,7 @@ def trl_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
         first = [tr.train_dataset[i] for i in range(n)]
         tr.model.train()
         with torch.no_grad():
-            batch = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in tr.data_collator(first).items()}
+            batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in tr.data_collator(first).items()}
             first_loss = float(tr.compute_loss(tr.model, batch))
         timer = _step_timer(dev)
         tr.add_callback(timer)
