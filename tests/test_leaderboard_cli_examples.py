@@ -17,7 +17,7 @@ from test_leaderboard_render import fixture_results
 import prefopt.leaderboard.plan as plan_mod
 from prefopt.core.errors import UserError
 from prefopt.leaderboard import cli, store
-from prefopt.leaderboard.plan import Job, read_manifest
+from prefopt.leaderboard.jobs import Job, read_manifest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,6 +1,7 @@
 """The quick suite end to end: every registered method gets a result, a second run skips them all,
 render writes the board. Also: the plan follows the registry's declarations, never names."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,9 @@ import sys
 import pytest
 
 from prefopt.leaderboard import store
-from prefopt.leaderboard.plan import classify, load_suite, plan
+from prefopt.leaderboard.plan import plan
+from prefopt.leaderboard.protocol import classify
+from prefopt.leaderboard.suite import load_suite
 from prefopt.objectives.registry import Needs, available, get_objective
 
 
@@ -23,18 +26,18 @@ def test_classify_reads_declarations():
 
 def test_plan_covers_the_registry(tmp_path):
     # one task keeps the planning (Hydra composes) short
-    suite = {**load_suite("standard"), "tasks": ["reviews"], "ablation": None}
+    suite = dataclasses.replace(load_suite("standard"), tasks=["reviews"], ablation=None)
     jobs, notes = plan(suite, str(tmp_path / "work"))
     methods = {j.meta["method"] for j in jobs if j.stage == 2}
     for name in available():
-        if name in suite["exclude"]:
+        if name in suite.exclude:
             assert any(n.startswith(f"{name}:") for n in notes)
-        elif name != suite["reward_model"]:
+        elif name != suite.reward_model:
             assert name in methods, name
     # stage 1 first; every proxy-reward job points at its seed's reward model, by identity
     assert jobs[0].stage == 1
     rm = {(j.meta["task"], j.meta["seed"]): j for j in jobs if j.stage == 1}
-    assert len(rm) == len(suite["seeds"]) + len(suite["tuning_seeds"])
+    assert len(rm) == len(suite.seeds) + len(suite.tuning_seeds)
     for j in jobs:
         if j.meta.get("reward") == "proxy" and j.kind == "train":
             r = rm[(j.meta["task"], j.meta["seed"])]
@@ -43,11 +46,11 @@ def test_plan_covers_the_registry(tmp_path):
     assert len({j.hash for j in jobs}) == len(jobs)  # distinct configs, distinct results
     # seeds are independent replicates: each seed moves the SFT and pair seeds too
     dpo = [j for j in jobs if j.meta["method"] == "dpo" and j.stage == 2][0]
-    t = suite["tuning_seeds"][0]
+    t = suite.tuning_seeds[0]
     assert {f"seed={t}", f"data.testbed.sft_seed={t}", f"data.testbed.pair_seed={t}"} <= set(dpo.overrides)
     # report runs (stage 3, train) wait for the grid; best-of-n does not
     assert not [j for j in jobs if j.stage == 3 and j.kind == "train"]
-    assert {j.meta["seed"] for j in jobs if j.kind == "best_of_n"} == set(suite["seeds"])
+    assert {j.meta["seed"] for j in jobs if j.kind == "best_of_n"} == set(suite.seeds)
 
 
 @pytest.mark.slow
@@ -65,9 +68,9 @@ def test_quick_suite_end_to_end(tmp_path):
     for r in loaded.ok:
         for lb in [r["leaderboard"], *r["leaderboard"].get("also", [])]:
             roles.setdefault(lb["role"], set()).add(lb["method"])
-    methods = {n for n in available() if n not in suite["exclude"] and n != suite["reward_model"]}
+    methods = {n for n in available() if n not in suite.exclude and n != suite.reward_model}
     assert roles["tuning"] == methods and roles["report"] == methods | {"best_of_n"}
-    assert roles["reward_model"] == {suite["reward_model"]} and roles["ablation"] == {suite["ablation"]["method"]}
+    assert roles["reward_model"] == {suite.reward_model} and roles["ablation"] == {suite.ablation.method}
     for r in loaded.ok:
         lb = r["leaderboard"]
         assert r["eval"] is not None and lb["suite"] == "quick" and r["code_version"] and r["cpu_capability"]

@@ -2,6 +2,7 @@
 (poisoned test numbers change nothing), the identity of a result, Gao et al.'s fits and the paired
 statistics against hand-computed cases."""
 
+import dataclasses
 import json
 import math
 import os
@@ -11,8 +12,9 @@ import pytest
 
 from prefopt.core.errors import UserError
 from prefopt.leaderboard import fits, select, store
-from prefopt.leaderboard.plan import load_suite, plan
+from prefopt.leaderboard.plan import plan
 from prefopt.leaderboard.stats import paired_bootstrap, separated_ranks
+from prefopt.leaderboard.suite import load_suite
 from prefopt.testbed.tasks import SPLITS, get_task, split_of
 
 
@@ -56,7 +58,7 @@ def test_world_evaluates_on_the_requested_split():
 
 def _small_suite():
     s = load_suite("quick")
-    return {**s, "ablation": None, "_results_dir": None}
+    return dataclasses.replace(s, ablation=None)
 
 
 def _write(results, job, val_gold, val_kl, test_gold):
@@ -92,7 +94,7 @@ def test_selection_never_reads_a_test_set_number(tmp_path):
     for method in {j.meta["method"] for j in tuning}:
         grid = [j for j in tuning if j.meta["method"] == method]
         best = max(grid, key=lambda j: vals[j.id][0])
-        inb = [j for j in grid if vals[j.id][1] <= suite["pick_kl_budget"]]
+        inb = [j for j in grid if vals[j.id][1] <= suite.pick_kl_budget]
         chosen = {tuple(sorted(j.meta["point"].items())): set(j.meta["picks"]) for j in jobs1
                   if j.stage == 3 and j.kind == "train" and j.meta["method"] == method and j.meta["seed"] == 0}
         assert "best" in chosen[tuple(sorted(best.meta["point"].items()))]
@@ -112,28 +114,28 @@ def test_choose_ties_and_budget():
 
 def test_standard_suite_follows_the_rule(tmp_path):
     s = load_suite("standard")
-    assert not set(s["seeds"]) & set(s["tuning_seeds"]) and len(s["seeds"]) >= 5
-    for task in s["tasks"]:
-        lrs = s["lr_grid"][task]
+    assert not set(s.seeds) & set(s.tuning_seeds) and len(s.seeds) >= 5
+    for task in s.tasks:
+        lrs = s.lr_grid[task]
         assert len(lrs) >= 3 and max(lrs) / min(lrs) >= 10 - 1e-9
     with pytest.raises(UserError, match="both tuning and report seeds"):
         p = tmp_path / "bad.yaml"
         p.write_text("name: bad\nseeds: [0, 1]\ntuning_seeds: [1]\ntasks: [reviews]\nlr_grid: {default: [1e-4]}\n")
         load_suite(str(p))
     # the grid of a method is the lr grid × its declared coefficient, nothing from the leaderboard code
-    suite = {**s, "seeds": [0], "tasks": ["arith"], "ablation": None,
-             "exclude": [n for n in __import__("prefopt.objectives.registry", fromlist=["available"]).available()
-                         if n not in ("dpo", "dapo")]}
+    suite = dataclasses.replace(s, seeds=[0], tasks=["arith"], ablation=None,
+                                exclude=[n for n in __import__("prefopt.objectives.registry", fromlist=["available"]).available()
+                                         if n not in ("dpo", "dapo")])
     jobs, _ = plan(suite, str(tmp_path / "work"))
     from prefopt.objectives.registry import get_objective
 
     for name in ("dpo", "dapo"):
         grid = [j for j in jobs if j.stage == 2 and j.meta["method"] == name]
         coef = getattr(get_objective(name), "tuning", {})
-        assert len(grid) == (len(s["lr_grid"]["arith"]) * math.prod(len(v) for v in coef.values())
-                             * len(s["tuning_seeds"]))
-        assert all(j.meta["seed"] in s["tuning_seeds"] for j in grid)
-    assert {j.meta["seed"] for j in jobs if j.stage == 2} == set(s["tuning_seeds"])
+        assert len(grid) == (len(s.lr_grid["arith"]) * math.prod(len(v) for v in coef.values())
+                             * len(s.tuning_seeds))
+        assert all(j.meta["seed"] in s.tuning_seeds for j in grid)
+    assert {j.meta["seed"] for j in jobs if j.stage == 2} == set(s.tuning_seeds)
 
 
 def test_identity_includes_code_version_and_cpu(tmp_path, monkeypatch):

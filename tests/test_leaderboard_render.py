@@ -26,7 +26,7 @@ def fixture_results(d):
     rs.append(r)
     rs.append(rec("kto", 0, 0.9, 3.0, suite="quick"))  # another suite: counted in the notes only
     rs.append(rec("dpo", 0, 9.9, 1.0, suite="standard", code="old"))  # another code version: not in a row
-    rs.append({**rec("ipo", 0, 7.7, 1.0, suite="standard"), "result_version": 1})  # the first protocol: not shown
+    rs.append({**rec("ipo", 0, 7.7, 1.0, suite="standard"), "result_version": 1})  # another result version: not read
     for r in rs:
         store.write_result(d, r)
     store.write_result(d, {"config_hash": "failedrun", "status": "failed", "error": "UserError: <boom>",
@@ -38,7 +38,8 @@ def fixture_results(d):
 def test_render_from_fixture_results(tmp_path):
     fixture_results(str(tmp_path / "results"))
     report = render(str(tmp_path))
-    assert any("1 unreadable" in line for line in report) and any("corrupt.json" in line for line in report)
+    # unreadable: the corrupt file, and the result of another result_version (its fields mean something else)
+    assert any("2 unreadable" in line for line in report) and any("corrupt.json" in line for line in report)
     md = (tmp_path / "LEADERBOARD.md").read_text()
     main_table = md.split("### reviews: tuning")[0]
     lines = {l.split(" | ")[1]: l for l in main_table.splitlines() if l.startswith("| ") and l.count(" | ") > 3}
@@ -54,7 +55,7 @@ def test_render_from_fixture_results(tmp_path):
     assert "gold @ KL≤1" in md and "P(row beats column)" in md and "sanity checks" in md
     assert "Code version `c1`" in md and "CPU capability **AVX2**" in md and "code version `old`" in md
     assert "9.900" not in md and "7.700" not in md  # the other code version's and protocol's numbers are nowhere
-    assert "1 result(s) of the first protocol" in md
+    assert "result_version 1; this code reads version 2 only" in md
     assert "corrupt.json" in md and "failed: reviews-s0-ppo" in md and "suite `quick` not shown" in md
     png = (tmp_path / "frontier.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -94,7 +95,7 @@ def test_render_cli_and_empty_store(tmp_path, capsys):
 def test_a_pick_on_the_edge_of_its_learning_rate_grid_is_marked():
     from types import SimpleNamespace
 
-    from prefopt.leaderboard.render import _edge
+    from prefopt.leaderboard.tables import _edge
 
     row = SimpleNamespace(grid=[{"point": {"lr": lr, "beta": b}} for lr in (1e-4, 3e-4, 1e-3) for b in (0.1, 0.5)])
     assert _edge(row, {"lr": 1e-3, "beta": 0.1}) == " (lr: top of its grid)"

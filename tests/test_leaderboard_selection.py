@@ -1,6 +1,7 @@
 """The robust selection rule (prefopt.leaderboard.select), the grid-edge extension in the plan, the
 rank-ordered rows, and the ranking comparisons (Kendall τ, transfer) against independent references."""
 
+import dataclasses
 import itertools
 import math
 import random
@@ -11,8 +12,9 @@ from test_leaderboard_stats import rec
 
 from prefopt.leaderboard import select, store, transfer
 from prefopt.leaderboard.aggregate import aggregate
-from prefopt.leaderboard.plan import load_suite, plan
+from prefopt.leaderboard.plan import plan
 from prefopt.leaderboard.stats import kendall_tau, tau_bootstrap
+from prefopt.leaderboard.suite import load_suite
 
 
 def tuning(val_gold, val_kl=1.0, traj=None):
@@ -84,9 +86,9 @@ def _write(results, job, val_gold, seed_offset=0.0):
 
 
 def test_a_pick_on_the_grid_edge_extends_the_grid_once(tmp_path):
-    suite = {**load_suite("quick"), "ablation": None, "best_of_n": {}, "methods": ["dpo"], "tasks": ["arith"],
-             "tune_coefficients": False, "extend_grid_edges": True, "lr_grid": {"default": [1e-4, 3e-4, 1e-3]},
-             "tuning_seeds": [100, 101], "seeds": [0]}
+    suite = dataclasses.replace(load_suite("quick"), ablation=None, best_of_n=None, methods=["dpo"], tasks=["arith"],
+                                tune_coefficients=False, extend_grid_edges=True, lr_grid={"default": [1e-4, 3e-4, 1e-3]},
+                                tuning_seeds=[100, 101], seeds=[0])
     results, work = str(tmp_path / "results"), str(tmp_path / "work")
     jobs, _ = plan(suite, work, results)
     grid = [j for j in jobs if j.stage == 2]

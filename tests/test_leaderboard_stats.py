@@ -7,6 +7,7 @@ import pytest
 
 from prefopt.leaderboard.aggregate import aggregate
 from prefopt.leaderboard.stats import bootstrap_ci, bootstrap_means
+from prefopt.leaderboard.store import BEST_OF_N
 
 
 def test_exact_bootstrap_by_hand():
@@ -91,7 +92,7 @@ def test_aggregation_rows_are_report_picks_with_test_numbers():
     ppo = rows[("ppo", "proxy")]
     assert ppo.best.est["gap"].mean == pytest.approx(0.85) and ppo.best.est["dlen"].mean == pytest.approx(0.4)
     # best-of-n: a Point per n with test numbers; the headline n is chosen on validation (n=2)
-    bon, oracle = rows[("best-of-n", "proxy")], rows[("best-of-n", "gold")]
+    bon, oracle = rows[(BEST_OF_N, "proxy")], rows[(BEST_OF_N, "gold")]
     assert bon.chosen["best"] == {"n": 2}
     chosen = [p for p in bon.bon_points if p.point["chosen"]]
     assert [p.point["n"] for p in chosen] == [2] and chosen[0].est["gold"].mean == pytest.approx(0.2)

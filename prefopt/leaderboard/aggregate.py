@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from prefopt.leaderboard import fits, select
+from prefopt.leaderboard.store import BEST_OF_N
 from prefopt.leaderboard.stats import Estimate, bootstrap_ci, paired_bootstrap, separated_ranks
 
 METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps",
            "labels", "samples", "tokens", "kl_emp")
 RM_METRICS = ("pairwise_accuracy", "pairwise_accuracy_gold", "label_accuracy_gold")
 REWARD_LABEL = {None: "pairs", "proxy": "proxy RM", "exact": "exact reward", "gold": "gold (oracle)"}
+# A row's method as the board prints it.
+DISPLAY = {BEST_OF_N: "best-of-n"}
 
 
 def _num(v):
@@ -110,7 +113,8 @@ class MethodRow:
 
     @property
     def label(self) -> str:
-        return self.method if self.reward in (None, "proxy") else f"{self.method} ({self.reward})"
+        name = DISPLAY.get(self.method, self.method)
+        return name if self.reward in (None, "proxy") else f"{name} ({self.reward})"
 
 
 def _metrics(rec: dict, ev: dict, temp: Optional[float], labels: Optional[float]) -> dict:
@@ -188,7 +192,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
     A row's picks are chosen again here from its grid by the plan's own rule (select.choose, with the
     suite's ``pick_kl_budget`` and ``divergence``), and only the report runs of those points are shown.
     Rows are in rank order, then by mean test gold."""
-    rule_of = lambda task: select.divergence_rule({"divergence": divergence or {}}, task)  # noqa: E731
+    rule_of = lambda task: select.divergence_rule(divergence, task)  # noqa: E731
     version, recs = pick_version(records)
     others = {k: len(v) for k, v in version_groups(records).items() if k != version}
     rm_by_id = {}
@@ -231,10 +235,10 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
                 continue
             ev = rec.get("eval") or {}
             ref = T["reference"]
-            if _num(ev.get("gold_reward_ref")) is not None and (method != "best_of_n" or seed not in ref.per_seed["gold"]):
+            if _num(ev.get("gold_reward_ref")) is not None and (method != BEST_OF_N or seed not in ref.per_seed["gold"]):
                 ref.per_seed["gold"][seed] = _num(ev["gold_reward_ref"])
                 ref.per_seed["win"][seed], ref.per_seed["kl"][seed], ref.per_seed["dlen"][seed] = 0.5, 0.0, 0.0
-            if method == "best_of_n":
+            if method == BEST_OF_N:
                 _add_best_of_n(T, rec, lb, seed, temp, labels)
                 continue
             row = T["rows"].setdefault(key, MethodRow(task, method, reward, lb.get("category", "")))
@@ -340,7 +344,7 @@ def _add_best_of_n(T, rec, lb, seed, temp, labels):
     T["proxy_length_corr"][seed] = _num(_get(refs, "val", "proxy_length_corr"))
     has_proxy = lb.get("reward") == "proxy"
     for reward, gkey in ((("proxy", "gold_reward"), ("gold", "gold_reward_oracle")) if has_proxy else (("gold", "gold_reward_oracle"),)):
-        row = T["rows"].setdefault(("best-of-n", reward), MethodRow(lb["task"], "best-of-n", reward, "baseline"))
+        row = T["rows"].setdefault((BEST_OF_N, reward), MethodRow(lb["task"], BEST_OF_N, reward, "baseline"))
         val = {p["n"]: p for p in by_split.get("val", [])}
         for p in by_split.get("test", []):
             pt = next((q for q in row.bon_points if q.point.get("n") == p["n"]), None)

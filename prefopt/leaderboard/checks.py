@@ -6,8 +6,8 @@ Each check returns {"name", "expect", "status": "pass" | "fail" | "n/a", "detail
 
 from __future__ import annotations
 
-
 from prefopt.leaderboard.bon import best_of_n_kl
+from prefopt.leaderboard.store import BEST_OF_N
 
 
 def _c(name, expect, status, detail):
@@ -17,7 +17,7 @@ def _c(name, expect, status, detail):
 def bon_kl(task_agg: dict, samples: int) -> dict:
     name = "best-of-n KL"
     expect = "empirical KL of the pick (over π_SFT's own samples) ≈ log n − (n−1)/n, for n ≪ samples"
-    rows = [r for r in task_agg["rows"] if r.method == "best-of-n" and r.reward in ("proxy", "gold")]
+    rows = [r for r in task_agg["rows"] if r.method == BEST_OF_N and r.reward in ("proxy", "gold")]
     pts = [(p.point["n"], p.est.get("kl_emp"), best_of_n_kl(p.point["n"])) for r in rows[:1] for p in r.bon_points]
     pts = [(n, e.mean if e else None, a) for n, e, a in pts if n > 1 and n * 4 <= max(samples, 1)]
     pts = [x for x in pts if x[1] is not None]

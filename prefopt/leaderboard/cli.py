@@ -133,18 +133,20 @@ def _threads(own: dict, hydra_ovr: list) -> int:
     return 1  # joblib's default n_jobs=-1: one job per core
 
 
-def suite_for(own: dict, train_ovr: list) -> dict:
-    from prefopt.leaderboard.plan import load_suite
+def suite_for(own: dict, train_ovr: list):
+    """(suite, results dir, work dir): the suite with the command line's seeds=, tasks= and train overrides."""
+    import dataclasses
+
+    from prefopt.leaderboard.suite import load_suite
 
     suite = load_suite(own.get("suite", "quick"))
+    changes = {"common": list(suite.common) + train_ovr}
     if "seeds" in own:
-        suite["seeds"] = [int(s) for s in _items(own, "seeds")]
+        changes["seeds"] = [int(s) for s in _items(own, "seeds")]
     if "tasks" in own:
-        suite["tasks"] = _items(own, "tasks")
-    suite["common"] = list(suite["common"]) + train_ovr
+        changes["tasks"] = _items(own, "tasks")
     d = own.get("dir", "leaderboard")
-    suite["_results_dir"], suite["_work_dir"] = os.path.join(d, "results"), os.path.join(d, "work")
-    return suite
+    return dataclasses.replace(suite, **changes), os.path.join(d, "results"), os.path.join(d, "work")
 
 
 def _matches(job_id: str, pats: list) -> bool:
@@ -169,14 +171,14 @@ def _unmatched(jobs: list, only: str) -> list:
 
 
 def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
+    from prefopt.leaderboard import plan as planning
     from prefopt.leaderboard import store
-    from prefopt.leaderboard.plan import plan, write_manifest
+    from prefopt.leaderboard.jobs import write_manifest
 
     threads = _threads(own, hydra_ovr)  # a bad value must stop the run before the plan is written
-    suite = suite_for(own, train_ovr)
-    res, work = suite["_results_dir"], suite["_work_dir"]
-    print(f"prefopt-leaderboard: suite {suite['name']}: tasks {suite['tasks']}, report seeds {suite['seeds']}, "
-          f"tuning seeds {suite['tuning_seeds']}; planning…", flush=True)
+    suite, res, work = suite_for(own, train_ovr)
+    print(f"prefopt-leaderboard: suite {suite.name}: tasks {suite.tasks}, report seeds {suite.seeds}, "
+          f"tuning seeds {suite.tuning_seeds}; planning…", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     rc, shown_notes, launched = 0, set(), set()
     wanted = {int(s) for s in _items(own, "stages")} or {1, 2, 3}
@@ -184,7 +186,7 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     def launch(name: str, manifest: str, todo: list) -> int:
         cmd = [sys.executable, "-m", "prefopt.leaderboard.job", "-m", f"manifest={manifest}",
                f"job={','.join(j.id for j in todo)}", f"threads={threads}",
-               f"hydra.sweep.dir={os.path.join(work, 'multirun', suite['name'] + f'-{stamp}-{name}')}",
+               f"hydra.sweep.dir={os.path.join(work, 'multirun', suite.name + f'-{stamp}-{name}')}",
                "hydra.sweep.subdir=${job}", *hydra_ovr]
         shown = " ".join(cmd[1:5] + [f"job=<{len(todo)} ids>"] + cmd[6:])
         print(f"  {name}: {len(todo)} jobs: python {shown}", flush=True)
@@ -199,7 +201,7 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
     for stage, name in ((1, "stage1"), (2, "stage2"), (2, "stage2-ext"), (3, "stage3")):
         if stage not in wanted and not dry:
             continue
-        jobs, notes = plan(suite, work, res)
+        jobs, notes = planning.plan(suite, work, res)
         for n in notes:
             if n not in shown_notes and (dry or stage == 3 or not n.endswith(" in)")):
                 print(f"  note: {n}")
@@ -212,8 +214,8 @@ def cmd_run(own, hydra_ovr, train_ovr, dry: bool = False) -> int:
                     print(f"  note: only=[{pat}]: matches none of the {len(jobs)} jobs planned now{later}")
                     shown_notes.add(("only", pat))
             jobs = _filter_only(jobs, own["only"])
-        manifest = os.path.join(work, "plans", f"{suite['name']}-{stamp}-{name}.json")
-        write_manifest(manifest, suite, jobs)
+        manifest = os.path.join(work, "plans", f"{suite.name}-{stamp}-{name}.json")
+        write_manifest(manifest, suite, jobs, res, work)
         done = {j.id for j in jobs if store.has_result(res, j.hash)}
         if dry:
             listed = [j for j in jobs if j.stage in wanted]

@@ -1,8 +1,9 @@
 """The reward-ensemble comparison (a suite's ``reward_ensemble`` section; ``prefopt-leaderboard run suite=ensemble``):
 one proxy reward model against an ensemble of M under each aggregation, for best-of-n and one policy-gradient
-method, on one task.
+method, on one task: the results' rows, table and plot. The section that plans its jobs and puts it on the
+board is :mod:`prefopt.leaderboard.sections.ensemble`.
 
-Plan, per report seed s:
+Jobs, per report seed s:
 
 - stage 1: one ``algo=reward algo.ensemble_members=M`` job (its members at ``runs/<hash>/members/i/model``;
   member 0 has seed s, so it is the single proxy reward model the same suite would train);
@@ -20,68 +21,18 @@ same step (n) per seed, mean with a 95% bootstrap interval, and its paired diffe
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 
-from prefopt.leaderboard.store import atomic_write
+from prefopt.leaderboard.aggregate import DISPLAY, version_groups
+from prefopt.leaderboard.stats import bootstrap_ci, paired_bootstrap
+from prefopt.leaderboard.store import BEST_OF_N
 
 VARIANTS_SINGLE = "single"
 
 
-def section(suite: dict):
-    return suite.get("reward_ensemble") or None
-
-
-def variants(sec: dict) -> list:
-    return [VARIANTS_SINGLE] + list(sec.get("aggregates") or ["mean", "min", "mean_minus_std"])
-
-
-def plan_jobs(suite: dict, work_dir: str, add, base_of, code: str, cpu: str) -> list:
-    """The section's training jobs go through ``add`` (which fixes their identities and lists them); returns
-    the best-of-n jobs, identified by their spec, for the caller to list."""
-    from prefopt.leaderboard.plan import Job, _applicable, compose, result_identity, spec_hash
-    from prefopt.objectives.registry import get_objective
-    from omegaconf import OmegaConf
-
-    sec = section(suite)
-    task, M = sec["task"], int(sec["members"])
-    RM = get_objective(suite["reward_model"])
-    pg = sec["pg"]
-    PG = get_objective(pg["method"])
-    lam = float(sec.get("lambda", 1.0))
-    out = []
-    for seed in suite["seeds"]:
-        meta = {"suite": suite["name"], "task": task, "seed": seed, "category": "ensemble", "point": {}}
-        rm = add(Job(id=f"{task}-s{seed}-{suite['reward_model']}-ensemble{M}", stage=1, kind="train",
-                     overrides=[f"algo={suite['reward_model']}", *base_of(task, seed), *_applicable(suite["stage1"], RM),
-                                f"algo.ensemble_members={M}", f"algo.ensemble_resample={sec.get('resample', 'seed')}"],
-                     meta={**meta, "method": suite["reward_model"], "algo": suite["reward_model"], "reward": None,
-                           "role": "ensemble_rm", "members": M}))
-        member = [os.path.join(work_dir, "runs", rm.hash, "members", str(i), "model") for i in range(M)]
-        for v in variants(sec):
-            paths, how = ([member[0]], "mean") if v == VARIANTS_SINGLE else (member, v)
-            rw = {"kind": "ensemble", "paths": paths, "aggregate": how, "ensemble_lambda": lam, "ensemble_normalize": True}
-            ovr = ["reward=ensemble", f"reward.paths=[{','.join(paths)}]", f"reward.aggregate={how}",
-                   f"reward.ensemble_lambda={lam:g}"]
-            vmeta = {**meta, "reward": "ensemble", "rm_hash": rm.hash, "role": "ensemble", "variant": v, "members": len(paths)}
-            add(Job(id=f"{task}-s{seed}-{pg['method']}-ens-{v}", stage=3, kind="train",
-                               overrides=[f"algo={pg['method']}", *base_of(task, seed), *_applicable(suite["online"], PG),
-                                          *_applicable(list(pg.get("overrides") or []), PG), "eval.periodic_test=true", *ovr],
-                               meta={**vmeta, "method": pg["method"], "algo": pg["method"]}))
-            cfg = compose(base_of(task, seed))
-            bon = sec.get("best_of_n") or {"ns": [1, 2, 4, 8, 16], "samples": 16}
-            spec = {"kind": "best_of_n", "testbed": OmegaConf.to_container(cfg.data.testbed, resolve=True),
-                    "eval": OmegaConf.to_container(cfg.eval, resolve=True), "seed": seed, "ns": list(bon["ns"]),
-                    "samples": int(bon["samples"]), "rm_hash": rm.hash, "rm_path": None, "reward": rw, "v": 2}
-            j = Job(id=f"{task}-s{seed}-best_of_n-ens-{v}", stage=3, kind="best_of_n", overrides=[],
-                    meta={**vmeta, "method": "best_of_n", "algo": None, "code_version": code, "cpu_capability": cpu},
-                    spec=spec)
-            j.hash = result_identity(spec_hash(spec), code, cpu)
-            out.append(j)
-    return out
-
-
-# ---- aggregation and rendering (from result files only) -------------------------------------------
+def variants(sec) -> list:
+    """The reward variants of a suite's ``reward_ensemble`` (:class:`prefopt.leaderboard.suite.RewardEnsemble`)."""
+    return [VARIANTS_SINGLE] + list(sec.aggregates)
 
 
 def _num(v):
@@ -122,9 +73,6 @@ def rows_of(records: list, boot_seed: int = 0) -> dict:
     capability: the one with the most of them). A row per (method, variant): the peak step (best-of-n: n)
     chosen on the mean validation curve over seeds, the test gold there per seed, its paired difference to
     the single reward model, and the mean validation curve."""
-    from prefopt.leaderboard.aggregate import version_groups
-    from prefopt.leaderboard.stats import bootstrap_ci, paired_bootstrap
-
     recs = [r for r in records if r.get("status", "ok") == "ok" and (r.get("leaderboard") or {}).get("role") == "ensemble"]
     if not recs:
         return {"version": None, "rows": []}
@@ -135,7 +83,7 @@ def rows_of(records: list, boot_seed: int = 0) -> dict:
     for r in recs:
         lb = r["leaderboard"]
         key = (lb["method"], lb["variant"])
-        per[key][lb["seed"]] = _bon_points(r) if lb["method"] == "best_of_n" else _pg_points(r)
+        per[key][lb["seed"]] = _bon_points(r) if lb["method"] == BEST_OF_N else _pg_points(r)
         info[key] = (lb.get("members"),)
     rows = []
     for (method, variant), by_seed in per.items():
@@ -160,7 +108,7 @@ def rows_of(records: list, boot_seed: int = 0) -> dict:
                      "last_step": steps[-1], "last": bootstrap_ci(list(last.values()), seed=boot_seed),
                      "curve": curve, "seeds": len(test)})
     order = {VARIANTS_SINGLE: 0, "mean": 1, "min": 2, "mean_minus_std": 3}
-    rows.sort(key=lambda r: (r["method"] != "best_of_n", r["method"], order.get(r["variant"], 9), r["variant"]))
+    rows.sort(key=lambda r: (r["method"] != BEST_OF_N, r["method"], order.get(r["variant"], 9), r["variant"]))
     for r in rows:
         single = next((q for q in rows if q["method"] == r["method"] and q["variant"] == VARIANTS_SINGLE), None)
         r["vs_single"] = None
@@ -186,9 +134,9 @@ def table(agg: dict, lam: float = 1.0) -> list:
     """[[cell text]] under HEADER."""
     out = []
     for r in agg["rows"]:
-        bon = r["method"] == "best_of_n"
+        bon = r["method"] == BEST_OF_N
         vs = r["vs_single"]
-        out.append(["best-of-n" if bon else r["method"], label(r["variant"], r["members"], lam),
+        out.append([DISPLAY.get(r["method"], r["method"]), label(r["variant"], r["members"], lam),
                     (f"n={r['peak']}" if bon else f"step {r['peak']}") + f" (val gold {r['peak_val']:.3f})"
                     + (" = the last: no peak within the range" if r["peak"] == r["last_step"] else ""),
                     "—" if r["peak_kl"] is None else f"{r['peak_kl']:.2f}", _f(r["gold"]),
@@ -198,7 +146,7 @@ def table(agg: dict, lam: float = 1.0) -> list:
     return out
 
 
-def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
+def figure(agg: dict, lam: float = 1.0) -> bytes:
     """ensemble.png: mean validation gold against √KL, best-of-n (over n) and the PG method (over steps), a
     line per reward variant, the chosen peak starred."""
     import io
@@ -208,9 +156,9 @@ def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = sorted({r["method"] for r in agg["rows"]}, key=lambda m: m != "best_of_n")
+    methods = sorted({r["method"] for r in agg["rows"]}, key=lambda m: m != BEST_OF_N)
     # a panel per method against √KL, and each training method again against its step (its KL is not monotone)
-    panels = [(m, "kl") for m in methods] + [(m, "step") for m in methods if m != "best_of_n"]
+    panels = [(m, "kl") for m in methods] + [(m, "step") for m in methods if m != BEST_OF_N]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
     colors = {VARIANTS_SINGLE: "black", "mean": "tab:blue", "min": "tab:red", "mean_minus_std": "tab:green"}
     for ax, (m, xkey) in zip(axes[0], panels):
@@ -224,7 +172,7 @@ def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
             if pk is not None:
                 ax.plot([xof(pk)], [pk["val"]], marker="*", ms=13, color=colors.get(r["variant"]),
                         mec="black", ls="none")
-        ax.set_title(f"{'best-of-n (n = 1 … N)' if m == 'best_of_n' else m + ' (along training)'}: ★ the peak")
+        ax.set_title(f"{'best-of-n (n = 1 … N)' if m == BEST_OF_N else m + ' (along training)'}: ★ the peak")
         ax.set_xlabel("√KL(π ‖ π_SFT)  (√nats)" if xkey == "kl" else "optimizer step")
         ax.set_ylabel("gold reward (validation prompts, mean over seeds)")
         ax.grid(alpha=0.3)
@@ -234,9 +182,7 @@ def figure(agg: dict, path: str, lam: float = 1.0) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    data = buf.getvalue()
-    atomic_write(path, data)
-    return data
+    return buf.getvalue()
 
 
 INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste et al. 2023, arXiv:2310.02743), "
@@ -246,37 +192,3 @@ INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste
          "peak is chosen on the mean *validation* curve over seeds (the step, or best-of-n's n); its *test* gold is "
          "reported (periodic evaluations on both prompt sets: eval.periodic_test), with the paired difference to the "
          "single RM over seeds (* its 95% interval excludes 0). `prefopt-leaderboard run suite=ensemble` reproduces it.")
-
-
-def board(records: list, out_dir: str, boot_seed: int = 0):
-    """(markdown lines, html parts) of the ensemble section, and ensemble.png in ``out_dir``; ([], []) without results."""
-    import base64
-    import html
-
-    agg = rows_of(records, boot_seed)
-    if not agg["rows"]:
-        return [], []
-    lam = 1.0
-    try:
-        from prefopt.leaderboard.plan import load_suite
-
-        lam = float(section(load_suite("ensemble")).get("lambda", 1.0))
-    except Exception:  # noqa: BLE001 — a suite known only from its results
-        pass
-    png = figure(agg, os.path.join(out_dir, "ensemble.png"), lam)
-    body = table(agg, lam)
-    code, cpu = agg["version"]
-    ver = f"Code version `{code}`, CPU capability **{cpu}**."
-    esc = lambda t: html.escape(str(t), quote=False).replace("|", "\\|")  # noqa: E731
-    md = ["## Reward-model ensembles against reward hacking (suite `ensemble`, reviews)", "", INTRO, "", ver, "",
-          "![gold against √KL: single RM vs ensembles](ensemble.png)", "",
-          "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body] + [""]
-    e = html.escape
-    h = [f"<h2>Reward-model ensembles against reward hacking (suite <code>ensemble</code>, reviews)</h2><p>{e(INTRO)}</p>",
-         f"<p>{e(ver.replace('`', '').replace('**', ''))}</p>",
-         f"<img alt='ensemble gold against sqrt KL' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
-         "<table class='board'><thead><tr>" + "".join(f"<th>{e(x)}</th>" for x in HEADER) + "</tr></thead><tbody>"]
-    h += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
-    h.append("</tbody></table>")
-    return md, h

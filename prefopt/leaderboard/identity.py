@@ -2,7 +2,7 @@
 
     result_id = sha256(config_hash, code_version, cpu_capability)[:16]
 
-- ``config_hash``: the composed conf/train.yaml of the run (prefopt.cli.resume.config_hash);
+- ``config_hash``: the composed conf/train.yaml of the run (prefopt.run.resume.config_hash);
 - ``code_version``: a hash of the source that trains and evaluates: every ``.py`` file of the
   ``prefopt`` package and of ``prefopt_kernels``, and every YAML file of conf/ (its defaults), except
   the files that only plan, aggregate and render the board (``NOT_TRAINING``) and the benchmarks. The
@@ -20,11 +20,18 @@ import hashlib
 import os
 
 # Files that never change a trained or evaluated number: the board's own planning, statistics and
-# rendering (the benchmarks, prefopt/bench/, are left out by _files). Paths relative to the package root.
-NOT_TRAINING = ("leaderboard/aggregate.py", "leaderboard/render.py", "leaderboard/stats.py", "leaderboard/fits.py",
-                "leaderboard/checks.py", "leaderboard/cli.py", "leaderboard/store.py", "leaderboard/identity.py",
-                "leaderboard/select.py", "leaderboard/plan.py", "leaderboard/__init__.py", "leaderboard/ensemble.py",
-                "leaderboard/page.py", "leaderboard/plot.py", "leaderboard/transfer.py")
+# rendering (the benchmarks, prefopt/bench/, are left out by _files). Paths relative to the package root;
+# one ending in "/" stands for the whole directory. Of leaderboard/, job.py and bon.py train and evaluate.
+NOT_TRAINING = ("leaderboard/__init__.py", "leaderboard/aggregate.py", "leaderboard/board.py", "leaderboard/checks.py",
+                "leaderboard/cli.py", "leaderboard/ensemble.py", "leaderboard/fits.py", "leaderboard/identity.py",
+                "leaderboard/jobs.py", "leaderboard/page.py", "leaderboard/plan.py", "leaderboard/plot.py",
+                "leaderboard/protocol.py", "leaderboard/render.py", "leaderboard/section.py", "leaderboard/sections/",
+                "leaderboard/select.py", "leaderboard/stats.py", "leaderboard/store.py", "leaderboard/suite.py",
+                "leaderboard/tables.py", "leaderboard/transfer.py")
+
+
+def _skipped(rel: str, skip) -> bool:
+    return any(rel == s or (s.endswith("/") and rel.startswith(s)) for s in skip)
 
 
 def _roots() -> list:
@@ -47,7 +54,7 @@ def _files() -> list:
             dirs[:] = sorted(x for x in dirs if x != "__pycache__")
             for f in sorted(files):
                 rel = os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
-                if not f.endswith(suffixes) or rel in skip or (name == "prefopt" and rel.startswith("bench")):
+                if not f.endswith(suffixes) or _skipped(rel, skip) or (name == "prefopt" and rel.startswith("bench")):
                     continue
                 if name == "prefopt.conf" and rel.startswith("leaderboard/"):
                     continue

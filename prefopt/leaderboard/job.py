@@ -72,13 +72,13 @@ def run_job(manifest_path: str, job_id: str, threads: int = 0, console=None) -> 
     """Run (or skip) one job of a plan; returns {"status": ..., "hash": ...}."""
     from filelock import FileLock
 
-    from prefopt.leaderboard.plan import read_manifest
+    from prefopt.leaderboard.jobs import read_manifest
 
     m = read_manifest(manifest_path)
     if job_id not in m["jobs"]:
         raise SystemExit(f"prefopt-leaderboard: job '{job_id}' is not in {manifest_path}")
     job = m["jobs"][job_id]
-    results_dir, work_dir = m["suite"]["_results_dir"], m["suite"]["_work_dir"]
+    results_dir, work_dir = m["results_dir"], m["work_dir"]
     if store.has_result(results_dir, job.hash):
         print(f"[leaderboard] {job_id}: result {job.hash} exists, skipped", flush=True)
         return {"status": "skipped", "hash": job.hash}
@@ -109,11 +109,11 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     t0 = time.perf_counter()
     _reset_peak_rss()
     try:
-        if job.kind == "best_of_n":
+        if job.kind == store.BEST_OF_N:
             from prefopt.leaderboard.bon import run_best_of_n
             from prefopt.cli.summary import versions
 
-            from prefopt.leaderboard.plan import spec_hash
+            from prefopt.leaderboard.jobs import spec_hash
 
             summary = run_best_of_n(job.spec, run_dir, console)
             summary.update(config_hash=spec_hash(job.spec), versions=versions(), peak_mem_mb=None, testbed=job.spec["testbed"])
@@ -141,7 +141,7 @@ def _train(job, run_dir, console) -> dict:
     from omegaconf import OmegaConf
 
     from prefopt.leaderboard.identity import result_id
-    from prefopt.leaderboard.plan import compose
+    from prefopt.leaderboard.jobs import compose
     from prefopt.cli.resume import config_hash
     from prefopt.cli.stages import run
 

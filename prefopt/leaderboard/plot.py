@@ -17,7 +17,8 @@ import io
 import math
 from typing import Optional
 
-from prefopt.leaderboard.store import atomic_write
+from prefopt.core import files
+from prefopt.leaderboard.store import BEST_OF_N
 
 FAMILIES = ("offline (pairs)", "online, proxy RM", "online, exact reward", "online, gold reward (oracle)")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p")
@@ -27,7 +28,7 @@ PROXY = " (proxy RM, calibrated)"
 
 def family(row) -> Optional[str]:
     """The panel a board row is drawn in; None for best-of-n, which is a reference in every panel."""
-    if row.method == "best-of-n":
+    if row.method == BEST_OF_N:
         return None
     if row.category == "offline" or row.reward is None:
         return FAMILIES[0]
@@ -120,7 +121,7 @@ def _task_curves(rows) -> dict:
     out = {"methods": [], "bon": [], "sft": None}
     starts = []
     for row in rows:
-        if row.method == "best-of-n":
+        if row.method == BEST_OF_N:
             # validation numbers, like the training curves (its test numbers are in the table)
             pts = [p for p in row.bon_points if p.per_seed.get("val_gold")]
             if not pts:
@@ -150,8 +151,8 @@ def _task_curves(rows) -> dict:
     return out
 
 
-def frontier_png(agg, tasks: list, title: str, path: str) -> bytes:
-    """Draw the frontier plot of ``tasks`` (rows of ``agg["tasks"]``), write it to ``path`` atomically, return the PNG."""
+def frontier_png(agg, tasks: list, title: str, path: Optional[str] = None) -> bytes:
+    """The frontier plot of ``tasks`` (rows of ``agg["tasks"]``) as PNG bytes, also written to ``path`` if given."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -229,7 +230,8 @@ def frontier_png(agg, tasks: list, title: str, path: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     png = buf.getvalue()
-    atomic_write(path, png)
+    if path is not None:
+        files.write_bytes(path, png)
     return png
 
 

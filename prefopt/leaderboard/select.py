@@ -67,10 +67,10 @@ def divergence_of(rec: dict, gold_drop: Optional[float], max_kl: Optional[float]
     return None
 
 
-def divergence_rule(suite: dict, task: str) -> tuple:
-    """(gold_drop, max_kl) of a task from the suite's ``divergence`` ({gold_drop: {task: x, default: y},
+def divergence_rule(divergence: Optional[dict], task: str) -> tuple:
+    """(gold_drop, max_kl) of a task from a suite's ``divergence`` ({gold_drop: {task: x, default: y},
     max_kl: {...} or a number}); (None, None) where the suite sets none."""
-    d = suite.get("divergence") or {}
+    d = divergence or {}
 
     def per_task(v):
         if isinstance(v, dict):

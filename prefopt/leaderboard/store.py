@@ -2,14 +2,15 @@
 code version, CPU capability; see :mod:`prefopt.leaderboard.identity`; records made before identities
 existed are named by their ``config_hash``).
 
-Writes are atomic: the record goes to a private temporary file in the same directory (unique per
-process and call), is flushed and fsynced, then ``os.replace``-d onto its name. A reader therefore
-sees either no file or a whole one, and parallel writers never interleave bytes: the last complete
-write of a hash wins, and writes of different hashes never touch each other.
+Writes are atomic (:mod:`prefopt.core.files`): the record goes to a private temporary file in the same
+directory (unique per process and call), is flushed and fsynced, then ``os.replace``-d onto its name. A
+reader therefore sees either no file or a whole one, and parallel writers never interleave bytes: the
+last complete write of a hash wins, and writes of different hashes never touch each other.
 
 Reading is strict: a file that does not parse, is not an object, lacks the fields the leaderboard
-aggregates, or does not match its own name is *reported* (returned in ``problems``) and skipped,
-never silently counted. Temporary files left by a killed writer are reported as partial.
+aggregates, does not match its own name, or was written under another ``result_version`` (its fields
+mean something else) is *reported* (returned in ``problems``) and skipped, never silently counted.
+Temporary files left by a killed writer are reported as partial.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 
+from prefopt.core import files
+
 RESULT_VERSION = 2
+# The best-of-n baseline's method and job kind, as results on disk spell it.
+BEST_OF_N = "best_of_n"
 # What every counted record must carry (``eval`` may hold nulls: a field that does not apply).
 REQUIRED = ("config_hash", "status", "leaderboard")
 REQUIRED_OK = ("eval",)
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = files.TMP_PREFIX
 
 
 def result_path(results_dir: str, config_hash: str) -> str:
@@ -37,28 +41,11 @@ def record_id(record: dict) -> str:
 
 def write_result(results_dir: str, record: dict) -> str:
     """Atomically write ``record`` (which names its ``result_id``, or its ``config_hash``); returns the path."""
-    os.makedirs(results_dir, exist_ok=True)
     h = record_id(record)
     if not isinstance(h, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", h) or h.startswith("."):
         raise ValueError(f"config_hash {h!r} is not a safe file name")
     path = result_path(results_dir, h)
-    # Not mkstemp: its 0600 mode would survive the rename and lock colleagues out of a shared
-    # results directory. O_EXCL on a name unique per process and call is as safe, with the umask's mode.
-    tmp = os.path.join(results_dir, f"{TMP_PREFIX}{h}-{os.getpid()}-{uuid.uuid4().hex}.json")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, allow_nan=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    files.write_json(path, record, indent=1, sort_keys=True, default=str)
     return path
 
 
@@ -71,6 +58,8 @@ def _check(rec, name: str):
         return f"missing field(s) {', '.join(missing)}"
     if f"{record_id(rec)}.json" != name:
         return f"result id {record_id(rec)!r} does not match the file name"
+    if rec.get("result_version", RESULT_VERSION) != RESULT_VERSION:
+        return f"result_version {rec['result_version']!r}; this code reads version {RESULT_VERSION} only"
     if rec["status"] == "ok":
         missing = [k for k in REQUIRED_OK if not isinstance(rec.get(k), dict)]
         if missing:
@@ -123,12 +112,3 @@ def load_results(results_dir: str) -> Loaded:
         else:
             out.failed.append(rec)
     return out
-
-
-def atomic_write(path: str, data) -> None:
-    """Write a rendered file (text or bytes) under a temporary name, then rename it onto ``path``: a
-    reader sees the old file or the new one, never a half-written one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") if isinstance(data, bytes) else open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -1,0 +1,305 @@
+"""The main table's Markdown: per task, the ranked table of each method at its validation-chosen
+configuration, its KL-budget and cost/diagnostics tables, the tuning grids, the paired matrix and the
+sanity checks; and the formatting the other sections share (estimates, grid points, a ranking
+comparison). Everything here reads an aggregate (:func:`prefopt.leaderboard.aggregate.aggregate`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import math
+from collections import Counter
+
+from prefopt.leaderboard import checks, transfer
+from prefopt.leaderboard.aggregate import REWARD_LABEL
+
+# A fitted peak KL more than this many times the curve's largest KL is shown as "> K", not as a number.
+EXTRAPOLATION = 2.0
+
+def fmt_est(est, digits, ci=True):
+    if est is None:
+        return "—"
+    s = f"{est.mean:.{digits}f}"
+    if ci and est.n > 1 and est.hi > est.lo:
+        s += f" [{est.lo:.{digits}f}, {est.hi:.{digits}f}]"
+    return s
+
+
+def fmt_point(point: dict) -> str:
+    if not point:
+        return "—"
+    name = {"lr": "lr", "beta": "β", "kl_coef": "β", "samples_per_prompt": "n", "n": "n"}
+    return " ".join(f"{name.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                    for k, v in point.items() if k != "chosen")
+
+
+def _edge(row, point: dict) -> str:
+    """' (lr: top of its grid)' when a pick's learning rate is the largest (or smallest) of ≥ 3 tried: the
+    optimum may lie beyond what was tried, and the reader should know."""
+    lrs = sorted({g["point"]["lr"] for g in row.grid if isinstance(g["point"].get("lr"), (int, float))})
+    lr = point.get("lr")
+    if len(lrs) < 3 or lr is None:
+        return ""
+    return " (lr: top of its grid)" if lr == lrs[-1] else " (lr: bottom of its grid)" if lr == lrs[0] else ""
+
+
+def headline_point(row):
+    """(Point, chosen point) the row is ranked by: the best pick, or best-of-n at its validation-chosen n."""
+    if row.best is not None:
+        return row.best, row.chosen.get("best", {})
+    p = next((q for q in row.bon_points if q.point.get("chosen")), None)
+    return p, ({"n": p.point["n"]} if p else {})
+
+COLS = [("test gold", "gold", +1, 3), ("win vs π_SFT", "win", +1, 3), ("KL", "kl", None, 2),
+        ("proxy−gold gap", "gap", 0, 3), ("Δ length", "dlen", None, 1), ("repetition", "rep", -1, 3)]
+COST = [("labels", "labels", 0), ("samples", "samples", 0), ("policy tokens", "tokens", 0), ("wall s", "wall", 0),
+        ("peak MB", "mem", 0)]
+
+
+def table(task_agg, budgets):
+    """(header, [cells]) for one task: [(text, sort value, bold)]."""
+    rows = task_agg["rows"]
+    header = (["rank", "method", "signal", "chosen (validation)"] + [c[0] for c in COLS]
+              + [f"gold @ KL≤{b:g} (curve)" for b in budgets] + ["peak KL (fit)", "peak gain (fit)", "pick @ KL budget",
+                                                                  "its test gold", "its KL"]
+              + [c[0] for c in COST] + ["diverged", "seeds"])
+    heads = [headline_point(r) for r in rows]
+    best = {}
+    for title, m, d, _ in COLS:
+        vals = [(p.est.get(m).mean, i) for i, (p, _) in enumerate(heads) if p is not None and p.est.get(m)]
+        if d is None or not vals:
+            best[title] = set()
+            continue
+        key = (lambda v: v) if d > 0 else (lambda v: -v) if d < 0 else (lambda v: -abs(v))
+        top = max(key(v) for v, _ in vals)
+        best[title] = {i for v, i in vals if math.isclose(key(v), top, rel_tol=1e-9, abs_tol=1e-12)}
+    out = []
+    ref = task_agg["reference"]
+    cells = [("—", None, False), ("π_SFT (reference)", "π_SFT", False), ("—", "", False), ("—", "", False)]
+    for title, m, d, dg in COLS:
+        e = ref.est.get(m) if ref is not None else None
+        cells.append((fmt_est(e, dg), e.mean if e else None, False))
+    cells += [(fmt_est(ref.est.get("gold"), 3), None, False)] * len(budgets) + [("—", None, False)] * 5
+    cells += [("—", None, False)] * len(COST) + [("—", None, False), (str(ref.seeds), ref.seeds, False)]
+    out.append(cells)
+    for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
+        sig = REWARD_LABEL.get(r.reward, str(r.reward))
+        cells = [(str(r.rank) if r.rank else "—", r.rank, False), (r.label, r.label, False), (sig, sig, False),
+                 (fmt_point(chosen) + _edge(r, chosen), fmt_point(chosen), False)]
+        for title, m, d, dg in COLS:
+            e = p.est.get(m) if p is not None else None
+            cells.append((fmt_est(e, dg), e.mean if e else None, i in best[title]))
+        for b in budgets:
+            e = r.budget_gold.get(b)
+            cells.append((fmt_est(e, 3), e.mean if e else None, False))
+        f = r.fit
+        pk = f.peak_kl if f else None
+        if pk is not None and r.fit_kl_max is not None and pk > EXTRAPOLATION * r.fit_kl_max:
+            # The fitted form is bent by the curve's start; a peak far past the last measured KL is not a reading.
+            cells.append((f"> {r.fit_kl_max:.2f}", None, False))
+            cells.append(("—", None, False))
+        else:
+            cells.append(("—" if pk is None else f"{pk:.2f}", pk, False))
+            pg = f.peak_gain if f and pk is not None else None
+            cells.append(("—" if pg is None else f"{pg:+.3f}", pg, False))
+        ab = r.at_budget
+        cells.append((fmt_point(r.chosen["at_budget"]) + _edge(r, r.chosen["at_budget"]) if ab else "—", None, False))
+        cells.append((fmt_est(ab.est.get("gold"), 3) if ab else "—", ab.est["gold"].mean if ab and ab.est.get("gold") else None, False))
+        cells.append((fmt_est(ab.est.get("kl"), 2, ci=False) if ab else "—", ab.est["kl"].mean if ab and ab.est.get("kl") else None, False))
+        for title, m, dg in COST:
+            e = p.est.get(m) if p is not None else None
+            cells.append(("—" if e is None else f"{e.mean:,.{dg}f}", e.mean if e else None, False))
+        n = p.seeds if p is not None else 0
+        dv = diverged_count(p)
+        cells.append((f"{dv}/{n}" if p is not None and p.diverged else "—", dv, False))
+        cells.append((str(n), n, False))
+        out.append(cells)
+    return header, out
+
+
+def diverged_count(p) -> int:
+    """Report seeds whose validation curve diverged (select.divergence_of, the rule that makes a tuning
+    point ineligible)."""
+    return sum(1 for why in (p.diverged if p is not None else {}).values() if why)
+
+
+# The main table: what a reader compares. The rest of table()'s columns go to the task's "cost and
+# diagnostics" table, so that neither is 23 columns wide.
+MAIN_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged")
+DIAG_COLS = ("method", "proxy−gold gap", "Δ length", "repetition", "peak KL (fit)", "peak gain (fit)", "labels",
+             "samples", "policy tokens", "wall s", "peak MB", "seeds")
+
+
+def md_table(header, rows, cols) -> list:
+    keep = [header.index(c) for c in cols if c in header]
+    out = ["| " + " | ".join(md(header[i]) for i in keep) + " |", "|" + "---|" * len(keep)]
+    return out + ["| " + " | ".join(md(cells[i][0], cells[i][2]) for i in keep) + " |" for cells in rows]
+
+
+def grid_lines(task_agg) -> list:
+    """One line per tuned method: its grid with validation gold (KL) per point, the picks marked."""
+    out = []
+    for r in task_agg["rows"]:
+        if not r.grid:
+            continue
+        picks = {k: tuple(sorted(v.items())) for k, v in r.chosen.items()}
+        parts = []
+        for g in r.grid:
+            key = tuple(sorted(g["point"].items()))
+            mark = "".join(s for k, s in (("best", "★"), ("at_budget", "◆")) if picks.get(k) == key)
+            if g["val_gold"] is None:
+                val = "—"
+            elif g.get("diverged"):
+                val = f"diverged on {g['diverged']}/{g['seeds']} ({g['why']})"
+            else:
+                val = f"{g['val_gold_worst']:.3f} (mean {g['val_gold']:.3f}, KL {g['val_kl']:.2f})"
+            parts.append(f"{fmt_point(g['point'])}: {val}{mark}")
+        out.append(f"{r.label}: " + "; ".join(parts))
+    return out
+
+
+def matrix_table(task_agg):
+    rows = [r for r in task_agg["rows"] if headline_point(r)[0] is not None and r.reward != "gold"]  # the oracle is no method
+    labels = [r.label for r in rows]
+    header = ["P(row beats column)"] + labels
+    body = []
+    for a in labels:
+        cells = [a]
+        for b in labels:
+            if a == b:
+                cells.append("·")
+                continue
+            res = task_agg["matrix"].get((a, b))
+            if not res:
+                cells.append("—")
+            else:
+                sep = res["n"] > 1 and res["diff"].lo > 0
+                cells.append(f"{res['p_a_beats_b']:.2f}" + ("*" if sep else ""))
+        body.append(cells)
+    return header, body
+
+
+def check_rows(agg, budgets, samples: int) -> dict:
+    """{task: the sanity checks of :mod:`prefopt.leaderboard.checks`}; ``samples``: best-of-n's samples per prompt."""
+    return {t: checks.run_all(agg["tasks"][t], budgets, samples) for t in agg["tasks"]}
+
+
+def md(text, bold=False) -> str:
+    t = html.escape(str(text), quote=False).replace("|", "\\|")
+    return f"**{t}**" if bold else t
+
+
+def rm_line(task_agg) -> str:
+    rm = task_agg.get("rm") or {}
+    if not rm:
+        return "No proxy reward model on this task (see the suite's proxy_tasks)."
+    f = lambda k: fmt_est(rm.get(k), 3)  # noqa: E731
+    return (f"Proxy reward model (held-out pairs): accuracy {f('pairwise_accuracy')} against the labels, "
+            f"{f('pairwise_accuracy_gold')} against the gold ordering (the noisy labels themselves agree with "
+            f"the gold ordering {f('label_accuracy_gold')}).")
+
+def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
+    """One task's sections: headline, main table, cost and diagnostics, grids, paired matrix, checks."""
+    header, rows = table(T, budgets)
+    lines = [f"{level} {title or task}", "", headline(T), ""] + md_table(header, rows, MAIN_COLS) + [""]
+    side = [c for c in header if c.startswith("gold @ KL") or c in ("pick @ KL budget", "its test gold", "its KL")]
+    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in side):
+        lines += [f"{level}# {task}: at a KL budget (validation curve read-offs; the second pick's test numbers)", ""]
+        lines += md_table(header, rows, ("method", *side)) + [""]
+    lines += [f"{level}# {task}: cost and diagnostics", ""] + md_table(header, rows, DIAG_COLS) + [""]
+    lines += [rm_line(T), "", f"{level}# {task}: tuning grids (validation gold of the worst tuning seed; ★ best, "
+              "◆ best at the KL budget)", ""]
+    lines += [f"- {md(x)}" for x in grid_lines(T)] + [""]
+    mh, mb = matrix_table(T)
+    if len(mh) > 2:
+        lines += [f"{level}# {task}: paired comparison (test gold; * the paired 95% interval of the difference "
+                  "excludes 0)", "", "| " + " | ".join(md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
+        lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in mb] + [""]
+    if task_checks:
+        lines += [f"{level}# {task}: sanity checks from the literature", "", "| check | expected | result | numbers |",
+                  "|---|---|---|---|"]
+        lines += [f"| {md(c['name'])} | {md(c['expect'])} | {md(c['status'].upper(), c['status'] == 'fail')} | "
+                  f"{md(c['detail'])} |" for c in task_checks] + [""]
+    return lines
+
+
+def _cost(p) -> str:
+    if p is None:
+        return ""
+    e = lambda m: p.est.get(m)  # noqa: E731
+    parts = [f"{e(m).mean:,.0f} {name}" for m, name in (("labels", "labels"), ("samples", "samples"), ("wall", "s/run"))
+             if e(m) is not None and (e(m).mean or m == "wall")]
+    return ", ".join(parts)
+
+
+def headline(T) -> str:
+    """The task in one paragraph: the methods tied for best (rank 1), the best offline method, and what
+    each of them costs (labels, samples generated, wall seconds per run)."""
+    rows = [r for r in T["rows"] if r.reward != "gold" and headline_point(r)[0] is not None]
+    if not rows:
+        return "No method has report results yet."
+    g = lambda r: headline_point(r)[0].est.get("gold")  # noqa: E731
+    desc = lambda r: f"{r.label} {fmt_est(g(r), 2, ci=False)} ({_cost(headline_point(r)[0])})"  # noqa: E731
+    top = [r for r in rows if r.rank == 1]
+    ref = T["reference"].est.get("gold")
+    out = ["**Tied for best** (rank 1): " + "; ".join(desc(r) for r in top) + "."]
+    off = [r for r in rows if r.category == "offline"]
+    if off:
+        b = off[0]
+        out.append(f"**Best offline**: {desc(b)}, rank {b.rank}.")
+    if ref is not None:
+        out.append(f"π_SFT: {fmt_est(ref, 2, ci=False)}.")
+    div = [f"{r.label} {diverged_count(r.best)}/{r.best.seeds}" for r in rows if r.best is not None and diverged_count(r.best)]
+    out.append("Report seeds diverged: " + (", ".join(div) if div else "none") + ".")
+    return " ".join(out)
+
+def point_key(point: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in point.items() if k != "chosen"))
+
+
+def tier_cost(records) -> str:
+    """What a suite's results (tuning and report) cost: the sum of their job times, and the elapsed time
+    from the first job's start to the last one's end (jobs run in parallel, and other suites may have
+    shared the machine: the note says which)."""
+    wall = sum(float(r.get("wall_time_s") or 0.0) for r in records)
+    spans = []
+    for r in records:
+        try:
+            end = datetime.datetime.fromisoformat(str(r.get("finished_at")))
+        except ValueError:
+            continue
+        spans.append((end - datetime.timedelta(seconds=float(r.get("wall_time_s") or 0.0)), end))
+    out = f"{len(records)} runs, {wall / 60:.0f} min of job time"
+    if spans:
+        out += f", {(max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() / 60:.0f} min elapsed"
+    return out
+
+
+def transfer_lines(result, a_name, b_name, title, note="") -> list:
+    """A comparison of two boards' rankings (:mod:`prefopt.leaderboard.transfer`) as Markdown."""
+    if result is None:
+        return [title, "", f"Not enough common methods with report results between {a_name} and {b_name}.", ""]
+    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}** ({result['tau']['resamples']} "
+             f"bootstrap resamples of each board's seeds: {result['tau']['seeds'][0]} and {result['tau']['seeds'][1]}).", "",
+             f"| method | {a_name}: test gold | rank | board rank | {a_name}: pick | {b_name}: test gold | rank | board rank "
+             f"| {b_name}: pick |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {md(r['label'])} | {fmt_est(r['a'], 3)} | {r['rank_a']} | {r['board_rank_a'] or '—'} | "
+                     f"{md(fmt_point(r['pick_a']))} | {fmt_est(r['b'], 3)} | {r['rank_b']} | {r['board_rank_b'] or '—'} | "
+                     f"{md(fmt_point(r['pick_b']))} |")
+    if result["only_a"] or result["only_b"]:
+        lines += ["", f"Not compared (on one board only): {', '.join(result['only_a'] + result['only_b'])}."]
+    return lines + [""]
+
+
+def header_lines(agg, records) -> list:
+    code, cpu = agg["version"] or ("—", "—")
+    commits = Counter(r.get("git_commit") or "unknown" for r in records)
+    out = [f"Code version `{code}` (hash of the training and evaluation source; git commit(s): "
+           + ", ".join(f"`{c}` ×{n}" for c, n in commits.most_common()) + f"), CPU capability **{cpu}**, "
+           f"{len(records)} result(s)."]
+    for (c, p), n in sorted(agg["other_versions"].items()):
+        out.append(f"Not shown: {n} result(s) of code version `{c}` on CPU capability {p} (a row never mixes versions "
+                   "or machines).")
+    return out
