@@ -1,7 +1,7 @@
 r"""Reward-model ensembles against reward hacking (Coste et al. 2023, arXiv:2310.02743):
 ``reward=ensemble reward.paths=[DIR,…] reward.aggregate=mean|min|mean_minus_std``.
 
-M reward models r_1..r_M (each a :class:`~prefopt.rollout.rewards.ModelReward`) score the same
+M reward models r_1..r_M (each a :class:`~prefopt.rollout.scoring.ModelReward`) score the same
 completions. Each member is first standardised over a reference set S (``reward.ensemble_normalize``,
 on by default):
 
@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 
 from prefopt.core.errors import UserError
+from prefopt.rollout.scoring import Scorer
 
 AGGREGATES = ("mean", "min", "mean_minus_std")
 _EPS = 1e-6
@@ -130,7 +131,7 @@ def check(cfg) -> list:
     return paths
 
 
-class EnsembleReward:
+class EnsembleReward(Scorer):
     """A reward source over M member sources (each ``fn(prompts, completions, **kw) -> Tensor[B]``)."""
 
     uses_model = True
@@ -144,9 +145,13 @@ class EnsembleReward:
         self.name = name
         self.mu: Optional[torch.Tensor] = None  # [M] frozen at the first call (see the module docstring)
         self.sigma: Optional[torch.Tensor] = None
-        self.last_parts: dict = {}  # per-member and std metrics of the last call (reward/…)
+        self.last_parts = {}  # per-member and std metrics of the last call (reward/…)
         agg = {"mean": "mean", "min": "min", "mean_minus_std": f"mean − {self.lam:g}·std"}[how]
-        self.label = f"{agg} of {len(members)} reward model(s)" + (", each standardised on the first batch" if normalize else "")
+        self._label = f"{agg} of {len(members)} reward model(s)" + (", each standardised on the first batch" if normalize else "")
+
+    @property
+    def label(self) -> str:
+        return self._label
 
     def __call__(self, prompts, completions, **kw) -> torch.Tensor:
         r = torch.stack([m(prompts, completions, **kw).double() for m in self.members])  # [M, B]
