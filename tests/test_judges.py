@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prefopt.core.errors import UserError
-from prefopt.label import judges as J
-from prefopt.label.llm_judge import LLMJudge, order_averaged
+from prefopt.rollout import judges as J
+from prefopt.rollout.judges.llm import LLMJudge, order_averaged
 from prefopt.label.pairs import choose, distinct
 
 

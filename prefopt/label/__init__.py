@@ -1,3 +1,3 @@
-"""AI feedback: judges that compare two completions of one prompt (:mod:`prefopt.label.judges`,
-:mod:`prefopt.label.llm_judge`), and the preference rows made from their verdicts
-(:mod:`prefopt.label.pairs`) that ``prefopt-label`` (:mod:`prefopt.cli.label`) writes."""
+"""AI feedback: the preference rows made from a judge's verdicts (:mod:`prefopt.label.pairs`) that
+``prefopt-label`` (:mod:`prefopt.cli.label`) writes. The judges themselves are reward machinery
+(``reward=judge`` labels online too) and live in :mod:`prefopt.rollout.judges`."""

@@ -1,7 +1,7 @@
 """From a judge's pairwise matrices to TRL preference rows, and the summary of how they were made.
 
 Per prompt with K distinct non-empty completions and the judge's matrix P_ij = P(y_i ≻ y_j), the
-win rates s_i = 1/(K − 1) Σ_{j≠i} P_ij (:func:`prefopt.label.judges.win_rates`) rank them, and
+win rates s_i = 1/(K − 1) Σ_{j≠i} P_ij (:func:`prefopt.rollout.judges.win_rates`) rank them, and
 ``pairs`` picks the rows:
 
     best_vs_worst  one row: chosen = argmax_i s_i, rejected = argmin_i s_i (first on ties); equal
@@ -15,14 +15,14 @@ Each row: prompt, chosen, rejected (conversational when the prompt is), score_ch
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 import torch
 
 from prefopt.core.errors import UserError
-from prefopt.label.judges import win_rates
+from prefopt.core.files import write_jsonl  # noqa: F401  (the writer of the labelled file: all rows or nothing)
+from prefopt.rollout.judges import win_rates
 
 PAIRS = ("best_vs_worst", "all")
 
@@ -97,7 +97,7 @@ def gold_agreement(rows: list) -> tuple:
 
 def check_out(out: Optional[str], overwrite: bool) -> str:
     """The output file, refused before anything runs when it cannot be written."""
-    if not out or out == "???":
+    if not out:
         raise UserError("out=FILE is missing; accepted: the path of the JSONL to write, e.g. out=pairs.jsonl")
     path = os.path.abspath(os.path.expanduser(out))
     if os.path.isdir(path):
@@ -112,19 +112,3 @@ def check_out(out: Optional[str], overwrite: bool) -> str:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"out={out}: the directory '{parent}' is not writable; accepted: a path in a writable directory")
     return path
-
-
-def write_jsonl(path: str, rows: list) -> None:
-    """All rows or nothing: a temporary file beside ``path``, renamed into place once complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,4 +1,4 @@
-r"""A local instruct LM as a judge under written principles (RLAIF: Lee et al. 2023, arXiv:2309.00267;
+r"""``judge=smollm2`` (kind ``llm``): a local instruct LM as a judge under written principles (RLAIF: Lee et al. 2023, arXiv:2309.00267;
 the principles are the constitutional part: Bai et al. 2022, arXiv:2212.08073).
 
 The judge model reads, through its chat template, the principles, the prompt x and two answers in
@@ -21,15 +21,29 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError, first_line
+from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, fill_pairs, group_starts, register
 
 TEMPLATE = ("{principles}\n\n[Prompt]\n{prompt}\n\n[Answer A]\n{a}\n\n[Answer B]\n{b}\n\n"
             "Which answer better follows the principles above? Reply with a single letter: A or B.")
 LETTERS = ("A", "B")
+
+
+@dataclass
+class LLMJudgeConfig(JudgeConfig):
+    path: Optional[str] = None  # an HF directory or a .gguf file (wins over gguf_package / gguf_file)
+    gguf_file: Optional[str] = None  # the .gguf file inside gguf_package
+    gguf_package: Optional[str] = None  # an installed package that ships gguf_file (never imported)
+    principles: str = ""  # what "better" means; conf/judge/smollm2.yaml holds the default text
+    principles_file: Optional[str] = None  # read the principles from this file instead
+    dtype: str = "float32"
+    sequences_per_device: int = 16
 
 
 def order_averaged(z_ab: torch.Tensor, z_ba: torch.Tensor) -> tuple:
@@ -87,15 +101,20 @@ def check_llm(cfg, key: str = "judge") -> None:
                         f"{key}.gguf_package=PACKAGE with {key}.gguf_file=NAME.gguf")
 
 
-class LLMJudge:
+@register("llm")
+class LLMJudge(Judge):
     """An instruct causal LM comparing two answers under ``principles``, both orders averaged."""
 
-    def __init__(self, cfg, device=None, key: str = "judge", console=None):
+    Config = LLMJudgeConfig
+
+    def __init__(self, cfg: LLMJudgeConfig, ctx: JudgeContext):
         from prefopt.models import gguf
         from prefopt.models.load import load_policy, load_tokenizer
 
+        super().__init__(cfg, ctx)
+        key, console = ctx.key, ctx.console
         check_llm(cfg, key)
-        self.name, self.principles = cfg.name, principles_text(cfg, key)
+        self.principles = principles_text(cfg, key)
         mcfg = _model_config(cfg)
         try:
             weights = gguf.checkpoint_dir(mcfg, console) or mcfg.name_or_path
@@ -114,9 +133,12 @@ class LLMJudge:
             raise UserError(f"{key}={cfg.name}: the judge's tokenizer splits the answer letters {LETTERS} into "
                             f"{ids}; accepted: a vocabulary with one token per letter")
         self.letter_ids = [i[0] for i in ids]
-        self.device = device or torch.device("cpu")
+        self.device = ctx.device or torch.device("cpu")
         self.model.to(self.device)
-        self.batch = cfg.sequences_per_device
+
+    @classmethod
+    def check(cls, cfg: LLMJudgeConfig, key: str = "judge") -> None:
+        check_llm(cfg, key)
 
     def prompt_ids(self, prompt: str, a: str, b: str) -> list:
         """The judge prompt with ``a`` in slot A and ``b`` in slot B, ready for the next token."""
@@ -156,3 +178,20 @@ class LLMJudge:
         """P(a ≻ b) = ½ [p_A(a, b) + p_B(b, a)], float32 [N]."""
         p_first, p_second = self.verdicts(prompts, completions_a, completions_b)
         return 0.5 * (p_first + p_second)
+
+    def matrices(self, prompts: list, completions: list, sizes: list, **kw) -> tuple:
+        """The order-averaged P is antisymmetric (P_ji = 1 − P_ij exactly), so each unordered pair is
+        asked once, in both orders, all in one batched call. stats: ``pairs``, how often the two orders
+        disagree (``order_disagreement``: the verdict with a in slot A and the one with a in slot B fall
+        on opposite sides of ½), and the mean probability given to whichever answer sits in slot A
+        (``slot_a_preference``: ½ = no bias)."""
+        idx = [(a + i, a + j) for a, K in zip(group_starts(sizes), sizes) for i in range(K) for j in range(i + 1, K)]
+        mats = [torch.full((K, K), 0.5) for K in sizes]
+        if not idx:
+            return mats, {}
+        p_first, p_second = self.verdicts([prompts[i] for i, _ in idx], [completions[i] for i, _ in idx],
+                                          [completions[j] for _, j in idx])
+        fill_pairs(mats, sizes, 0.5 * (p_first + p_second))
+        return mats, {"pairs": len(idx),
+                      "order_disagreement": float(((p_first > 0.5) != (p_second > 0.5)).float().mean()),
+                      "slot_a_preference": float((0.5 * (p_first + 1 - p_second)).mean())}

@@ -1,0 +1,131 @@
+"""The judge registry: a judge kind is one class that registers itself by name.
+
+A judge answers ``compare(prompts, completions_a, completions_b) -> P`` with P[n] = P(a_n ≻ b_n)
+in [0, 1] (float32 [N]). A kind subclasses :class:`Judge` and declares
+
+- ``Config``: a dataclass deriving from :class:`JudgeConfig` with the kind's own keys (the
+  structured config behind conf/judge/NAME.yaml and ``reward.judge``);
+- ``__init__(self, cfg, ctx)``: built from its config and a :class:`JudgeContext`;
+- ``compare``;
+
+and may override the hooks, whose defaults are :meth:`Judge.check` (nothing to check) and
+:meth:`Judge.matrices` (every unordered pair compared once). A judge that scores each completion on
+its own derives from :class:`~prefopt.rollout.judges.pointwise.PointwiseJudge` instead and defines
+``score``.
+
+Nothing outside this registry maps judge kinds to code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from prefopt.core.errors import UserError
+from prefopt.rollout.kinds import ConfigByKind
+
+JUDGES: dict[str, type] = {}
+
+
+@dataclass
+class JudgeConfig(metaclass=ConfigByKind):
+    """The keys of every judge kind; a kind's ``Config`` adds its own. ``JudgeConfig(kind=K, ...)``
+    builds kind K's config (:mod:`prefopt.rollout.kinds`)."""
+
+    _kinds: ClassVar[dict] = JUDGES
+    _default_kind: ClassVar[str] = "llm"
+
+    name: str = "smollm2"
+    kind: str = "llm"
+    sequences_per_device: int = 64  # completions (an LLM judge: judge prompts) per call or forward pass
+
+
+@dataclass
+class JudgeContext:
+    """What a caller hands every judge kind besides its config."""
+
+    tokenizer: Any = None  # the policy's: a reward model with its vocabulary scores the sampled ids
+    gold_fn: Optional[Callable] = None  # the testbed task's gold reward, when the data has one
+    device: Any = None
+    console: Any = None  # where a slow first load (a dequantized .gguf) reports progress
+    key: str = "judge"  # the config key errors name (judge, reward.judge)
+
+
+def group_starts(sizes: list) -> list:
+    return [sum(sizes[:g]) for g in range(len(sizes))]
+
+
+class Judge:
+    """A registered judge kind (see the module docstring)."""
+
+    Config: ClassVar[type] = JudgeConfig
+    kind: ClassVar[str] = ""
+    name: str = "judge"
+
+    def __init__(self, cfg: JudgeConfig, ctx: JudgeContext):
+        self.name, self.batch = cfg.name, cfg.sequences_per_device
+
+    @classmethod
+    def check(cls, cfg, key: str = "judge") -> None:
+        """One-line UserErrors for what can be checked before anything loads."""
+
+    def compare(self, prompts, completions_a, completions_b, **kw) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matrices(self, prompts: list, completions: list, sizes: list, **kw) -> tuple:
+        """(one [K, K] matrix P_ij = P(y_i ≻ y_j) per group, stats) for flat lists laid out in
+        consecutive groups of ``sizes``. By default ``compare`` of every unordered pair i < j, in calls
+        of ``sequences_per_device`` pairs, with P_ji = 1 − P_ij (a judge's P(b ≻ a) is the complement
+        of its P(a ≻ b))."""
+        idx = [(a + i, a + j) for a, K in zip(group_starts(sizes), sizes) for i in range(K) for j in range(i + 1, K)]
+        mats = [torch.full((K, K), 0.5) for K in sizes]
+        if not idx:
+            return mats, {}
+        B = self.batch
+        p = torch.cat([self.compare([prompts[i] for i, _ in idx[s : s + B]], [completions[i] for i, _ in idx[s : s + B]],
+                                    [completions[j] for _, j in idx[s : s + B]]).float() for s in range(0, len(idx), B)])
+        fill_pairs(mats, sizes, p)
+        return mats, {}
+
+
+def fill_pairs(mats: list, sizes: list, p: torch.Tensor) -> None:
+    """Write P(y_i ≻ y_j) = p[n] and its complement into each group's matrix, pairs i < j in order."""
+    n = 0
+    for g, K in enumerate(sizes):
+        for i in range(K):
+            for j in range(i + 1, K):
+                mats[g][i, j], mats[g][j, i] = p[n], 1 - p[n]
+                n += 1
+
+
+def register(name: str):
+    """Class decorator: ``@register("model")``."""
+
+    def wrap(cls):
+        if name in JUDGES:
+            raise ValueError(f"judge kind {name!r} registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, Judge)):
+            raise TypeError(f"judge kind {name!r} must subclass Judge")
+        if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, JudgeConfig)):
+            raise TypeError(f"judge kind {name!r}: Config must be a dataclass deriving from JudgeConfig")
+        cls.kind = name
+        JUDGES[name] = cls
+        return cls
+
+    return wrap
+
+
+# The package's __init__ imports every kind's file (registering it) before this module is used.
+def available() -> list[str]:
+    """The registered kinds, in the order they registered (the built-in ones first)."""
+    return list(JUDGES)
+
+
+def get_judge_kind(name: str, key: str = "judge.kind") -> type:
+    try:
+        return JUDGES[name]
+    except KeyError:
+        raise UserError(f"{key}='{name}' is not known; accepted: {', '.join(available())}") from None
