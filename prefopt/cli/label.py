@@ -102,7 +102,7 @@ def label(cfg, console=None) -> dict:
     from prefopt.data.formats import prepare_rows
     from prefopt.data.load import load_rows
     from prefopt.data.tokenize import tokenize_rows
-    from prefopt.label import judges as J
+    from prefopt.rollout import judges as J
     from prefopt.label import pairs as L
     from prefopt.models import gguf
     from prefopt.models.load import load_policy, load_tokenizer
