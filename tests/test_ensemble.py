@@ -14,7 +14,7 @@ import torch
 from conftest import FAST, compose
 from prefopt.core.errors import UserError
 from prefopt.rollout import ensemble as E
-from prefopt.rollout.rewards import RewardConfig, check
+from prefopt.rollout.rewards import RewardConfig, check, reward_config
 
 
 # ---- the math, against plain-Python float64 -------------------------------------------------------
@@ -301,7 +301,6 @@ def test_readme_commands_compose_and_pass_their_checks(members):
 
     from conftest import ROOT
     from prefopt.cli import members as M
-    from prefopt.core.config import typed
 
     out, _ = members
     text = (ROOT / "README.md").read_text()
@@ -325,7 +324,7 @@ def test_readme_commands_compose_and_pass_their_checks(members):
             if cfg.algo.name == "reward":
                 assert M.count(cfg) == 4
             else:
-                check(typed(RewardConfig, cfg.reward, "reward"))
+                check(reward_config(cfg.reward))
     assert kinds == {"reward", "rloo", "ppo", "dpo", "leaderboard"}  # best_of_n composes train.yaml's default algo
 
 
