@@ -32,7 +32,7 @@ FAST = ["trainer.progress=false", "eval.num_prompts=16", "eval.max_new_tokens=16
 @pytest.fixture
 def run_cfg(tmp_path):
     """Run prefopt in-process with Hydra overrides; returns (summary, out_dir)."""
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     def _run(*overrides, out=None):
         cfg = compose([*FAST, *overrides])

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-import prefopt.cli.stages as T  # noqa: E402
+import prefopt.run.stages as T  # noqa: E402
 from conftest import TINY, compose  # noqa: E402
 
 SCENARIOS_OFFLINE = {
@@ -62,7 +62,7 @@ class _Captured:
 
 
 def _capture():
-    """Keep the placed policy of the next run (prefopt.cli.train._place_models is where it is sharded)."""
+    """Keep the placed policy of the next run (prefopt.run.stages._place_models is where it is sharded)."""
     orig = T._place_models
 
     def wrapped(place, policy, reference):
@@ -92,7 +92,7 @@ def main():
         if only and name not in only.split(","):
             continue
         cfg = compose(overrides_for(name, data))
-        T.run(cfg, os.path.join(out, name))
+        T.run_one(cfg, os.path.join(out, name))
         place, policy = _Captured.place, _Captured.policy
         if name in ("dpo_full", "dpo_lora"):
             # What this rank holds of each sharded parameter, and the trained model's log-probs
@@ -109,7 +109,7 @@ def main():
     # Kill and resume: an uninterrupted 4-step run against one stopped after step 3 (its newest
     # checkpoint: step 2) and resumed with trainer.resume=auto.
     common = overrides_for("dpo_full", data) + ["trainer.max_steps=4", "trainer.save_every_steps=2"]
-    T.run(compose(common), os.path.join(out, "resume_ref"))
+    T.run_one(compose(common), os.path.join(out, "resume_ref"))
     from prefopt.core.trainer import Trainer
 
     orig_step = Trainer.train_step
@@ -121,12 +121,12 @@ def main():
 
     Trainer.train_step = dying_step
     try:
-        T.run(compose(common), os.path.join(out, "resumed"))
+        T.run_one(compose(common), os.path.join(out, "resumed"))
     except SystemExit:
         pass
     Trainer.train_step = orig_step
     ckpts = sorted(os.listdir(os.path.join(out, "resumed", "checkpoints")))
-    T.run(compose([*common, "trainer.resume=auto"]), os.path.join(out, "resumed"))
+    T.run_one(compose([*common, "trainer.resume=auto"]), os.path.join(out, "resumed"))
     report["resume"] = {"checkpoints_at_crash": ckpts}
     # Decoding a gathered sharded policy gives the tokens of the same policy unsharded.
     from conftest import tiny_model

@@ -21,7 +21,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 def run_in_process(out, *overrides):
     """The SHORT run (plus ``overrides``) into ``out``; returns its summary."""
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     return run(compose([*SHORT, *overrides]), str(out))
 

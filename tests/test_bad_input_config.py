@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import compose
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.errors import UserError
 from prefopt.objectives.dpo import DPO
 from prefopt.rollout.rewards import RewardConfig, build_reward
@@ -63,14 +63,14 @@ def test_every_section_is_checked_before_any_model_loads(tmp_path, monkeypatch, 
     # Every section is checked up front: a bad eval.* value found after training would lose the
     # trained model. Each case: its overrides, and the words its one-line refusal names (both
     # space-separated).
-    import prefopt.cli.stages
+    import prefopt.run.stages
     import prefopt.models.load
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the config was checked")
 
     monkeypatch.setattr(prefopt.models.load, "load_policy", no_loading)
-    monkeypatch.setattr(prefopt.cli.stages, "load_policy", no_loading)  # the name the run's stages call
+    monkeypatch.setattr(prefopt.run.stages, "load_policy", no_loading)  # the name the run's stages call
     with pytest.raises(UserError) as e:
         run(compose(overrides.split()), str(tmp_path / "run"))
     msg = str(e.value)

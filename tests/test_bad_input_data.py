@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from data_files import CHAT, PLAIN, assistant, cfg_for, long_rows, make_tokenizer, one_line, user, write
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.config import DataConfig
 from prefopt.core.errors import UserError
 from prefopt.data.formats import convert_rows, prepare_rows, validate_rows

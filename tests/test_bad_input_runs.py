@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import compose
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.errors import UserError
 from short_runs import SHORT, cli, cli_main, one_line_error, run_in_process
 

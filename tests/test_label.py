@@ -40,7 +40,7 @@ def _run(cmd, tmp_path):
         n = 4 if "judge=smollm2" in cmd else 12  # the 135M judge: about 0.2 s per judge prompt on a CPU core
         return label_main(_short(cmd[1:], num_prompts=n, **{"judge.sequences_per_device": 8}))
     if cmd[0] == "prefopt-train":
-        from prefopt.cli.stages import run
+        from prefopt.run import train as run
 
         args = [a for a in cmd[1:] if not a.startswith("hydra.run.dir=")]
         out = next((a.split("=", 1)[1] for a in cmd[1:] if a.startswith("hydra.run.dir=")), str(tmp_path / "online"))

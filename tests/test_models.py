@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose, synthetic_examples, tiny_model
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.config import LoraConfig, ModelConfig
 from prefopt.data.tokenize import collate
 from prefopt.models.logprobs import Scorer, token_stats

@@ -85,7 +85,7 @@ def reviews_reward_model(tmp_path_factory):
     recipe (the proxy reward model the leaderboard's online rows use); its model/ directory."""
     from conftest import FAST, check_outcome, compose
     from prefopt.leaderboard.plan import load_suite
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     out = tmp_path_factory.mktemp("reward_model")
     s = run(compose([*FAST, "algo=reward", "data=reviews", *load_suite("standard")["stage1"]]), str(out))

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, compose
 from data_files import cfg_for, make_tokenizer
-from prefopt.cli.stages import run
+from prefopt.run import train as run
 from prefopt.core.errors import UserError
 from prefopt.data.formats import detect_kind, prepare_rows
 from prefopt.data.ranked import ordered_pairs, pairing_summary, ranks_of

@@ -1,2 +1,2 @@
-"""The commands: ``prefopt-train`` (the Hydra app and its argv precheck), the run's stages from
-typed configs to outputs, resume checks, the summary, and best-of-N at inference."""
+"""The commands: ``prefopt-train`` (the Hydra app and its argv precheck), ``prefopt-label`` and
+best-of-N at inference. Each is a thin shell over the run API (:mod:`prefopt.run`)."""

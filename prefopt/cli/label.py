@@ -16,7 +16,6 @@ Hydra overrides as for ``prefopt-train`` (conf/label.yaml composes the ``model``
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -44,51 +43,25 @@ class LabelConfig:
 
 def compose_label(argv: list):
     """conf/label.yaml with ``argv``'s overrides; every mistake in them is one UserError line."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf import DictConfig
+    from hydra import compose
+    from hydra.errors import HydraException
 
-    from prefopt.cli.train import _conf_options
-    from prefopt.core.config import unknown_key_message
+    from prefopt.run.config import check_keys_exist, conf_module, group_choices, parse_overrides
 
-    parser = OverridesParser.create()
-    overrides, choices = [], {}
     for a in argv:
         if a.startswith("-"):
             raise UserError(f"'{a}': prefopt-label takes key=value overrides only, e.g. judge=gold out=pairs.jsonl")
-        try:
-            o = parser.parse_overrides([a])[0]
-        except OverrideParseException as e:
-            raise UserError(f"cannot parse the override '{a}' ({str(e).splitlines()[0]}); accepted: key=value "
-                            "(quote values with spaces or brackets, e.g. 'key=\"a b\"')") from None
+    overrides = parse_overrides(argv)
+    for a, o in zip(argv, overrides):
         if o.is_sweep_override():
             raise UserError(f"'{a}': prefopt-label writes one file per run; accepted: a single value")
-        if o.key_or_group in GROUPS and o.type == OverrideType.CHANGE:
-            options = _conf_options(o.key_or_group)
-            if str(o.value()) not in options:
-                raise UserError(f"unknown {o.key_or_group} '{o.value()}'; available: {', '.join(options)}")
-            choices[o.key_or_group] = str(o.value())
-        overrides.append(o)
-    with initialize_config_module(config_module="prefopt.conf", version_base=None):
-        base = compose("label", overrides=[f"{k}={v}" for k, v in choices.items()])
-        for o in overrides:  # a key that is not in the config: name the section's keys
-            if o.key_or_group in GROUPS or o.type != OverrideType.CHANGE or "@" in o.key_or_group:
-                continue
-            node = base
-            parts = o.key_or_group.split(".")
-            for i, name in enumerate(parts):
-                if not isinstance(node, DictConfig):
-                    break
-                if name not in list(node.keys()):
-                    raise UserError(unknown_key_message(".".join(parts[: i + 1]), [k for k in node.keys() if k != "hydra"]))
-                child = node._get_node(name)
-                node = child if isinstance(child, DictConfig) and not child._is_none() else None
-        try:
+    # an unknown group option or a key that is not in the config: name what is accepted
+    check_keys_exist(overrides, group_choices(overrides, GROUPS), config_name="label", groups=GROUPS)
+    try:
+        with conf_module():
             return compose("label", overrides=list(argv))
-        except HydraException as e:
-            raise UserError(str(e).strip().splitlines()[0]) from None
+    except HydraException as e:
+        raise UserError(str(e).strip().splitlines()[0]) from None
 
 
 def label(cfg, console=None) -> dict:
@@ -97,17 +70,12 @@ def label(cfg, console=None) -> dict:
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from prefopt.cli.stages import data_schema, quiet_libraries
     from prefopt.core.config import ModelConfig, check_model, typed
-    from prefopt.data.formats import prepare_rows
-    from prefopt.data.load import load_rows
     from prefopt.data.tokenize import tokenize_rows
-    from prefopt.rollout import judges as J
     from prefopt.label import pairs as L
-    from prefopt.models import gguf
-    from prefopt.models.load import load_policy, load_tokenizer
+    from prefopt.rollout import judges as J
     from prefopt.rollout.sampler import HFSampler, SamplingConfig
-    from prefopt.testbed import world as W
+    from prefopt.run.prepare import base_policy, data_schema, prepare_data, quiet_libraries
 
     quiet_libraries()
     console = console or Console()
@@ -133,26 +101,16 @@ def label(cfg, console=None) -> dict:
     J.check(jcfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    # ---- prompts, policy and tokenizer ----
-    weights = gguf.checkpoint_dir(mcfg, console) if gguf.source_file(mcfg) else mcfg.name_or_path
-    gold_fn, task = None, None
-    if data_name != "hf":
-        tb = dataclasses.replace(dcfg.testbed, pair_prompts=max(dcfg.testbed.pair_prompts, lc.num_prompts))
-        world = W.build_world(tb, "prompt_only", console, base_path=weights)
-        rows, source, tok = world.rows_by_kind["prompt_only"], f"testbed:{tb.task}", world.tokenizer
-        policy_path = weights or world.policy_path
-        gold_fn, task = world.task.gold_reward, world.task
-    else:
-        if not dcfg.path:
-            raise UserError("data=hf needs data.path=FILE_OR_NAME (a file with a prompt column)")
-        rows, source = load_rows(dcfg)
-        rows = prepare_rows(rows, "prompt_only", dcfg, source)
-        policy_path = weights or (None if mcfg.arch else W.sft_policy_path(W.TestbedConfig(), console))
-        tok = load_tokenizer(mcfg.tokenizer or policy_path or W.tokenizer_path(), mcfg.trust_remote_code)
-    rows = rows[: lc.num_prompts]
+    # ---- prompts, policy and tokenizer: what a training run on this data and model would start from ----
+    if data_name != "hf":  # the testbed samples at least num_prompts training prompts
+        dcfg = dataclasses.replace(dcfg, testbed=dataclasses.replace(
+            dcfg.testbed, pair_prompts=max(dcfg.testbed.pair_prompts, lc.num_prompts)))
+    data = prepare_data(mcfg, dcfg, "prompt_only", console=console)
+    tok, source, gold_fn, task, policy_path = data.tokenizer, data.source, data.gold_fn, data.task, data.base_path
+    rows = data.rows[: lc.num_prompts]
     examples, _ = tokenize_rows(rows, "prompt_only", tok, dcfg, source)
     judge = J.build_judge(jcfg, tokenizer=tok, gold_fn=gold_fn, device=device, console=console)
-    policy = load_policy(mcfg, path=policy_path, vocab_size=len(tok), seed=lc.seed).eval().to(device)
+    policy = base_policy(mcfg, data, seed=lc.seed).eval().to(device)
 
     # ---- sample K completions per prompt ----
     K = lc.samples_per_prompt
@@ -219,7 +177,7 @@ def _print(s: dict, console) -> None:
 
 
 def main(argv=None) -> dict:
-    from prefopt.cli.signals import RunContext, stop_on_signals
+    from prefopt.run.signals import RunContext, stop_on_signals
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -69,16 +69,17 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     from prefopt.testbed import world as W
     from prefopt.core.rng import seed_everything
     from prefopt.core.config import ModelConfig
-    from prefopt.models.load import load_policy
+    from prefopt.run.prepare import EVAL_SEED_OFFSET, base_policy, prepare_data
+    from prefopt.run.summary import RunSummary
 
     t0 = time.perf_counter()
     tb = W.TestbedConfig(**spec["testbed"])
     ev = spec["eval"]
     seed_everything(spec["seed"])
-    world = W.build_world(tb, "prompt_only", console)
-    tok = world.tokenizer
-    # π_SFT loaded exactly as every run loads its policy and reference (dtype, attention backend).
-    policy = load_policy(ModelConfig(), path=world.policy_path, vocab_size=len(tok), seed=spec["seed"]).eval()
+    # π_SFT and the task's prompts, set up exactly as a training run's (dtype, attention backend).
+    data = prepare_data(ModelConfig(), W.TestbedDataConfig(testbed=tb), "prompt_only", console=console)
+    tok, heldout, gold_fn = data.tokenizer, data.heldout, data.gold_fn
+    policy = base_policy(ModelConfig(), data, seed=spec["seed"]).eval()
     if spec.get("reward"):  # any reward source of conf/reward (e.g. an ensemble: prefopt.leaderboard.ensemble)
         from prefopt.rollout.rewards import RewardConfig, build_reward
 
@@ -91,15 +92,15 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
                           prompts_per_batch=256)
     gen_s, by_split, refs = 0.0, {}, {}
     for split in ("val", "test"):
-        prompts = world.heldout[split][: ev["num_prompts"]]
+        prompts = heldout[split][: ev["num_prompts"]]
         ids = [chat_prompt_ids(tok, p) for p in prompts]
         tg = time.perf_counter()
-        s = HFSampler(tok.pad_token_id, tok.eos_token_id).sample(policy, ids, scfg, seed=spec["seed"] + 7919)
+        s = HFSampler(tok.pad_token_id, tok.eos_token_id).sample(policy, ids, scfg, seed=spec["seed"] + EVAL_SEED_OFFSET)
         gen_s += time.perf_counter() - tg
         texts = [tok.decode(c, skip_special_tokens=True) for c in s.completions]
         p_txt = [p for p in prompts for _ in range(N)]
         p_ids = [p for p in ids for _ in range(N)]
-        gold = torch.tensor(world.task.gold_reward(p_txt, texts), dtype=torch.float64).view(-1, N)
+        gold = torch.tensor(gold_fn(p_txt, texts), dtype=torch.float64).view(-1, N)
         # No reward model (a task whose proxy rows are dropped): the pick is the gold reward's own (the oracle).
         proxy = rm(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions).view(-1, N) if rm else gold
         length = torch.tensor([len(c) for c in s.completions], dtype=torch.float64).view(-1, N)
@@ -141,8 +142,10 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
         "repetition_rate": best["repetition_rate"], "best_n": pick,
     }
     wall = time.perf_counter() - t0
-    return {"algo": "best_of_n", "task": tb.task, "data": tb.task, "seed": spec["seed"], "model": "tiny",
-            "params": {"n": pick, "samples": N, "ns": ns}, "steps": 0, "wall_time_s": round(wall, 3),
-            "gen_time_s": round(gen_s, 3), "train_time_s": 0.0, "tokens_per_s": None, "eval": eval_block,
-            "eval_split": "test", "best_of_n": by_split["test"], "best_of_n_by_split": by_split, "reference_by_split": refs,
-            "cost": {"examples": 0, "policy_tokens": 0, "samples_generated": N * sum(min(len(world.heldout[sp]), ev["num_prompts"]) for sp in by_split)}}
+    return RunSummary(
+        kind="best_of_n", algo="best_of_n", task=tb.task, data=tb.task, seed=spec["seed"], model="tiny",
+        params={"n": pick, "samples": N, "ns": ns}, steps=0, wall_time_s=round(wall, 3), gen_time_s=round(gen_s, 3),
+        train_time_s=0.0, peak_mem_mb=None, tokens_per_s=None, eval=eval_block, eval_split="test",
+        cost={"examples": 0, "policy_tokens": 0,
+              "samples_generated": N * sum(min(len(heldout[sp]), ev["num_prompts"]) for sp in by_split)},
+        details={"best_of_n": by_split["test"], "best_of_n_by_split": by_split, "reference_by_split": refs}).to_dict()

@@ -4,7 +4,7 @@
 
 A job reads its overrides from the plan, composes conf/train.yaml with them, checks the config hash,
 skips if ``results/<hash>.json`` already holds a successful result, otherwise runs
-:func:`prefopt.cli.train.run` into ``work/runs/<hash>/`` and writes the result atomically. A failure is
+:class:`prefopt.run.Run` into ``work/runs/<hash>/`` and writes the result atomically. A failure is
 recorded as ``status: failed`` with its error (shown by ``render``, retried by the next ``run``);
 the sweep goes on.
 """
@@ -22,7 +22,7 @@ from typing import Optional
 
 from prefopt.leaderboard import store
 from prefopt.leaderboard.identity import code_version
-from prefopt.cli.summary import cpu_capability
+from prefopt.run.summary import cpu_capability
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _run_locked(job, results_dir, work_dir, threads, console) -> dict:
     try:
         if job.kind == store.BEST_OF_N:
             from prefopt.leaderboard.bon import run_best_of_n
-            from prefopt.cli.summary import versions
+            from prefopt.run.summary import versions
 
             from prefopt.leaderboard.jobs import spec_hash
 
@@ -142,8 +142,8 @@ def _train(job, run_dir, console) -> dict:
 
     from prefopt.leaderboard.identity import result_id
     from prefopt.leaderboard.jobs import compose
-    from prefopt.cli.resume import config_hash
-    from prefopt.cli.stages import run
+    from prefopt.run.api import Run
+    from prefopt.run.resume import config_hash
 
     cfg = compose(job.overrides)
     h = config_hash(cfg)
@@ -153,12 +153,8 @@ def _train(job, run_dir, console) -> dict:
         # `run` plans the new hash, finds no result for it, and runs it again.
         print(f"[leaderboard] {job.id}: warning: identity of config {h} differs from the plan's {job.hash} (conf/, the "
               "code or the machine changed since planning)", file=sys.stderr, flush=True)
-    os.makedirs(os.path.join(run_dir, ".hydra"), exist_ok=True)
-    with open(os.path.join(run_dir, ".hydra", "resolved.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    with open(os.path.join(run_dir, ".hydra", "overrides.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(list(job.overrides))))
-    summary = run(cfg, run_dir, console)
+    # The run writes .hydra/ (config, resolved config, the job's overrides) once its checks pass.
+    summary = Run(job.overrides, cfg=cfg, out_dir=run_dir, console=console).train().summary
     summary["run_config_hash"] = h
     summary["trajectory"], summary["train_first_last"] = read_curves(os.path.join(run_dir, "metrics.jsonl"))
     if summary["trajectory"] and isinstance(summary.get("eval_periodic"), dict):
@@ -215,7 +211,7 @@ def main():
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig
 
-    from prefopt.cli.stages import quiet_libraries
+    from prefopt.run.prepare import quiet_libraries
 
     ConfigStore.instance().store(name="leaderboard_job", node=JobAppConfig)
 

@@ -1,6 +1,7 @@
-"""One training run, in named stages: what ``prefopt-train`` runs once its command line is checked.
+"""One training run, in named stages: what :class:`prefopt.run.Run` (and so ``prefopt-train``) runs
+for a config that asks for one run (an ensemble's members are each one: :mod:`prefopt.run.members`).
 
-:func:`run` composes the pieces: typed configs (``_configs``) → processes and strategy
+:func:`run_one` composes the pieces: typed configs (``configs``) → processes and strategy
 (``_placement``) → data (``_data``) → models (``_models``) → online parts (``_online_parts``) →
 placement of every model by the strategy (``_place_models``) → batch source (``_batch_source``) →
 trainer (``_trainer``) → training (``_train``) → outputs (``_outputs``). Every user mistake in
@@ -10,22 +11,16 @@ the objective's declarations (``needs``) and never its name.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
-import datasets
 import torch
 import transformers
 from omegaconf import DictConfig
 from rich.console import Console
 
-from prefopt.cli import members
-from prefopt.cli.resume import config_hash, hashed_config, resume_point
-from prefopt.cli.signals import RunContext, interrupted_line, stop_on_signals
-from prefopt.cli.summary import peak_mem_mb, print_summary, summarize, write_summary
 from prefopt.core import checkpoint
 from prefopt.core.checkpoint import CheckpointInvalid
 from prefopt.core.config import EvalConfig, ModelConfig, TrainerConfig, check_eval, check_model, check_trainer, typed
@@ -33,48 +28,34 @@ from prefopt.core.errors import Interrupted, TrainingDiverged, UserError
 from prefopt.core.rng import seed_everything
 from prefopt.core.sources import OfflineSource
 from prefopt.core.trainer import Trainer
-from prefopt.data import reference_cache
-from prefopt.data.formats import detect_kind, prepare_rows
-from prefopt.data.ranked import pairing_summary
 from prefopt.core.config import DataConfig
-from prefopt.data.load import load_rows
+from prefopt.models import reference_cache
+from prefopt.data.resample import resample
 from prefopt.data.tokenize import TokenizeReport, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
 from prefopt.models import gguf
+from prefopt.models.logprobs import Scorer
 from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, load_policy, load_reward_model,
-                                 load_tokenizer, make_reference, save_model, torch_dtype)
+                                 make_reference, save_model, torch_dtype)
 from prefopt.objectives.pg.value import build_value_model
 from prefopt.objectives.registry import Needs, get_objective
 from prefopt.rollout.evaluate import Evaluator, PairwiseEvaluator, chat_prompt_ids, heldout_pairs
 from prefopt.rollout.rewards import RewardConfig, build_reward, check
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
+from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries
+from prefopt.run.resume import config_hash, hashed_config, resume_point
+from prefopt.run.signals import RunContext, interrupted_line, stop_on_signals
+from prefopt.run.summary import peak_mem_mb, print_summary, summarize, write_summary
 from prefopt.testbed import world as W
 
 
-def data_schema(name: str) -> type:
-    """data=hf: a user's data (DataConfig); testbed tasks add a ``testbed`` section."""
-    return DataConfig if name == "hf" else W.TestbedDataConfig
-
-
-def quiet_libraries():
-    """Keep the console to prefopt's own lines: no weight-loading bars or optional-backend notices."""
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-
-def run(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
+def run_one(cfg: DictConfig, out_dir: str, console=None, on_start=None) -> dict:
     """One training run; returns the summary dict (also written to out_dir/summary.json).
 
     ``on_start`` is called once every check has passed, right before the first write to ``out_dir``
-    (the CLI writes .hydra/ there), so that a refused run changes nothing on disk. SIGINT / SIGTERM
-    raise :class:`~prefopt.core.errors.Interrupted` whose ``line`` says what was saved."""
-    n_members = members.count(cfg)
-    if n_members > 1:  # the objective's config asks for N runs (an ensemble): each member is one run of this function
-        return members.run_members(cfg, out_dir, n_members, console, on_start)
+    (:class:`prefopt.run.Run` writes .hydra/ there), so that a refused run changes nothing on disk.
+    SIGINT / SIGTERM raise :class:`~prefopt.core.errors.Interrupted` whose ``line`` says what was saved."""
     ctx = RunContext()
     with stop_on_signals(ctx):
         try:
@@ -170,7 +151,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: RunContext) -> d
     quiet_libraries()
     t_start = time.perf_counter()
     console = console or Console(stderr=False)
-    c = _configs(cfg)
+    c = configs(cfg)
     place = _placement(c)
     resume_from = resume_point(c.tcfg, out_dir, c.run_config, console if place.is_main else None)
     seed_everything(c.seed)
@@ -185,7 +166,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: RunContext) -> d
                          out_dir=out_dir, console=console, ctx=ctx, t_start=t_start))
 
 
-def _configs(cfg: DictConfig) -> _Configs:
+def configs(cfg: DictConfig) -> _Configs:
     """Typed configs: every mistake surfaces here (or in _placement, which knows the process
     count), before any model or data is loaded."""
     if "algo" not in cfg or "name" not in cfg.algo:
@@ -227,60 +208,31 @@ def _placement(c: _Configs) -> Placement:
 
 
 def _data(c: _Configs, place: Placement, console) -> _Data:
-    """Data and the tokenizer / base weights it goes with; the held-out prompts of each split."""
-    mcfg, dcfg, ecfg, needs = c.mcfg, c.dcfg, c.ecfg, c.needs
-    show = console if place.is_main else None
-    gold_fn, eval_texts, tok = None, None, None
-    weights = mcfg.name_or_path
-    if c.gguf_path is not None:
-        with place.main_first():
-            weights = gguf.checkpoint_dir(mcfg, show)
-    if c.data_name != "hf":
-        with place.main_first():
-            world = W.build_world(dcfg.testbed, needs.data, show, base_path=weights)
-        tok = world.tokenizer
-        rows, source_name = world.rows_by_kind[needs.data], f"testbed:{dcfg.testbed.task}"
-        if dcfg.num_rows:
-            rows = rows[: dcfg.num_rows]
-        base_path = weights or (None if mcfg.arch else world.policy_path)
-        gold_fn, eval_texts = world.task.gold_reward, world.heldout
-    else:
-        if not dcfg.path:
-            raise UserError("data=hf needs data.path=FILE_OR_NAME (a .json/.jsonl/.parquet/.csv file or a datasets name)")
-        rows, source_name = load_rows(dcfg)
-        base_path = weights
-    found = detect_kind(rows, source_name)
-    kind = "ranked" if found == "ranked" and needs.ranked else needs.data
-    notes = []
-    if found == "ranked" and kind in ("ranked", "paired"):
-        notes.append(pairing_summary(prepare_rows(rows, "ranked", dcfg, source_name), dcfg.ranking_to_pairs,
-                                     as_rankings=kind == "ranked"))
-    rows = prepare_rows(rows, kind, dcfg, source_name)
-    if base_path is None and mcfg.arch is None:
-        # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
-        with place.main_first():
-            base_path = W.sft_policy_path(W.TestbedConfig(), show)
-    if tok is None:
-        tok = load_tokenizer(mcfg.tokenizer or base_path or W.tokenizer_path(), mcfg.trust_remote_code)
+    """Data and the tokenizer / base weights it goes with (:func:`prefopt.run.prepare.prepare_data`),
+    tokenized; the held-out prompts of each split."""
+    dcfg, ecfg, needs = c.dcfg, c.ecfg, c.needs
+    data = prepare_data(c.mcfg, dcfg, needs.data, ranked=needs.ranked, console=console if place.is_main else None,
+                        place=place)
+    tok, rows, source_name, kind = data.tokenizer, data.rows, data.source, data.kind
     examples, report = tokenize_rows(rows, kind, tok, dcfg, source_name)
-    if eval_texts is None:
+    if data.heldout is None:
         # A user's own data has no held-out prompts of the testbed's kind: evaluate KL, length and
         # repetition on the first training prompts (the gold fields stay null), for both splits.
         first = ([e["prompt_text"] for e in examples[: ecfg.num_prompts]], [list(e["prompt_ids"]) for e in examples[: ecfg.num_prompts]])
         eval_sets = {"val": first, "test": first}
     else:
         eval_sets = {sp: (ps[: ecfg.num_prompts], [chat_prompt_ids(tok, p) for p in ps[: ecfg.num_prompts]])
-                     for sp, ps in eval_texts.items()}
+                     for sp, ps in data.heldout.items()}
     # The objective's data check / filter (a do-nothing hook by default), run before any model loads.
     examples = c.objective.prepare_examples(examples, rows, source_name)
     pairwise_eval = None
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
-        examples, pairwise_eval = heldout_pairs(examples, rows, dcfg, c.acfg, tok, gold_fn, c.seed, source_name)
+        examples, pairwise_eval = heldout_pairs(examples, rows, dcfg, c.acfg, tok, data.gold_fn, c.seed, source_name)
     # An ensemble member's bootstrap resample of its training examples (after the held-out split), if declared.
-    examples = members.resample(examples, c.acfg, c.seed)
-    return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=base_path,
-                 gold_fn=gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval, kind=kind, notes=notes)
+    examples = resample(examples, c.acfg, c.seed)
+    return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=data.base_path,
+                 gold_fn=data.gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval, kind=kind, notes=data.notes)
 
 
 def _models(c: _Configs, d: _Data, place: Placement, console) -> _Models:
@@ -382,17 +334,17 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
     # eval.periodic_split (the training curve, and selection by the leaderboard), which never reads test prompts.
     evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
                                 prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
-                                seed=c.seed + 7919, proxy_fn=online.proxy_fn if online else None)
+                                seed=c.seed + EVAL_SEED_OFFSET, proxy_fn=online.proxy_fn if online else None)
                   for sp in {ecfg.split, ecfg.periodic_split} | ({"test"} if ecfg.periodic_test else set())}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
     if ecfg.periodic_test and ecfg.periodic_split != "test":
         periodic_evaluator = _with_test(periodic_evaluator, evaluators["test"])
     if d.pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
         evaluator = periodic_evaluator = d.pairwise_eval
-    trainer = Trainer(objective=c.objective, policy=m.policy, reference=m.reference, source=source, cfg=tcfg,
+    scorer = Scorer(m.policy, m.reference, value_model=online.value_model if online else None)
+    trainer = Trainer(objective=c.objective, policy=m.policy, source=source, scorer=scorer, cfg=tcfg,
                       out_dir=out_dir, total_steps=total_steps, evaluator=periodic_evaluator, device=place.device,
-                      console=console, run_config=c.run_config, placement=place,
-                      value_model=online.value_model if online else None)
+                      console=console, run_config=c.run_config, placement=place)
     if place.is_main:
         n_params = sum(p.numel() for p in m.policy.parameters())
         n_train = sum(p.numel() for p in trainer.params)
@@ -490,14 +442,13 @@ def _outputs(r: _Run) -> dict:
               "optimizer_bytes_per_rank": _gather(place, held["optimizer"])}
     summary = None
     if is_main:
-        summary = summarize(
+        summary = write_summary(summarize(
             algo=c.acfg.name, params={k: v for k, v in asdict(c.acfg).items() if k != "name"}, task=c.task,
             data=c.data_name, seed=c.seed, model=c.mcfg.name, state=trainer.state, t_start=r.t_start, memory=memory,
             ev=ev, eval_split=c.ecfg.split if d.pairwise_eval is None else "heldout_pairs", ev_periodic=ev_periodic,
             cost={"examples": len(d.examples), "policy_tokens": trainer.state.tokens,
-                  "samples_generated": getattr(r.source, "samples_generated", 0)},
-            config_hash=config_hash(c.cfg))
-        write_summary(summary, r.out_dir)
+                  "samples_generated": r.source.samples_generated},
+            config_hash=config_hash(c.cfg)), r.out_dir)
         print_summary(summary, r.console)
     place.barrier()
     return summary

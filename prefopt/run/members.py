@@ -10,9 +10,10 @@ model's does) trains that many complete runs, one per member, each an ordinary r
 
 Member i trains with seed S + 1000·i (initialisation, batch order, held-out split); under
 ``ensemble_resample=bootstrap`` it also trains on a bootstrap resample of its training pairs:
-n draws with replacement from its n pairs, seeded by its own seed (:func:`resample`). The member's
-config is the run's with ``ensemble_members=1`` and that seed, so its directory, summary and
-config hash are exactly those of the single run it is.
+n draws with replacement from its n pairs, seeded by its own seed
+(:func:`prefopt.data.resample.resample`). The member's config is the run's with ``ensemble_members=1``
+and that seed, so its directory, summary and config hash are exactly those of the single run it is:
+:func:`run_members` is handed that single run (:class:`prefopt.run.Run`'s) and calls it once per member.
 
 Interrupt and rerun: each member writes its own checkpoints; ``trainer.resume=auto`` on the same
 output directory keeps every member whose summary.json matches its config (not retrained) and
@@ -25,35 +26,31 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import time
 from typing import Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
+from rich.console import Console
 
+from prefopt.core.config import TrainerConfig, typed
 from prefopt.core.errors import UserError
+from prefopt.core.files import write_jsonl
+from prefopt.objectives.registry import get_objective
+from prefopt.run.resume import config_hash
+from prefopt.run.summary import RunSummary, write_summary
 
 SEED_STRIDE = 1000  # member i's seed: S + 1000·i (far from the neighbouring report seeds S ± 1)
+
+# The single run the members are: (member config, member directory, called right before its first write) -> summary.
+TrainOne = Callable[[DictConfig, str, Callable[[], None]], dict]
 
 
 def count(cfg: DictConfig) -> int:
     """How many members the run's objective config asks for (1: an ordinary run)."""
-    from prefopt.core.config import typed
-    from prefopt.objectives.registry import get_objective
-
     if "algo" not in cfg or "name" not in cfg.algo:
         return 1  # the run's own checks name what is missing
     acfg = typed(get_objective(cfg.algo.name).Config, cfg.algo, "algo")
     return int(getattr(acfg, "ensemble_members", 1) or 1)
-
-
-def resample(examples: list, acfg, seed: int) -> list:
-    """A bootstrap resample of the training examples (n draws with replacement) when the objective's
-    config says ``ensemble_resample=bootstrap``; the examples unchanged otherwise."""
-    if getattr(acfg, "ensemble_resample", None) != "bootstrap" or not examples:
-        return examples
-    rng = random.Random(f"bootstrap-{seed}")  # its own stream: the seed also fixes initialisation and batch order
-    return [examples[rng.randrange(len(examples))] for _ in examples]
 
 
 def member_seed(seed: int, i: int) -> int:
@@ -78,27 +75,13 @@ def _finished(d: str, h: str) -> Optional[dict]:
     return s if s.get("config_hash") == h else None
 
 
-def _write_hydra(d: str, cfg: DictConfig) -> None:
-    os.makedirs(os.path.join(d, ".hydra"), exist_ok=True)
-    for name, resolve in (("config.yaml", False), ("resolved.yaml", True)):
-        with open(os.path.join(d, ".hydra", name), "w", encoding="utf-8") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=resolve))
-
-
 def override_line(paths: list) -> str:
     return f"reward=ensemble reward.paths=[{','.join(paths)}]"
 
 
-def run_members(cfg: DictConfig, out_dir: str, n: int, console=None, on_start: Optional[Callable] = None) -> dict:
-    """Train the n members into ``out_dir/members/i``; returns (and writes) the ensemble's summary."""
-    from rich.console import Console
-
-    from prefopt.cli.resume import config_hash
-    from prefopt.cli.stages import run
-    from prefopt.cli.summary import cpu_capability, versions, write_summary
-    from prefopt.core.config import TrainerConfig, typed
-    from prefopt.core.records import finite_or_none
-
+def run_members(cfg: DictConfig, out_dir: str, n: int, train_one: TrainOne, console=None,
+                on_start: Optional[Callable] = None) -> dict:
+    """Train the n members into ``out_dir/members/i`` with ``train_one``; returns (and writes) the ensemble's summary."""
     console = console or Console(stderr=False)
     t0 = time.perf_counter()
     tcfg = typed(TrainerConfig, cfg.get("trainer"), "trainer")
@@ -131,17 +114,14 @@ def run_members(cfg: DictConfig, out_dir: str, n: int, console=None, on_start: O
             console.print(f"  member {i}: finished earlier ({d}/summary.json), kept", soft_wrap=True, markup=False)
             s = done
         else:
-            def member_start(d=d, mcfg=mcfg):
-                start_parent()
-                _write_hydra(d, mcfg)
-
             console.print(f"  member {i} of {n}: seed {mcfg.seed}", soft_wrap=True, markup=False)
-            s = run(mcfg, d, console, on_start=member_start)
+            s = train_one(mcfg, d, start_parent)
         summaries.append(s)
         ev = s.get("eval") or {}
         rows.append({"member": i, "seed": s.get("seed"), "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
                      **{k: v for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-        _write_rows(out_dir, rows)
+        # metrics.jsonl of the ensemble: one row per finished member, rewritten whole (atomically)
+        write_jsonl(os.path.join(out_dir, "metrics.jsonl"), rows)
     paths = [os.path.join(members_dir, str(i), "model") for i in range(n)]
     have_models = all(os.path.isdir(p) for p in paths)
     evals = [s.get("eval") or {} for s in summaries]
@@ -150,22 +130,21 @@ def run_members(cfg: DictConfig, out_dir: str, n: int, console=None, on_start: O
     first = summaries[0]
     train_s = sum(s.get("train_time_s") or 0.0 for s in summaries)
     tokens = sum((s.get("cost") or {}).get("policy_tokens") or 0 for s in summaries)
-    summary = finite_or_none({
-        "algo": first.get("algo"), "task": first.get("task"), "data": first.get("data"), "seed": seed,
-        "model": first.get("model"), "params": {**(first.get("params") or {}), "ensemble_members": n},
-        "steps": sum(s.get("steps") or 0 for s in summaries), "wall_time_s": round(time.perf_counter() - t0, 3),
-        "gen_time_s": sum(s.get("gen_time_s") or 0.0 for s in summaries), "train_time_s": round(train_s, 3),
-        "peak_mem_mb": max((s.get("peak_mem_mb") or 0.0) for s in summaries),
-        "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+    summary = write_summary(RunSummary(
+        kind="ensemble", algo=first.get("algo"), task=first.get("task"), data=first.get("data"), seed=seed,
+        model=first.get("model"), params={**(first.get("params") or {}), "ensemble_members": n},
+        steps=sum(s.get("steps") or 0 for s in summaries), wall_time_s=round(time.perf_counter() - t0, 3),
+        gen_time_s=sum(s.get("gen_time_s") or 0.0 for s in summaries), train_time_s=round(train_s, 3),
+        peak_mem_mb=max((s.get("peak_mem_mb") or 0.0) for s in summaries),
+        tokens_per_s=round(tokens / max(train_s, 1e-9), 1),
         # the members' mean; each member's own is in members[i].eval
-        "eval": mean_eval, "eval_split": first.get("eval_split"), "eval_periodic": None,
-        "cost": {"examples": (first.get("cost") or {}).get("examples"), "policy_tokens": tokens, "samples_generated": 0},
-        "members": [{"dir": os.path.join("members", str(i)), "seed": s.get("seed"), "resample": resample_kind,
-                     "config_hash": s.get("config_hash"), "eval": s.get("eval")} for i, s in enumerate(summaries)],
-        "ensemble": {"paths": paths if have_models else None, "override": override_line(paths) if have_models else None},
-        "config_hash": config_hash(cfg), "versions": versions(), "cpu_capability": cpu_capability(),
-    })
-    write_summary(summary, out_dir)
+        eval=mean_eval, eval_split=first.get("eval_split"), eval_periodic=None,
+        cost={"examples": (first.get("cost") or {}).get("examples"), "policy_tokens": tokens, "samples_generated": 0},
+        details={"members": [{"dir": os.path.join("members", str(i)), "seed": s.get("seed"), "resample": resample_kind,
+                              "config_hash": s.get("config_hash"), "eval": s.get("eval")} for i, s in enumerate(summaries)],
+                 "ensemble": {"paths": paths if have_models else None,
+                              "override": override_line(paths) if have_models else None}},
+        config_hash=config_hash(cfg)), out_dir)
     acc = mean_eval.get("pairwise_accuracy_gold", mean_eval.get("pairwise_accuracy"))
     console.print(f"  ensemble: {n} members" + (f", mean held-out accuracy {acc:.3f}" if acc is not None else ""))
     if have_models:
@@ -175,15 +154,3 @@ def run_members(cfg: DictConfig, out_dir: str, n: int, console=None, on_start: O
     else:
         console.print("  no model/ in the members (trainer.save_model=false): nothing for reward=ensemble to load")
     return summary
-
-
-def _write_rows(out_dir: str, rows: list) -> None:
-    """metrics.jsonl of the ensemble: one row per finished member, rewritten whole (atomically)."""
-    from prefopt.core.records import finite_or_none
-
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, ".metrics.jsonl.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(finite_or_none(r), allow_nan=False, default=str) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "metrics.jsonl"))
