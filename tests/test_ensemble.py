@@ -142,7 +142,7 @@ def test_bad_ensemble_configs_are_one_line_errors(tmp_path):
 def test_bootstrap_resample_is_seeded_and_only_when_asked():
     from types import SimpleNamespace
 
-    from prefopt.cli.members import resample
+    from prefopt.data.resample import resample
 
     ex = [{"row": i} for i in range(50)]
     boot = SimpleNamespace(ensemble_resample="bootstrap")
@@ -160,7 +160,7 @@ MEMBERS = [*FAST, "algo=reward", "algo.ensemble_members=2", "trainer.max_steps=2
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     out = tmp_path_factory.mktemp("ens") / "rm"
     summary = run(compose(MEMBERS), str(out))
@@ -185,7 +185,7 @@ def test_algo_reward_trains_loadable_members(members):
 
 
 def test_rerun_keeps_finished_members_and_refuses_without_resume(members):
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     out, s = members
     with pytest.raises(UserError, match="already holds an ensemble"):
@@ -198,7 +198,7 @@ def test_rerun_keeps_finished_members_and_refuses_without_resume(members):
 
 def test_reward_ensemble_drives_an_online_run_and_best_of_n(members, tmp_path):
     from prefopt.cli.best_of_n import main as best_of_n
-    from prefopt.cli.stages import run
+    from prefopt.run import train as run
 
     out, _ = members
     ens = ["reward=ensemble", f"reward.paths=[{out}]", "reward.aggregate=mean_minus_std", "reward.ensemble_lambda=0.5"]
@@ -300,7 +300,7 @@ def test_readme_commands_compose_and_pass_their_checks(members):
     import shlex
 
     from conftest import ROOT
-    from prefopt.cli import members as M
+    from prefopt.run import members as M
 
     out, _ = members
     text = (ROOT / "README.md").read_text()
@@ -329,7 +329,7 @@ def test_readme_commands_compose_and_pass_their_checks(members):
 
 
 def test_cli_refuses_a_bad_ensemble_in_one_line(tmp_path):
-    from prefopt.cli import members as M
+    from prefopt.run import members as M
     from short_runs import cli, one_line_error
 
     for bad, needle in (("algo.ensemble_members=0", "accepted: a whole number >= 1"),
