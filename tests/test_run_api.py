@@ -1,0 +1,80 @@
+"""The run API (prefopt.Run, prefopt.compose): the README's "From Python" block runs as written and
+writes the run-output contract; a mistake is one line before anything is written; `import prefopt`
+stays light."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from prefopt.core.errors import UserError
+
+
+def readme_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("<!-- from-python -->")[1].split("```python\n")[1].split("```")[0]
+
+
+def test_readme_from_python_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(readme_block(), "README.md (From Python)", "exec"), scope)
+    result, ipo = scope["result"], scope["ipo"]
+    for r, algo, overrides in ((result, "dpo", ["algo=dpo", "algo.beta=0.1", "trainer.max_steps=10",
+                                                "eval.num_prompts=16", "seed=1"]),
+                               (ipo, "ipo", None)):
+        out = tmp_path / "runs" / f"{algo}_py"
+        assert os.path.samefile(r.out_dir, out) and os.path.samefile(r.model_dir, out / "model")
+        # the run-output contract, as prefopt-train writes it
+        for name in (".hydra/config.yaml", ".hydra/resolved.yaml", "metrics.jsonl", "summary.json", "model"):
+            assert (out / name).exists(), name
+        assert json.loads((out / "summary.json").read_text()) == r.summary
+        assert r.summary["algo"] == algo and r.summary["steps"] == 10
+        assert os.path.samefile(r.summary_path, out / "summary.json") and os.path.samefile(r.metrics_path, out / "metrics.jsonl")
+        if overrides:  # composed from overrides: they are recorded, as Hydra records the command line's
+            assert (out / ".hydra" / "overrides.yaml").read_text().split() == [w for o in overrides for w in ("-", o)]
+    assert ipo.summary["params"]["beta"] == 0.5  # the edit made in Python is what ran
+    assert scope["policy"].config.model_type == "llama"
+
+
+def test_mistakes_are_one_line_before_anything_is_written(tmp_path):
+    import prefopt
+
+    for overrides, needle in ((["algo=bogus"], "unknown algo 'bogus'; available:"),
+                              (["trainer.max_step=5"], "trainer.max_step"),
+                              (["trainer.max_steps=[1"], "cannot parse the override"),
+                              (["seed=0,1"], "is a sweep")):
+        with pytest.raises(UserError, match=needle) as e:
+            prefopt.Run(overrides, out_dir=tmp_path / "run")
+        assert "\n" not in str(e.value)
+    run = prefopt.Run(["trainer.examples_per_step=0"], out_dir=tmp_path / "run")
+    with pytest.raises(UserError) as e:
+        run.train()
+    assert "examples_per_step" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_and_policy_are_what_the_run_starts_from():
+    import prefopt
+
+    run = prefopt.Run(["algo=dpo", "data.num_rows=64"])
+    pairs = run.data()  # the kind DPO trains on (the testbed's cached pairs)
+    assert pairs.kind == "paired" and pairs.source == "testbed:reviews" and len(pairs.rows) == 64
+    assert {"chosen", "rejected"} <= set(pairs.rows[0]) and pairs.gold_fn is not None and set(pairs.heldout) == {"val", "test"}
+    prompts = run.data("prompt_only")
+    assert prompts.kind == "prompt_only" and "prompt" in prompts.rows[0] and prompts.base_path == pairs.base_path
+    policy = run.policy(prompts)
+    assert policy.get_input_embeddings().num_embeddings >= len(prompts.tokenizer)
+
+
+def test_import_prefopt_is_light_and_the_module_prefopt_train_is_not_shadowed():
+    code = ("import sys, prefopt\n"
+            "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'heavy import'\n"
+            "assert prefopt.Run.__name__ == 'Run' and callable(prefopt.compose)\n"
+            "import prefopt.train\n"
+            "assert prefopt.train.main.__module__ == 'prefopt.cli.train'\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
