@@ -11,7 +11,6 @@ import torch
 
 from conftest import TINY, synthetic_examples, tiny_model
 from prefopt.core.config import ModelConfig
-from prefopt.data.tokenize import collate
 from prefopt.models.logprobs import Scorer
 from prefopt.models.load import make_reference
 from short_runs import TRAIN_ONLY
@@ -46,7 +45,10 @@ def test_precomputed_reference_equals_live_reference(algo, tmp_path, monkeypatch
         ex = synthetic_examples(kind, n=12)
     policy = tiny_model(seed=3)
     live = make_reference(policy, ModelConfig(arch=dict(TINY)), vocab_size=50, seed=3)
-    coll = getattr(obj, "collate", None) or (lambda e, pad: collate(e, kind, pad))
+
+    def coll(examples, pad):
+        return obj.collate(examples, kind, pad)
+
     key = reference_cache.model_fingerprint(ModelConfig(arch=dict(TINY)), None, 3)
     cached = reference_cache.attach(policy, ex, model_key=key, batch_size=5, device=torch.device("cpu"))
     policy.eval()  # no dropout in the tiny model, but the comparison should not depend on it
