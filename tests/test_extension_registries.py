@@ -151,7 +151,8 @@ def test_registry_errors_list_the_valid_names():
     assert str(e.value) == f"reward.judge.name='bogus' is not a judge; accepted: {', '.join(J.options())}"
     assert str(e.value).startswith("reward.judge.name='bogus' is not a judge; accepted: function, gold, model, smollm2")
     # a key of another kind is refused with the kind's own keys
-    with pytest.raises(UserError, match=r"'judge' has no key 'principles'; valid keys of 'judge': kind, name, temperature"):
+    with pytest.raises(UserError, match=r"'judge' has no key 'principles'; valid keys of 'judge': kind, name, sequences_per_device, "
+                                        r"temperature"):
         J.judge_config({"name": "gold", "kind": "gold", "principles": "p"})
 
 
