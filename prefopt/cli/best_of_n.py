@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     from prefopt.core.config import EvalConfig, typed
     from prefopt.objectives.rejection_sampling import best_of_n
     from prefopt.rollout.evaluate import chat_prompt_ids
-    from prefopt.rollout.rewards import RewardConfig, build_reward
+    from prefopt.rollout.rewards import build_reward, reward_config
     from prefopt.run.api import Run
     from prefopt.run.prepare import quiet_libraries
 
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     ecfg = typed(EvalConfig, run.cfg.get("eval"), "eval")
     data = run.data("prompt_only")  # the prompts, tokenizer and policy a run of these overrides starts from
     tok, task = data.tokenizer, data.task
-    rcfg = typed(RewardConfig, run.cfg.get("reward"), "reward")
+    rcfg = reward_config(run.cfg.get("reward"))
     reward = build_reward(rcfg, tokenizer=tok, gold_fn=data.gold_fn, task=task.name)
     policy = run.policy(data)
     prompts = data.heldout["test"][: ecfg.num_prompts]

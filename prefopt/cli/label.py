@@ -97,7 +97,7 @@ def label(cfg, console=None) -> dict:
     check_model(mcfg)
     data_name = cfg.data.get("name", "hf")
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
-    jcfg = typed(J.JudgeConfig, cfg.get("judge"), "judge")
+    jcfg = J.judge_config(cfg.get("judge"))
     J.check(jcfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

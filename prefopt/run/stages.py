@@ -40,7 +40,7 @@ from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, 
 from prefopt.objectives.pg.value import build_value_model
 from prefopt.objectives.registry import Needs, get_objective
 from prefopt.rollout.evaluate import Evaluator, PairwiseEvaluator, chat_prompt_ids, heldout_pairs
-from prefopt.rollout.rewards import RewardConfig, build_reward, check
+from prefopt.rollout.rewards import RewardConfig, build_reward, check, reward_config
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
 from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries
@@ -186,7 +186,7 @@ def configs(cfg: DictConfig) -> _Configs:
     objective = Obj(acfg)
     # needs: an objective may refine its class declaration from its config (no KL: no reference)
     needs = objective.needs
-    rcfg = typed(RewardConfig, cfg.get("reward"), "reward")
+    rcfg = reward_config(cfg.get("reward"))
     if needs.reward:
         check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
