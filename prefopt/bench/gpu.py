@@ -34,6 +34,8 @@ import tempfile
 import time
 import traceback
 
+from prefopt.core import files
+
 FULL = dict(
     correctness=[(1024, 896, 151936, {}), (4096, 2048, 32000, dict(temperature=0.7, bias=True)),
                  (16384, 4096, 128256, {})],
@@ -455,7 +457,7 @@ def main(argv=None):
     rep["wall_s"] = time.perf_counter() - t_start
     rep["all_correct"] = all(r.get("passed", True) for r in rep["correctness"]) and bool(rep["correctness"])
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "gpu_check.json"), "w") as f:
+    with files.atomic_open(os.path.join(args.out_dir, "gpu_check.json")) as f:
         json.dump(rep, f, indent=1, default=str)
     md = markdown(rep)
     with open(os.path.join(args.out_dir, "gpu_check.md"), "w") as f:

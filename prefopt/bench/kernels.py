@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from prefopt.core import files
+
 PROVIDERS = ("naive", "lce", "liger", "ours")
 CPU_CASES = [(n, 512, v) for v in (32000, 128256) for n in (1024, 4096, 16384)]
 GPU_CASES = [(n, h, v) for (h, v) in ((4096, 128256), (2048, 151936)) for n in (4096, 16384)]
@@ -291,7 +293,7 @@ def main(argv=None):
             out.append(r)
             print(json.dumps({k: r[k] for k in ("N", "H", "V", "rounds", "fwd_bwd_s",
                                                  "ratio_to_first")}), flush=True)
-        with open(args.out, "w") as f:
+        with files.atomic_open(args.out) as f:
             json.dump(dict(device=device_name(args.device), torch=torch.__version__,
                            date=datetime.date.today().isoformat(), paired=out), f, indent=1)
         print(f"wrote {args.out}")
@@ -357,7 +359,7 @@ def main(argv=None):
                 date=datetime.date.today().isoformat(), dtype=dtype, repeats=repeats,
                 memory_method="CPU: VmHWM-RSS in a fresh subprocess; CUDA: max_memory_allocated",
                 results=rows)
-    with open(args.out, "w") as f:
+    with files.atomic_open(args.out) as f:
         json.dump(meta, f, indent=1)
     print(f"wrote {args.out}")
 

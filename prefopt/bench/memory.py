@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 
+from prefopt.core import files
+
 ARCH = dict(model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
             num_key_value_heads=12, vocab_size=32000, max_position_embeddings=256, tie_word_embeddings=False)
 
@@ -65,7 +67,7 @@ def worker(out: str, batch: int, seq: int):
     dist.all_gather_object(rows, row)
     if place.is_main:
         n = sum(p.numel() for p in model.parameters())
-        with open(out, "w") as f:
+        with files.atomic_open(out) as f:
             json.dump({"params_total": n, "ranks": rows}, f)
     dist.barrier()
     dist.destroy_process_group()
@@ -105,7 +107,7 @@ def main(argv=None):
             print(f"{res['procs']:>5} {r['rank']:>4} {r['params_mb']:>10.1f} {r['optimizer_mb']:>13.1f} "
                   f"{r['params_mb'] + r['optimizer_mb']:>14.1f} {r['peak_rss_mb']:>12.0f}")
     if a.json:
-        with open(a.json, "w") as f:
+        with files.atomic_open(a.json) as f:
             json.dump({"arch": ARCH, "batch": a.batch, "seq": a.seq, "results": results}, f, indent=2)
 
 

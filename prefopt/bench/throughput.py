@@ -43,6 +43,7 @@ import time
 
 from prefopt.bench.workers import WORKLOADS, workload_spec
 from prefopt.bench.world import LORA, MODEL_ARCH, N_ROWS, REAL_ARCH, REAL_VOCAB, build_world
+from prefopt.core import files
 
 ALIASES = {"real": "real-dpo-lora,real-grpo-lora,real-dpo-full", "smol": "smol-dpo-lora,smol-grpo-lora"}
 MEMORY_BUDGET_GIB = 16.0  # the "largest DPO batch that fits" column
@@ -254,7 +255,7 @@ def main(argv=None):
               "largest_dpo_batch": scans,
               "ratios": ratios(results), "ratios_vs_naive_logprobs": ratios(results, "prefopt-naive"),
               "ratios_vs_recompute": ratios(results, "prefopt-recompute")}
-    with open(args.out, "w") as f:
+    with files.atomic_open(args.out) as f:
         json.dump(report, f, indent=1)
     print(table(report))
     print(f"\nwrote {args.out}")

@@ -12,6 +12,8 @@ import json
 import os
 import random
 
+from prefopt.core import files
+
 VOCAB_WORDS = 494  # + 6 special tokens + 10 digits ≈ 510 ids
 N_ROWS = 512
 MODEL_ARCH = dict(model_type="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
@@ -69,8 +71,7 @@ def smol_world(root: str, seed: int = 0, n_rows: int = N_ROWS) -> dict:
                      "rejected": f" {a} + {b} = {a + b + rng.randint(1, 9)}. I added the numbers digit by digit."})
     os.makedirs(root, exist_ok=True)
     data = os.path.join(root, "rows.json")
-    with open(data, "w") as f:
-        json.dump(rows, f)
+    files.write_json(data, rows)
     return {"tokenizer": path, "model": path, "rows": data, "shape": "smol"}
 
 
@@ -112,8 +113,7 @@ def build_world(root: str, seed: int = 0, n_rows: int = N_ROWS, shape: str = "sm
     say = lambda lo, hi: " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))  # noqa: E731
     rows = [{"prompt": say(8, 24), "chosen": " " + say(16, 48), "rejected": " " + say(16, 48)} for _ in range(n_rows)]
     data = os.path.join(root, "rows.json")
-    with open(data, "w") as f:
-        json.dump(rows, f)
+    files.write_json(data, rows)
     return {"tokenizer": tok_dir, "model": model_dir, "rows": data, "shape": shape}
 
 
