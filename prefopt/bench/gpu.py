@@ -460,8 +460,7 @@ def main(argv=None):
     with files.atomic_open(os.path.join(args.out_dir, "gpu_check.json")) as f:
         json.dump(rep, f, indent=1, default=str)
     md = markdown(rep)
-    with open(os.path.join(args.out_dir, "gpu_check.md"), "w") as f:
-        f.write(md)
+    files.write_text(os.path.join(args.out_dir, "gpu_check.md"), md)
     print(md)
     print(f"wrote {args.out_dir}/gpu_check.json and gpu_check.md")
     return 0 if rep["all_correct"] and not rep["errors"] else 1
