@@ -93,7 +93,7 @@ def check_keys_exist(overrides: Sequence[Override], choices: dict, config_name: 
         for i, name in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break  # into a value that is not a section (e.g. null): Hydra says what is wrong
-            if name not in node:
+            if name not in node.keys():  # `in node` is False for a ??? (mandatory) value, such as label.yaml's out
                 raise UserError(unknown_key_message(".".join(parts[: i + 1]), [k for k in node.keys() if k != "hydra"]))
             child = node._get_node(name)  # the node itself: reading the value would resolve interpolations
             node = child if isinstance(child, DictConfig) and not child._is_none() else None
