@@ -219,28 +219,31 @@ def test_reward_ensemble_drives_an_online_run_and_best_of_n(members, tmp_path):
 # ---- the leaderboard: plan and board section ------------------------------------------------------------
 
 def test_ensemble_suite_plan(tmp_path):
-    from prefopt.leaderboard.plan import load_suite, plan
+    import dataclasses
+
+    from prefopt.leaderboard.plan import plan
+    from prefopt.leaderboard.suite import load_suite
 
     suite = load_suite("ensemble")
-    sec = suite["reward_ensemble"]
+    sec = suite.reward_ensemble
     jobs, _ = plan(suite, str(tmp_path / "work"))
-    M, variants = sec["members"], ["single", *sec["aggregates"]]
-    assert len(jobs) == len(suite["seeds"]) * (1 + 2 * len(variants))
+    M, variants = sec.members, ["single", *sec.aggregates]
+    assert len(jobs) == len(suite.seeds) * (1 + 2 * len(variants))
     assert len({j.hash for j in jobs}) == len(jobs) and len({j.id for j in jobs}) == len(jobs)
-    for seed in suite["seeds"]:
+    for seed in suite.seeds:
         rm = next(j for j in jobs if j.stage == 1 and j.meta["seed"] == seed)
         assert rm.meta["role"] == "ensemble_rm" and f"algo.ensemble_members={M}" in rm.overrides
         members = [os.path.join(str(tmp_path / "work"), "runs", rm.hash, "members", str(i), "model") for i in range(M)]
         for v in variants:
-            pg = next(j for j in jobs if j.id == f"reviews-s{seed}-{sec['pg']['method']}-ens-{v}")
+            pg = next(j for j in jobs if j.id == f"reviews-s{seed}-{sec.pg.method}-ens-{v}")
             bon = next(j for j in jobs if j.id == f"reviews-s{seed}-best_of_n-ens-{v}")
             want = members[:1] if v == "single" else members
             assert f"reward.paths=[{','.join(want)}]" in pg.overrides and "eval.periodic_test=true" in pg.overrides
             assert f"reward.aggregate={'mean' if v == 'single' else v}" in pg.overrides
             assert pg.meta["rm_hash"] == bon.meta["rm_hash"] == rm.hash and pg.stage == bon.stage == 3
-            assert bon.spec["reward"]["paths"] == want and bon.spec["samples"] == sec["best_of_n"]["samples"]
+            assert bon.spec["reward"]["paths"] == want and bon.spec["samples"] == sec.best_of_n.samples
     # the standard suite plans no ensemble job
-    std, _ = plan({**load_suite("quick"), "ablation": None}, str(tmp_path / "w2"))
+    std, _ = plan(dataclasses.replace(load_suite("quick"), ablation=None), str(tmp_path / "w2"))
     assert not any(j.meta.get("category") == "ensemble" for j in std)
 
 
@@ -312,10 +315,10 @@ def test_readme_commands_compose_and_pass_their_checks(members):
             args = shlex.split(cmd)
             if args[0] == "prefopt-leaderboard":
                 kinds.add("leaderboard")
-                from prefopt.leaderboard.plan import load_suite
+                from prefopt.leaderboard.suite import load_suite
 
                 own = dict(a.split("=", 1) for a in args[2:] if "=" in a)
-                assert args[1] == "render" or load_suite(own["suite"])["reward_ensemble"]
+                assert args[1] == "render" or load_suite(own["suite"]).reward_ensemble
                 continue
             ovr = args[1:] if args[0] == "prefopt-train" else args[3:]
             ovr = [o.replace("outputs/rm4", str(out)) for o in ovr if not o.startswith(("hydra.", "n="))]
