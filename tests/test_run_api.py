@@ -78,3 +78,30 @@ def test_import_prefopt_is_light_and_the_module_prefopt_train_is_not_shadowed():
             "assert prefopt.train.main.__module__ == 'prefopt.cli.train'\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_the_member_fan_out_wraps_the_single_run_it_is_handed(tmp_path):
+    """run_members calls the single run it is given once per member (seed S + 1000·i, one directory
+    each, the parent's on_start before the first member writes) and writes one RunSummary."""
+    from conftest import compose
+    from prefopt.run import members as M
+
+    calls, events = [], []
+
+    def train_one(cfg, out_dir, before_write):
+        before_write()
+        events.append("member")
+        calls.append((int(cfg.seed), int(cfg.algo.ensemble_members), out_dir))
+        return {"algo": "reward", "task": "reviews", "data": "reviews", "seed": int(cfg.seed), "model": "tiny",
+                "params": {"beta": 0.0}, "steps": 2, "wall_time_s": 1.0, "gen_time_s": 0.0, "train_time_s": 0.5,
+                "peak_mem_mb": 10.0, "eval": {"pairwise_accuracy": 0.5 + 0.1 * len(calls)}, "eval_split": "heldout_pairs",
+                "cost": {"examples": 8, "policy_tokens": 100}, "config_hash": f"h{len(calls)}"}
+
+    cfg = compose(["algo=reward", "algo.ensemble_members=2", "seed=3"])
+    s = M.run_members(cfg, str(tmp_path / "ens"), 2, train_one, on_start=lambda: events.append("parent"))
+    assert events == ["parent", "member", "member"]
+    assert calls == [(3, 1, str(tmp_path / "ens" / "members" / "0")), (1003, 1, str(tmp_path / "ens" / "members" / "1"))]
+    assert s["eval"]["pairwise_accuracy"] == pytest.approx(0.65) and s["steps"] == 4 and s["params"]["ensemble_members"] == 2
+    assert [m["seed"] for m in s["members"]] == [3, 1003] and s["ensemble"]["paths"] is None  # no model/ written
+    assert json.loads((tmp_path / "ens" / "summary.json").read_text()) == s
+    assert [json.loads(r)["member"] for r in (tmp_path / "ens" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
