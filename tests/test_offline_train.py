@@ -152,7 +152,7 @@ def test_each_loss_type_moves_its_metric(run_cfg, outcome, extra, metric, direct
 def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg, outcome):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from prefopt.leaderboard.plan import load_suite
+    from prefopt.leaderboard.suite import load_suite
 
     # The leaderboard's own stage-1 recipe (120 cosine steps from 1e-3 after 5 warm-up steps), so
     # the test checks the reward model the online rows are trained against. A shorter, hotter
@@ -160,7 +160,7 @@ def test_reward_model_beats_chance_and_saves_a_plain_classifier(run_cfg, outcome
     # norm while the loss sits at log 2: noise-driven Adam steps overwrite the SFT features before
     # the new score head learns anything, and the CPU's rounding decides whether it escapes (0.53
     # held-out gold accuracy on AVX-512 and on AVX2).
-    s, out = run_cfg("algo=reward", *load_suite("standard")["stage1"], "trainer.log_every_steps=1")
+    s, out = run_cfg("algo=reward", *load_suite("standard").stage1, "trainer.log_every_steps=1")
     ev = s["eval"]
     assert 150 < ev["num_pairs"] < 260  # 10% of the testbed's ~2000 pairs, held out
     outcome("held-out pairwise accuracy", ev["pairwise_accuracy"], ">", 0.65, ev)

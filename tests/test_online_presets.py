@@ -84,11 +84,11 @@ def reviews_reward_model(tmp_path_factory):
     """A Bradley–Terry reward model trained on the reviews pairs with the leaderboard's stage-1
     recipe (the proxy reward model the leaderboard's online rows use); its model/ directory."""
     from conftest import FAST, check_outcome, compose
-    from prefopt.leaderboard.plan import load_suite
+    from prefopt.leaderboard.suite import load_suite
     from prefopt.run import train as run
 
     out = tmp_path_factory.mktemp("reward_model")
-    s = run(compose([*FAST, "algo=reward", "data=reviews", *load_suite("standard")["stage1"]]), str(out))
+    s = run(compose([*FAST, "algo=reward", "data=reviews", *load_suite("standard").stage1]), str(out))
     # It must order held-out completions by gold reward, or the tests below prove nothing.
     check_outcome("reviews_reward_model fixture", "held-out accuracy against the gold ordering",
                   s["eval"]["pairwise_accuracy_gold"], ">", 0.70, s["eval"])

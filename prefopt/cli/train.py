@@ -90,7 +90,7 @@ def _hydra_main():
                 _remove_if_untouched(out_dir)
             sys.exit(2)
         except Interrupted as e:
-            print(f"prefopt-train: {getattr(e, 'line', None) or f'interrupted by {e.signame}'}", file=sys.stderr)
+            print(f"prefopt-train: {e.line}", file=sys.stderr)
             sys.exit(e.exit_code)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):

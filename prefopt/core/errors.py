@@ -21,11 +21,13 @@ class RunStopped(UserError):
 class Interrupted(BaseException):
     """SIGINT / SIGTERM. A BaseException like KeyboardInterrupt, so that ``except Exception`` blocks
     (a sweep that records failures and goes on) let it through. ``checkpoint`` is the one written
-    on the way out, if any."""
+    on the way out, if any; ``line`` is what the command prints (what was saved, how to resume),
+    set by the run that caught it, else a line naming the signal."""
 
     def __init__(self, signum: int, step=None, checkpoint=None):
         super().__init__(signum)
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.line = f"interrupted by {self.signame}"
 
     @property
     def exit_code(self) -> int:

@@ -99,7 +99,7 @@ class Trainer:
 
     def _make_scheduler(self):
         # transformers.optimization imports peft and bitsandbytes, whose import logs a CPU warning:
-        # imported once the run has quieted the libraries (prefopt.cli.stages.quiet_libraries).
+        # imported once the run has quieted the libraries (prefopt.run.prepare.quiet_libraries).
         from transformers import get_scheduler
 
         c = self.cfg

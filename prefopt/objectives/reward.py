@@ -78,7 +78,7 @@ class RewardModel(Objective):
         name: str = "reward"
         center_rewards_coefficient: Optional[float] = None
         eval_fraction: float = 0.1  # held-out pairs for pairwise accuracy (seeded), never trained on
-        # N members in one command (prefopt.cli.members): they differ by seed, or (bootstrap) each also
+        # N members in one command (prefopt.run.members): they differ by seed, or (bootstrap) each also
         # trains on a seeded bootstrap resample of the training pairs; members/0 is the run's own seed.
         ensemble_members: int = 1
         ensemble_resample: str = "seed"  # seed | bootstrap
