@@ -140,16 +140,17 @@ def test_bad_ensemble_configs_are_one_line_errors(tmp_path):
 
 
 def test_bootstrap_resample_is_seeded_and_only_when_asked():
-    from types import SimpleNamespace
+    from prefopt.objectives.reward import RewardModel
 
-    from prefopt.data.resample import resample
+    def resample(ex, acfg, seed):
+        return RewardModel(acfg).resample_examples(ex, seed)
 
     ex = [{"row": i} for i in range(50)]
-    boot = SimpleNamespace(ensemble_resample="bootstrap")
+    boot = RewardModel.Config(ensemble_resample="bootstrap")
     a, b = resample(ex, boot, 3), resample(ex, boot, 3)
     assert a == b and len(a) == 50 and len({e["row"] for e in a}) < 50  # with replacement
     assert a != resample(ex, boot, 4)
-    assert resample(ex, SimpleNamespace(ensemble_resample="seed"), 3) is ex
+    assert resample(ex, RewardModel.Config(ensemble_resample="seed"), 3) is ex
 
 
 # ---- members in one command, then reward=ensemble over them ----------------------------------------

@@ -10,10 +10,9 @@ from __future__ import annotations
 import random
 
 
-def resample(examples: list, acfg, seed: int) -> list:
-    """A bootstrap resample of the training examples (n draws with replacement) when the objective's
-    config says ``ensemble_resample=bootstrap``; the examples unchanged otherwise."""
-    if getattr(acfg, "ensemble_resample", None) != "bootstrap" or not examples:
+def bootstrap(examples: list, seed: int) -> list:
+    """A bootstrap resample of the training examples: n draws with replacement from the n examples."""
+    if not examples:
         return examples
     rng = random.Random(f"bootstrap-{seed}")  # its own stream: the seed also fixes initialisation and batch order
     return [examples[rng.randrange(len(examples))] for _ in examples]

@@ -84,6 +84,10 @@ class Objective:
       examples before any model loads (raise UserError for bad input), or attaches per-example data;
     - ``collate(examples, kind, pad_token_id) -> batch``: turns examples into a batch (default:
       :func:`prefopt.data.tokenize.collate`; KTO adds its mismatched sequences);
+    - ``ensemble_members() -> int``: how many complete runs one command trains (an ensemble of
+      reward models, :mod:`prefopt.run.members`); 1: an ordinary run;
+    - ``resample_examples(examples, seed) -> examples``: the training examples this run trains on
+      after the held-out split (an ensemble member's bootstrap resample);
     - ``precomputes_reference() -> bool``: whether the reference log-probs are computed once before
       training and cached on disk instead of keeping π_ref in memory;
     - ``state_dict() -> dict`` and ``load_state_dict(state)``: state carried from step to step
@@ -117,6 +121,12 @@ class Objective:
 
     def collate(self, examples: list, kind: str, pad_token_id: int) -> dict:
         return collate(examples, kind, pad_token_id)
+
+    def ensemble_members(self) -> int:
+        return 1
+
+    def resample_examples(self, examples: list, seed: int) -> list:
+        return examples
 
     def precomputes_reference(self) -> bool:
         return False

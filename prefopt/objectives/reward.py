@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.core.errors import UserError
+from prefopt.data.resample import bootstrap
 from prefopt.objectives.registry import Needs, Objective, register
 
 LOSSES = ("bradley_terry", "plackett_luce")
@@ -99,6 +100,12 @@ class RewardModel(Objective):
 
     def __init__(self, cfg: "RewardModel.Config"):
         self.cfg = cfg
+
+    def ensemble_members(self) -> int:
+        return self.cfg.ensemble_members
+
+    def resample_examples(self, examples: list, seed: int) -> list:
+        return bootstrap(examples, seed) if self.cfg.ensemble_resample == "bootstrap" else examples
 
     def prepare_examples(self, examples: list, rows: list, source: str) -> list:
         # A ranked prompt whose completions all tie implies no preference, like a tied pair.

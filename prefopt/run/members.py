@@ -49,8 +49,8 @@ def count(cfg: DictConfig) -> int:
     """How many members the run's objective config asks for (1: an ordinary run)."""
     if "algo" not in cfg or "name" not in cfg.algo:
         return 1  # the run's own checks name what is missing
-    acfg = typed(get_objective(cfg.algo.name).Config, cfg.algo, "algo")
-    return int(getattr(acfg, "ensemble_members", 1) or 1)
+    Obj = get_objective(cfg.algo.name)
+    return Obj(typed(Obj.Config, cfg.algo, "algo")).ensemble_members()
 
 
 def member_seed(seed: int, i: int) -> int:

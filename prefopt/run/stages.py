@@ -30,7 +30,6 @@ from prefopt.core.sources import OfflineSource
 from prefopt.core.trainer import Trainer
 from prefopt.core.config import DataConfig
 from prefopt.models import reference_cache
-from prefopt.data.resample import resample
 from prefopt.data.tokenize import TokenizeReport, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
 from prefopt.models import gguf
@@ -229,8 +228,8 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
     if needs.head == "scalar":
         # A scalar head (reward model) is evaluated by accuracy on held-out pairs, never trained on.
         examples, pairwise_eval = heldout_pairs(examples, rows, dcfg, c.acfg, tok, data.gold_fn, c.seed, source_name)
-    # An ensemble member's bootstrap resample of its training examples (after the held-out split), if declared.
-    examples = resample(examples, c.acfg, c.seed)
+    # The examples this run trains on (an ensemble member's bootstrap resample; after the held-out split).
+    examples = c.objective.resample_examples(examples, c.seed)
     return _Data(tok=tok, rows=rows, source_name=source_name, examples=examples, report=report, base_path=data.base_path,
                  gold_fn=data.gold_fn, eval_sets=eval_sets, pairwise_eval=pairwise_eval, kind=kind, notes=data.notes)
 
