@@ -4,7 +4,7 @@
 
 1. samples ``samples_per_prompt`` (K) completions of each of the first ``num_prompts`` training
    prompts from the policy (``model=...``; the testbed's SFT policy by default);
-2. has the judge (``judge=smollm2|model|function|gold``, :mod:`prefopt.label.judges`) compare them;
+2. has the judge (``judge=smollm2|model|function|gold``, :mod:`prefopt.rollout.judges`) compare them;
 3. writes TRL-format rows (:mod:`prefopt.label.pairs`) to ``out``, atomically, which
    ``prefopt-train data=hf data.path=FILE algo=dpo`` trains on; then prints a summary: pairs, ties,
    agreement with the gold ordering (testbed data), the LLM judge's position-bias statistics.

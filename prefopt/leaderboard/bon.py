@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from prefopt.leaderboard.store import BEST_OF_N
+
 
 def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
@@ -81,9 +83,9 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     tok, heldout, gold_fn = data.tokenizer, data.heldout, data.gold_fn
     policy = base_policy(ModelConfig(), data, seed=spec["seed"]).eval()
     if spec.get("reward"):  # any reward source of conf/reward (e.g. an ensemble: prefopt.leaderboard.ensemble)
-        from prefopt.rollout.rewards import RewardConfig, build_reward
+        from prefopt.rollout.rewards import build_reward, reward_config
 
-        rm = build_reward(RewardConfig(name=spec["reward"]["kind"], **spec["reward"]), tokenizer=tok)
+        rm = build_reward(reward_config({"name": spec["reward"]["kind"], **spec["reward"]}), tokenizer=tok)
     else:
         rm = ModelReward(spec["rm_path"], tok) if spec.get("rm_path") else None
     N = int(spec["samples"])
@@ -143,9 +145,9 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
     }
     wall = time.perf_counter() - t0
     return RunSummary(
-        kind="best_of_n", algo="best_of_n", task=tb.task, data=tb.task, seed=spec["seed"], model="tiny",
+        kind=BEST_OF_N, algo=BEST_OF_N, task=tb.task, data=tb.task, seed=spec["seed"], model="tiny",
         params={"n": pick, "samples": N, "ns": ns}, steps=0, wall_time_s=round(wall, 3), gen_time_s=round(gen_s, 3),
         train_time_s=0.0, peak_mem_mb=None, tokens_per_s=None, eval=eval_block, eval_split="test",
         cost={"examples": 0, "policy_tokens": 0,
               "samples_generated": N * sum(min(len(heldout[sp]), ev["num_prompts"]) for sp in by_split)},
-        details={"best_of_n": by_split["test"], "best_of_n_by_split": by_split, "reference_by_split": refs}).to_dict()
+        details={BEST_OF_N: by_split["test"], "best_of_n_by_split": by_split, "reference_by_split": refs}).to_dict()
