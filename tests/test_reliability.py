@@ -19,6 +19,7 @@ import torch
 from conftest import compose, synthetic_examples, tiny_model
 from prefopt.run import train as run
 from prefopt.core.errors import Interrupted, RunStopped, UserError
+from prefopt.objectives.registry import Objective
 from prefopt.objectives.sft import SFT
 from prefopt.core import checkpoint
 from prefopt.core.checkpoint import CheckpointInvalid
@@ -107,7 +108,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 
 # ---- a finite loss with a NaN gradient -----------------------------------------------------------
 
-class NaNGradAfter:
+class NaNGradAfter(Objective):
     """The SFT loss, plus a term that is 0 in value but has a NaN gradient from call ``at`` on
     (d√u/du = ∞ at u = 0, times du/dθ = 0)."""
 
