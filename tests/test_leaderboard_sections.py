@@ -37,14 +37,14 @@ class Extra(Section):
 @pytest.fixture
 def extra_section(tmp_path, monkeypatch):
     """The module above, written to tmp_path and imported (which registers it); the registry is restored after."""
-    monkeypatch.setattr(section, "SECTIONS", dict(section.SECTIONS))
     path = tmp_path / "tmp_extra_section.py"
     path.write_text(NEW_SECTION)
     spec = importlib.util.spec_from_file_location("tmp_extra_section", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "tmp_extra_section", module)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    section.SECTIONS.pop("tmp_extra", None)
 
 
 def test_the_built_in_sections_are_registered():

@@ -20,7 +20,7 @@ its module is imported.
 
 from __future__ import annotations
 
-from prefopt.core.errors import UserError
+from prefopt.core.registry import Registry
 
 
 class Section:
@@ -43,33 +43,11 @@ class Section:
         return []
 
 
-SECTIONS: dict[str, Section] = {}
-
-
-def register(name: str):
-    """Class decorator: ``@register("transfer")`` registers an instance of the class."""
-
-    def wrap(cls):
-        if name in SECTIONS:
-            raise ValueError(f"board section {name!r} registered twice")
-        if not issubclass(cls, Section):
-            raise TypeError(f"board section {name!r} must subclass prefopt.leaderboard.section.Section")
-        cls.name = name
-        SECTIONS[name] = cls()
-        return cls
-
-    return wrap
-
-
-def available() -> list[str]:
-    return sorted(SECTIONS)
-
-
-def get_section(name: str) -> Section:
-    try:
-        return SECTIONS[name]
-    except KeyError:
-        raise UserError(f"unknown board section '{name}'; available: {', '.join(available())}") from None
+SECTIONS = Registry("board section", base=Section, instances=True,
+                    unknown="unknown board section '{name}'; available: {names}")
+register = SECTIONS.register  # ``@register("transfer")`` registers an instance of the class
+available = SECTIONS.available
+get_section = SECTIONS.lookup
 
 
 def ordered() -> list[Section]:

@@ -30,7 +30,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from prefopt.core.errors import UserError
+from prefopt.core.registry import Registry
 from prefopt.data.formats import KINDS
 from prefopt.data.tokenize import collate
 
@@ -148,32 +148,21 @@ class OnlineObjective(Objective):
         raise NotImplementedError
 
 
-OBJECTIVES: dict[str, type] = {}
+def _check(name: str, cls: type) -> None:
+    for attr in ("needs", "Config"):  # declarations (annotated on the base, never given a value there)
+        if not hasattr(cls, attr):
+            raise TypeError(f"objective {name!r} lacks {attr!r}")
+    for attr in ("units", "loss"):
+        if getattr(cls, attr) is getattr(Objective, attr):
+            raise TypeError(f"objective {name!r} lacks {attr!r}")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"objective {name!r}: Config must be a dataclass")
+    if cls.needs.rollouts and not issubclass(cls, OnlineObjective):
+        raise TypeError(f"objective {name!r} declares needs.rollouts but is no OnlineObjective (which adds 'prepare')")
 
 
-def register(name: str):
-    """Class decorator: ``@register("dpo")``."""
-
-    def wrap(cls):
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} registered twice")
-        if not issubclass(cls, Objective):
-            raise TypeError(f"objective {name!r} must subclass prefopt.objectives.registry.Objective")
-        for attr in ("needs", "Config"):  # declarations (annotated on the base, never given a value there)
-            if not hasattr(cls, attr):
-                raise TypeError(f"objective {name!r} lacks {attr!r}")
-        for attr in ("units", "loss"):
-            if getattr(cls, attr) is getattr(Objective, attr):
-                raise TypeError(f"objective {name!r} lacks {attr!r}")
-        if not dataclasses.is_dataclass(cls.Config):
-            raise TypeError(f"objective {name!r}: Config must be a dataclass")
-        if cls.needs.rollouts and not issubclass(cls, OnlineObjective):
-            raise TypeError(f"objective {name!r} declares needs.rollouts but is no OnlineObjective (which adds 'prepare')")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-
-    return wrap
+OBJECTIVES = Registry("objective", base=Objective, check=_check, unknown="unknown algo '{name}'; available: {names}")
+register = OBJECTIVES.register  # ``@register("dpo")``
 
 
 def preset(name: str, base: type, doc: str, **defaults) -> type:
@@ -189,12 +178,5 @@ def preset(name: str, base: type, doc: str, **defaults) -> type:
 
 
 # The package's __init__ imports every method's file (registering it) before this module is used.
-def available() -> list[str]:
-    return sorted(OBJECTIVES)
-
-
-def get_objective(name: str) -> type:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise UserError(f"unknown algo '{name}'; available: {', '.join(sorted(OBJECTIVES))}") from None
+available = OBJECTIVES.available
+get_objective = OBJECTIVES.lookup

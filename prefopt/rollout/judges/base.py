@@ -18,16 +18,13 @@ Nothing outside this registry maps judge kinds to code.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from prefopt.core.errors import UserError
+from prefopt.core.registry import Registry
 from prefopt.rollout.kinds import ConfigByKind
-
-JUDGES: dict[str, type] = {}
 
 
 @dataclass
@@ -35,7 +32,7 @@ class JudgeConfig(metaclass=ConfigByKind):
     """The keys of every judge kind; a kind's ``Config`` adds its own. ``JudgeConfig(kind=K, ...)``
     builds kind K's config (:mod:`prefopt.rollout.kinds`)."""
 
-    _kinds: ClassVar[dict] = JUDGES
+    _kinds: ClassVar[dict]  # the registry below
     _default_kind: ClassVar[str] = "llm"
 
     name: str = "smollm2"
@@ -101,31 +98,11 @@ def fill_pairs(mats: list, sizes: list, p: torch.Tensor) -> None:
                 n += 1
 
 
-def register(name: str):
-    """Class decorator: ``@register("model")``."""
-
-    def wrap(cls):
-        if name in JUDGES:
-            raise ValueError(f"judge kind {name!r} registered twice")
-        if not (isinstance(cls, type) and issubclass(cls, Judge)):
-            raise TypeError(f"judge kind {name!r} must subclass Judge")
-        if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, JudgeConfig)):
-            raise TypeError(f"judge kind {name!r}: Config must be a dataclass deriving from JudgeConfig")
-        cls.kind = name
-        JUDGES[name] = cls
-        return cls
-
-    return wrap
-
-
-# The package's __init__ imports every kind's file (registering it) before this module is used.
-def available() -> list[str]:
-    """The registered kinds, in the order they registered (the built-in ones first)."""
-    return list(JUDGES)
-
-
-def get_judge_kind(name: str, key: str = "judge.kind") -> type:
-    try:
-        return JUDGES[name]
-    except KeyError:
-        raise UserError(f"{key}='{name}' is not known; accepted: {', '.join(available())}") from None
+# Listed in the order they registered (the built-in ones first); the package's __init__ imports every
+# kind's file (registering it) before this module is used.
+JUDGES = Registry("judge kind", base=Judge, config_base=JudgeConfig, name_attr="kind", sort=False,
+                  key="judge.kind")
+JudgeConfig._kinds = JUDGES
+register = JUDGES.register  # ``@register("model")``
+available = JUDGES.available
+get_judge_kind = JUDGES.lookup

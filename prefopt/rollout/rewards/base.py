@@ -18,15 +18,12 @@ Nothing outside this registry maps reward kinds to code.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
-from prefopt.core.errors import UserError
+from prefopt.core.registry import Registry
 from prefopt.rollout.kinds import ConfigByKind
 from prefopt.rollout.scoring import Scorer
-
-REWARDS: dict[str, type] = {}
 
 
 @dataclass
@@ -34,7 +31,7 @@ class RewardConfig(metaclass=ConfigByKind):
     """The keys of every reward kind (conf/reward/*.yaml); a kind's ``Config`` adds its own.
     ``RewardConfig(kind=K, ...)`` builds kind K's config (:mod:`prefopt.rollout.kinds`)."""
 
-    _kinds: ClassVar[dict] = REWARDS
+    _kinds: ClassVar[dict]  # the registry below
     _default_kind: ClassVar[str] = "auto"
 
     name: str = "auto"
@@ -72,31 +69,11 @@ class RewardSource(Scorer):
         return [(1.0, self)]
 
 
-def register(name: str):
-    """Class decorator: ``@register("model")``."""
-
-    def wrap(cls):
-        if name in REWARDS:
-            raise ValueError(f"reward kind {name!r} registered twice")
-        if not (isinstance(cls, type) and issubclass(cls, RewardSource)):
-            raise TypeError(f"reward kind {name!r} must subclass RewardSource")
-        if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, RewardConfig)):
-            raise TypeError(f"reward kind {name!r}: Config must be a dataclass deriving from RewardConfig")
-        cls.kind = name
-        REWARDS[name] = cls
-        return cls
-
-    return wrap
-
-
-# The package's __init__ imports every kind's file (registering it) before this module is used.
-def available() -> list[str]:
-    """The registered kinds, in the order they registered (the built-in ones first)."""
-    return list(REWARDS)
-
-
-def get_reward_kind(name: str, key: str = "reward.kind") -> type:
-    try:
-        return REWARDS[name]
-    except KeyError:
-        raise UserError(f"{key}='{name}' is not known; accepted: {', '.join(available())}") from None
+# Listed in the order they registered (the built-in ones first); the package's __init__ imports every
+# kind's file (registering it) before this module is used.
+REWARDS = Registry("reward kind", base=RewardSource, config_base=RewardConfig, name_attr="kind", sort=False,
+                   key="reward.kind")
+RewardConfig._kinds = REWARDS
+register = REWARDS.register  # ``@register("model")``
+available = REWARDS.available
+get_reward_kind = REWARDS.lookup
