@@ -49,6 +49,34 @@ def test_divergence_anywhere_on_the_validation_curve(traj, why):
     assert select.divergence_of(r, None, None) is None or why and "nan" in why
 
 
+def test_exact_ties_go_to_the_more_conservative_point():
+    # Three points tie up to float summation noise (45/81 summed two ways); the tie goes to the smaller
+    # learning rate, then the larger β, whatever the grid order; a clear winner is not a tie.
+    a, b = 45 / 81, sum([1 / 81] * 45)
+    assert a != b and abs(a - b) < select.TIE_TOLERANCE
+    points = [{"lr": 3e-3, "beta": 0.05}, {"lr": 1e-3, "beta": 0.05}, {"lr": 1e-3, "beta": 0.2}, {"lr": 1e-4, "beta": 0.2}]
+    scored = select.grid_scores(points, [[tuning(b)], [tuning(a)], [tuning(b)], [tuning(0.3)]])
+    best = select.choose(scored, None)["best"]
+    assert best["point"] == {"lr": 1e-3, "beta": 0.2} and best["tie_broken"]
+    assert {"lr": 3e-3, "beta": 0.05} in best["tied_with"]
+    # rejection sampling's coefficient is not an anchor: fewer samples per prompt is the conservative side
+    pts = [{"lr": 1e-3, "samples_per_prompt": 8}, {"lr": 1e-3, "samples_per_prompt": 4}]
+    best = select.choose(select.grid_scores(pts, [[tuning(0.5)], [tuning(0.5)]]), None)["best"]
+    assert best["point"]["samples_per_prompt"] == 4
+    best = select.choose(select.grid_scores(points, [[tuning(0.9)], [tuning(a)], [tuning(b)], [tuning(0.3)]]), None)["best"]
+    assert best["point"] == {"lr": 3e-3, "beta": 0.05} and not best["tie_broken"]
+
+
+def test_accuracy_floor_catches_a_collapse_the_drop_cannot():
+    # π_SFT's accuracy 0.15: "0.15 − 0.2" is below zero, so only the floor (½ · 0.15) sees the collapse to 0.
+    r = tuning(0.0, traj=[(0, 0.15, 0.0), (10, 0.0, 2.0)])
+    assert select.divergence_of(r, 0.2, 30.0) is None
+    assert "0.5 × π_SFT's 0.15" in select.divergence_of(r, 0.2, 30.0, 0.5)
+    assert select.divergence_of(tuning(0.1, traj=[(0, 0.15, 0.0), (10, 0.1, 1.0)]), 0.2, 30.0, 0.5) is None
+    assert load_suite("standard").divergence.rule("arith") == (0.2, 30.0, 0.5)
+    assert load_suite("standard").divergence.rule("reviews") == (1.0, 30.0, None)
+
+
 def test_a_diverged_point_is_not_eligible_and_budget_uses_every_seed():
     points = [{"trainer.lr": lr} for lr in (1e-4, 3e-4, 1e-3)]
     good = lambda g, k: tuning(g, k, [(0, 0.0, 0.0), (10, g, k)])  # noqa: E731

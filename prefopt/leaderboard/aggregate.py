@@ -39,6 +39,9 @@ RM_METRICS = ("pairwise_accuracy", "pairwise_accuracy_gold", "label_accuracy_gol
 REWARD_LABEL = {None: "pairs", "proxy": "proxy RM", "exact": "exact reward", "gold": "gold (oracle)"}
 # A row's method as the board prints it.
 DISPLAY = {BEST_OF_N: "best-of-n"}
+# best-of-n's per-n keys of the proxy pick -> those of the gold reward's own pick (the oracle row)
+ORACLE_KEY = {"win_rate_vs_ref": "win_rate_oracle", "mean_length": "mean_length_oracle",
+              "repetition_rate": "repetition_rate_oracle", "kl_empirical": "kl_empirical_oracle"}
 
 
 def _num(v):
@@ -356,7 +359,10 @@ def _add_best_of_n(T, rec, lb, seed, temp, labels):
                   "gold_reward_ref": _get(refs, "test", "gold_reward_ref") or _get(rec, "eval", "gold_reward_ref"),
                   "mean_length_ref": _get(refs, "test", "mean_length_ref")}
             if reward == "gold":
+                # the oracle row's own pick: its win rate, length, repetition (absent on file: shown as absent)
                 ev.pop("proxy_reward", None)
+                for k in ("win_rate_vs_ref", "mean_length", "repetition_rate", "kl_empirical"):
+                    ev[k] = p.get(ORACLE_KEY[k])
             for m, v in _metrics({**rec, "train_time_s": 0.0}, ev, temp, labels if reward == "proxy" else 0.0).items():
                 if v is not None:
                     pt.per_seed[m][seed] = v

@@ -10,8 +10,8 @@ the i-th lowest is the maximum of a uniformly drawn n-subset with probability C(
 
 Computed on the validation and on the test prompts: n is chosen on validation, reported on test.
 Reported per n: gold reward of the proxy's pick, proxy reward of the proxy's pick, gold reward of
-the gold reward's own pick (the oracle: what a perfect reward model would get), length,
-repetition, and win rate of the proxy's pick against an independent π_SFT sample.
+the gold reward's own pick (the oracle: what a perfect reward model would get), and for each of
+the two picks its length, repetition, empirical KL and win rate against an independent π_SFT sample.
 """
 
 from __future__ import annotations
@@ -123,6 +123,11 @@ def run_best_of_n(spec: dict, out_dir: str, console=None) -> dict:
                 "win_rate_vs_ref": float(expected_of_pick(proxy, win, n).mean()) if N > 1 else 0.5,
                 "mean_length": float(expected_of_pick(proxy, length, n).mean()),
                 "repetition_rate": float(expected_of_pick(proxy, rep, n).mean()),
+                # the oracle's own pick (by the gold reward): its win rate, length and repetition, not the proxy pick's
+                "win_rate_oracle": float(expected_of_pick(gold, win, n).mean()) if N > 1 else 0.5,
+                "mean_length_oracle": float(expected_of_pick(gold, length, n).mean()),
+                "repetition_rate_oracle": float(expected_of_pick(gold, rep, n).mean()),
+                "kl_empirical_oracle": empirical_kl(gold, n),
             })
         by_split[split] = points
         # How the proxy scores length on π_SFT's samples (Pearson r over all samples): the direction a

@@ -78,14 +78,15 @@ PerTask = Union[Number, dict, None]  # a number for every task, or {task: number
 
 @dataclass(frozen=True)
 class Divergence:
-    """A run diverged when, at some validation evaluation, its gold fell more than ``gold_drop`` below π_SFT's
-    or its KL passed ``max_kl`` nats."""
+    """A run diverged when, at some validation evaluation, its gold fell more than ``gold_drop`` below π_SFT's,
+    or below ``accuracy_floor`` × π_SFT's (accuracy tasks), or its KL passed ``max_kl`` nats."""
 
     gold_drop: PerTask = None
     max_kl: PerTask = None
+    accuracy_floor: PerTask = None
 
     def rule(self, task: str) -> tuple:
-        """(gold_drop, max_kl) for ``task``; None where the suite sets none."""
+        """(gold_drop, max_kl, accuracy_floor) for ``task``; None where the suite sets none."""
         return select.divergence_rule(dataclasses.asdict(self), task)
 
 
@@ -94,6 +95,8 @@ class Suite:
     name: str
     seeds: list
     tasks: list
+    # The pre-registered block the report seeds belong to (the board finds the commit that wrote it)
+    seed_block: Optional[str] = None
     seed_keys: list = field(default_factory=lambda: ["seed"])
     tuning_seeds: list = field(default_factory=list)
     exclude: list = field(default_factory=list)

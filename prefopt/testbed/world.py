@@ -147,8 +147,11 @@ def _limits(task):
 def sft_policy_path(tb: TestbedConfig, console=None) -> str:
     """Train (once) the tiny policy by SFT on the task's demonstrations; return its directory."""
     tok_dir = tokenizer_path()
+    # The CPU kind is part of the key: AVX-512 and AVX2 round differently, so another CPU kind trains its own
+    # π_SFT (and, keyed by its path, its own pairs), and a rerun there starts from scratch.
     key = {"arch": TINY_ARCH, "tok": os.path.basename(tok_dir), "task": tb.task, "steps": tb.sft_steps,
-           "bs": tb.sft_examples_per_step, "lr": tb.sft_lr, "seed": tb.sft_seed, "v": 1}
+           "bs": tb.sft_examples_per_step, "lr": tb.sft_lr, "seed": tb.sft_seed, "v": 1,
+           "cpu": torch.backends.cpu.get_cpu_capability()}
     path = os.path.join(cache_root(), "testbed", f"sft-{tb.task}-{_hash(key)}")
 
     def build(out):
