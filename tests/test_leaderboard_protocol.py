@@ -13,7 +13,6 @@ import pytest
 from prefopt.core.errors import UserError
 from prefopt.leaderboard import fits, select, store
 from prefopt.leaderboard.plan import plan
-from prefopt.leaderboard.stats import paired_bootstrap, separated_ranks
 from prefopt.leaderboard.suite import load_suite
 from prefopt.testbed.tasks import SPLITS, get_task, split_of
 
@@ -176,20 +175,3 @@ def test_fits_recover_known_parameters(form):
 def test_fit_without_a_peak():
     f = fits.fit([0.5, 1, 2, 4], [0.2 * math.sqrt(k) * (1 + 0.1 * math.sqrt(k)) for k in [0.5, 1, 2, 4]], "bon")
     assert f.beta < 0 and f.peak_kl is None and f.peak_gain is None
-
-
-def test_paired_bootstrap_by_hand():
-    # d = a − b = (0.5, −0.5, 1.0); the 27 resamples' sums: 4 are negative (three −0.5s: 1; two −0.5s and a
-    # 0.5: 3) and 3 are zero (two −0.5s and a 1.0); P(a beats b) = (20 + 3/2) / 27.
-    res = paired_bootstrap([1.0, 2.0, 3.0], [0.5, 2.5, 2.0])
-    assert res["p_a_beats_b"] == pytest.approx(21.5 / 27) and res["n"] == 3
-    assert (res["diff"].mean, res["diff"].lo, res["diff"].hi) == (pytest.approx(1 / 3), -0.5, 1.0)
-    # pairing matters: b = a + a constant is a certain loss, whatever the spread of a across seeds
-    assert paired_bootstrap([0.0, 5.0, -3.0], [0.1, 5.1, -2.9])["p_a_beats_b"] == 0.0
-    assert paired_bootstrap([None], [1.0]) is None
-
-
-def test_ranks_only_separate_where_intervals_do():
-    beats = {("a", "b"): True, ("a", "c"): True, ("b", "c"): False, ("c", "b"): False}
-    assert separated_ranks(["a", "b", "c"], beats) == {"a": 1, "b": 2, "c": 2}
-    assert separated_ranks(["a", "b"], {}) == {"a": 1, "b": 1}

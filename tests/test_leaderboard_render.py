@@ -6,27 +6,33 @@ import os
 
 from test_leaderboard_stats import bon_rec, rec
 
+from prefopt.leaderboard.suite import load_suite
+
 from prefopt.leaderboard import store
 from prefopt.leaderboard.cli import main as cli_main
 from prefopt.leaderboard.render import render
 
 
 def fixture_results(d):
+    # the standard suite's own seed block (the board shows only its report, tuning and ablation seeds)
+    suite = load_suite("standard")
+    s0, s1, s2 = suite.seeds[:3]
+    tune = suite.tuning_seeds[0]
     rs = []
     for beta, vg in ((0.1, 1.0), (0.5, 0.6)):
-        rs.append(rec("dpo", 9, 0.0, 1.0, point={"lr": 1e-3, "beta": beta}, role="tuning", val=(vg, 1.0), suite="standard"))
-    for seed in (0, 1, 2):
-        rs.append(rec("dpo", seed, 1.0 + 0.1 * seed, 5.0 + seed, point={"lr": 1e-3, "beta": 0.1}, suite="standard"))
-        rs.append(rec("grpo", seed, 0.4 + 0.05 * seed, 2.0, reward="proxy", category="online", proxy=2.0 + seed,
+        rs.append(rec("dpo", tune, 0.0, 1.0, point={"lr": 1e-3, "beta": beta}, role="tuning", val=(vg, 1.0), suite="standard"))
+    for i, seed in enumerate((s0, s1, s2)):
+        rs.append(rec("dpo", seed, 1.0 + 0.1 * i, 5.0 + i, point={"lr": 1e-3, "beta": 0.1}, suite="standard"))
+        rs.append(rec("grpo", seed, 0.4 + 0.05 * i, 2.0, reward="proxy", category="online", proxy=2.0 + i,
                       suite="standard", eval={"proxy_reward_ref": 1.0}))
         rs.append(bon_rec(seed, suite="standard"))
     # a method whose result lacks a field (no KL), and a name that must be escaped in HTML
-    r = rec("<b>evil</b>", 0, 0.2, 1.0, suite="standard")
+    r = rec("<b>evil</b>", s0, 0.2, 1.0, suite="standard")
     del r["eval"]["kl_to_ref"]
     rs.append(r)
     rs.append(rec("kto", 0, 0.9, 3.0, suite="quick"))  # another suite: counted in the notes only
-    rs.append(rec("dpo", 0, 9.9, 1.0, suite="standard", code="old"))  # another code version: not in a row
-    rs.append({**rec("ipo", 0, 7.7, 1.0, suite="standard"), "result_version": 1})  # another result version: not read
+    rs.append(rec("dpo", s0, 9.9, 1.0, suite="standard", code="old"))  # another code version: not in a row
+    rs.append({**rec("ipo", s0, 7.7, 1.0, suite="standard"), "result_version": 1})  # another result version: not read
     for r in rs:
         store.write_result(d, r)
     store.write_result(d, {"config_hash": "failedrun", "status": "failed", "error": "UserError: <boom>",
@@ -43,16 +49,19 @@ def test_render_from_fixture_results(tmp_path):
     md = (tmp_path / "LEADERBOARD.md").read_text()
     main_table = md.split("### reviews: tuning")[0]
     lines = {l.split(" | ")[1]: l for l in main_table.splitlines() if l.startswith("| ") and l.count(" | ") > 3}
-    # DPO at its validation-chosen configuration, test mean over 3 seeds with its interval, bold as best, rank 1
-    assert "β=0.1 lr=0.001" in lines["dpo"] and "**1.100 [1.000, 1.200]**" in lines["dpo"]
-    assert lines["dpo"].startswith("| 1 |")
+    # DPO at its validation-chosen configuration, test mean over 3 seeds with its t-interval (1.1 ± 4.3027·0.1/√3),
+    # bold as the best mean, "best" in the comparison column
+    assert "β=0.1 lr=0.001" in lines["dpo"] and "**1.100 [0.852, 1.348]**" in lines["dpo"]
+    assert lines["dpo"].startswith("| best |")
+    # the pre-registration check: the fixture's results carry no finish time, so they are not counted as pre-registered
+    assert "Report seeds: block v4" in md and "not pre-registered" in md
     assert "π_SFT (reference)" in lines and "best-of-n" in md and "n=2" in md
     # the grid line shows validation numbers and marks the pick
     assert "dpo: β=0.1 lr=0.001: 1.000 (mean 1.000, KL 1.00)★" in md
     # the missing KL leaves that cell empty, the row is still there
     evil = lines["&lt;b&gt;evil&lt;/b&gt;"]  # escaped in the Markdown too (GitHub renders inline HTML)
     assert " — |" in evil and "0.200" in evil
-    assert "gold @ KL≤1" in md and "P(row beats column)" in md and "sanity checks" in md
+    assert "val. gold @ KL≤1" in md and "row − column" in md and "sanity checks" in md
     assert "Code version `c1`" in md and "CPU capability **AVX2**" in md and "code version `old`" in md
     assert "9.900" not in md and "7.700" not in md  # the other code version's and protocol's numbers are nowhere
     assert "result_version 1; this code reads version 2 only" in md
@@ -75,8 +84,8 @@ def test_render_keeps_the_readme_table_in_step(tmp_path):
     assert "old table" not in text and text.startswith("# x\n\nbefore\n<!-- leaderboard:begin (note) -->\n")
     assert text.endswith("<!-- leaderboard:end -->\nafter\n")
     block = text.split("(note) -->\n")[1].split("<!-- leaderboard:end")[0]
-    dpo = next(l for l in block.splitlines() if l.startswith("| 1 | dpo |"))
-    assert "β=0.1 lr=0.001" in dpo and "**1.100 [1.000, 1.200]**" in dpo and "| 3 |" in dpo  # 3 report seeds
+    dpo = next(l for l in block.splitlines() if l.startswith("| best | dpo |"))
+    assert "β=0.1 lr=0.001" in dpo and "**1.100 [0.852, 1.348]**" in dpo and "| 3 |" in dpo  # 3 report seeds
     assert "code version `c1`" in block and "AVX2" in block and "9.900" not in block
     # a README without the markers is left as it is
     readme.write_text("no markers\n")

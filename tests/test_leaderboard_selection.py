@@ -13,7 +13,7 @@ from test_leaderboard_stats import rec
 from prefopt.leaderboard import select, store, transfer
 from prefopt.leaderboard.aggregate import aggregate
 from prefopt.leaderboard.plan import plan
-from prefopt.leaderboard.stats import kendall_tau, tau_bootstrap
+from prefopt.leaderboard.stats import tau_b, tau_paired
 from prefopt.leaderboard.suite import load_suite
 
 
@@ -168,21 +168,25 @@ def test_kendall_tau_against_pair_counting():
         x = [rng.choice([0.0, 1.0, 2.0, rng.random()]) for _ in range(n)]
         y = [rng.choice([0.0, 1.0, rng.random()]) for _ in range(n)]
         ref = _tau_reference(x, y)
-        got = kendall_tau(x, y)
+        got = tau_b(x, y)
         assert (got is None and ref is None) or got == pytest.approx(ref, abs=1e-12)
-    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and kendall_tau([1, 1], [1, 2]) is None
+    assert tau_b([1, 2, 3], [3, 2, 1]) == -1.0 and tau_b([1, 1], [1, 2]) is None
 
 
-def test_tau_bootstrap_same_and_reversed_boards():
+def test_tau_paired_same_and_reversed_boards():
     a = {m: {s: 10.0 * i + 0.1 * s for s in range(5)} for i, m in enumerate("abcdef")}
-    same = tau_bootstrap(a, {m: {s: v + 1 for s, v in d.items() if s < 3} for m, d in a.items()})
-    assert same["tau"] == 1.0 and same["lo"] == 1.0 and same["n_methods"] == 6 and same["seeds"] == (5, 3)
-    rev = tau_bootstrap(a, {m: {s: -v for s, v in d.items()} for m, d in a.items()})
-    assert rev["tau"] == -1.0 and rev["hi"] == -1.0
+    same = tau_paired(a, {m: {s: v + 1 for s, v in d.items() if s < 3} for m, d in a.items()})
+    assert same["tau"] == pytest.approx(1.0) and same["lo"] == pytest.approx(1.0) and same["n_methods"] == 6
+    assert same["n_seeds"] == 3
+    assert same["p"] == pytest.approx(2 / 720)  # exact: 2 of the 720 pairings reach |τ| = 1
+    rev = tau_paired(a, {m: {s: -v for s, v in d.items()} for m, d in a.items()})
+    assert rev["tau"] == pytest.approx(-1.0) and rev["hi"] == pytest.approx(-1.0)
     assert "reversed beyond chance" in transfer.verdict(rev) and "agree beyond chance" in transfer.verdict(same)
-    noisy = tau_bootstrap({"a": {0: 0.0, 1: 1.2}, "b": {0: 1.0, 1: 0.0}}, {"a": {0: 0.0}, "b": {0: 1.0}})
-    assert noisy["lo"] <= 0 <= noisy["hi"] and "cannot tell" in transfer.verdict(noisy)
-    assert tau_bootstrap({"a": {0: 1.0}}, {"a": {0: 1.0}}) is None
+    # three methods: no τ can reach p < 0.05, and the verdict says so
+    few = tau_paired({"a": {0: 0.0, 1: 1.2}, "b": {0: 1.0, 1: 0.0}, "c": {0: 2.0, 1: 2.0}},
+                     {"a": {0: 0.0, 1: 0.1}, "b": {0: 1.0, 1: 1.1}, "c": {0: 2.0, 1: 2.1}})
+    assert few["tau_min"] is None and "cannot tell" in transfer.verdict(few) and "no τ over 3 methods" in transfer.verdict(few)
+    assert tau_paired({"a": {0: 1.0}}, {"a": {0: 1.0}}) is None
 
 
 def _board(task, golds, seeds):
@@ -202,18 +206,18 @@ def test_transfer_compares_common_methods():
     assert [(r["rank_a"], r["rank_b"]) for r in res["rows"]] == [(1, 2), (2, 1), (3, 3)]
     assert res["tau"]["tau"] == pytest.approx(_tau_reference([0.5, 0.4, 0.3], [0.2, 0.3, 0.1]))
     assert res["only_a"] == ["kto"] and res["only_b"] == ["simpo"]
-    # restricted to the seeds of a rerun
-    assert transfer.compare(toy, real, seeds_a={0, 1, 2})["tau"]["seeds"] == (3, 3)
+    assert res["tau"]["n_methods"] == 3 and res["tau"]["tau_min"] is None and "p" in res["tau"]
+    # a rerun over the same seeds: paired, restricted to the seeds it has
+    assert transfer.compare(toy, toy, seeds_a={0, 1, 2}, seeds_b={0, 1, 2}, paired=True)["tau"]["n_seeds"] == 3
 
 
-def test_rows_are_in_rank_order():
-    # A is tight and far ahead; B tight; C noisy with a mean between: nobody separates C (rank 1), A separates B
-    # (rank 2). Mean order would show ranks 1, 2, 1; rank order is A, C, B.
+def test_rows_are_in_order_of_mean_with_their_standing_against_the_best():
+    # A is tight and far ahead of B; C is noisy with a mean between: nothing separates C from A, A separates B.
     recs = []
-    for s, (a, b, c) in enumerate([(10, 5, -5), (10, 5, 4.5), (10, 5, 14)]):
-        recs += [rec("A", s, a, 1.0), rec("B", s, b, 1.0), rec("C", s, c, 1.0)]
+    for s, (a, b, c) in enumerate([(10, 5, -5), (10, 5, 4.5), (10, 5, 14), (10, 5, 2), (10, 5, 16)]):
+        recs += [rec("A", s, a + 0.1 * s, 1.0), rec("B", s, b + 0.1 * s, 1.0), rec("C", s, c, 1.0)]
     rows = aggregate(recs)["tasks"]["reviews"]["rows"]
-    assert [(r.method, r.rank) for r in rows] == [("A", 1), ("C", 1), ("B", 2)]
+    assert [(r.method, r.vs_best) for r in rows] == [("A", "best"), ("C", "indistinguishable"), ("B", "below")]
 
 
 def test_report_seeds_that_diverged_are_counted():
@@ -221,3 +225,7 @@ def test_report_seeds_that_diverged_are_counted():
     recs[1]["trajectory"][1]["gold_reward"] = -9.0
     rows = aggregate(recs, divergence={"gold_drop": {"default": 1.0}, "max_kl": 30})["tasks"]["reviews"]["rows"]
     assert [bool(v) for _, v in sorted(rows[0].best.diverged.items())] == [False, True, False]
+    # below π_SFT on its own seed: seed 2 ends below the reference's 0.6 there, seed 0 does not
+    recs = [rec("dpo", s, g, 1.0, point={"lr": 1e-3}, gold_ref=r) for s, (g, r) in enumerate([(0.5, 0.1), (0.5, 0.5), (0.5, 0.6)])]
+    row = aggregate(recs)["tasks"]["reviews"]["rows"][0]
+    assert row.best.below_sft == {0: False, 1: False, 2: True}

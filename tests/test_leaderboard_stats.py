@@ -1,35 +1,111 @@
-"""Leaderboard statistics against hand-computed values: bootstrap intervals and aggregation."""
+"""Leaderboard statistics against hand-computed values and by simulation at the board's n: t-intervals (coverage),
+paired tests with Benjamini–Hochberg (family-wise error under the global null), τ-b with its permutation p, aggregation."""
 
 import hashlib
+import itertools
 import math
 
+import numpy as np
 import pytest
 
 from prefopt.leaderboard.aggregate import aggregate
-from prefopt.leaderboard.stats import bootstrap_ci, bootstrap_means
+from prefopt.leaderboard.stats import (adjust, compare_all, mean_ci, min_detectable_tau, paired_test, tau_b,
+                                       tau_test)
+from prefopt.leaderboard.suite import load_suite
 from prefopt.leaderboard.store import BEST_OF_N
 
 
-def test_exact_bootstrap_by_hand():
-    # [0, 0, 0, 4]: a resample's mean is k, the number of 4s drawn, k ~ Binomial(4, 1/4):
-    # P(k=0) = 81/256, CDF(1) = 189/256 = .738, CDF(2) = 243/256 = .949, CDF(3) = 255/256 = .996.
-    # 2.5th percentile: the smallest mean with CDF >= .025 -> 0; 97.5th: CDF >= .975 first at k = 3.
-    e = bootstrap_ci([0, 0, 0, 4])
-    assert (e.mean, e.lo, e.hi, e.n) == (1.0, 0.0, 3.0, 4)
-    # Three seeds: 27 equally likely resamples; P(all the minimum) = 1/27 > 2.5%, so [min, max].
-    e = bootstrap_ci([1.0, 2.0, 3.0])
-    assert (e.mean, e.lo, e.hi) == (2.0, 1.0, 3.0)
-    assert sorted(bootstrap_means([1.0, 2.0, 3.0]).tolist()).count(2.0) == 7  # sums of 6: 7 of 27
+def test_t_interval_by_hand():
+    # [1, 2, 3]: mean 2, s = 1, t_{0.975, 2} = 4.30265273 (tables, 9 digits): 2 ± 4.3027/√3
+    e = mean_ci([1.0, 2.0, 3.0])
+    half = 4.30265273 / math.sqrt(3)
+    assert (e.mean, e.n, e.method) == (2.0, 3, "t") and e.label == "95% t, n=3"
+    assert (e.lo, e.hi) == (pytest.approx(2 - half, abs=1e-8), pytest.approx(2 + half, abs=1e-8))
+    assert mean_ci([]) is None
+    assert mean_ci([None, 2.5, float("nan")]).as_dict() == {"mean": 2.5, "lo": 2.5, "hi": 2.5, "n": 1, "method": "t"}
+    assert (mean_ci([0.4] * 5).lo, mean_ci([0.4] * 5).hi) == (pytest.approx(0.4), pytest.approx(0.4))
 
 
-def test_bootstrap_edge_cases_and_monte_carlo_is_seeded():
-    assert bootstrap_ci([]) is None
-    assert bootstrap_ci([None, 2.5]).as_dict() == {"mean": 2.5, "lo": 2.5, "hi": 2.5, "n": 1}
-    vals = [0.1, 0.4, 0.35, 0.8, 0.2, 0.55]  # 6^6 > 5^5 resamples: Monte Carlo
-    a, b = bootstrap_ci(vals, seed=3), bootstrap_ci(vals, seed=3)
-    assert a == b
-    assert a.lo < a.mean < a.hi and min(vals) <= a.lo and a.hi <= max(vals)
-    assert a.mean == pytest.approx(sum(vals) / 6)
+@pytest.mark.parametrize("name", ["normal", "gamma(2)"])
+def test_t_interval_coverage_at_the_boards_n(name):
+    # The rule as the board applies it, at the board's number of report seeds, on normal and on skewed
+    # (gamma, shape 2: skewness 1.4) seed values; the min–max of 3 seeds (the old percentile bootstrap) covers ~75%.
+    n = len(load_suite("standard").seeds)
+    rng = np.random.default_rng(7)
+    draw, mu = {"normal": (lambda: rng.normal(1.0, 2.0, n), 1.0), "gamma(2)": (lambda: rng.gamma(2.0, 1.0, n), 2.0)}[name]
+    reps = 3000
+    hits = sum(e.lo <= mu <= e.hi for e in (mean_ci(draw()) for _ in range(reps)))
+    assert 0.90 <= hits / reps <= 0.98, hits / reps
+
+
+def _t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t by numerical integration of its density (float64, independent of scipy)."""
+    x = np.linspace(abs(t), abs(t) + 400.0, 2_000_001)
+    dens = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2)) * (1 + x * x / df) ** (-(df + 1) / 2)
+    return float(np.trapezoid(dens, x))
+
+
+def test_paired_test_by_hand():
+    a, b = [1.0, 3.0, 6.0, 2.0], [0.0, 1.0, 2.0, 1.5]
+    d = np.array(a) - np.array(b)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    r = paired_test(a, b)
+    assert r["n"] == 4 and r["diff"].mean == pytest.approx(d.mean())
+    assert r["p"] == pytest.approx(2 * _t_sf(t, 3), rel=1e-4)
+    assert paired_test([1.0, 2.0], [1.0, 2.0])["p"] == 1.0  # an exact tie
+    assert paired_test([1.0], [0.0])["p"] == 1.0  # one seed: no test
+    assert paired_test([None], [1.0]) is None
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted .01 .03 .04 .2 → m·p/rank .04 .06 .0533 .2 → running minimum from the top
+    assert adjust([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.2])
+
+
+def _any_separated(k, n, rng, correct=True):
+    seed_effect = rng.normal(0.0, 1.0, n)  # seeds share π_SFT, pairs and RM: a common per-seed shift
+    per = {f"m{i}": {s: seed_effect[s] + rng.normal(0.0, 0.5) for s in range(n)} for i in range(k)}
+    res = compare_all(per)
+    key = "p_adj" if correct else "p"
+    return any(v[key] < 0.05 for v in res["pairs"].values())
+
+
+def test_family_wise_error_under_the_global_null():
+    # No method differs; the board's rule (paired t-tests, BH over every pair) separates some pair at most 5% of
+    # the time: a one-sided binomial test cannot reject "≤ 5%". The same test rejects the uncorrected rule.
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(11)
+    n, k, reps = len(load_suite("standard").seeds), 6, 1500
+    hits = sum(_any_separated(k, n, rng) for _ in range(reps))
+    assert binomtest(hits, reps, 0.05, alternative="greater").pvalue > 0.01, hits / reps
+    raw = sum(_any_separated(k, n, rng, correct=False) for _ in range(300))
+    assert binomtest(raw, 300, 0.05, alternative="greater").pvalue < 0.01, raw / 300
+
+
+def test_compare_all_best_and_indistinguishable():
+    wobble = [0.3, -0.2, 0.1, -0.25, 0.2]  # b − a: no consistent sign
+    per = {"a": {s: 2.0 + 0.1 * s for s in range(5)}, "b": {s: 2.0 + 0.1 * s - wobble[s] for s in range(5)},
+           "c": {s: 0.0 + 0.1 * s + 0.01 * s * s for s in range(5)}}
+    res = compare_all(per)
+    assert res["best"] == "a" and res["indistinguishable"] == ["a", "b"]
+    assert res["pairs"][("a", "c")]["separated"] and res["pairs"][("c", "a")]["diff"].mean < 0
+    assert res["tested"] == 3
+
+
+def test_tau_b_permutation_p_and_smallest_tau_by_enumeration():
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 3.0, 5.0, 4.0]
+    r = tau_test(x, y)
+    taus = [tau_b(x, list(p)) for p in itertools.permutations(y)]
+    assert r["tau"] == pytest.approx(0.6) and r["n_methods"] == 5
+    assert r["p"] == pytest.approx(sum(abs(t) >= 0.6 - 1e-12 for t in taus) / len(taus))
+    # six untied items: |τ| ≥ 13/15 has exact two-sided probability 2·(1 + 5)/720 < 0.05, |τ| ≥ 11/15 does not
+    null6 = [tau_b(range(6), list(p)) for p in itertools.permutations(range(6))]
+    assert sum(abs(t) >= 13 / 15 - 1e-12 for t in null6) / 720 < 0.05 <= sum(abs(t) >= 11 / 15 - 1e-12 for t in null6) / 720
+    assert min_detectable_tau(6) == pytest.approx(13 / 15)
+    assert min_detectable_tau(4) is None  # 4 items: even τ = 1 has p = 2/24
+    # 45/81 twice, summed two ways, is one value: a tie, not an order
+    assert tau_b([45 / 81, sum([1 / 81] * 45), 0.2], [0.1, 0.2, 0.3]) == pytest.approx(tau_b([1, 1, 0], [0.1, 0.2, 0.3]))
 
 
 def rec(method, seed, gold, kl, *, point=None, reward=None, category="offline", proxy=None, gold_ref=0.0,
@@ -56,7 +132,8 @@ def rec(method, seed, gold, kl, *, point=None, reward=None, category="offline", 
 def bon_rec(seed, *, suite="t", code="c1", cpu="AVX2", proxy_ref=1.0):
     pts = lambda off: [{"n": n, "kl_to_ref": math.log(n) - (n - 1) / n, "gold_reward": off + 0.1 * n,  # noqa: E731
                         "gold_reward_oracle": off + 0.2 * n, "proxy_reward": 1.0 + 0.2 * n, "repetition_rate": 0.1,
-                        "win_rate_vs_ref": 0.5, "mean_length": 10.0} for n in (1, 2, 4)]
+                        "win_rate_vs_ref": 0.5, "win_rate_oracle": 0.5 + 0.05 * n + (0.05 if n == 1 else 0.0),
+                        "mean_length": 10.0} for n in (1, 2, 4)]
     r = rec("best_of_n", seed, 0.4, 0.64, reward="proxy", category="baseline", suite=suite, code=code, cpu=cpu,
             eval={"proxy_reward_ref": proxy_ref, "best_n": 4})
     # validation prefers n=2 (its gold falls at n=4): the row's headline is n=2, whatever test says
@@ -84,7 +161,9 @@ def test_aggregation_rows_are_report_picks_with_test_numbers():
     dpo = rows[("dpo", None)]
     assert dpo.chosen == {"best": {"lr": 1e-3, "beta": 0.1}, "at_budget": {"lr": 1e-3, "beta": 0.5}}
     assert dpo.best.est["gold"].mean == pytest.approx(1.5) and dpo.best.est["kl"].mean == pytest.approx(5.0)
-    assert (dpo.best.est["gold"].lo, dpo.best.est["gold"].hi) == (1.0, 2.0)  # 2 seeds: 4 resamples, [min, max]
+    # 2 seeds: 1.5 ± t_{0.975, 1} · s/√2 = 1.5 ± 12.7062 · 0.5
+    assert (dpo.best.est["gold"].lo, dpo.best.est["gold"].hi) == (pytest.approx(1.5 - 6.3531, abs=1e-3),
+                                                                  pytest.approx(1.5 + 6.3531, abs=1e-3))
     assert dpo.at_budget.est["gold"].mean == pytest.approx(0.6)
     # the grid shown is the tuning runs' validation numbers (not their test numbers 5.0 / 9.0)
     assert sorted((g["point"]["beta"], g["val_gold"]) for g in dpo.grid) == [(0.1, 1.0), (0.5, 0.5)]
@@ -97,8 +176,12 @@ def test_aggregation_rows_are_report_picks_with_test_numbers():
     chosen = [p for p in bon.bon_points if p.point["chosen"]]
     assert [p.point["n"] for p in chosen] == [2] and chosen[0].est["gold"].mean == pytest.approx(0.2)
     assert [p.est["gold"].mean for p in oracle.bon_points] == pytest.approx([0.2, 0.4, 0.8])
-    # ranks: dpo's seeds beat everything else's, the oracle is not ranked
-    assert dpo.rank == 1 and oracle.rank is None
+    # the oracle row carries its own pick's win rate, not the proxy pick's
+    assert [p.est["win"].mean for p in oracle.bon_points] == pytest.approx([0.6, 0.6, 0.7])
+    assert [p.est["win"].mean for p in bon.bon_points] == pytest.approx([0.5, 0.5, 0.5])
+    # dpo has the highest mean; two seeds cannot separate it from the others; the oracle is not compared
+    assert dpo.vs_best == "best" and oracle.vs_best is None
+    assert {r.vs_best for r in agg["rows"] if r is not dpo and r is not oracle} == {"indistinguishable"}
     assert agg["reference"].est["gold"].mean == 0.0
 
 

@@ -1,5 +1,5 @@
 """Results → the board: per task, one row per (method, reward source) at its validation-chosen
-configuration, test-prompt numbers as means over report seeds with 95% bootstrap intervals.
+configuration, test-prompt numbers as means over report seeds with 95% t-intervals (:mod:`.stats`).
 
 Rules, in the order they apply:
 
@@ -11,8 +11,10 @@ Rules, in the order they apply:
 - a method's row is its ``best`` pick on the report seeds (the pick itself was made on validation
   prompts by :mod:`prefopt.leaderboard.select`); its ``at_budget`` pick is shown beside it;
 - per-seed values are paired across methods (a seed's methods share π_SFT, pairs, reward model), so
-  method-vs-method comparisons resample seeds jointly (:func:`stats.paired_bootstrap`); ranks count
-  only the methods whose paired interval lies above (ties share a rank);
+  method-vs-method comparisons are paired t-tests over seeds, Benjamini–Hochberg-adjusted over every pair
+  of the task (:func:`stats.compare_all`); each row says whether it is the best (highest mean), statistically
+  indistinguishable from it, or separated below it; rows are in order of mean test gold;
+- a report seed counts as *below π_SFT* when its test gold is below π_SFT's test gold on the same seed;
 - trajectories: the validation evaluations every k steps of the report runs, averaged over seeds per
   step; Gao et al.'s RL form is fitted to each method's curve, the best-of-n form to best-of-n's;
 - proxy reward, calibrated in gold units: gold_ref + label_temperature · (proxy − proxy_ref). An ideal
@@ -31,7 +33,7 @@ from typing import Optional
 
 from prefopt.leaderboard import fits, select
 from prefopt.leaderboard.store import BEST_OF_N
-from prefopt.leaderboard.stats import Estimate, bootstrap_ci, paired_bootstrap, separated_ranks
+from prefopt.leaderboard.stats import Estimate, compare_all, mean_ci
 
 METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps",
            "labels", "samples", "tokens", "kl_emp")
@@ -42,6 +44,17 @@ DISPLAY = {BEST_OF_N: "best-of-n"}
 # best-of-n's per-n keys of the proxy pick -> those of the gold reward's own pick (the oracle row)
 ORACLE_KEY = {"win_rate_vs_ref": "win_rate_oracle", "mean_length": "mean_length_oracle",
               "repetition_rate": "repetition_rate_oracle", "kl_empirical": "kl_empirical_oracle"}
+
+
+# The range of a bounded metric: a t-interval is cut to it (the cut removes only impossible values).
+BOUNDS = {"win": (0.0, 1.0), "rep": (0.0, 1.0), "kl": (0.0, math.inf), "kl_emp": (0.0, math.inf)}
+
+
+def _clip(est: Optional[Estimate], metric: str) -> Optional[Estimate]:
+    lo, hi = BOUNDS.get(metric, (-math.inf, math.inf))
+    if est is None or (est.lo >= lo and est.hi <= hi):
+        return est
+    return Estimate(est.mean, max(est.lo, lo), min(est.hi, hi), est.n, est.method)
 
 
 def _num(v):
@@ -65,10 +78,11 @@ class Point:
     curves: dict = field(default_factory=dict)  # seed -> trajectory [{step, gold, kl, proxy_cal, length}]
     first_last: dict = field(default_factory=dict)  # seed -> {metric: [first, last]}
     diverged: dict = field(default_factory=dict)  # seed -> why its validation curve diverged, or None
+    below_sft: dict = field(default_factory=dict)  # seed -> its test gold is below π_SFT's on that seed
     est: dict = field(default_factory=dict)
 
     def estimate(self, seed: int = 0):
-        self.est = {m: bootstrap_ci(list(self.per_seed[m].values()), seed=seed) if self.per_seed.get(m) else None
+        self.est = {m: _clip(mean_ci(list(self.per_seed[m].values())), m) if self.per_seed.get(m) else None
                     for m in METRICS}
         return self
 
@@ -107,7 +121,9 @@ class MethodRow:
     budget_gold: dict = field(default_factory=dict)  # KL budget -> Estimate (best gold on the curve within it)
     fit: Optional[fits.Fit] = None
     fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
-    rank: Optional[int] = None
+    # "best" (highest mean test gold), "indistinguishable" (from the best, after the adjustment), "below"
+    # (separated below the best), or None (not compared: the oracle, a row without report runs)
+    vs_best: Optional[str] = None
     bon_points: list = field(default_factory=list)  # best-of-n: a Point per n (test), curve on validation
     # pick -> grid point key -> Point: every report run on file. Only the one the grid's rule chooses now
     # becomes row.best / row.at_budget, so a report run of an earlier pick (before the grid grew) never
@@ -253,6 +269,9 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
                 pt.curves[seed] = _curve(rec, temp)
                 pt.first_last[seed] = rec.get("train_first_last") or {}
                 pt.diverged[seed] = select.divergence_of(rec, *rule_of(task))
+                g, g_ref = _num(ev.get("gold_reward")), _num(ev.get("gold_reward_ref"))
+                if g is not None and g_ref is not None:
+                    pt.below_sft[seed] = g < g_ref - select.TIE_TOLERANCE
     out = {}
     for task, T in tasks.items():
         rows, tuned = [], []
@@ -297,19 +316,18 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
             for p in row.bon_points:
                 p.estimate(boot_seed)
         ref = T["reference"].estimate(boot_seed)
+        # The order of the shown statistic: mean test gold (the oracle included, marked as no method).
         rows.sort(key=lambda r: -(_row_gold(r).mean if _row_gold(r) else float("-inf")))
-        matrix, ranks = paired_matrix(rows, boot_seed)
+        comparison = compare_rows(rows)
         for r in rows:
-            r.rank = ranks.get(r.label)
-        # Rank order first (a rank counts the methods separated above it, so mean order can put a 6 above a 3),
-        # the mean inside a rank; unranked rows (the oracle) last.
-        rows.sort(key=lambda r: (r.rank if r.rank is not None else math.inf,
-                                 -(_row_gold(r).mean if _row_gold(r) else float("-inf"))))
+            r.vs_best = ("best" if r.label == comparison["best"] else "indistinguishable"
+                         if r.label in comparison["indistinguishable"] else "below" if r.label in comparison["means"]
+                         else None)
         abl = _ablation_now(T, rows)
-        out[task] = {"rows": rows, "tuned": tuned, "reference": ref, "matrix": matrix,
-                     "rm": {k: bootstrap_ci(list(v.values()), seed=boot_seed) for k, v in T["rm"].items()},
-                     "rm_by_pairs": {n: bootstrap_ci(list(v.values()), seed=boot_seed) for n, v in T["rm_by_pairs"].items()},
-                     "ablation": abl, "proxy_length_corr": bootstrap_ci(list(T["proxy_length_corr"].values()), seed=boot_seed)}
+        out[task] = {"rows": rows, "tuned": tuned, "reference": ref, "comparison": comparison,
+                     "rm": {k: mean_ci(list(v.values())) for k, v in T["rm"].items()},
+                     "rm_by_pairs": {n: mean_ci(list(v.values())) for n, v in T["rm_by_pairs"].items()},
+                     "ablation": abl, "proxy_length_corr": mean_ci(list(T["proxy_length_corr"].values()))}
     return {"version": version, "other_versions": others, "tasks": out}
 
 
@@ -391,29 +409,19 @@ def _curve_best_within(pt: Point, budget: float, boot_seed: int) -> Optional[Est
         return None
     best = max(ok, key=lambda c: c["gold"])
     vals = [next((p["gold"] for p in traj if p["step"] == best["step"]), None) for traj in pt.curves.values()]
-    return bootstrap_ci([v for v in vals if v is not None], seed=boot_seed)
+    return mean_ci([v for v in vals if v is not None])
 
 
-def paired_matrix(rows: list, boot_seed: int = 0) -> tuple[dict, dict]:
-    """({(a, b): paired_bootstrap of test gold}, {label: rank}) over the rows' headline configurations."""
-    per = {}
-    for r in rows:
-        if r.reward == "gold":
-            continue  # the oracle (best-of-n picked by the gold reward itself) is a ceiling, not a method
-        if r.best is not None:
-            per[r.label] = dict(r.best.per_seed.get("gold", {}))
-        else:
-            chosen = next((p for p in r.bon_points if p.point.get("chosen")), None)
-            if chosen is not None:
-                per[r.label] = dict(chosen.per_seed.get("gold", {}))
-    names = list(per)
-    matrix, beats = {}, {}
-    for a in names:
-        for b in names:
-            if a == b:
-                continue
-            common = sorted(set(per[a]) & set(per[b]))
-            res = paired_bootstrap([per[a][s] for s in common], [per[b][s] for s in common], seed=boot_seed)
-            matrix[(a, b)] = res
-            beats[(a, b)] = bool(res and res["n"] > 1 and res["diff"].lo > 0)
-    return matrix, separated_ranks(names, beats)
+def headline_seeds(row) -> dict:
+    """{seed: test gold} of a row's headline configuration: its ``best`` pick, or best-of-n at its chosen n."""
+    if row.best is not None:
+        return dict(row.best.per_seed.get("gold", {}))
+    chosen = next((p for p in row.bon_points if p.point.get("chosen")), None)
+    return dict(chosen.per_seed.get("gold", {})) if chosen is not None else {}
+
+
+def compare_rows(rows: list) -> dict:
+    """:func:`stats.compare_all` of the rows' headline test gold, paired by seed; the oracle (best-of-n picked
+    by the gold reward itself) is a ceiling, not a method, and stays out of the family."""
+    per = {r.label: headline_seeds(r) for r in rows if r.reward != "gold"}
+    return compare_all({k: v for k, v in per.items() if v})

@@ -9,9 +9,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from prefopt.leaderboard import preregistration
 from prefopt.leaderboard.aggregate import aggregate, pick_version
 from prefopt.leaderboard.store import Loaded
-from prefopt.leaderboard.suite import Suite, find_suite
+from prefopt.leaderboard.suite import Suite, find_suite, suite_files
 
 
 @dataclass
@@ -25,6 +26,8 @@ class SuiteBoard:
     records: list  # every successful result of the suite
     shown: list  # those of the version the aggregate shows
     versions: list  # the library versions of the shown results
+    other_blocks: int = 0  # results of seeds outside the suite's block (earlier boards), not shown
+    protocol: Optional[dict] = None  # preregistration.check of the shown results
 
     def aggregate_of(self, records: list) -> dict:
         """An aggregate of other records of this suite (a rerun), under the suite's own rules."""
@@ -49,12 +52,20 @@ def suite_board(loaded: Loaded, suite: str, kl_budgets: Optional[list] = None) -
     spec = find_suite(suite)
     budgets = kl_budgets if kl_budgets is not None else list(spec.kl_budgets if spec else [])
     records = [r for r in loaded.ok if r["leaderboard"].get("suite") == suite]
+    other_blocks = 0
+    if spec is not None:
+        # only the suite's seed block (and its tuning and ablation seeds): earlier blocks' report seeds served
+        # rules revised after their numbers were seen
+        keep = preregistration.shown_seeds(spec)
+        other_blocks = sum(1 for r in records if r["leaderboard"].get("seed") not in keep)
+        records = [r for r in records if r["leaderboard"].get("seed") in keep]
     agg = aggregate(records, budgets, pick_kl_budget=spec.pick_kl_budget if spec else None,
                     divergence=_divergence(spec))
     _, shown = pick_version(records)
     versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in shown
                        if r.get("versions")})
-    return SuiteBoard(suite, spec, agg, budgets, records, shown, versions)
+    protocol = preregistration.check(spec, suite_files().get(suite), shown)
+    return SuiteBoard(suite, spec, agg, budgets, records, shown, versions, other_blocks, protocol)
 
 
 @dataclass

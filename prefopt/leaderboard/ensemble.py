@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 
 from prefopt.leaderboard.aggregate import DISPLAY, version_groups
-from prefopt.leaderboard.stats import bootstrap_ci, paired_bootstrap
+from prefopt.leaderboard.stats import ALPHA, adjust, mean_ci, paired_test
 from prefopt.leaderboard.store import BEST_OF_N
 
 VARIANTS_SINGLE = "single"
@@ -104,8 +104,8 @@ def rows_of(records: list, boot_seed: int = 0) -> dict:
         kl_test = [p["test_kl"] for p in at[peak["step"]].values() if p["test_kl"] is not None]
         rows.append({"method": method, "variant": variant, "members": info[(method, variant)][0], "peak": peak["step"],
                      "peak_val": peak["val"], "peak_kl": sum(kl_test) / len(kl_test) if kl_test else None,
-                     "test": test, "gold": bootstrap_ci(list(test.values()), seed=boot_seed),
-                     "last_step": steps[-1], "last": bootstrap_ci(list(last.values()), seed=boot_seed),
+                     "test": test, "gold": mean_ci(list(test.values())),
+                     "last_step": steps[-1], "last": mean_ci(list(last.values())),
                      "curve": curve, "seeds": len(test)})
     order = {VARIANTS_SINGLE: 0, "mean": 1, "min": 2, "mean_minus_std": 3}
     rows.sort(key=lambda r: (r["method"] != BEST_OF_N, r["method"], order.get(r["variant"], 9), r["variant"]))
@@ -114,8 +114,11 @@ def rows_of(records: list, boot_seed: int = 0) -> dict:
         r["vs_single"] = None
         if single is not None and r is not single:
             common = sorted(set(r["test"]) & set(single["test"]))
-            r["vs_single"] = paired_bootstrap([r["test"][s] for s in common], [single["test"][s] for s in common],
-                                              seed=boot_seed)
+            r["vs_single"] = paired_test([r["test"][s] for s in common], [single["test"][s] for s in common])
+    # one family: every variant against its single RM, adjusted together
+    tested = [r for r in rows if r["vs_single"] is not None]
+    for r, q in zip(tested, adjust([r["vs_single"]["p"] for r in tested])):
+        r["vs_single"]["p_adj"] = q
     return {"version": version, "rows": rows}
 
 
@@ -127,7 +130,7 @@ def _f(est, d=3):
 
 
 HEADER = ["method", "reward", "peak (chosen on validation)", "KL at the peak (test)", "test gold at the peak",
-          "Δ vs single RM (paired)", "P(beats single)", "test gold at the end", "seeds"]
+          "Δ vs single RM (paired)", "p (BH-adjusted)", "test gold at the end", "seeds"]
 
 
 def table(agg: dict, lam: float = 1.0) -> list:
@@ -140,49 +143,10 @@ def table(agg: dict, lam: float = 1.0) -> list:
                     (f"n={r['peak']}" if bon else f"step {r['peak']}") + f" (val gold {r['peak_val']:.3f})"
                     + (" = the last: no peak within the range" if r["peak"] == r["last_step"] else ""),
                     "—" if r["peak_kl"] is None else f"{r['peak_kl']:.2f}", _f(r["gold"]),
-                    "—" if vs is None else _f(vs["diff"]) + ("*" if vs["n"] > 1 and (vs["diff"].lo > 0 or vs["diff"].hi < 0) else ""),
-                    "—" if vs is None else f"{vs['p_a_beats_b']:.2f}",
+                    "—" if vs is None else _f(vs["diff"]) + ("*" if vs["p_adj"] < ALPHA else ""),
+                    "—" if vs is None else f"{vs['p_adj']:.3f}",
                     _f(r["last"]) + (f" (n={r['last_step']})" if bon else f" (step {r['last_step']})"), str(r["seeds"])])
     return out
-
-
-def figure(agg: dict, lam: float = 1.0) -> bytes:
-    """ensemble.png: mean validation gold against √KL, best-of-n (over n) and the PG method (over steps), a
-    line per reward variant, the chosen peak starred."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = sorted({r["method"] for r in agg["rows"]}, key=lambda m: m != BEST_OF_N)
-    # a panel per method against √KL, and each training method again against its step (its KL is not monotone)
-    panels = [(m, "kl") for m in methods] + [(m, "step") for m in methods if m != BEST_OF_N]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
-    colors = {VARIANTS_SINGLE: "black", "mean": "tab:blue", "min": "tab:red", "mean_minus_std": "tab:green"}
-    for ax, (m, xkey) in zip(axes[0], panels):
-        for r in (q for q in agg["rows"] if q["method"] == m):
-            pts = [c for c in r["curve"] if c["val"] is not None and c["kl"] is not None]
-            xof = (lambda c: math.sqrt(max(c["kl"], 0.0))) if xkey == "kl" else (lambda c: c["step"])  # noqa: E731
-            x = [xof(c) for c in pts]
-            ax.plot(x, [c["val"] for c in pts], marker="o", ms=3, lw=1.6, color=colors.get(r["variant"]),
-                    label=label(r["variant"], r["members"], lam))
-            pk = next((c for c in pts if c["step"] == r["peak"]), None)
-            if pk is not None:
-                ax.plot([xof(pk)], [pk["val"]], marker="*", ms=13, color=colors.get(r["variant"]),
-                        mec="black", ls="none")
-        ax.set_title(f"{'best-of-n (n = 1 … N)' if m == BEST_OF_N else m + ' (along training)'}: ★ the peak")
-        ax.set_xlabel("√KL(π ‖ π_SFT)  (√nats)" if xkey == "kl" else "optimizer step")
-        ax.set_ylabel("gold reward (validation prompts, mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Reward-model ensembles against over-optimisation (reviews)", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste et al. 2023, arXiv:2310.02743), "
@@ -191,4 +155,4 @@ INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste
          "member 0, through the same code path (reward=ensemble over one path, aggregate=mean). The over-optimisation "
          "peak is chosen on the mean *validation* curve over seeds (the step, or best-of-n's n); its *test* gold is "
          "reported (periodic evaluations on both prompt sets: eval.periodic_test), with the paired difference to the "
-         "single RM over seeds (* its 95% interval excludes 0). `prefopt-leaderboard run suite=ensemble` reproduces it.")
+         "single RM over seeds (a paired t-test; * its Benjamini–Hochberg-adjusted p over the section's comparisons < 0.05). `prefopt-leaderboard run suite=ensemble` reproduces it.")

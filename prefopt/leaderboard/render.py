@@ -29,29 +29,35 @@ tasks, exact match on smol_arith) → a proxy reward model (the `reward` objecti
 the suite lists the task in `proxy_tasks` → every method on the same pairs / prompts: offline methods on
 the pairs; online methods against the proxy reward model and, where the task has one, the verifiable
 reward. Three disjoint prompt sets per task: training, validation, test. **Tuning**: each method runs
-its grid (the suite's learning rates × its own declared main coefficient) on tuning seeds that are never
-report seeds. A grid point whose validation curve **diverged** on any tuning seed (gold below π_SFT's by
-more than the suite's margin, or KL past its bound, at any evaluation) is not eligible; among the rest,
-the pick maximises the **worst tuning seed's** final validation gold (with two tuning seeds, exactly
-mean − std), so a configuration at the edge of divergence that one seed happened to survive is not
-picked; a second pick does the same among the points within the suite's validation-KL budget on every
-tuning seed. A pick on the top or bottom learning rate extends the grid one step that way, once.
-**Reported numbers are test-prompt numbers of the picks' report runs only.** Every run evaluates on the
-validation prompts every k steps: the curves (gold reward against √KL, proxy dashed in gold units) and
-Gao et al.'s fits come from those, and a report run counts as diverged by the same rule. Seeds share
-π_SFT, pairs and reward model across methods, so comparisons are paired: the matrix gives P(row beats
-column) by a paired bootstrap over seeds, and a method's rank counts only the methods whose paired 95%
-interval lies above it (ties share a rank); rows are in rank order. Intervals: 95% percentile
-bootstrap over report seeds (exact enumeration for ≤ 5 seeds); **bold**: best mean of a column (KL is
-not ranked)."""
+its grid (the suite's learning rates × its own declared main coefficient, where the suite tunes
+coefficients) on tuning seeds that are never report seeds. A grid point whose validation curve
+**diverged** on any tuning seed (gold below π_SFT's by more than the suite's margin, or, on an accuracy
+task, below the suite's fraction of π_SFT's accuracy, or KL past its bound, at any evaluation) is not
+eligible; among the rest, the pick maximises the **worst tuning seed's** final validation gold. Scores
+equal within 1e-9 are a tie, and a tie goes to the more conservative point: the smaller learning rate,
+then the larger β / KL coefficient (other coefficients: the smaller). A second pick does the same among
+the points within the suite's validation-KL budget on every tuning seed. Where the suite extends grid
+edges, a pick on the top or bottom learning rate extends the grid one step that way, once.
+**Reported numbers are test-prompt numbers of the picks' report runs only**, on a block of report seeds
+written into the suite and committed before their runs (the header names the commit and checks it).
+Every run evaluates on the validation prompts every k steps (where the suite sets k): the curves and
+Gao et al.'s fits come from those, and a report run counts as diverged by the same rule; a report seed
+also counts as *below π_SFT* when its test gold is below π_SFT's on that seed. **Intervals**: 95%
+Student-t intervals of the mean over report seeds (scipy.stats), each labelled with its n. **Comparisons**:
+seeds share π_SFT, pairs and reward model across methods, so every pair of rows is compared by a paired
+t-test over seeds, and the p-values of all pairs of a task are adjusted together by Benjamini–Hochberg
+(scipy.stats.false_discovery_control; under the global null, the chance of any separated pair is ≤ 5%).
+Rows are in order of mean test gold; "vs best" says whether a row is the best by mean, statistically
+indistinguishable from it (adjusted p ≥ 0.05), or separated below it. **Bold**: the best mean of an
+outcome column (test gold, win rate) among methods; diagnostics and the oracle carry no marker."""
 
 REPRO = """\
 Reproduces exactly: the same code version on the same CPU capability (and the same torch threads per
 job): every number is a deterministic function of config, code and machine. Reproduces only
-statistically: another CPU kind (AVX2 vs AVX-512 round differently and RL amplifies it; single runs
-moved by up to ±0.2 gold on the earlier board), which is why results carry their CPU capability and
-the board never mixes them in one row. A rerun on another CPU should give rankings within the
-intervals shown; a rank that depends on one seed is not separated here in the first place."""
+statistically: another CPU kind (AVX2 vs AVX-512 round differently and RL amplifies it), which is why
+results carry their CPU capability and the board never mixes them in one row. π_SFT is cached per CPU
+kind, so a rerun on another CPU starts from scratch; the board compares it (the Cross-CPU section) only
+once such a rerun includes the online methods, and otherwise makes no cross-CPU claim."""
 
 
 def suite_lines(spec) -> list:
@@ -92,10 +98,15 @@ def notes(board, sections: list) -> list:
             out.append(f"failed: {lb.get('job')} ({r.get('result_id') or r.get('config_hash')}): {str(r.get('error', ''))[:300]}")
     for name, why in loaded.problems:
         out.append(f"skipped file {name}: {why}")
+    for b in board.boards():
+        if b.other_blocks:
+            out.append(f"{b.other_blocks} result(s) of suite `{b.suite}` on seeds outside its current block (earlier "
+                       "boards' report seeds) not shown: a rule revised after seeing them is reported on new seeds.")
     out += list(board.main.spec.board_notes if board.main.spec else [])
     out.append("Selection reads validation numbers only (the `eval_periodic` block of the tuning runs); the table's test "
-               "numbers come from the report seeds' runs, which chose nothing. `gold @ KL≤B (curve)` reads the report runs' "
-               "validation curves (the best step within the budget), so it is a curve read-off, not a test number.")
+               "numbers come from the report seeds' runs, which chose nothing. `val. gold @ KL≤B` reads the report runs' "
+               "validation curves (the best step within the budget), so it is a curve read-off, not a test number, and "
+               "sits beside π_SFT's validation gold.")
     out.append("Peak KL / peak gain: Gao et al.'s RL form d(α − β log d), d = √KL, fitted by least squares to the mean "
                "validation curve (gain over π_SFT); — when the fit has no peak, and \"> K\" when its peak lies more than "
                f"{EXTRAPOLATION:g}× beyond the curve's largest KL K (gold still rising at the end of the budget: the peak "
@@ -116,7 +127,7 @@ def markdown(board, sections: list, headlines: list) -> str:
     lines = ["# prefopt leaderboard", "",
              "Generated by `prefopt-leaderboard render` from `leaderboard/results/*.json`; do not edit by hand.", "",
              "## Headlines", ""] + [f"- {x}" for x in headlines] + [""]
-    lines += header_lines(main.agg, main.shown) + ["", "![gold reward against √KL along training](frontier.png)", "",
+    lines += header_lines(main.agg, main.shown, main.protocol) + ["", "![gold reward against √KL along training](frontier.png)", "",
                                                    "## Protocol", "", PROTOCOL, ""]
     for sec in sections:
         lines += sec.markdown(board)
@@ -131,7 +142,7 @@ def markdown(board, sections: list, headlines: list) -> str:
     return "\n".join(lines)
 
 
-README_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged", "seeds")
+README_COLS = ("vs best", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged", "seeds")
 
 
 def readme_block(board, headlines: list) -> str:

@@ -1,22 +1,44 @@
-"""Means over seeds with 95% percentile-bootstrap intervals.
+"""The board's statistics, each a scipy.stats method (tested for its coverage or error rate by simulation
+in tests/test_leaderboard_stats.py at the board's number of seeds).
 
-The bootstrap resamples the per-seed values with replacement and takes the mean of each resample;
-the interval is the 2.5th and 97.5th percentile of those means ("inverted CDF": the smallest
-resample mean whose cumulative share reaches the level, so every bound is an attained value).
-With few seeds (n**n ≤ ``exact_max`` resamples, n ≤ 5 by default) every resample is enumerated, so
-the interval is exact and reproducible by hand; otherwise ``resamples`` draws from a generator
-seeded with ``seed``. One seed gives a degenerate interval [x, x]: the table shows it as a single
-value and the seed count says why.
+- **Interval of a mean over seeds**: Student's t-interval, x̄ ± t_{0.975, n−1} · s / √n
+  (``scipy.stats.ttest_1samp(...).confidence_interval``), labelled with its method and n ("95% t, n=5").
+  A percentile bootstrap over 3–5 seeds is not used: its 2.5% quantile is the sample minimum once
+  P(all draws = min) = n⁻ⁿ > 0.025, so it reads the min–max and covers the mean about 75% of the time.
+- **Method against method**: paired by seed (seed s of every method shares π_SFT, pairs and reward model),
+  a two-sided paired t-test of the per-seed differences d_s = a_s − b_s (``scipy.stats.ttest_rel``) and
+  the t-interval of mean(d). Over every pair of a task's rows, the p-values are adjusted by
+  Benjamini–Hochberg (``scipy.stats.false_discovery_control``): a pair is *separated* when its adjusted
+  p < α = 0.05. Under the global null (no method differs) the false-discovery rate is the family-wise
+  error rate, so the chance that the board separates any pair at all is ≤ 5%.
+- **The best and those indistinguishable from it**: the best is the highest mean; a method is
+  *indistinguishable from the best* when its pair with the best is not separated after the adjustment.
+- **Two rankings**: Kendall's τ-b (``scipy.stats.kendalltau``: ties in either ranking count for neither
+  order), its permutation p-value (``scipy.stats.permutation_test`` over the pairings; exact for up to 8
+  methods), the number of methods, and the smallest |τ| that many methods can show at p < 0.05 at all.
+- **Two boards over the same seeds** (a rerun on another CPU kind): τ-b with a percentile interval from
+  ``scipy.stats.bootstrap`` resampling the seeds jointly for both boards (paired).
+
+Means that are equal up to ``TIE_TOLERANCE`` are equal: float summation makes 45/81 and 45/81 differ in
+the last bit, and an accuracy's ties are ties of integer answer counts.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy import stats as st
+
+LEVEL = 0.95
+ALPHA = 0.05
+TIE_TOLERANCE = 1e-9
+INTERVAL = "t"  # the method of every interval of a mean on the board
+CORRECTION = "Benjamini–Hochberg"
 
 
 @dataclass(frozen=True)
@@ -25,102 +47,192 @@ class Estimate:
     lo: float
     hi: float
     n: int
+    method: str = INTERVAL
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "method": self.method}
+
+    @property
+    def label(self) -> str:
+        """"95% t, n=5": what the interval is and how many values it rests on."""
+        return f"{LEVEL:.0%} {self.method}, n={self.n}"
 
 
-def bootstrap_means(values: Sequence[float], resamples: int = 10_000, seed: int = 0, exact_max: int = 5**5) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64)
+def _clean(values) -> list:
+    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> Optional[Estimate]:
+    """Mean and t-interval of ``values`` (None / non-finite entries dropped); None if empty. One value,
+    or values all equal, give the degenerate interval [x̄, x̄] (the table shows n, which says why)."""
+    x = _clean(values)
+    if not x:
+        return None
+    mean = float(np.mean(x))
+    if len(x) == 1 or max(x) - min(x) <= TIE_TOLERANCE:
+        return Estimate(mean, mean, mean, len(x))
+    ci = st.ttest_1samp(x, 0.0).confidence_interval(level)
+    return Estimate(mean, float(ci.low), float(ci.high), len(x))
+
+
+def _paired(A: np.ndarray, B: np.ndarray, level: float) -> list:
+    """Paired tests of the rows of A against those of B ([pairs, seeds], one scipy call): [{"diff", "p", "n"}]."""
+    pairs, n = A.shape
+    D = A - B
+    out = []
+    if n >= 2:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore")
+            res = st.ttest_rel(A, B, axis=1)
+            ci = res.confidence_interval(level)
+    for i in range(pairs):
+        d = D[i]
+        mean = float(d.mean())
+        flat = n < 2 or float(d.max() - d.min()) <= TIE_TOLERANCE
+        if flat:
+            est = Estimate(mean, mean, mean, n)
+            # one seed: no test; no spread: an exact tie (p = 1) or the same nonzero difference on every seed (t = ±∞)
+            p = 1.0 if n < 2 or abs(mean) <= TIE_TOLERANCE else 0.0
+        else:
+            est = Estimate(mean, float(ci.low[i]), float(ci.high[i]), n)
+            p = float(res.pvalue[i])
+        out.append({"diff": est, "p": p, "n": n})
+    return out
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Optional[dict]:
+    """Paired comparison of two methods over the same seeds (position i of ``a`` and of ``b`` is seed i):
+    {"diff": Estimate of mean(a − b) (its paired t-interval), "p": two-sided paired t-test p-value, "n": seeds};
+    None without a common seed. Differences all equal to 0 (an exact tie) give p = 1; one seed gives p = 1."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
+    if not pairs:
+        return None
+    A, B = np.array([[x for x, _ in pairs]]), np.array([[y for _, y in pairs]])
+    return _paired(A, B, level)[0]
+
+
+def adjust(pvalues: Sequence[float]) -> list:
+    """Benjamini–Hochberg adjusted p-values (scipy.stats.false_discovery_control)."""
+    if not len(pvalues):
+        return []
+    return [float(q) for q in st.false_discovery_control(np.asarray(pvalues, dtype=np.float64), method="bh")]
+
+
+def compare_all(per_seed: dict, alpha: float = ALPHA) -> dict:
+    """Every pair of ``per_seed`` ({name: {seed: value}}) compared, paired over their common seeds, with the
+    p-values adjusted over all pairs. Returns {"pairs": {(a, b): {"diff", "p", "p_adj", "n", "separated"}}
+    (both orders; diff of a − b), "best": the highest mean, "means": {name: mean},
+    "indistinguishable": the names whose pair with the best is not separated (the best included),
+    "tested": the number of pairs in the family}."""
+    names = [m for m in per_seed if per_seed[m]]
+    means = {m: float(np.mean(list(per_seed[m].values()))) for m in names}
+    out = {"pairs": {}, "best": None, "means": means, "indistinguishable": [], "tested": 0}
+    if not names:
+        return out
+    # pairs over the same common seeds are tested in one call (the usual case: every row has every report seed)
+    groups = {}
+    for a, b in itertools.combinations(names, 2):
+        common = tuple(sorted(set(per_seed[a]) & set(per_seed[b])))
+        if common:
+            groups.setdefault(common, []).append((a, b))
+    tests = {}
+    for common, pairs in groups.items():
+        A = np.array([[per_seed[a][s] for s in common] for a, _ in pairs], dtype=np.float64)
+        B = np.array([[per_seed[b][s] for s in common] for _, b in pairs], dtype=np.float64)
+        tests.update(zip(pairs, _paired(A, B, LEVEL)))
+    q = adjust([r["p"] for r in tests.values()])
+    for ((a, b), r), qa in zip(tests.items(), q):
+        sep = qa < alpha
+        d = r["diff"]
+        out["pairs"][(a, b)] = {**r, "p_adj": qa, "separated": sep}
+        out["pairs"][(b, a)] = {**r, "diff": Estimate(-d.mean, -d.hi, -d.lo, d.n, d.method), "p_adj": qa, "separated": sep}
+    top = max(means.values())
+    # equal means (up to the tolerance) are all "the best"; the first listed names it
+    best = next(m for m in names if means[m] >= top - TIE_TOLERANCE)
+    out["best"] = best
+    out["indistinguishable"] = [m for m in names if m == best or not out["pairs"].get((best, m), {}).get("separated")]
+    out["tested"] = len(tests)
+    return out
+
+
+def _tie_rounded(x) -> np.ndarray:
+    # values equal up to TIE_TOLERANCE compare equal in τ-b
+    return np.round(np.asarray(x, dtype=np.float64) / TIE_TOLERANCE) * TIE_TOLERANCE
+
+
+def tau_b(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Kendall's τ-b (scipy.stats.kendalltau); None when either side is constant or has < 2 items."""
+    x, y = _tie_rounded(x), _tie_rounded(y)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = st.kendalltau(x, y).statistic
+    return None if not math.isfinite(t) else float(t)
+
+
+def tau_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> Optional[dict]:
+    """{"tau": τ-b, "p": two-sided permutation p-value, "n_methods", "tau_min": the smallest |τ| these n
+    methods can show at p < 0.05}; None when τ is undefined."""
+    t = tau_b(x, y)
+    if t is None:
+        return None
     n = len(x)
-    if n ** n <= exact_max:
-        idx = np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
-    else:
-        idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return x[idx].mean(axis=1)
+    xr, yr = _tie_rounded(x), _tie_rounded(y)
+    # one sample: 'pairings' permutes y against the fixed x (n! pairings; exact up to 8 methods)
+    res = st.permutation_test((yr,), lambda b: st.kendalltau(xr, b).statistic, permutation_type="pairings",
+                              alternative="two-sided", n_resamples=9999 if n > 8 else np.inf,
+                              rng=np.random.default_rng(seed))
+    return {"tau": t, "p": float(res.pvalue), "n_methods": n, "tau_min": min_detectable_tau(n)}
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0,
-                 exact_max: int = 5**5) -> Optional[Estimate]:
-    """Mean and percentile-bootstrap interval of ``values`` (None entries dropped); None if empty."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None
-    mean = float(np.mean(vals))
-    if len(vals) == 1:
-        return Estimate(mean, mean, mean, 1)
-    means = bootstrap_means(vals, resamples, seed, exact_max)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [a, 1.0 - a], method="inverted_cdf")
-    return Estimate(mean, float(lo), float(hi), len(vals))
+def _with_inversions(n: int, d: int) -> list:
+    """A permutation of range(n) with exactly d inversions (Lehmer code, greedy from the front)."""
+    left, out = list(range(n)), []
+    for i in range(n):
+        c = min(d, n - 1 - i)
+        out.append(left.pop(c))
+        d -= c
+    return out
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0,
-                     exact_max: int = 5**5) -> Optional[dict]:
-    """Paired comparison of two methods over the same seeds (seed i of ``a`` shares its SFT policy,
-    pairs and reward model with seed i of ``b``): the seeds are resampled together, so what is
-    resampled is the per-seed difference d_i = a_i − b_i.
-
-    Returns {"p_a_beats_b": share of resamples whose mean difference is > 0 (ties count ½),
-    "diff": Estimate of mean(d) with its percentile interval, "n": seeds}; None without a common seed.
-    """
-    d = [float(x) - float(y) for x, y in zip(a, b) if x is not None and y is not None]
-    if not d:
-        return None
-    means = bootstrap_means(d, resamples, seed, exact_max) if len(d) > 1 else np.asarray(d, dtype=np.float64)
-    p = float(np.mean((means > 0) + 0.5 * (means == 0)))
-    est = bootstrap_ci(d, level, resamples, seed, exact_max)
-    return {"p_a_beats_b": p, "diff": est, "n": len(d)}
+def min_detectable_tau(n: int, alpha: float = ALPHA) -> Optional[float]:
+    """The smallest |τ| that n untied items can reach with an exact two-sided p < alpha (scipy's exact
+    null distribution of Kendall's τ); None when even τ = ±1 cannot (n ≤ 4 at alpha 0.05)."""
+    n0 = n * (n - 1) // 2
+    best = None
+    for d in range(0, n0 // 2 + 1):
+        p = st.kendalltau(range(n), _with_inversions(n, d), method="exact").pvalue
+        if p >= alpha:
+            break
+        best = 1.0 - 2.0 * d / n0
+    return best
 
 
-def separated_ranks(names: Sequence[str], beats: dict) -> dict:
-    """Ranks that only separate where the data do: ``beats[(a, b)]`` is True when a's paired interval
-    of a − b lies above zero. rank(a) = 1 + the number of methods that beat a, so methods nobody
-    separates share a rank (competition ranking: 1, 1, 3, …)."""
-    return {a: 1 + sum(1 for b in names if b != a and beats.get((b, a), False)) for a in names}
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    """Kendall's τ-b between two score vectors over the same items (ties in either count against
-    neither order): τ_b = (C − D) / √((n₀ − n₁)(n₀ − n₂)), n₀ = n(n−1)/2, n₁ / n₂ the tied pairs of x / y.
-    None when either vector is constant (or has < 2 items): no order to compare."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    n0 = len(i)
-    n1, n2 = int(np.sum(sx == 0)), int(np.sum(sy == 0))
-    den = math.sqrt((n0 - n1) * (n0 - n2))
-    return float(np.sum(sx * sy) / den) if den > 0 else None
-
-
-def tau_bootstrap(a: dict, b: dict, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Optional[dict]:
-    """Kendall τ between two boards' rankings of the same methods, with a bootstrap interval over seeds.
-
-    ``a`` and ``b`` map method → {seed: test gold}. Each board's seeds are resampled with replacement,
-    jointly across its methods (a seed's methods share π_SFT, pairs, reward model), the two boards
-    independently (their seeds share nothing); each method's mean over the resampled seeds gives one τ.
-    Returns {"tau", "lo", "hi", "n_methods", "resamples"}, or None with fewer than 2 common methods."""
+def tau_paired(a: dict, b: dict, level: float = LEVEL, seed: int = 0) -> Optional[dict]:
+    """τ-b between two boards of the same methods over the same seeds (a rerun of one board), with a
+    percentile interval from scipy.stats.bootstrap resampling seeds jointly for both boards. ``a`` and ``b``
+    map method → {seed: value}. Returns {"tau", "lo", "hi", "n_methods", "n_seeds", "p", "tau_min"}."""
     names = sorted(set(a) & set(b))
     if len(names) < 2:
         return None
-    rng = np.random.default_rng(seed)
-
-    def matrix(board):
-        # the seeds every method has: the point estimate and each resample average the same seeds
-        seeds = sorted(set.intersection(*(set(board[m]) for m in names)))
-        return np.array([[board[m][s] for s in seeds] for m in names], dtype=np.float64)
-
-    A, B = matrix(a), matrix(b)
-    if A.shape[1] == 0 or B.shape[1] == 0:
+    seeds = sorted(set.intersection(*(set(a[m]) & set(b[m]) for m in names)))
+    if not seeds:
         return None
-    tau = kendall_tau(A.mean(axis=1), B.mean(axis=1))
-    taus = []
-    for _ in range(resamples):
-        ia, ib = rng.integers(0, A.shape[1], A.shape[1]), rng.integers(0, B.shape[1], B.shape[1])
-        t = kendall_tau(A[:, ia].mean(axis=1), B[:, ib].mean(axis=1))
-        if t is not None:
-            taus.append(t)
-    q = (1.0 - level) / 2.0
-    lo, hi = (np.quantile(taus, [q, 1.0 - q], method="inverted_cdf") if taus else (float("nan"), float("nan")))
-    return {"tau": tau, "lo": float(lo), "hi": float(hi), "n_methods": len(names), "resamples": len(taus),
-            "seeds": (A.shape[1], B.shape[1])}
+    A = np.array([[a[m][s] for s in seeds] for m in names], dtype=np.float64)
+    B = np.array([[b[m][s] for s in seeds] for m in names], dtype=np.float64)
+    test = tau_test(A.mean(axis=1), B.mean(axis=1), seed=seed)
+    if test is None:
+        return None
+    lo = hi = test["tau"]
+    if len(seeds) > 1:
+        def stat(i):
+            t = tau_b(A[:, i.astype(int)].mean(axis=1), B[:, i.astype(int)].mean(axis=1))
+            return np.nan if t is None else t
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = st.bootstrap((np.arange(len(seeds), dtype=np.float64),), stat, vectorized=False, method="percentile",
+                              confidence_level=level, n_resamples=2000, rng=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    return {**test, "lo": lo, "hi": hi, "n_seeds": len(seeds)}

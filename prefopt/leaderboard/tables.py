@@ -1,6 +1,6 @@
-"""The main table's Markdown: per task, the ranked table of each method at its validation-chosen
-configuration, its KL-budget and cost/diagnostics tables, the tuning grids, the paired matrix and the
-sanity checks; and the formatting the other sections share (estimates, grid points, a ranking
+"""The main table's Markdown: per task, the table of each method at its validation-chosen configuration
+in order of mean test gold, its KL-budget and cost/diagnostics tables, the tuning grids, the paired
+comparisons and the sanity checks; and the formatting the other sections share (estimates, grid points, a ranking
 comparison). Everything here reads an aggregate (:func:`prefopt.leaderboard.aggregate.aggregate`).
 """
 
@@ -13,6 +13,7 @@ from collections import Counter
 
 from prefopt.leaderboard import checks, transfer
 from prefopt.leaderboard.aggregate import REWARD_LABEL
+from prefopt.leaderboard.stats import ALPHA, CORRECTION, INTERVAL, LEVEL, mean_ci
 
 # A fitted peak KL more than this many times the curve's largest KL is shown as "> K", not as a number.
 EXTRAPOLATION = 2.0
@@ -45,14 +46,18 @@ def _edge(row, point: dict) -> str:
 
 
 def headline_point(row):
-    """(Point, chosen point) the row is ranked by: the best pick, or best-of-n at its validation-chosen n."""
+    """(Point, chosen point) the row is ordered and compared by: the best pick, or best-of-n at its validation-chosen n."""
     if row.best is not None:
         return row.best, row.chosen.get("best", {})
     p = next((q for q in row.bon_points if q.point.get("chosen")), None)
     return p, ({"n": p.point["n"]} if p else {})
 
+# (title, metric, direction of "better" for the bold best marker or None for none, digits). Only the outcome
+# columns carry a best marker; diagnostics (gap, length, repetition) describe, they do not rank.
 COLS = [("test gold", "gold", +1, 3), ("win vs π_SFT", "win", +1, 3), ("KL", "kl", None, 2),
-        ("proxy−gold gap", "gap", 0, 3), ("Δ length", "dlen", None, 1), ("repetition", "rep", -1, 3)]
+        ("proxy−gold gap", "gap", None, 3), ("Δ length", "dlen", None, 1), ("repetition", "rep", None, 3)]
+# The main table's comparison column: a row's standing against the best after the correction.
+VS_BEST = {"best": "best", "indistinguishable": "≈ best", "below": "below", None: "—"}
 COST = [("labels", "labels", 0), ("samples", "samples", 0), ("policy tokens", "tokens", 0), ("wall s", "wall", 0),
         ("peak MB", "mem", 0)]
 
@@ -60,14 +65,15 @@ COST = [("labels", "labels", 0), ("samples", "samples", 0), ("policy tokens", "t
 def table(task_agg, budgets):
     """(header, [cells]) for one task: [(text, sort value, bold)]."""
     rows = task_agg["rows"]
-    header = (["rank", "method", "signal", "chosen (validation)"] + [c[0] for c in COLS]
-              + [f"gold @ KL≤{b:g} (curve)" for b in budgets] + ["peak KL (fit)", "peak gain (fit)", "pick @ KL budget",
-                                                                  "its test gold", "its KL"]
-              + [c[0] for c in COST] + ["diverged", "seeds"])
+    header = (["vs best", "method", "signal", "chosen (validation)"] + [c[0] for c in COLS]
+              + [f"val. gold @ KL≤{b:g}" for b in budgets] + ["peak KL (fit)", "peak gain (fit)", "pick @ KL budget",
+                                                            "its test gold", "its KL"]
+              + [c[0] for c in COST] + ["diverged", "below π_SFT", "seeds"])
     heads = [headline_point(r) for r in rows]
     best = {}
     for title, m, d, _ in COLS:
-        vals = [(p.est.get(m).mean, i) for i, (p, _) in enumerate(heads) if p is not None and p.est.get(m)]
+        vals = [(p.est.get(m).mean, i) for i, (p, _) in enumerate(heads)
+                if p is not None and p.est.get(m) and rows[i].reward != "gold"]  # the oracle is no method
         if d is None or not vals:
             best[title] = set()
             continue
@@ -80,12 +86,17 @@ def table(task_agg, budgets):
     for title, m, d, dg in COLS:
         e = ref.est.get(m) if ref is not None else None
         cells.append((fmt_est(e, dg), e.mean if e else None, False))
-    cells += [(fmt_est(ref.est.get("gold"), 3), None, False)] * len(budgets) + [("—", None, False)] * 5
-    cells += [("—", None, False)] * len(COST) + [("—", None, False), (str(ref.seeds), ref.seeds, False)]
+    # the curve read-offs are validation numbers: π_SFT's own is its validation gold (the curves' step 0)
+    val0 = reference_validation(rows)
+    cells += [(fmt_est(val0, 3), val0.mean if val0 else None, False)] * len(budgets)
+    cells += [("—", None, False)] * 2 + [("π_SFT", None, False), (fmt_est(ref.est.get("gold"), 3), None, False),
+                                         ("0", 0.0, False)]
+    cells += [("—", None, False)] * len(COST) + [("—", None, False)] * 2 + [(str(ref.seeds), ref.seeds, False)]
     out.append(cells)
     for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
         sig = REWARD_LABEL.get(r.reward, str(r.reward))
-        cells = [(str(r.rank) if r.rank else "—", r.rank, False), (r.label, r.label, False), (sig, sig, False),
+        stand = "oracle (no method)" if r.reward == "gold" else VS_BEST[r.vs_best]
+        cells = [(stand, stand, False), (r.label, r.label, False), (sig, sig, False),
                  (fmt_point(chosen) + _edge(r, chosen), fmt_point(chosen), False)]
         for title, m, d, dg in COLS:
             e = p.est.get(m) if p is not None else None
@@ -113,6 +124,8 @@ def table(task_agg, budgets):
         n = p.seeds if p is not None else 0
         dv = diverged_count(p)
         cells.append((f"{dv}/{n}" if p is not None and p.diverged else "—", dv, False))
+        below = sum(1 for v in (p.below_sft if p is not None else {}).values() if v)
+        cells.append((f"{below}/{len(p.below_sft)}" if p is not None and p.below_sft else "—", below, False))
         cells.append((str(n), n, False))
         out.append(cells)
     return header, out
@@ -124,9 +137,22 @@ def diverged_count(p) -> int:
     return sum(1 for why in (p.diverged if p is not None else {}).values() if why)
 
 
+def reference_validation(rows):
+    """π_SFT's validation gold: the step-0 point of the report runs' curves (every run starts at π_SFT), as an
+    interval over seeds; None without curves."""
+    by_seed = {}
+    for r in rows:
+        for s, traj in (r.best.curves.items() if r.best is not None else ()):
+            g0 = next((p["gold"] for p in traj if p.get("step") == 0 and p.get("gold") is not None), None)
+            if g0 is not None:
+                by_seed.setdefault(s, g0)
+    return mean_ci(list(by_seed.values())) if by_seed else None
+
+
 # The main table: what a reader compares. The rest of table()'s columns go to the task's "cost and
 # diagnostics" table, so that neither is 23 columns wide.
-MAIN_COLS = ("rank", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged")
+MAIN_COLS = ("vs best", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged",
+             "below π_SFT")
 DIAG_COLS = ("method", "proxy−gold gap", "Δ length", "repetition", "peak KL (fit)", "peak gain (fit)", "labels",
              "samples", "policy tokens", "wall s", "peak MB", "seeds")
 
@@ -160,22 +186,18 @@ def grid_lines(task_agg) -> list:
 
 
 def matrix_table(task_agg):
+    """(header, body) of the paired comparisons: the mean test-gold difference row − column over common seeds,
+    * where its Benjamini–Hochberg-adjusted p < ALPHA. Columns are numbered by the rows (the table fits a page)."""
     rows = [r for r in task_agg["rows"] if headline_point(r)[0] is not None and r.reward != "gold"]  # the oracle is no method
     labels = [r.label for r in rows]
-    header = ["P(row beats column)"] + labels
+    pairs = (task_agg.get("comparison") or {}).get("pairs", {})
+    header = ["row − column"] + [str(i + 1) for i in range(len(labels))]
     body = []
-    for a in labels:
-        cells = [a]
+    for i, a in enumerate(labels):
+        cells = [f"{i + 1} {a}"]
         for b in labels:
-            if a == b:
-                cells.append("·")
-                continue
-            res = task_agg["matrix"].get((a, b))
-            if not res:
-                cells.append("—")
-            else:
-                sep = res["n"] > 1 and res["diff"].lo > 0
-                cells.append(f"{res['p_a_beats_b']:.2f}" + ("*" if sep else ""))
+            res = pairs.get((a, b))
+            cells.append("·" if a == b else "—" if not res else f"{res['diff'].mean:+.2f}" + ("*" if res["separated"] else ""))
         body.append(cells)
     return header, body
 
@@ -200,26 +222,37 @@ def rm_line(task_agg) -> str:
             f"the gold ordering {f('label_accuracy_gold')}).")
 
 def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
-    """One task's sections: headline, main table, cost and diagnostics, grids, paired matrix, checks."""
+    """One task's sections: headline, main table, KL budget, cost and diagnostics, grids, paired comparisons, checks."""
     header, rows = table(T, budgets)
     lines = [f"{level} {title or task}", "", headline(T), ""] + md_table(header, rows, MAIN_COLS) + [""]
-    side = [c for c in header if c.startswith("gold @ KL") or c in ("pick @ KL budget", "its test gold", "its KL")]
-    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in side):
-        lines += [f"{level}# {task}: at a KL budget (validation curve read-offs; the second pick's test numbers)", ""]
-        lines += md_table(header, rows, ("method", *side)) + [""]
+    test_side = ("pick @ KL budget", "its test gold", "its KL")
+    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in test_side):
+        lines += [f"{level}# {task}: the pick within the KL budget (test prompts)", "",
+                  "The second pick of each method (the best validation score among grid points within the suite's "
+                  "validation-KL budget on every tuning seed), on the test prompts, beside π_SFT's test gold.", ""]
+        lines += md_table(header, rows, ("method", *test_side)) + [""]
+    curve = [c for c in header if c.startswith("val. gold @ KL")]
+    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in curve):
+        lines += [f"{level}# {task}: gold within a KL budget along the validation curves", "",
+                  "Read off the report runs' validation curves (the best step whose mean KL is within the budget), "
+                  "beside π_SFT's validation gold: validation numbers compared with validation numbers.", ""]
+        lines += md_table(header, rows, ("method", *curve)) + [""]
     lines += [f"{level}# {task}: cost and diagnostics", ""] + md_table(header, rows, DIAG_COLS) + [""]
     lines += [rm_line(T), "", f"{level}# {task}: tuning grids (validation gold of the worst tuning seed; ★ best, "
-              "◆ best at the KL budget)", ""]
+              "◆ best at the KL budget; a tie-broken pick says so)", ""]
     lines += [f"- {md(x)}" for x in grid_lines(T)] + [""]
     mh, mb = matrix_table(T)
     if len(mh) > 2:
-        lines += [f"{level}# {task}: paired comparison (test gold; * the paired 95% interval of the difference "
-                  "excludes 0)", "", "| " + " | ".join(md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
+        n = (T.get("comparison") or {}).get("tested", 0)
+        lines += [f"{level}# {task}: paired comparisons (test gold)", "",
+                  f"Mean difference row − column over common report seeds; * a paired t-test's p, {CORRECTION}-adjusted "
+                  f"over all {n} pairs of this table, is below {ALPHA:g}.", "",
+                  "| " + " | ".join(md(h) for h in mh) + " |", "|" + "---|" * len(mh)]
         lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in mb] + [""]
     if task_checks:
         lines += [f"{level}# {task}: sanity checks from the literature", "", "| check | expected | result | numbers |",
                   "|---|---|---|---|"]
-        lines += [f"| {md(c['name'])} | {md(c['expect'])} | {md(c['status'].upper(), c['status'] == 'fail')} | "
+        lines += [f"| {md(c['name'])} | {md(c['expect'])} | {md(c['status'].upper())} | "
                   f"{md(c['detail'])} |" for c in task_checks] + [""]
     return lines
 
@@ -234,25 +267,36 @@ def _cost(p) -> str:
 
 
 def headline(T) -> str:
-    """The task in one paragraph: the methods tied for best (rank 1), the best offline method, and what
-    each of them costs (labels, samples generated, wall seconds per run)."""
+    """The task in one paragraph: the best method by mean test gold with its interval, the methods
+    statistically indistinguishable from it, the best offline method, π_SFT, and the seeds that diverged or
+    ended below π_SFT; what each named method costs (labels, samples generated, wall seconds per run)."""
     rows = [r for r in T["rows"] if r.reward != "gold" and headline_point(r)[0] is not None]
     if not rows:
         return "No method has report results yet."
     g = lambda r: headline_point(r)[0].est.get("gold")  # noqa: E731
-    desc = lambda r: f"{r.label} {fmt_est(g(r), 2, ci=False)} ({_cost(headline_point(r)[0])})"  # noqa: E731
-    top = [r for r in rows if r.rank == 1]
-    ref = T["reference"].est.get("gold")
-    out = ["**Tied for best** (rank 1): " + "; ".join(desc(r) for r in top) + "."]
+    cost = lambda r: _cost(headline_point(r)[0])  # noqa: E731
+    best = next(r for r in rows if r.vs_best == "best")
+    e = g(best)
+    out = [f"**Best by mean test gold**: {best.label} {fmt_est(e, 2)} ({e.label}; {cost(best)})."]
+    same = [r for r in rows if r.vs_best == "indistinguishable"]
+    n = (T.get("comparison") or {}).get("tested", 0)
+    test = f"paired t-tests, {CORRECTION}-adjusted over {n} pairs, p ≥ {ALPHA:g}"
+    out.append(f"**Statistically indistinguishable from it** ({test}): "
+               + ("; ".join(f"{r.label} {fmt_est(g(r), 2, ci=False)}" for r in same) if same else "none") + ".")
     off = [r for r in rows if r.category == "offline"]
     if off:
         b = off[0]
-        out.append(f"**Best offline**: {desc(b)}, rank {b.rank}.")
+        out.append(f"**Best offline**: {b.label} {fmt_est(g(b), 2)} ({cost(b)}), {VS_BEST[b.vs_best]}.")
+    ref = T["reference"].est.get("gold")
     if ref is not None:
         out.append(f"π_SFT: {fmt_est(ref, 2, ci=False)}.")
     div = [f"{r.label} {diverged_count(r.best)}/{r.best.seeds}" for r in rows if r.best is not None and diverged_count(r.best)]
     out.append("Report seeds diverged: " + (", ".join(div) if div else "none") + ".")
+    low = [f"{r.label} {sum(r.best.below_sft.values())}/{len(r.best.below_sft)}" for r in rows
+           if r.best is not None and any(r.best.below_sft.values())]
+    out.append("Ended below π_SFT: " + (", ".join(low) if low else "none") + ".")
     return " ".join(out)
+
 
 def point_key(point: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in point.items() if k != "chosen"))
@@ -280,25 +324,30 @@ def transfer_lines(result, a_name, b_name, title, note="") -> list:
     """A comparison of two boards' rankings (:mod:`prefopt.leaderboard.transfer`) as Markdown."""
     if result is None:
         return [title, "", f"Not enough common methods with report results between {a_name} and {b_name}.", ""]
-    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}** ({result['tau']['resamples']} "
-             f"bootstrap resamples of each board's seeds: {result['tau']['seeds'][0]} and {result['tau']['seeds'][1]}).", "",
-             f"| method | {a_name}: test gold | rank | board rank | {a_name}: pick | {b_name}: test gold | rank | board rank "
+    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}**.", "",
+             f"| method | {a_name}: test gold | rank | vs best | {a_name}: pick | {b_name}: test gold | rank | vs best "
              f"| {b_name}: pick |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {md(r['label'])} | {fmt_est(r['a'], 3)} | {r['rank_a']} | {r['board_rank_a'] or '—'} | "
-                     f"{md(fmt_point(r['pick_a']))} | {fmt_est(r['b'], 3)} | {r['rank_b']} | {r['board_rank_b'] or '—'} | "
+        lines.append(f"| {md(r['label'])} | {fmt_est(r['a'], 3)} | {r['rank_a']} | {VS_BEST[r['vs_best_a']]} | "
+                     f"{md(fmt_point(r['pick_a']))} | {fmt_est(r['b'], 3)} | {r['rank_b']} | {VS_BEST[r['vs_best_b']]} | "
                      f"{md(fmt_point(r['pick_b']))} |")
     if result["only_a"] or result["only_b"]:
         lines += ["", f"Not compared (on one board only): {', '.join(result['only_a'] + result['only_b'])}."]
     return lines + [""]
 
 
-def header_lines(agg, records) -> list:
+def header_lines(agg, records, protocol=None) -> list:
+    """The code version, the one git commit the shown results ran from (others of the same code version are
+    counted), the CPU capability, and the pre-registration check (``protocol``: preregistration.check)."""
     code, cpu = agg["version"] or ("—", "—")
-    commits = Counter(r.get("git_commit") or "unknown" for r in records)
-    out = [f"Code version `{code}` (hash of the training and evaluation source; git commit(s): "
-           + ", ".join(f"`{c}` ×{n}" for c, n in commits.most_common()) + f"), CPU capability **{cpu}**, "
-           f"{len(records)} result(s)."]
+    commits = Counter((r.get("git_commit") or "unknown") for r in records)
+    (commit, n), *rest = commits.most_common() or [("unknown", 0)]
+    line = (f"Code version `{code}` (hash of the training and evaluation source), git commit `{commit}`"
+            + (f" ({sum(k for _, k in rest)} more result(s) from {len(rest)} other commit(s) of the same code version)"
+               if rest else "") + f", CPU capability **{cpu}**, {len(records)} result(s).")
+    out = [line]
+    if protocol is not None:
+        out.append(protocol["line"])
     for (c, p), n in sorted(agg["other_versions"].items()):
         out.append(f"Not shown: {n} result(s) of code version `{c}` on CPU capability {p} (a row never mixes versions "
                    "or machines).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from prefopt.leaderboard import ensemble
+from prefopt.leaderboard import ensemble, plot
 from prefopt.leaderboard.jobs import Job, applicable, best_of_n_spec
 from prefopt.leaderboard.section import Section, register
 from prefopt.leaderboard.store import BEST_OF_N
@@ -83,4 +83,4 @@ class RewardEnsembles(Section):
 
     def plots(self, board) -> dict:
         agg, lam = board.memo("ensemble", lambda: _board(board))
-        return {"ensemble.png": ensemble.figure(agg, lam)} if agg["rows"] else {}
+        return {"ensemble.png": plot.ensemble_png(agg, lam)} if agg["rows"] else {}

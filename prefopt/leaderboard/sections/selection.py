@@ -1,6 +1,7 @@
 """Selection: the picks the robust rule changed against the earlier rule (the highest mean validation gold
 over the first two tuning seeds, diverged points eligible, no grid extension), computed on the same tuning
-runs, and why."""
+runs, and why; a change that the tie-break alone made (the rule's score ties, and the conservative point
+replaces the first grid point) is listed apart from the changes the rule made."""
 
 from __future__ import annotations
 
@@ -11,20 +12,32 @@ from prefopt.leaderboard.section import Section, register
 from prefopt.leaderboard.tables import fmt_point, md, point_key
 
 
-def picks_changed(agg, spec=None) -> tuple[list, int, int]:
-    """(lines, changed, compared): each row whose ``best`` pick differs from the earlier rule's (highest mean
-    validation gold over the first two tuning seeds, diverged points eligible, no grid extension), and why."""
-    out, changed, n = [], 0, 0
+def _first_of_tie(grid: list, best: dict):
+    """The point the earlier tie-break (the first grid point) would take among ``best`` and the points tied with it."""
+    tied = {point_key(best["point"])} | {point_key(p) for p in best.get("tied_with", [])}
+    return next(g["point"] for g in grid if point_key(g["point"]) in tied)
+
+
+def picks_changed(agg, spec=None) -> tuple[list, int, int, list]:
+    """(lines, changed, compared, tie_lines): each row whose ``best`` pick differs from the earlier rule's (highest
+    mean validation gold over the first two tuning seeds, diverged points eligible, no grid extension), and why;
+    a change the tie-break alone made goes to ``tie_lines`` instead."""
+    out, changed, n, ties = [], 0, 0, []
     lr_grid = spec.lr_grid if spec else {}
     for task, T in agg["tasks"].items():
         base = {float(x) for x in lr_grid.get(task, lr_grid.get("default", []))}
         for r in T.get("tuned", T["rows"]):
-            new = next((x["point"] for x in [select.choose(r.grid, None)["best"]] if x), None) if r.grid else None
+            best = select.choose(r.grid, None)["best"] if r.grid else None
+            new = best["point"] if best else None
             old = r.chosen_mean.get("best")
             if not r.grid or new is None or old is None:
                 continue
             n += 1
             if point_key(new) == point_key(old):
+                continue
+            if best.get("tie_broken") and point_key(_first_of_tie(r.grid, best)) == point_key(old):
+                ties.append(f"{task}/{r.label}: {fmt_point(old)} → {fmt_point(new)}: tied at worst-seed validation gold "
+                            f"{best['val_gold_worst']:.3f}; the conservative point replaces the first grid point")
                 continue
             changed += 1
             g = {point_key(x["point"]): x for x in r.grid}
@@ -39,16 +52,17 @@ def picks_changed(agg, spec=None) -> tuple[list, int, int]:
             if base and new.get("lr") is not None and all(not math.isclose(new["lr"], x) for x in base):
                 why += f"; lr {new['lr']:g} is the grid's extension"
             out.append(f"{task}/{r.label}: {fmt_point(old)} → {fmt_point(new)}: {why}")
-    return out, changed, n
+    return out, changed, n, ties
 
 
-def _changed(board) -> tuple[list, int, int]:
-    lines, changed, n = [], 0, 0
+def _changed(board) -> tuple[list, int, int, list]:
+    lines, changed, n, ties = [], 0, 0, []
     for b in board.boards():
-        lines_b, c, k = picks_changed(b.agg, b.spec)
+        lines_b, c, k, t = picks_changed(b.agg, b.spec)
         lines += [f"- {b.suite}: {md(x)}" for x in lines_b]
+        ties += [f"- {b.suite}: {md(x)}" for x in t]
         changed, n = changed + c, n + k
-    return lines, changed, n
+    return lines, changed, n, ties
 
 
 @register("selection")
@@ -56,18 +70,22 @@ class Selection(Section):
     order = 40
 
     def headlines(self, board) -> list:
-        _, changed, n = board.memo("selection", lambda: _changed(board))
+        _, changed, n, ties = board.memo("selection", lambda: _changed(board))
         if not n:
             return []
         return [f"**Selection**: the robust rule (no diverged point, worst of three tuning seeds, grid edges extended) "
                 f"changed {changed} of {n} picks against the earlier rule (mean of two tuning seeds) on the same "
-                "tuning runs (see Selection)."]
+                f"tuning runs, and the tie-break alone {len(ties)} more (see Selection)."]
 
     def markdown(self, board) -> list:
-        lines, changed, n = board.memo("selection", lambda: _changed(board))
+        lines, changed, n, ties = board.memo("selection", lambda: _changed(board))
         if not n:
             return []
-        return (["## Selection: what the robust rule changed", "",
-                 f"{changed} of {n} picks differ from the earlier rule's (the highest mean validation gold over "
-                 "the first two tuning seeds, diverged points eligible, no grid extension), computed on "
-                 "the same tuning runs:", ""] + lines + [""])
+        out = ["## Selection: what the robust rule changed", "",
+               f"{changed} of {n} picks differ from the earlier rule's (the highest mean validation gold over "
+               "the first two tuning seeds, diverged points eligible, no grid extension), computed on "
+               "the same tuning runs, because of the rule:", ""] + lines + [""]
+        if ties:
+            out += [f"{len(ties)} more differ by the tie-break alone (scores equal within {select.TIE_TOLERANCE:g}: the "
+                    "smaller learning rate, then the larger β, replaces the first grid point):", ""] + ties + [""]
+        return out
