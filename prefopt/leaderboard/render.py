@@ -151,10 +151,13 @@ def readme_block(board, headlines: list) -> str:
     code, cpu = board.main.agg["version"] or ("—", "—")
     lines = [f"Suite `{board.suite}`" + "".join(f" + `{t.suite}`" for t in board.tiers) + f", code version `{code}`, "
              f"CPU capability **{cpu}**; test-prompt numbers of each method's validation-chosen configuration, means over "
-             "report seeds with 95% intervals; rows in rank order (a rank counts only the methods whose paired interval "
-             "lies above; ties share a rank); diverged: report seeds whose validation curve diverged. The whole board "
-             "(grids, curves, fits, paired matrix, checks, cost): [`leaderboard/LEADERBOARD.md`](leaderboard/LEADERBOARD.md).",
-             ""]
+             "report seeds with 95% t-intervals; rows in order of mean test gold; vs best: the best mean, statistically "
+             "indistinguishable from it (≈ best: paired t-tests, Benjamini–Hochberg-adjusted over every pair of the "
+             "task, p ≥ 0.05) or separated below it; diverged: report seeds whose validation curve diverged. The whole "
+             "board (grids, curves, fits, paired comparisons, checks, cost): "
+             "[`leaderboard/LEADERBOARD.md`](leaderboard/LEADERBOARD.md).", ""]
+    if board.main.protocol is not None:
+        lines += [board.main.protocol["line"], ""]
     for b in board.boards():
         for task in b.task_order():
             header, rows = table(b.agg["tasks"][task], b.budgets)
