@@ -112,6 +112,11 @@ def test_mean_band_is_a_t_interval_over_the_seeds_that_did_not_diverge():
     assert band["hi"][1] == pytest.approx(2.0 + half) and band["x"][1] == pytest.approx(math.sqrt(2.0))
     assert band["lo"][0] == band["hi"][0] == 0.0  # all seeds equal: a degenerate interval, not a fake one
     assert plot.mean_band({0: curves[7]}, {0: "diverged"})["n"] == 0
+    # seeds that start apart (each its own π_SFT) and gain alike: the band is the gain's, here none at all
+    apart = {s: traj([float(s), s + 1.0], [0.0, 1.0], steps=(0, 10)) for s in range(3)}
+    band = plot.mean_band(apart)
+    assert band["mean"] == pytest.approx([1.0, 2.0])
+    assert band["lo"] == pytest.approx([1.0, 2.0]) and band["hi"] == pytest.approx([1.0, 2.0])
 
 
 # ---------------------------------------------------------------- the frontier figure

@@ -56,7 +56,7 @@ KINDS = {
     "sft": "π_SFT (KL 0)",
     "bon-proxy": "best-of-n, proxy RM pick (validation; over n)",
     "bon-gold": "best-of-n, gold pick (oracle)",
-    "band": f"band / error bars: {LEVEL:.0%} {INTERVAL}-interval of the mean over seeds at each step",
+    "band": f"band / error bars: {LEVEL:.0%} {INTERVAL}-interval of the mean gain over each seed's π_SFT, at each step",
     "proxy": "dash-dot: proxy RM, calibrated to gold units",
     "diverged": "thin dashed, ending ×: one diverged seed (not in the mean)",
     "clipped": "hollow triangle on an edge: a point outside the axes (value in the panel's note)",
@@ -145,7 +145,9 @@ def _sqrt_kl(kl: float) -> float:
 
 
 def mean_band(curves: dict, diverged: Optional[dict] = None) -> dict:
-    """The mean curve over the seeds that did not diverge, with a t-interval per step.
+    """The mean curve over the seeds that did not diverge, with a t-interval per step of the mean *gain over each
+    seed's own π_SFT* (the curve's first step), placed around the mean curve: seeds differ in π_SFT (its own SFT
+    run, its own pairs), and that shared offset is no uncertainty about how far the method moved.
 
     ``curves`` maps seed → [{step, gold, kl, proxy_cal}]; ``diverged`` maps seed → why (falsy: it did not).
     Only the steps at which every kept seed has gold and KL are used, so the mean never changes which
@@ -159,17 +161,22 @@ def mean_band(curves: dict, diverged: Optional[dict] = None) -> dict:
     if not kept:
         return out
     common = set.intersection(*(set(by_step) for by_step in kept.values()))
+    first = min((s for s in common if s is not None), default=None)
+    start = {s: by_step[first].get("gold") if first is not None else None for s, by_step in kept.items()}
+    if not all(_fin(g) for g in start.values()):
+        return out
     for step in sorted(s for s in common if s is not None):
         pts = [by_step[step] for by_step in kept.values()]
         if not all(_fin(p.get("gold")) and _fin(p.get("kl")) for p in pts):
             continue
-        est = mean_ci([p["gold"] for p in pts])
+        mean = sum(p["gold"] for p in pts) / len(pts)
+        gain = mean_ci([p["gold"] - start[s] for s, p in zip(kept, pts)])
         x = _sqrt_kl(sum(p["kl"] for p in pts) / len(pts))
         out["steps"].append(step)
         out["x"].append(x)
-        out["mean"].append(est.mean)
-        out["lo"].append(est.lo)
-        out["hi"].append(est.hi)
+        out["mean"].append(mean)
+        out["lo"].append(mean - (gain.mean - gain.lo))
+        out["hi"].append(mean + (gain.hi - gain.mean))
         if all(_fin(p.get("proxy_cal")) for p in pts):
             out["proxy"].append((x, sum(p["proxy_cal"] for p in pts) / len(pts)))
     return out
@@ -294,13 +301,10 @@ def _display(c: Curve) -> str:
 
 
 def _series_of(c: Curve) -> list:
-    """[(name for the notes, xs, ys, counts for the √KL axis)] of what one curve draws: its mean, the ends of its
-    interval (the axes widen to show them; their bottom may be cut off like any curve), its proxy, its diverged
-    seeds."""
+    """[(name for the notes, xs, ys, counts for the √KL axis)] of what one curve draws and the axes follow: its
+    mean, its proxy, its diverged seeds (its band is a shade, cut where it leaves the axes)."""
     name = _display(c)
     out = [(name, c.xs, c.golds, True)]
-    if any(h > lo for lo, h in zip(c.lo, c.hi)):
-        out += [(f"{name}'s {LEVEL:.0%} interval", c.xs, c.lo, False), (f"{name}'s interval top", c.xs, c.hi, False)]
     if c.proxy:
         out.append((f"{name}'s proxy", [x for x, _ in c.proxy], [y for _, y in c.proxy], True))
     for s, (pts, _) in c.diverged.items():
