@@ -152,7 +152,7 @@ def reference_validation(rows):
 # The main table: what a reader compares. The rest of table()'s columns go to the task's "cost and
 # diagnostics" table, so that neither is 23 columns wide.
 MAIN_COLS = ("vs best", "method", "signal", "chosen (validation)", "test gold", "win vs π_SFT", "KL", "diverged",
-             "below π_SFT")
+             "below π_SFT", "seeds")
 DIAG_COLS = ("method", "proxy−gold gap", "Δ length", "repetition", "peak KL (fit)", "peak gain (fit)", "labels",
              "samples", "policy tokens", "wall s", "peak MB", "seeds")
 
@@ -224,7 +224,10 @@ def rm_line(task_agg) -> str:
 def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
     """One task's sections: headline, main table, KL budget, cost and diagnostics, grids, paired comparisons, checks."""
     header, rows = table(T, budgets)
-    lines = [f"{level} {title or task}", "", headline(T), ""] + md_table(header, rows, MAIN_COLS) + [""]
+    lines = [f"{level} {title or task}", "", headline(T), "",
+             f"Test-prompt means over report seeds with {LEVEL:.0%} {INTERVAL}-intervals (n = the seeds column); rows in "
+             f"order of mean test gold; vs best: paired t-tests, {CORRECTION}-adjusted over every pair of this task.", ""]
+    lines += md_table(header, rows, MAIN_COLS) + [""]
     test_side = ("pick @ KL budget", "its test gold", "its KL")
     if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in test_side):
         lines += [f"{level}# {task}: the pick within the KL budget (test prompts)", "",
