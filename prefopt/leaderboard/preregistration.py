@@ -74,7 +74,8 @@ def check(spec, suite_path: Optional[str], records: list) -> Optional[dict]:
         if done <= when or not ancestry[c]:
             late.append(r)
     ok = not late
-    verdict = (f"all {len(reported)} reported result(s) ran from descendants of it and finished after it" if ok else
+    verdict = ("no reported result yet" if not reported else
+               f"all {len(reported)} reported result(s) ran from descendants of it and finished after it" if ok else
                f"{len(late)} of {len(reported)} reported result(s) finished before it or ran from code without it: "
                "this block is not pre-registered for them")
     return {"ok": ok, "commit": commit, "late": len(late), "checked": len(reported),
