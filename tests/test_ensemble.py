@@ -288,13 +288,17 @@ def test_board_section_picks_the_peak_on_validation_and_reports_test(tmp_path):
     assert [r["method"] for r in agg["rows"]][:4] == ["best_of_n"] * 4
     text = "\n".join("|".join(r) for r in LE.table(agg))
     assert "ensemble of 4: min (worst case)" in text and "step 10" in text and "n=4" in text
-    for i, r in enumerate(_synthetic_records()):
+    from prefopt.leaderboard.suite import load_suite
+
+    block = load_suite("ensemble").seeds[:3]  # the board shows the suite's pre-registered seed block only
+    for i, r in enumerate(_synthetic_records() + _synthetic_records(seeds=block)):
         write_result(str(tmp_path / "results"), {**r, "config_hash": f"h{i}", "result_id": f"h{i}", "result_version": 2})
     render(str(tmp_path))
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "## Reward-model ensembles against reward hacking" in md and "ensemble.png" in md
     assert (tmp_path / "ensemble.png").read_bytes()[:4] == b"\x89PNG"
     assert "Reward-model ensembles" in (tmp_path / "index.html").read_text()
+    assert "Report seeds: block v4" in md and "| 3 |" in md and "| 6 |" not in md  # seeds 0–2 are not in the block
 
 
 def test_readme_commands_compose_and_pass_their_checks(members):

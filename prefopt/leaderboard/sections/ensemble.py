@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 
-from prefopt.leaderboard import ensemble, plot
+from prefopt.leaderboard import ensemble, plot, preregistration
 from prefopt.leaderboard.jobs import Job, applicable, best_of_n_spec
 from prefopt.leaderboard.section import Section, register
 from prefopt.leaderboard.store import BEST_OF_N
-from prefopt.leaderboard.suite import find_suite
+from prefopt.leaderboard.suite import find_suite, suite_files
 from prefopt.leaderboard.tables import md
 
 # The suite whose results the section shows, and whose λ labels the uncertainty-weighted aggregate.
@@ -18,10 +18,17 @@ SUITE = "ensemble"
 
 
 def _board(board):
-    """(rows_of result, λ) of the ensemble jobs' results; rows empty without any."""
-    agg = ensemble.rows_of(board.loaded.ok)
-    spec = find_suite(SUITE) if agg["rows"] else None
-    return agg, spec.reward_ensemble.lam if spec and spec.reward_ensemble else 1.0
+    """(rows_of result, λ, pre-registration check) of the ensemble jobs' results on the suite's seed block; rows
+    empty without any."""
+    spec = find_suite(SUITE)
+    recs = [r for r in board.loaded.ok if r["leaderboard"].get("suite") == SUITE]
+    if spec is not None:
+        recs = [r for r in recs if r["leaderboard"].get("seed") in preregistration.shown_seeds(spec)]
+    agg = ensemble.rows_of(recs)
+    version = agg.get("version")
+    shown = [r for r in recs if (r.get("code_version"), r.get("cpu_capability")) == tuple(version or ())]
+    check = preregistration.check(spec, suite_files().get(SUITE), shown) if agg["rows"] else None
+    return agg, spec.reward_ensemble.lam if spec and spec.reward_ensemble else 1.0, check
 
 
 @register("ensemble")
@@ -69,18 +76,18 @@ class RewardEnsembles(Section):
         return [SUITE]
 
     def markdown(self, board) -> list:
-        agg, lam = board.memo("ensemble", lambda: _board(board))
+        agg, lam, check = board.memo("ensemble", lambda: _board(board))
         if not agg["rows"]:
             return []
         code, cpu = agg["version"]
         header = ensemble.HEADER
         lines = ["## Reward-model ensembles against reward hacking (suite `ensemble`, reviews)", "", ensemble.INTRO, "",
-                 f"Code version `{code}`, CPU capability **{cpu}**.", "",
+                 f"Code version `{code}`, CPU capability **{cpu}**." + (f" {check['line']}" if check else ""), "",
                  "![gold against √KL: single RM vs ensembles](ensemble.png)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in ensemble.table(agg, lam)]
         return lines + [""]
 
     def plots(self, board) -> dict:
-        agg, lam = board.memo("ensemble", lambda: _board(board))
+        agg, lam, _ = board.memo("ensemble", lambda: _board(board))
         return {"ensemble.png": plot.ensemble_png(agg, lam)} if agg["rows"] else {}
