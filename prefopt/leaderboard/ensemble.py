@@ -155,4 +155,5 @@ INTRO = ("One proxy reward model against an ensemble of its seed-siblings (Coste
          "member 0, through the same code path (reward=ensemble over one path, aggregate=mean). The over-optimisation "
          "peak is chosen on the mean *validation* curve over seeds (the step, or best-of-n's n); its *test* gold is "
          "reported (periodic evaluations on both prompt sets: eval.periodic_test), with the paired difference to the "
-         "single RM over seeds (a paired t-test; * its Benjamini–Hochberg-adjusted p over the section's comparisons < 0.05). `prefopt-leaderboard run suite=ensemble` reproduces it.")
+         "single RM over seeds (a paired t-test; * its Benjamini–Hochberg-adjusted p over the section's comparisons < 0.05). "
+         "Intervals: 95% t-intervals over seeds (the seeds column is n). `prefopt-leaderboard run suite=ensemble` reproduces it.")

@@ -216,7 +216,7 @@ def rm_line(task_agg) -> str:
     rm = task_agg.get("rm") or {}
     if not rm:
         return "No proxy reward model on this task (see the suite's proxy_tasks)."
-    f = lambda k: fmt_est(rm.get(k), 3)  # noqa: E731
+    f = lambda k: fmt_est(rm.get(k), 3) + (f" ({rm[k].label})" if rm.get(k) is not None else "")  # noqa: E731
     return (f"Proxy reward model (held-out pairs): accuracy {f('pairwise_accuracy')} against the labels, "
             f"{f('pairwise_accuracy_gold')} against the gold ordering (the noisy labels themselves agree with "
             f"the gold ordering {f('label_accuracy_gold')}).")
@@ -232,13 +232,15 @@ def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
     if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in test_side):
         lines += [f"{level}# {task}: the pick within the KL budget (test prompts)", "",
                   "The second pick of each method (the best validation score among grid points within the suite's "
-                  "validation-KL budget on every tuning seed), on the test prompts, beside π_SFT's test gold.", ""]
+                  "validation-KL budget on every tuning seed), on the test prompts, beside π_SFT's test gold; means over "
+                  f"report seeds with {LEVEL:.0%} {INTERVAL}-intervals.", ""]
         lines += md_table(header, rows, ("method", *test_side)) + [""]
     curve = [c for c in header if c.startswith("val. gold @ KL")]
     if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in curve):
         lines += [f"{level}# {task}: gold within a KL budget along the validation curves", "",
                   "Read off the report runs' validation curves (the best step whose mean KL is within the budget), "
-                  "beside π_SFT's validation gold: validation numbers compared with validation numbers.", ""]
+                  "beside π_SFT's validation gold: validation numbers compared with validation numbers; "
+                  f"{LEVEL:.0%} {INTERVAL}-intervals over report seeds at that step.", ""]
         lines += md_table(header, rows, ("method", *curve)) + [""]
     lines += [f"{level}# {task}: cost and diagnostics", ""] + md_table(header, rows, DIAG_COLS) + [""]
     lines += [rm_line(T), "", f"{level}# {task}: tuning grids (validation gold of the worst tuning seed; ★ best, "
@@ -327,7 +329,8 @@ def transfer_lines(result, a_name, b_name, title, note="") -> list:
     """A comparison of two boards' rankings (:mod:`prefopt.leaderboard.transfer`) as Markdown."""
     if result is None:
         return [title, "", f"Not enough common methods with report results between {a_name} and {b_name}.", ""]
-    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}**.", "",
+    lines = [title, "", (note + " " if note else "") + f"**{transfer.verdict(result['tau'])}**. Test gold: means over "
+             f"each board's report seeds with {LEVEL:.0%} {INTERVAL}-intervals.", "",
              f"| method | {a_name}: test gold | rank | vs best | {a_name}: pick | {b_name}: test gold | rank | vs best "
              f"| {b_name}: pick |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
