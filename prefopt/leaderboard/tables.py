@@ -228,20 +228,18 @@ def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
              f"Test-prompt means over report seeds with {LEVEL:.0%} {INTERVAL}-intervals (n = the seeds column); rows in "
              f"order of mean test gold; vs best: paired t-tests, {CORRECTION}-adjusted over every pair of this task.", ""]
     lines += md_table(header, rows, MAIN_COLS) + [""]
-    test_side = ("pick @ KL budget", "its test gold", "its KL")
-    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in test_side):
-        lines += [f"{level}# {task}: the pick within the KL budget (test prompts)", "",
-                  "The second pick of each method (the best validation score among grid points within the suite's "
-                  "validation-KL budget on every tuning seed), on the test prompts, beside π_SFT's test gold; means over "
-                  f"report seeds with {LEVEL:.0%} {INTERVAL}-intervals.", ""]
-        lines += md_table(header, rows, ("method", *test_side)) + [""]
-    curve = [c for c in header if c.startswith("val. gold @ KL")]
-    if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in curve):
-        lines += [f"{level}# {task}: gold within a KL budget along the validation curves", "",
-                  "Read off the report runs' validation curves (the best step whose mean KL is within the budget), "
-                  "beside π_SFT's validation gold: validation numbers compared with validation numbers; "
-                  f"{LEVEL:.0%} {INTERVAL}-intervals over report seeds at that step.", ""]
-        lines += md_table(header, rows, ("method", *curve)) + [""]
+    side_tables = [
+        (("pick @ KL budget", "its test gold", "its KL"), "the pick within the KL budget (test prompts)",
+         "The second pick of each method (the best validation score among grid points within the suite's validation-KL "
+         "budget on every tuning seed), on the test prompts, beside π_SFT's test gold; means over report seeds with "
+         f"{LEVEL:.0%} {INTERVAL}-intervals."),
+        (tuple(c for c in header if c.startswith("val. gold @ KL")), "gold within a KL budget along the validation curves",
+         "Read off the report runs' validation curves (the best step whose mean KL is within the budget), beside π_SFT's "
+         f"validation gold: validation numbers compared with validation numbers; {LEVEL:.0%} {INTERVAL}-intervals over "
+         "report seeds at that step.")]
+    for cols, heading, caption in side_tables:
+        if any(cells[header.index(c)][0] != "—" for cells in rows[1:] for c in cols):
+            lines += [f"{level}# {task}: {heading}", "", caption, ""] + md_table(header, rows, ("method", *cols)) + [""]
     lines += [f"{level}# {task}: cost and diagnostics", ""] + md_table(header, rows, DIAG_COLS) + [""]
     lines += [rm_line(T), "", f"{level}# {task}: tuning grids (validation gold of the worst tuning seed; ★ best, "
               "◆ best at the KL budget; a tie-broken pick says so)", ""]
