@@ -14,6 +14,7 @@ from conftest import ROOT, compose
 from short_runs import ENV, one_line_error
 
 from prefopt.cli.label import main as label_main
+from prefopt.cli.label import run as label_run
 from prefopt.core.config import DataConfig
 from prefopt.data.formats import prepare_rows
 from prefopt.data.load import load_rows
@@ -38,7 +39,7 @@ def _run(cmd, tmp_path):
     """One README command, in process, with its sizes cut to a few seconds."""
     if cmd[0] == "prefopt-label":
         n = 4 if "judge=smollm2" in cmd else 12  # the 135M judge: about 0.2 s per judge prompt on a CPU core
-        return label_main(_short(cmd[1:], num_prompts=n, **{"judge.sequences_per_device": 8}))
+        return label_run(_short(cmd[1:], num_prompts=n, **{"judge.sequences_per_device": 8}))
     if cmd[0] == "prefopt-train":
         from prefopt.run import train as run
 
@@ -113,7 +114,7 @@ def tiny_judge(tmp_path_factory):
 
 def test_an_llm_judge_labels_all_pairs_and_reports_position_bias(tmp_path, tiny_judge):
     out = tmp_path / "llm.jsonl"
-    s = label_main(["data=reviews", "judge=smollm2", f"judge.path={tiny_judge}", f"out={out}", "num_prompts=6",
+    s = label_run(["data=reviews", "judge=smollm2", f"judge.path={tiny_judge}", f"out={out}", "num_prompts=6",
                     "samples_per_prompt=3", "pairs=all", "judge.principles=Prefer the kinder review."])
     rows = [json.loads(l) for l in open(out)]
     assert len(rows) == s["pairs"] and s["order_disagreement"] is not None
@@ -174,7 +175,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     for args, needle in cases:
         _refused(capsys, args, needle)
     assert sorted(os.listdir(tmp_path)) == ["afile", "exists.jsonl"]
-    assert label_main(["--help"]) == {} and "prefopt-label data=reviews" in capsys.readouterr().out
+    assert label_main(["--help"]) is None and "prefopt-label data=reviews" in capsys.readouterr().out
 
 
 def test_the_command_line_refuses_in_one_line(tmp_path):

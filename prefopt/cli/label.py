@@ -176,22 +176,30 @@ def _print(s: dict, console) -> None:
     console.print("\n".join(lines), soft_wrap=True)
 
 
-def main(argv=None) -> dict:
+def run(argv: list) -> dict:
+    """One labelling run from command-line overrides; returns the summary (UserError propagates)."""
+    return label(compose_label(argv))
+
+
+def main(argv=None) -> None:
+    """The console script: returns None on success, since ``sys.exit(main())`` treats anything else as
+    a failure (a returned dict would be printed to stderr with exit status 1)."""
     from prefopt.run.signals import RunContext, stop_on_signals
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        return {}
+        return None
     with stop_on_signals(RunContext()):
         try:
-            return label(compose_label(argv))
+            run(argv)
         except UserError as e:
             print(f"prefopt-label: error: {e}", file=sys.stderr)
             sys.exit(2)
         except Interrupted as e:
             print(f"prefopt-label: interrupted by {e.signame}; nothing was written", file=sys.stderr)
             sys.exit(e.exit_code)
+    return None
 
 
 if __name__ == "__main__":
