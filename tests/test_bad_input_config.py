@@ -177,3 +177,75 @@ def test_leaderboard_bad_values_are_one_line(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and needle in err[0], err
     assert not os.path.exists(tmp_path / "lb")
+
+
+# ---- leaderboard suite files: every key's type and range before any job is planned -----------------------------
+
+def _suite_file(tmp_path, change: dict, extra: str = ""):
+    import yaml
+
+    data = {"name": "bad", "seeds": [0], "tasks": ["reviews"], "lr_grid": {"default": [1.0e-4]}, **change}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data) + extra)
+    return p
+
+
+@pytest.mark.parametrize("change,extra,needle", [
+    ({"lr_grid": {"reviews": 3}}, "", "lr_grid.reviews: 3 is not a list of numbers"),  # was 'int' object is not iterable
+    ({"lr_grid": {"default": [1.0e-4, "fast"]}}, "", "lr_grid.default[1]: 'fast' is not a number"),
+    ({"lr_grid": {"default": [-1.0e-4]}}, "", "lr_grid.default[0]: -0.0001 is not a learning rate; accepted: numbers > 0"),
+    ({"online_task": {"reviews": 3}}, "", "online_task.reviews: 3 is not a list of strings"),
+    ({"algo": {"ppo": "algo.kl_target=null"}}, "", "algo.ppo: 'algo.kl_target=null' is not a list of strings"),
+    ({"common": [5]}, "", "common[0]: 5 is not a string"),
+    ({"exact_reward": {"arith": 3}}, "", "exact_reward.arith: 3 is not a string"),
+    ({"kl_budgets": ["lots"]}, "", "kl_budgets[0]: 'lots' is not a number"),
+    ({"best_of_n": {"ns": ["a"], "samples": 4}}, "", "best_of_n.ns[0]: 'a' is not a whole number"),
+    ({"divergence": {"gold_drop": {"reviews": "x"}}}, "", "divergence.gold_drop.reviews: 'x' is not a number"),
+    ({"pick_kl_budget": float("nan")}, "", "pick_kl_budget: nan is not a finite number"),
+    ({"tasks": ["reviews", "bogus"]}, "", "tasks: unknown task 'bogus'; accepted: available tasks"),
+    ({"seeds": [99999999999999999999]}, "", "seeds[0]: 99999999999999999999 is out of range; accepted: whole numbers "
+                                            "0 <= seed < 2**32"),
+    ({"tuning_seeds": [-1]}, "", "tuning_seeds[0]: -1 is out of range"),
+    ({}, "budget_note: ${oc.env:PREFOPT_NO_SUCH_VARIABLE}\n", "budget_note: cannot resolve its ${...} interpolation"),
+])
+def test_leaderboard_suite_with_wrong_types_is_one_line(tmp_path, capsys, change, extra, needle):
+    # Each of these reached Python unchecked (a TypeError or AttributeError traceback, or a bad seed that
+    # crashed prefopt-train later); now one line naming the file, the key and what it accepts, before planning.
+    from prefopt.leaderboard.cli import main
+
+    p = _suite_file(tmp_path, change, extra)
+    with pytest.raises(SystemExit) as e:
+        main(["plan", f"suite={p}", f"dir={tmp_path}/lb"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and f"suite {p}: " in err[0] and needle in err[0], err
+    assert not os.path.exists(tmp_path / "lb")
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["plan", "tasks=[bogus]"], ("tasks: unknown task 'bogus'", "the suite's tasks reviews", "arith, reviews")),
+    (["plan", "seeds=[99999999999999999999]"], ("seeds: 99999999999999999999 is too large",
+                                                 "accepted: whole numbers 0 <= seed < 2**32")),
+])
+def test_leaderboard_unknown_task_and_huge_seed_are_named(tmp_path, capsys, argv, needles):
+    # tasks=[bogus] was reported as a bad "key=value override"; a seed beyond int64 passed `plan` and crashed
+    # prefopt-train (torch.manual_seed of the seeds derived from it)
+    from prefopt.leaderboard.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "suite=quick", f"dir={tmp_path}/lb"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and all(n in err[0] for n in needles), err
+    assert "override" not in err[0] and not os.path.exists(tmp_path / "lb")
+
+
+def test_the_largest_accepted_seed_fits_every_consumer():
+    # prefopt-train derives torch generator seeds as ((seed·1_000_003 + r·1_009 + q)·31 + rank) (the online
+    # sampler's), the largest multiplier of the seed: at the limit it must stay below torch's 2**64.
+    import torch
+
+    from prefopt.leaderboard.suite import SEED_LIMIT
+
+    top = SEED_LIMIT - 1
+    torch.Generator().manual_seed(((top * 1_000_003 + 10_000 * 1_009 + 10_000) * 31 + 64))
+    with pytest.raises((RuntimeError, ValueError)):
+        torch.Generator().manual_seed(99999999999999999999)  # the seed: beyond what torch accepts

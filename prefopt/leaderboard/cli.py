@@ -25,11 +25,12 @@ import subprocess
 import sys
 
 from prefopt.core.errors import UserError
+from prefopt.leaderboard.suite import SEED_LIMIT, SEEDS_ACCEPTED
 
 USAGE = "usage: prefopt-leaderboard {run,plan,render} [suite=NAME] [dir=DIR] [key=value ...]"
 OWN = ("suite", "dir", "seeds", "tasks", "threads", "only", "stages")
 # What each list option accepts, for its error messages.
-LISTS = {"seeds": "a list of whole numbers, e.g. seeds=[0,1]",
+LISTS = {"seeds": "a list of whole numbers 0 <= seed < 2**32, e.g. seeds=[0,1]",
          "tasks": "a list of task names, e.g. tasks=[reviews,arith] or tasks=reviews",
          "stages": "a list of stages among 1, 2, 3, e.g. stages=[1,2]",
          "only": "a list of job-id patterns, e.g. only=[*dpo*,*-s0-*] or only=*dpo*"}
@@ -73,7 +74,8 @@ def _check_own(own: dict) -> None:
     if "threads" in own:
         _int(own["threads"], "threads", "a whole number of torch threads per job, >= 0 (0: torch's default)", lo=0)
     for s in _items(own, "seeds"):
-        _int(s, "seeds", LISTS["seeds"], lo=0)
+        if _int(s, "seeds", LISTS["seeds"], lo=0) >= SEED_LIMIT:
+            raise UserError(f"seeds: {s} is too large; accepted: {SEEDS_ACCEPTED}")
     for s in _items(own, "stages"):
         if _int(s, "stages", LISTS["stages"], lo=1) > 3:
             raise UserError(f"stages: {s} is not a stage; accepted: {LISTS['stages']}")
@@ -137,7 +139,7 @@ def suite_for(own: dict, train_ovr: list):
     """(suite, results dir, work dir): the suite with the command line's seeds=, tasks= and train overrides."""
     import dataclasses
 
-    from prefopt.leaderboard.suite import load_suite
+    from prefopt.leaderboard.suite import check_tasks, load_suite
 
     suite = load_suite(own.get("suite", "quick"))
     changes = {"common": list(suite.common) + train_ovr}
@@ -145,6 +147,7 @@ def suite_for(own: dict, train_ovr: list):
         changes["seeds"] = [int(s) for s in _items(own, "seeds")]
     if "tasks" in own:
         changes["tasks"] = _items(own, "tasks")
+        check_tasks(changes["tasks"], "tasks", listed=suite.tasks)
     d = own.get("dir", "leaderboard")
     return dataclasses.replace(suite, **changes), os.path.join(d, "results"), os.path.join(d, "work")
 
