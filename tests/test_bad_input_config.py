@@ -249,3 +249,24 @@ def test_the_largest_accepted_seed_fits_every_consumer():
     torch.Generator().manual_seed(((top * 1_000_003 + 10_000 * 1_009 + 10_000) * 31 + 64))
     with pytest.raises((RuntimeError, ValueError)):
         torch.Generator().manual_seed(99999999999999999999)  # the seed: beyond what torch accepts
+
+
+@pytest.mark.parametrize("value", [None, [1, 2], "reviews", {"suite": "standard", "also": [None]}])
+def test_a_result_whose_leaderboard_field_is_not_a_mapping_is_skipped_and_named(tmp_path, capsys, value):
+    # `leaderboard: null` ended render in "'NoneType' object has no attribute 'get'": it is a corrupt file,
+    # reported in render's output and on the board's Notes, and the board is built from the rest.
+    import json
+
+    from test_leaderboard_render import fixture_results
+
+    from prefopt.leaderboard.cli import main
+
+    fixture_results(str(tmp_path / "results"))
+    (tmp_path / "results" / "nulled.json").write_text(json.dumps(
+        {"config_hash": "nulled", "status": "ok", "eval": {"gold_reward": 1.0}, "leaderboard": value}))
+    with pytest.raises(SystemExit) as e:
+        main(["render", f"dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "skipped nulled.json: field leaderboard" in out, out
+    notes = (tmp_path / "LEADERBOARD.md").read_text().split("## Notes")[1]
+    assert "skipped file nulled.json: field leaderboard" in notes

@@ -8,7 +8,7 @@ reader therefore sees either no file or a whole one, and parallel writers never 
 last complete write of a hash wins, and writes of different hashes never touch each other.
 
 Reading is strict: a file that does not parse, is not an object, lacks the fields the leaderboard
-aggregates, does not match its own name, or was written under another ``result_version`` (its fields
+aggregates (or has them of another type: a ``leaderboard`` that is not a mapping), does not match its own name, or was written under another ``result_version`` (its fields
 mean something else) is *reported* (returned in ``problems``) and skipped, never silently counted.
 Temporary files left by a killed writer are reported as partial.
 """
@@ -56,6 +56,14 @@ def _check(rec, name: str):
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
+    lb = rec["leaderboard"]
+    # every reader calls lb.get(...): a null or a list here would end render in a traceback
+    if not isinstance(lb, dict):
+        return f"field leaderboard is {json.dumps(lb)[:40]}, not a mapping"
+    if not isinstance(lb.get("also") or [], list) or not all(isinstance(a, dict) for a in lb.get("also") or []):
+        return "field leaderboard.also is not a list of mappings"
+    if not isinstance(record_id(rec), str):
+        return f"result id {record_id(rec)!r} is not a string"
     if f"{record_id(rec)}.json" != name:
         return f"result id {record_id(rec)!r} does not match the file name"
     if rec.get("result_version", RESULT_VERSION) != RESULT_VERSION:
