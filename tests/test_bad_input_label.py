@@ -7,12 +7,16 @@ import errno
 import json
 import os
 import tempfile
+import textwrap
+import uuid
 
 import pytest
+import torch
 
 from prefopt.cli.label import main as label_main
-from prefopt.core.errors import RunStopped
+from prefopt.core.errors import RunStopped, UserError
 from prefopt.label import pairs as L
+from prefopt.rollout import judges as J
 
 TINY = ["data=reviews", "judge=gold", "num_prompts=2"]  # the cheapest real labelling run (a few seconds)
 
@@ -30,6 +34,32 @@ def _refused(capsys, args, *needles) -> str:
 
 def _rows(path) -> list:
     return [json.loads(l) for l in open(path)]
+
+
+def _module(tmp_path, monkeypatch, source: str) -> str:
+    """An importable module (a fresh name each time) holding ``source``; returns its name."""
+    name = f"user_judge_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Fails the test if the policy, the data or a judge model would load: the refusal must come first."""
+    import prefopt.run.prepare as prepare
+
+    def loads(*a, **kw):
+        raise AssertionError("loaded before refusing")
+
+    monkeypatch.setattr(prepare, "prepare_data", loads)
+    monkeypatch.setattr(J, "build_judge", loads)
+
+
+NAN = """
+def score(prompts, completions, **kw):
+    return [float("{v}")] * len(completions)
+"""
 
 
 # ---- out= ----
@@ -95,3 +125,50 @@ def test_rows_that_cannot_be_written_where_asked_are_kept_elsewhere(tmp_path, mo
     with pytest.raises(RunStopped, match=r"out=/proc/nope/pairs.jsonl: cannot write .* 1 labelled rows were kept in"):
         L.write_rows("/proc/nope/pairs.jsonl", [{"prompt": "a"}])
     assert [_rows(tmp_path / p) for p in os.listdir(tmp_path)] == [[{"prompt": "a"}]]
+
+
+# ---- non-finite judges and temperatures ----
+
+@pytest.mark.parametrize("args, needle", [
+    (["judge=gold", "judge.temperature=nan"], "judge.temperature=nan; accepted: a finite number >= 0"),
+    (["judge=gold", "judge.temperature=-1"], "judge.temperature=-1.0; accepted: a finite number >= 0"),
+    (["judge=function", "judge.function=prefopt.testbed.rewards:reviews_gold", "judge.temperature=inf"],
+     "judge.temperature=inf; accepted: a finite number >= 0"),
+    (["judge=gold", "temperature=nan"], "temperature=nan; accepted: a finite number > 0"),
+    (["judge=gold", "temperature=inf"], "temperature=inf; accepted: a finite number > 0"),
+])
+def test_non_finite_temperatures_are_refused_before_anything_loads(args, needle, tmp_path, capsys, nothing_loads):
+    _refused(capsys, [*args, f"out={tmp_path / 'x.jsonl'}"], needle)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value, tau", [("nan", 1.0), ("nan", 0.0), ("inf", 1.0), ("-inf", 0.0)])
+def test_a_judge_that_gives_nan_or_inf_stops_the_run(value, tau, tmp_path, capsys, monkeypatch):
+    """τ = 0 would turn NaN into "rejected wins", σ would turn ±inf into certainty: both must stop."""
+    mod = _module(tmp_path, monkeypatch, NAN.format(v=value))
+    out = tmp_path / "pairs.jsonl"
+    _refused(capsys, [*TINY, "judge=function", f"judge.function={mod}:score", f"judge.temperature={tau}",
+                      f"out={out}"], f"judge=function gave score {float(value)} for completion 0 of row 0",
+             "(4 non-finite values in all)", "accepted: a judge that gives a finite number for every completion")
+    assert not out.exists()
+
+
+def test_a_pairwise_judge_that_gives_nan_names_the_pair_and_the_row():
+    class Broken(J.Judge):
+        def compare(self, prompts, completions_a, completions_b, **kw):
+            return torch.tensor([0.7, float("nan"), 0.2])[: len(prompts)]
+
+    judge = Broken(J.JudgeConfig(name="broken"), J.JudgeContext(key="judge"))
+    with pytest.raises(UserError, match=r"^judge=broken gave P\(y_i ≻ y_j\) = nan for completions 0 and 2 of row 7 "):
+        J.preference_matrices(judge, ["q"] * 3, ["a", "b", "c"], [3], names=["row 7"])
+
+
+def test_online_dpo_stops_on_a_nan_judge(run_cfg, tmp_path, monkeypatch):
+    mod = _module(tmp_path, monkeypatch, NAN.format(v="nan"))
+    with pytest.raises(UserError, match=r"^reward.judge=function gave score nan for completion 0 of rollout prompt 0"):
+        run_cfg("algo=online_dpo", "data=reviews", "reward=judge", "reward.judge.name=function",
+                f"reward.judge.function={mod}:score", "trainer.max_steps=1", "algo.prompts_per_step=2",
+                "trainer.eval_at_end=false", "trainer.save_model=false", out=tmp_path / "run")
+    with pytest.raises(UserError, match=r"reward.judge.temperature=nan; accepted: a finite number >= 0"):
+        run_cfg("algo=online_dpo", "data=reviews", "reward=judge", "reward.judge.name=gold",
+                "reward.judge.temperature=nan", "trainer.max_steps=1", out=tmp_path / "run2")

@@ -17,6 +17,7 @@ Hydra overrides as for ``prefopt-train`` (conf/label.yaml composes the ``model``
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -90,9 +91,10 @@ def label(cfg, console=None) -> dict:
             raise UserError(f"{key}={getattr(lc, key)}; accepted: >= {lo}{why}")
     if lc.pairs not in L.PAIRS:
         raise UserError(f"pairs={lc.pairs!r} is not known; accepted: {', '.join(L.PAIRS)}")
-    if lc.temperature <= 0 or (lc.max_new_tokens is not None and lc.max_new_tokens < 1):
-        raise UserError(f"temperature={lc.temperature}, max_new_tokens={lc.max_new_tokens}; accepted: temperature > 0, "
-                        "max_new_tokens >= 1 or null")
+    if not math.isfinite(lc.temperature) or lc.temperature <= 0:
+        raise UserError(f"temperature={lc.temperature}; accepted: a finite number > 0 (sampling temperature)")
+    if lc.max_new_tokens is not None and lc.max_new_tokens < 1:
+        raise UserError(f"max_new_tokens={lc.max_new_tokens}; accepted: >= 1, or null (the task's longest completion)")
     out = L.check_out(lc.out, lc.overwrite)
     mcfg = typed(ModelConfig, cfg.get("model"), "model")
     check_model(mcfg)
@@ -136,7 +138,8 @@ def label(cfg, console=None) -> dict:
         flat_pid += [prompt_ids[n]] * len(keep)
         flat_cid += [comps[i] for i in keep]
     t_judge = time.perf_counter()
-    mats, bias = J.preference_matrices(judge, flat_p, flat_t, sizes, prompt_ids=flat_pid, completion_ids=flat_cid)
+    mats, bias = J.preference_matrices(judge, flat_p, flat_t, sizes, names=[f"row {e['row']}" for e in examples],
+                                       prompt_ids=flat_pid, completion_ids=flat_cid)
     t_judge = time.perf_counter() - t_judge
     gold = None
     if gold_fn is not None:

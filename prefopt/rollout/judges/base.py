@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
+from prefopt.core.errors import UserError
 from prefopt.core.registry import Registry
 from prefopt.rollout.kinds import ConfigByKind
 
@@ -64,6 +65,7 @@ class Judge:
 
     def __init__(self, cfg: JudgeConfig, ctx: JudgeContext):
         self.name, self.batch = cfg.name, cfg.sequences_per_device
+        self.key = ctx.key
 
     @classmethod
     def check(cls, cfg, key: str = "judge") -> None:
@@ -86,6 +88,40 @@ class Judge:
                                     [completions[j] for _, j in idx[s : s + B]]).float() for s in range(0, len(idx), B)])
         fill_pairs(mats, sizes, p)
         return mats, {}
+
+
+class NonFiniteJudgment(UserError):
+    """A judge gave NaN or ±inf. A pair it cannot order must stop the run: NaN compares false both
+    ways, so it would become a silent tie (or "rejected wins") and σ(±inf) a silent certainty.
+    ``group`` indexes the caller's prompts; :meth:`at` names them (a data row, a rollout prompt)."""
+
+    def __init__(self, judge: str, what: str, value: float, group: int, detail: str, count: int, names=None):
+        self.args_ = (judge, what, value, group, detail, count)
+        place = names[group] if names is not None else f"prompt {group}"
+        more = f" ({count} non-finite values in all)" if count > 1 else ""
+        super().__init__(f"{judge} gave {what} {value} for {detail} of {place}{more}; accepted: a judge that gives a "
+                         "finite number for every completion")
+
+    def at(self, names) -> "NonFiniteJudgment":
+        return NonFiniteJudgment(*self.args_, names=names)
+
+
+def refuse_nonfinite(judge: "Judge", values: torch.Tensor, what: str, where: Callable) -> None:
+    """NonFiniteJudgment for the first NaN or ±inf in the flat ``values``; ``where(n)`` -> (group, detail)."""
+    bad = torch.nonzero(~torch.isfinite(values.reshape(-1))).flatten()
+    if len(bad):
+        n = int(bad[0])
+        value = float(values.reshape(-1)[n])
+        raise NonFiniteJudgment(f"{judge.key}={judge.name}", what, value, *where(n), len(bad))
+
+
+def locate(sizes: list, n: int) -> tuple:
+    """(group, index within it) of flat position ``n`` in consecutive groups of ``sizes``."""
+    for g, K in enumerate(sizes):
+        if n < K:
+            return g, n
+        n -= K
+    raise IndexError(n)
 
 
 def fill_pairs(mats: list, sizes: list, p: torch.Tensor) -> None:

@@ -7,12 +7,13 @@ so K completions of a prompt cost K scores, not K(K − 1) comparisons.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from prefopt.core.errors import UserError
-from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, group_starts
+from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, group_starts, locate, refuse_nonfinite
 
 
 def bradley_terry(s_a: torch.Tensor, s_b: torch.Tensor, tau: float) -> torch.Tensor:
@@ -39,8 +40,8 @@ class PointwiseJudge(Judge):
 
     @classmethod
     def check(cls, cfg: PointwiseJudgeConfig, key: str = "judge") -> None:
-        if cfg.temperature < 0:
-            raise UserError(f"{key}.temperature={cfg.temperature}; accepted: >= 0 (0: hard comparison)")
+        if not math.isfinite(cfg.temperature) or cfg.temperature < 0:
+            raise UserError(f"{key}.temperature={cfg.temperature}; accepted: a finite number >= 0 (0: hard comparison)")
 
     def score(self, prompts, completions, **kw) -> torch.Tensor:
         raise NotImplementedError
@@ -55,10 +56,13 @@ class PointwiseJudge(Judge):
     def compare(self, prompts, completions_a, completions_b, **kw) -> torch.Tensor:
         n = len(prompts)
         s = self.scores(list(prompts) * 2, list(completions_a) + list(completions_b))
+        # checked before σ, which maps ±inf to a finite certainty (and τ = 0 maps NaN to a loss)
+        refuse_nonfinite(self, s, "score", lambda k: (k % n, f"answer {'ab'[k // n]}"))
         return bradley_terry(s[:n], s[n:], self.tau)
 
     def matrices(self, prompts: list, completions: list, sizes: list, **kw) -> tuple:
         """One score per completion (``kw``: prompt_ids, completion_ids), then P_ij from the scores."""
         s = self.scores(prompts, completions, **kw).double()
+        refuse_nonfinite(self, s, "score", lambda k: (locate(sizes, k)[0], f"completion {locate(sizes, k)[1]}"))
         return [bradley_terry(s[a : a + K, None], s[None, a : a + K], self.tau).float()
                 for a, K in zip(group_starts(sizes), sizes)], {}

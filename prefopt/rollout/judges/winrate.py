@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from prefopt.rollout.judges.base import NonFiniteJudgment, refuse_nonfinite
+
 
 def consecutive_groups(keys: list) -> list:
     """Sizes of the runs of equal consecutive keys: a rollout lays a prompt's samples out side by
@@ -35,15 +37,26 @@ def win_rates(P: torch.Tensor) -> torch.Tensor:
     return (P.sum(1) - P.diagonal()) / (K - 1)
 
 
-def preference_matrices(judge, prompts: list, completions: list, sizes: list, **kw) -> tuple:
+def preference_matrices(judge, prompts: list, completions: list, sizes: list, names: Optional[list] = None,
+                        **kw) -> tuple:
     """(one [K, K] matrix per group, the judge's stats) for flat ``prompts``/``completions`` laid out
-    in consecutive groups of ``sizes``; ``kw``: per-completion lists (prompt_ids, completion_ids)."""
-    return judge.matrices(list(prompts), list(completions), list(sizes), **kw)
+    in consecutive groups of ``sizes``; ``kw``: per-completion lists (prompt_ids, completion_ids).
+    A NaN or ±inf from the judge is a one-line :class:`NonFiniteJudgment` naming the group by
+    ``names`` (default: "prompt g")."""
+    try:
+        mats, stats = judge.matrices(list(prompts), list(completions), list(sizes), **kw)
+        for g, P in enumerate(mats):
+            K = P.shape[0]
+            refuse_nonfinite(judge, P, "P(y_i ≻ y_j) =", lambda n: (g, f"completions {n // K} and {n % K}"))
+    except NonFiniteJudgment as e:
+        raise e.at(names) from None
+    return mats, stats
 
 
-def group_scores(judge, prompts: list, completions: list, sizes: Optional[list] = None, **kw) -> torch.Tensor:
+def group_scores(judge, prompts: list, completions: list, sizes: Optional[list] = None,
+                 names: Optional[list] = None, **kw) -> torch.Tensor:
     """Each completion's win rate within its group (float32 [N]); ``sizes`` default: runs of equal
     consecutive prompts (:func:`consecutive_groups`)."""
     sizes = sizes or consecutive_groups(list(prompts))
-    mats, _ = preference_matrices(judge, prompts, completions, sizes, **kw)
+    mats, _ = preference_matrices(judge, prompts, completions, sizes, names=names, **kw)
     return torch.cat([win_rates(P) for P in mats]).float() if mats else torch.zeros(0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prefopt.rollout import judges
+from prefopt.rollout.judges.base import group_starts
 from prefopt.rollout.rewards.base import RewardConfig, RewardContext, RewardSource, register
 
 KEY = "reward.judge"
@@ -42,5 +43,8 @@ class JudgeReward(RewardSource):
 
     def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None, **kw) -> torch.Tensor:
         keys = [tuple(p) for p in prompt_ids] if prompt_ids is not None else list(prompts)
-        return judges.group_scores(self.judge, list(prompts), list(completions), judges.consecutive_groups(keys),
+        sizes = judges.consecutive_groups(keys)
+        return judges.group_scores(self.judge, list(prompts), list(completions), sizes,
+                                   names=[f"rollout prompt {g} ('{prompts[a][:40]}')" for g, a in
+                                          enumerate(group_starts(sizes))],
                                    prompt_ids=prompt_ids, completion_ids=completion_ids)
