@@ -18,7 +18,8 @@ from prefopt.core.errors import RunStopped, UserError
 from prefopt.label import pairs as L
 from prefopt.rollout import judges as J
 
-TINY = ["data=reviews", "judge=gold", "num_prompts=2"]  # the cheapest real labelling run (a few seconds)
+DATA = ["data=reviews", "num_prompts=2"]  # the cheapest real labelling run (a few seconds)
+TINY = [*DATA, "judge=gold"]
 
 
 def _refused(capsys, args, *needles) -> str:
@@ -147,7 +148,7 @@ def test_a_judge_that_gives_nan_or_inf_stops_the_run(value, tau, tmp_path, capsy
     """τ = 0 would turn NaN into "rejected wins", σ would turn ±inf into certainty: both must stop."""
     mod = _module(tmp_path, monkeypatch, NAN.format(v=value))
     out = tmp_path / "pairs.jsonl"
-    _refused(capsys, [*TINY, "judge=function", f"judge.function={mod}:score", f"judge.temperature={tau}",
+    _refused(capsys, [*DATA, "judge=function", f"judge.function={mod}:score", f"judge.temperature={tau}",
                       f"out={out}"], f"judge=function gave score {float(value)} for completion 0 of row 0",
              "(4 non-finite values in all)", "accepted: a judge that gives a finite number for every completion")
     assert not out.exists()
@@ -172,3 +173,40 @@ def test_online_dpo_stops_on_a_nan_judge(run_cfg, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"reward.judge.temperature=nan; accepted: a finite number >= 0"):
         run_cfg("algo=online_dpo", "data=reviews", "reward=judge", "reward.judge.name=gold",
                 "reward.judge.temperature=nan", "trainer.max_steps=1", out=tmp_path / "run2")
+
+
+# ---- judge=function ----
+
+@pytest.mark.parametrize("source, needles", [
+    ("def score(prompts, completions:\n", ["failed with SyntaxError:", "line 1"]),
+    ("import os\nraise RuntimeError('needs a GPU')\n", ["failed with RuntimeError: needs a GPU", ".py, line 2)"]),
+    ("import sys\nsys.exit('not a library')\n", ["failed with SystemExit: not a library"]),
+])
+def test_a_judge_module_that_cannot_be_imported_is_one_line(source, needles, tmp_path, capsys, monkeypatch,
+                                                            nothing_loads):
+    mod = _module(tmp_path, monkeypatch, source)
+    _refused(capsys, ["judge=function", f"judge.function={mod}:score", f"out={tmp_path / 'x.jsonl'}"],
+             f"judge.function='{mod}:score': importing module '{mod}'", *needles, "accepted: a module that imports")
+
+
+def test_a_judge_function_that_raises_is_one_line(tmp_path, capsys, monkeypatch):
+    mod = _module(tmp_path, monkeypatch, """
+        def score(prompts, completions, **kw):
+            return [len(c) / 0 for c in completions]
+        """)
+    out = tmp_path / "pairs.jsonl"
+    _refused(capsys, [*DATA, "judge=function", f"judge.function={mod}:score", f"out={out}"],
+             f"judge.function={mod}:score raised ZeroDivisionError: division by zero ({mod}.py, line 3)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("[str(len(c)) for c in completions]", "returned str, expected a number (completion 0: '"),
+    ("' '.join(str(len(c)) for c in completions)", "returned str, expected a list of numbers"),
+    ("[None for c in completions]", "returned NoneType, expected a number (completion 0: None)"),
+])
+def test_a_judge_function_that_returns_no_numbers_is_refused(body, needle, tmp_path, capsys, monkeypatch):
+    """Digit strings are not read as scores (which then looked like ties)."""
+    mod = _module(tmp_path, monkeypatch, f"def score(prompts, completions, **kw):\n    return {body}\n")
+    _refused(capsys, [*DATA, "judge=function", f"judge.function={mod}:score", f"out={tmp_path / 'x.jsonl'}"],
+             f"judge.function={mod}:score {needle}", "accepted: fn(prompts, completions, **kw) -> list[float]")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import traceback
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 import torch
 
-from prefopt.core.errors import UserError
+from prefopt.core.errors import UserError, first_line
 from prefopt.data.tokenize import pad_batch
 
 
@@ -52,11 +53,28 @@ def load_function(spec: Optional[str], key: str = "reward.function") -> Callable
     except ImportError as e:
         raise UserError(f"{key}='{spec}': cannot import module '{module}' ({str(e).splitlines()[0]}); "
                         "accepted: an importable MODULE:FUNCTION") from None
+    except (Exception, SystemExit) as e:  # the user's module itself: a syntax error, or code that raises on import
+        raise UserError(f"{key}='{spec}': importing module '{module}' failed with {first_line(e)}{_at(e)}; "
+                        "accepted: a module that imports cleanly") from None
     fn = getattr(mod, name, None)
     if not callable(fn):
         raise UserError(f"{key}='{spec}': module '{module}' has no function '{name}'; accepted: an importable "
                         "MODULE:FUNCTION with signature fn(prompts, completions, **kw) -> list[float]")
     return fn
+
+
+def _at(e: BaseException) -> str:
+    """`` (file, line N)``: where in the user's code ``e`` was raised (a SyntaxError names it itself)."""
+    if isinstance(e, SyntaxError):
+        return ""
+    frames = traceback.extract_tb(e.__traceback__)
+    return f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+
+
+def _number(v) -> float:
+    if isinstance(v, (str, bytes)):  # float("3") would read a digit string as a score
+        raise TypeError(type(v).__name__)
+    return float(v)
 
 
 class FunctionReward(Scorer):
@@ -65,16 +83,27 @@ class FunctionReward(Scorer):
     def __init__(self, spec: Optional[str], kwargs: Optional[dict] = None, key: str = "reward.function"):
         self.fn = load_function(spec, key)
         self.kwargs = dict(kwargs or {})
-        self.name = spec.split(":")[-1]
+        self.spec, self.name = spec, spec.split(":")[-1]
         self.key = key
 
     def __call__(self, prompts, completions, **kw) -> torch.Tensor:
-        out = self.fn(prompts, completions, **kw, **self.kwargs)
         try:
-            vals = [float(v) for v in out]
-        except (TypeError, ValueError):
-            raise UserError(f"{self.key}: {self.name} must return a list of numbers, one per completion; "
-                            f"got {type(out).__name__}") from None
+            out = self.fn(prompts, completions, **kw, **self.kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # the user's code: one line naming it, not a traceback through ours
+            raise UserError(f"{self.key}={self.spec} raised {first_line(e)}{_at(e)}; accepted: a function that returns "
+                            "one number per completion") from None
+        accepted = "accepted: fn(prompts, completions, **kw) -> list[float], one number per completion"
+        if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__iter__"):
+            raise UserError(f"{self.key}={self.spec} returned {type(out).__name__}, expected a list of numbers; {accepted}")
+        vals = []
+        for i, v in enumerate(out):
+            try:
+                vals.append(_number(v))
+            except (TypeError, ValueError):
+                raise UserError(f"{self.key}={self.spec} returned {type(v).__name__}, expected a number (completion {i}: "
+                                f"{v!r:.40}); {accepted}") from None
         if len(vals) != len(completions):
             raise UserError(f"{self.key}: {self.name} returned {len(vals)} rewards for {len(completions)} completions; "
                             "accepted: one number per completion")
