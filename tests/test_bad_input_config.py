@@ -270,3 +270,43 @@ def test_a_result_whose_leaderboard_field_is_not_a_mapping_is_skipped_and_named(
     assert e.value.code == 0 and "skipped nulled.json: field leaderboard" in out, out
     notes = (tmp_path / "LEADERBOARD.md").read_text().split("## Notes")[1]
     assert "skipped file nulled.json: field leaderboard" in notes
+
+
+def test_render_does_not_rank_a_row_that_lost_a_report_seed(tmp_path):
+    # A deleted result, and a NaN test gold, used to leave a row ranked on fewer seeds without a word, and a row
+    # with a NaN averaged different seeds in different columns. Now the row is not compared, its "vs best" says
+    # why, the Notes name it, and every column of a row is over the seeds of its test gold.
+    from test_leaderboard_render import fixture_results
+
+    from prefopt.leaderboard import board as boards
+    from prefopt.leaderboard import store
+    from prefopt.leaderboard.render import render
+    from prefopt.leaderboard.suite import load_suite
+
+    res = tmp_path / "results"
+    fixture_results(str(res))
+    s0, s1, s2 = load_suite("standard").seeds[:3]
+    recs = {(r["leaderboard"]["method"], r["leaderboard"]["seed"]): r for r in store.load_results(str(res)).ok
+            if r["leaderboard"].get("role") == "report" and r.get("code_version") == "c1"}
+    os.remove(res / f"{recs[('dpo', s1)]['result_id']}.json")  # a deleted result
+    nan = recs[("grpo", s2)]
+    nan["eval"]["gold_reward"] = float("nan")  # written as null: no usable test gold, its other values remain
+    store.write_result(str(res), nan)
+    gap = recs[("grpo", s0)]
+    gap["eval"]["kl_to_ref"] = float("nan")  # one metric missing on a seed that has its gold
+    store.write_result(str(res), gap)
+    report = render(str(tmp_path))
+    assert "  not compared (short of a report seed; see the board's Notes): standard reviews dpo, 2 of 3 seeds" in report
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    main_table = md.split("### reviews: tuning")[0]
+    lines = {l.split(" | ")[1]: l for l in main_table.splitlines() if l.startswith("| ") and l.count(" | ") > 3}
+    assert lines["dpo"].startswith("| not compared: 2 of 3 seeds |") and lines["grpo"].startswith("| not compared: 2 of 3")
+    assert "| best |" in main_table  # the rows that kept every seed are still ranked
+    notes = md.split("## Notes")[1]
+    assert f"dpo: not compared, 2 of 3 seeds (no usable test gold on seed(s) {s1}" in notes
+    assert f"grpo: seed(s) {s2} have results but no usable test gold, and are left out of every column" in notes
+    assert f"grpo: KL has no usable value on seed(s) {s0}; its column is the mean of the other 1" in notes
+    task = boards.build(store.load_results(str(res)), "standard").main.agg["tasks"]["reviews"]
+    grpo = next(r for r in task["rows"] if r.method == "grpo")
+    assert grpo.best.est["gold"].n == 2 and grpo.best.est["win"].n == 2 and grpo.best.est["kl"].n == 1
+    assert grpo.vs_best == "not compared" and not any("grpo" in pair for pair in task["comparison"]["pairs"])

@@ -14,6 +14,10 @@ Rules, in the order they apply:
   method-vs-method comparisons are paired t-tests over seeds, Benjamini–Hochberg-adjusted over every pair
   of the task (:func:`stats.compare_all`); each row says whether it is the best (highest mean), statistically
   indistinguishable from it, or separated below it; rows are in order of mean test gold;
+- every column of a row is over the seeds of its test gold (a seed whose gold is unusable, a NaN on file, leaves
+  every column; a metric missing on one of them is named in the task's ``seed_notes``); a row short of a report
+  seed that other rows of its task have (a deleted or unusable result) is left out of the comparisons, and its
+  "vs best" says so (:func:`mark_short`);
 - a report seed counts as *below π_SFT* when its test gold is below π_SFT's test gold on the same seed;
 - trajectories: the validation evaluations every k steps of the report runs, averaged over seeds per
   step; Gao et al.'s RL form is fitted to each method's curve, the best-of-n form to best-of-n's;
@@ -37,6 +41,11 @@ from prefopt.leaderboard.stats import Estimate, compare_all, mean_ci
 
 METRICS = ("gold", "win", "kl", "proxy", "proxy_cal", "gap", "dlen", "rep", "wall", "gen", "train", "mem", "tps",
            "labels", "samples", "tokens", "kl_emp")
+# The board's names of METRICS, for notes that name a column.
+METRIC_NAMES = {"gold": "test gold", "win": "win vs π_SFT", "kl": "KL", "proxy": "proxy reward",
+                "proxy_cal": "calibrated proxy reward", "gap": "proxy−gold gap", "dlen": "Δ length", "rep": "repetition",
+                "wall": "wall s", "gen": "generation s", "train": "training s", "mem": "peak MB", "tps": "tokens/s",
+                "labels": "labels", "samples": "samples", "tokens": "policy tokens", "kl_emp": "empirical KL"}
 RM_METRICS = ("pairwise_accuracy", "pairwise_accuracy_gold", "label_accuracy_gold")
 REWARD_LABEL = {None: "pairs", "proxy": "proxy RM", "exact": "exact reward", "gold": "gold (oracle)"}
 # A row's method as the board prints it.
@@ -80,10 +89,25 @@ class Point:
     diverged: dict = field(default_factory=dict)  # seed -> why its validation curve diverged, or None
     below_sft: dict = field(default_factory=dict)  # seed -> its test gold is below π_SFT's on that seed
     est: dict = field(default_factory=dict)
+    # metric -> the gold seeds it has no usable value on (a NaN on file); its column averages the others
+    gaps: dict = field(default_factory=dict)
+    no_gold: list = field(default_factory=list)  # seeds with other values but no usable test gold: left out
 
     def estimate(self, seed: int = 0):
-        self.est = {m: _clip(mean_ci(list(self.per_seed[m].values())), m) if self.per_seed.get(m) else None
-                    for m in METRICS}
+        """Every column over the seeds of the test gold: a seed whose gold is unusable (a NaN, a missing key) leaves
+        every column, so that no row averages different seeds in different columns. A metric missing on a gold
+        seed is counted in ``gaps`` (the board names it)."""
+        gold = self.per_seed.get("gold") or {}
+        self.est, self.gaps = {}, {}
+        seen = set().union(*(set(self.per_seed.get(m) or {}) for m in METRICS))
+        self.no_gold = sorted(seen - set(gold)) if gold else []
+        for m in METRICS:
+            vals = dict(self.per_seed.get(m) or {})
+            if gold and m != "gold":
+                vals = {s: v for s, v in vals.items() if s in gold}
+                if vals and len(vals) < len(gold):
+                    self.gaps[m] = sorted(set(gold) - set(vals))
+            self.est[m] = _clip(mean_ci(list(vals.values())), m) if vals else None
         return self
 
     @property
@@ -122,8 +146,10 @@ class MethodRow:
     fit: Optional[fits.Fit] = None
     fit_kl_max: Optional[float] = None  # the largest KL on the fitted curve: a peak far beyond it is extrapolation
     # "best" (highest mean test gold), "indistinguishable" (from the best, after the adjustment), "below"
-    # (separated below the best), or None (not compared: the oracle, a row without report runs)
+    # (separated below the best), "not compared" (short of report seeds: see ``short``), or None (the oracle,
+    # a row without report runs)
     vs_best: Optional[str] = None
+    short: Optional[str] = None  # "4 of 5 seeds": the headline's report seeds, when some seed of the task is missing
     bon_points: list = field(default_factory=list)  # best-of-n: a Point per n (test), curve on validation
     # pick -> grid point key -> Point: every report run on file. Only the one the grid's rule chooses now
     # becomes row.best / row.at_budget, so a report run of an earlier pick (before the grid grew) never
@@ -205,12 +231,13 @@ def _current(cands: dict, want: Optional[dict], grid_known: bool):
 
 
 def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: Optional[float] = None,
-              divergence: Optional[dict] = None) -> dict:
+              divergence: Optional[dict] = None, report_seeds: Optional[list] = None) -> dict:
     """{"version": (code, cpu), "other_versions": {(code, cpu): n}, "tasks": {task: {...}}}.
 
     A row's picks are chosen again here from its grid by the plan's own rule (select.choose, with the
     suite's ``pick_kl_budget`` and ``divergence``), and only the report runs of those points are shown.
-    Rows are in rank order, then by mean test gold."""
+    Rows are in rank order, then by mean test gold. A row short of a report seed that other rows of its task
+    have (``report_seeds``: the suite's; a deleted or unusable result) is not compared (:func:`mark_short`)."""
     rule_of = lambda task: select.divergence_rule(divergence, task)  # noqa: E731
     version, recs = pick_version(records)
     others = {k: len(v) for k, v in version_groups(records).items() if k != version}
@@ -318,13 +345,14 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
         ref = T["reference"].estimate(boot_seed)
         # The order of the shown statistic: mean test gold (the oracle included, marked as no method).
         rows.sort(key=lambda r: -(_row_gold(r).mean if _row_gold(r) else float("-inf")))
+        seed_notes = mark_short(rows, report_seeds)
         comparison = compare_rows(rows)
         for r in rows:
-            r.vs_best = ("best" if r.label == comparison["best"] else "indistinguishable"
+            r.vs_best = ("not compared" if r.short else "best" if r.label == comparison["best"] else "indistinguishable"
                          if r.label in comparison["indistinguishable"] else "below" if r.label in comparison["means"]
                          else None)
         abl = _ablation_now(T, rows)
-        out[task] = {"rows": rows, "tuned": tuned, "reference": ref, "comparison": comparison,
+        out[task] = {"rows": rows, "tuned": tuned, "reference": ref, "comparison": comparison, "seed_notes": seed_notes,
                      "rm": {k: mean_ci(list(v.values())) for k, v in T["rm"].items()},
                      "rm_by_pairs": {n: mean_ci(list(v.values())) for n, v in T["rm_by_pairs"].items()},
                      "ablation": abl, "proxy_length_corr": mean_ci(list(T["proxy_length_corr"].values()))}
@@ -412,16 +440,52 @@ def _curve_best_within(pt: Point, budget: float, boot_seed: int) -> Optional[Est
     return mean_ci([v for v in vals if v is not None])
 
 
+def _headline(row) -> Optional[Point]:
+    """The Point a row is ordered and compared by: its ``best`` pick, or best-of-n at its chosen n."""
+    if row.best is not None:
+        return row.best
+    return next((p for p in row.bon_points if p.point.get("chosen")), None)
+
+
 def headline_seeds(row) -> dict:
     """{seed: test gold} of a row's headline configuration: its ``best`` pick, or best-of-n at its chosen n."""
-    if row.best is not None:
-        return dict(row.best.per_seed.get("gold", {}))
-    chosen = next((p for p in row.bon_points if p.point.get("chosen")), None)
-    return dict(chosen.per_seed.get("gold", {})) if chosen is not None else {}
+    p = _headline(row)
+    return dict(p.per_seed.get("gold", {})) if p is not None else {}
+
+
+def mark_short(rows: list, report_seeds: Optional[list] = None) -> list:
+    """Set ``row.short`` ("4 of 5 seeds") on each method row whose headline lacks a report seed that another row
+    of the task has (a deleted or unusable result: comparing it would rank it on other seeds than the rest);
+    returns the task's notes on seeds: those rows, seeds with no usable test gold, metrics missing on a seed,
+    and report seeds no row has yet. ``report_seeds``: the suite's (None: every seed a row has)."""
+    have = {s for r in rows if r.reward != "gold" for s in headline_seeds(r)}
+    expected = have & set(report_seeds) if report_seeds else have
+    notes = []
+    if report_seeds and have and set(report_seeds) - have:
+        notes.append(f"report seed(s) {', '.join(map(str, sorted(set(report_seeds) - have)))}: no usable result for "
+                     "any method yet (every row is compared over the other seeds)")
+    for r in rows:
+        p = _headline(r)
+        if p is None:
+            continue
+        mine = set(headline_seeds(r))
+        lost = sorted(expected - mine)
+        if lost and mine and r.reward != "gold":
+            r.short = f"{len(mine & expected)} of {len(expected)} seeds"
+            notes.append(f"{r.label}: not compared, {r.short} (no usable test gold on seed(s) "
+                         f"{', '.join(map(str, lost))}: a result deleted, failed or unusable)")
+        if p.no_gold:
+            notes.append(f"{r.label}: seed(s) {', '.join(map(str, p.no_gold))} have results but no usable test gold, "
+                         "and are left out of every column of the row")
+        for m, seeds in sorted(p.gaps.items()):
+            notes.append(f"{r.label}: {METRIC_NAMES.get(m, m)} has no usable value on seed(s) {', '.join(map(str, seeds))}; its column is "
+                         f"the mean of the other {len(mine) - len(seeds)}")
+    return notes
 
 
 def compare_rows(rows: list) -> dict:
     """:func:`stats.compare_all` of the rows' headline test gold, paired by seed; the oracle (best-of-n picked
-    by the gold reward itself) is a ceiling, not a method, and stays out of the family."""
-    per = {r.label: headline_seeds(r) for r in rows if r.reward != "gold"}
+    by the gold reward itself) is a ceiling, not a method, and stays out of the family, and so does a row short
+    of a report seed (``row.short``, :func:`mark_short`)."""
+    per = {r.label: headline_seeds(r) for r in rows if r.reward != "gold" and not r.short}
     return compare_all({k: v for k, v in per.items() if v})

@@ -33,7 +33,7 @@ class SuiteBoard:
         """An aggregate of other records of this suite (a rerun), under the suite's own rules."""
         spec = self.spec
         return aggregate(records, self.budgets, pick_kl_budget=spec.pick_kl_budget if spec else None,
-                         divergence=_divergence(spec))
+                         divergence=_divergence(spec), report_seeds=spec.seeds if spec else None)
 
     def task_order(self) -> list:
         """The suite's tasks in the order it lists them, then any other task its results have."""
@@ -60,7 +60,7 @@ def suite_board(loaded: Loaded, suite: str, kl_budgets: Optional[list] = None) -
         other_blocks = sum(1 for r in records if r["leaderboard"].get("seed") not in keep)
         records = [r for r in records if r["leaderboard"].get("seed") in keep]
     agg = aggregate(records, budgets, pick_kl_budget=spec.pick_kl_budget if spec else None,
-                    divergence=_divergence(spec))
+                    divergence=_divergence(spec), report_seeds=spec.seeds if spec else None)
     _, shown = pick_version(records)
     versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in shown
                        if r.get("versions")})

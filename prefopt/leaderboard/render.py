@@ -99,6 +99,8 @@ def notes(board, sections: list) -> list:
     for name, why in loaded.problems:
         out.append(f"skipped file {name}: {why}")
     for b in board.boards():
+        for task in b.task_order():
+            out += [f"{task} (suite `{b.suite}`): {n}" for n in b.agg["tasks"][task].get("seed_notes", [])]
         if b.other_blocks:
             out.append(f"{b.other_blocks} result(s) of suite `{b.suite}` on seeds outside its current block (earlier "
                        "boards' report seeds) not shown: a rule revised after seeing them is reported on new seeds.")
@@ -194,6 +196,8 @@ def render(out_dir: str = "leaderboard", suite: str = None, kl_budgets=None) -> 
         report.append("  nothing to render: no successful results")
         return report
     board = boards.build(loaded, suite, kl_budgets)
+    report += [f"  not compared (short of a report seed; see the board's Notes): {b.suite} {task} {r.label}, {r.short}"
+               for b in board.boards() for task in b.task_order() for r in b.agg["tasks"][task]["rows"] if r.short]
     sections = section.ordered()
     headlines = [h for sec in sections for h in sec.headlines(board)]
     images = {}

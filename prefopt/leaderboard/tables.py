@@ -57,7 +57,14 @@ def headline_point(row):
 COLS = [("test gold", "gold", +1, 3), ("win vs π_SFT", "win", +1, 3), ("KL", "kl", None, 2),
         ("proxy−gold gap", "gap", None, 3), ("Δ length", "dlen", None, 1), ("repetition", "rep", None, 3)]
 # The main table's comparison column: a row's standing against the best after the correction.
-VS_BEST = {"best": "best", "indistinguishable": "≈ best", "below": "below", None: "—"}
+VS_BEST = {"best": "best", "indistinguishable": "≈ best", "below": "below", "not compared": "not compared", None: "—"}
+
+
+def standing(row) -> str:
+    """A row's "vs best" cell: its standing, or why it is not compared ("not compared: 4 of 5 seeds")."""
+    if row.reward == "gold":
+        return "oracle (no method)"
+    return f"not compared: {row.short}" if row.short else VS_BEST[row.vs_best]
 COST = [("labels", "labels", 0), ("samples", "samples", 0), ("policy tokens", "tokens", 0), ("wall s", "wall", 0),
         ("peak MB", "mem", 0)]
 
@@ -95,7 +102,7 @@ def table(task_agg, budgets):
     out.append(cells)
     for i, (r, (p, chosen)) in enumerate(zip(rows, heads)):
         sig = REWARD_LABEL.get(r.reward, str(r.reward))
-        stand = "oracle (no method)" if r.reward == "gold" else VS_BEST[r.vs_best]
+        stand = standing(r)
         cells = [(stand, stand, False), (r.label, r.label, False), (sig, sig, False),
                  (fmt_point(chosen) + _edge(r, chosen), fmt_point(chosen), False)]
         for title, m, d, dg in COLS:
@@ -123,7 +130,7 @@ def table(task_agg, budgets):
             cells.append(("—" if e is None else f"{e.mean:,.{dg}f}", e.mean if e else None, False))
         n = p.seeds if p is not None else 0
         dv = diverged_count(p)
-        cells.append((f"{dv}/{n}" if p is not None and p.diverged else "—", dv, False))
+        cells.append((f"{dv}/{len(p.diverged)}" if p is not None and p.diverged else "—", dv, False))
         below = sum(1 for v in (p.below_sft if p is not None else {}).values() if v)
         cells.append((f"{below}/{len(p.below_sft)}" if p is not None and p.below_sft else "—", below, False))
         cells.append((str(n), n, False))
@@ -226,7 +233,8 @@ def task_section(T, task, budgets, task_checks, level="##", title=None) -> list:
     header, rows = table(T, budgets)
     lines = [f"{level} {title or task}", "", headline(T), "",
              f"Test-prompt means over report seeds with {LEVEL:.0%} {INTERVAL}-intervals (n = the seeds column); rows in "
-             f"order of mean test gold; vs best: paired t-tests, {CORRECTION}-adjusted over every pair of this task.", ""]
+             f"order of mean test gold; vs best: paired t-tests, {CORRECTION}-adjusted over every pair of this task; a "
+             "row short of a report seed that other rows have is not compared (the Notes name it).", ""]
     lines += md_table(header, rows, MAIN_COLS) + [""]
     side_tables = [
         (("pick @ KL budget", "its test gold", "its KL"), "the pick within the KL budget (test prompts)",
@@ -278,7 +286,9 @@ def headline(T) -> str:
         return "No method has report results yet."
     g = lambda r: headline_point(r)[0].est.get("gold")  # noqa: E731
     cost = lambda r: _cost(headline_point(r)[0])  # noqa: E731
-    best = next(r for r in rows if r.vs_best == "best")
+    best = next((r for r in rows if r.vs_best == "best"), None)
+    if best is None:
+        return "No method is compared: every row is short of a report seed (see the Notes)."
     e = g(best)
     out = [f"**Best by mean test gold**: {best.label} {fmt_est(e, 2)} ({e.label}; {cost(best)})."]
     same = [r for r in rows if r.vs_best == "indistinguishable"]
@@ -289,11 +299,11 @@ def headline(T) -> str:
     off = [r for r in rows if r.category == "offline"]
     if off:
         b = off[0]
-        out.append(f"**Best offline**: {b.label} {fmt_est(g(b), 2)} ({cost(b)}), {VS_BEST[b.vs_best]}.")
+        out.append(f"**Best offline**: {b.label} {fmt_est(g(b), 2)} ({cost(b)}), {standing(b)}.")
     ref = T["reference"].est.get("gold")
     if ref is not None:
         out.append(f"π_SFT: {fmt_est(ref, 2, ci=False)}.")
-    div = [f"{r.label} {diverged_count(r.best)}/{r.best.seeds}" for r in rows if r.best is not None and diverged_count(r.best)]
+    div = [f"{r.label} {diverged_count(r.best)}/{len(r.best.diverged)}" for r in rows if r.best is not None and diverged_count(r.best)]
     out.append("Report seeds diverged: " + (", ".join(div) if div else "none") + ".")
     low = [f"{r.label} {sum(r.best.below_sft.values())}/{len(r.best.below_sft)}" for r in rows
            if r.best is not None and any(r.best.below_sft.values())]
