@@ -210,3 +210,46 @@ def test_a_judge_function_that_returns_no_numbers_is_refused(body, needle, tmp_p
     mod = _module(tmp_path, monkeypatch, f"def score(prompts, completions, **kw):\n    return {body}\n")
     _refused(capsys, [*DATA, "judge=function", f"judge.function={mod}:score", f"out={tmp_path / 'x.jsonl'}"],
              f"judge.function={mod}:score {needle}", "accepted: fn(prompts, completions, **kw) -> list[float]")
+
+
+# ---- the LLM judge's principles ----
+
+@pytest.fixture(scope="module")
+def judge_128(tmp_path_factory):
+    """A tiny chat model whose context is 128 positions."""
+    from gguf_files import save_tiny_chat_model
+
+    return save_tiny_chat_model(str(tmp_path_factory.mktemp("judge128")), seed=5)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (bytes(range(256)), "is not text (byte 0x80 at offset 128 is not UTF-8)"),
+    (b"\x00" * 64, "holds NUL bytes, so it is not text"),
+])
+def test_a_binary_principles_file_is_one_line(content, needle, tmp_path, capsys, nothing_loads):
+    f = tmp_path / "principles.bin"
+    f.write_bytes(content)
+    _refused(capsys, ["judge=smollm2", f"judge.principles_file={f}", f"out={tmp_path / 'x.jsonl'}"],
+             f"judge.principles_file: '{f}' {needle}", "accepted: a UTF-8 text file")
+
+
+def test_principles_longer_than_the_judge_context_are_refused_before_judging(tmp_path, capsys, judge_128, monkeypatch):
+    f = tmp_path / "principles.txt"
+    f.write_text("Prefer the answer that is kind, clear and true. " * 40)
+
+    def judged(*a, **kw):
+        raise AssertionError("judged before refusing")
+
+    monkeypatch.setattr(J, "preference_matrices", judged)
+    out = tmp_path / "pairs.jsonl"
+    line = _refused(capsys, [*DATA, "judge=smollm2", f"judge.path={judge_128}", f"judge.principles_file={f}",
+                             f"out={out}"], f"judge.principles_file='{f}' is ", "reads at most 128 (max_position_embeddings)")
+    assert int(line.split(f"judge.principles_file='{f}' is ")[1].split()[0]) > 128  # the token count
+    assert not out.exists()
+
+
+def test_a_judge_prompt_longer_than_the_context_is_reported(judge_128):
+    """Short principles, but prompt and answers take the judge past its 128 positions: said, not silent."""
+    judge = J.build_judge(J.judge_config({"name": "tiny", "kind": "llm", "path": judge_128, "principles": "Be kind."}))
+    with pytest.warns(UserWarning, match=r"judge=tiny: 2 of 2 judge prompts are longer than the 128 positions"):
+        J.preference_matrices(judge, ["q"] * 2, ["a long answer " * 20, "b"], [2])

@@ -109,7 +109,14 @@ def test_the_readme_smollm2_commands_run(tmp_path, monkeypatch):
 def tiny_judge(tmp_path_factory):
     from gguf_files import save_tiny_chat_model
 
-    return save_tiny_chat_model(str(tmp_path_factory.mktemp("judge")), seed=5)
+    d = save_tiny_chat_model(str(tmp_path_factory.mktemp("judge")), seed=5)
+    # Its 128 positions are fewer than the judge prompt's tokens under this 300-token BPE (the default
+    # principles alone are ~190), which the judge refuses; rotary positions go on past 128 unchanged.
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({**cfg, "max_position_embeddings": 2048}, f)
+    return d
 
 
 def test_an_llm_judge_labels_all_pairs_and_reports_position_bias(tmp_path, tiny_judge):

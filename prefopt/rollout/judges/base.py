@@ -90,20 +90,22 @@ class Judge:
         return mats, {}
 
 
-class NonFiniteJudgment(UserError):
+class JudgeRowError(UserError):
+    """A judge cannot judge one prompt's completions. ``template`` holds ``{place}``, which names
+    prompt ``group`` of the caller: "prompt g" by default, a data row or a rollout prompt once the
+    caller's :meth:`at` names them."""
+
+    def __init__(self, template: str, group: int, names=None):
+        self.template, self.group = template, group
+        super().__init__(template.replace("{place}", names[group] if names is not None else f"prompt {group}"))
+
+    def at(self, names) -> "JudgeRowError":
+        return type(self)(self.template, self.group, names)
+
+
+class NonFiniteJudgment(JudgeRowError):
     """A judge gave NaN or ±inf. A pair it cannot order must stop the run: NaN compares false both
-    ways, so it would become a silent tie (or "rejected wins") and σ(±inf) a silent certainty.
-    ``group`` indexes the caller's prompts; :meth:`at` names them (a data row, a rollout prompt)."""
-
-    def __init__(self, judge: str, what: str, value: float, group: int, detail: str, count: int, names=None):
-        self.args_ = (judge, what, value, group, detail, count)
-        place = names[group] if names is not None else f"prompt {group}"
-        more = f" ({count} non-finite values in all)" if count > 1 else ""
-        super().__init__(f"{judge} gave {what} {value} for {detail} of {place}{more}; accepted: a judge that gives a "
-                         "finite number for every completion")
-
-    def at(self, names) -> "NonFiniteJudgment":
-        return NonFiniteJudgment(*self.args_, names=names)
+    ways, so it would become a silent tie (or "rejected wins"), and σ(±inf) a silent certainty."""
 
 
 def refuse_nonfinite(judge: "Judge", values: torch.Tensor, what: str, where: Callable) -> None:
@@ -111,8 +113,11 @@ def refuse_nonfinite(judge: "Judge", values: torch.Tensor, what: str, where: Cal
     bad = torch.nonzero(~torch.isfinite(values.reshape(-1))).flatten()
     if len(bad):
         n = int(bad[0])
-        value = float(values.reshape(-1)[n])
-        raise NonFiniteJudgment(f"{judge.key}={judge.name}", what, value, *where(n), len(bad))
+        group, detail = where(n)
+        more = f" ({len(bad)} non-finite values in all)" if len(bad) > 1 else ""
+        raise NonFiniteJudgment(f"{judge.key}={judge.name} gave {what} {float(values.reshape(-1)[n])} for {detail} of "
+                                f"{{place}}{more}; accepted: a judge that gives a finite number for every completion",
+                                group)
 
 
 def locate(sizes: list, n: int) -> tuple:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,7 +29,7 @@ import torch
 
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError, first_line
-from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, fill_pairs, group_starts, register
+from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, fill_pairs, group_starts, locate, register
 
 TEMPLATE = ("{principles}\n\n[Prompt]\n{prompt}\n\n[Answer A]\n{a}\n\n[Answer B]\n{b}\n\n"
             "Which answer better follows the principles above? Reply with a single letter: A or B.")
@@ -70,6 +71,12 @@ def principles_text(cfg, key: str = "judge") -> str:
         except OSError as e:
             raise UserError(f"{key}.principles_file: cannot read '{cfg.principles_file}' ({e.strerror}); "
                             "accepted: a readable text file") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{key}.principles_file: '{cfg.principles_file}' is not text (byte 0x{e.object[e.start]:02x} "
+                            f"at offset {e.start} is not UTF-8); accepted: a UTF-8 text file") from None
+        if "\x00" in text:  # valid UTF-8, but a binary file all the same
+            raise UserError(f"{key}.principles_file: '{cfg.principles_file}' holds NUL bytes, so it is not text; "
+                            "accepted: a UTF-8 text file")
     else:
         text = (cfg.principles or "").strip()
     if not text:
@@ -133,16 +140,35 @@ class LLMJudge(Judge):
             raise UserError(f"{key}={cfg.name}: the judge's tokenizer splits the answer letters {LETTERS} into "
                             f"{ids}; accepted: a vocabulary with one token per letter")
         self.letter_ids = [i[0] for i in ids]
+        self.warned_context = False
+        self.note = (lambda m: console.print(f"[yellow]warning:[/] {m}", soft_wrap=True, markup=True)) if console \
+            else (lambda m: warnings.warn(m, stacklevel=4))
+        self.check_context(cfg, key)
         self.device = ctx.device or torch.device("cpu")
         self.model.to(self.device)
+
+    def check_context(self, cfg, key: str) -> None:
+        """Principles that fill the judge model's context leave no room for the prompt and answers:
+        refused. Past its position limit a model reads noise, so a longer judge prompt is reported
+        (:meth:`verdicts`)."""
+        c = self.model.config
+        self.max_positions = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+        n = len(self.prompt_ids("", "", ""))
+        self.principles_tokens = n - len(self.prompt_ids("", "", "", principles=""))
+        if self.max_positions and self.principles_tokens >= self.max_positions:
+            source = f"{key}.principles_file='{cfg.principles_file}'" if cfg.principles_file else f"{key}.principles"
+            raise UserError(f"{source} is {self.principles_tokens} tokens (a judge prompt of {n} before any prompt or "
+                            f"answer), and {key}={cfg.name} reads at most {self.max_positions} "
+                            "(max_position_embeddings); accepted: principles far shorter than that, or a judge model "
+                            "with a longer context")
 
     @classmethod
     def check(cls, cfg: LLMJudgeConfig, key: str = "judge") -> None:
         check_llm(cfg, key)
 
-    def prompt_ids(self, prompt: str, a: str, b: str) -> list:
+    def prompt_ids(self, prompt: str, a: str, b: str, principles: Optional[str] = None) -> list:
         """The judge prompt with ``a`` in slot A and ``b`` in slot B, ready for the next token."""
-        text = TEMPLATE.format(principles=self.principles, prompt=prompt, a=a, b=b)
+        text = TEMPLATE.format(principles=self.principles if principles is None else principles, prompt=prompt, a=a, b=b)
         ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
@@ -166,11 +192,22 @@ class LLMJudge(Judge):
             out.append(logits[:, -1, self.letter_ids].float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 2)
 
-    def verdicts(self, prompts, completions_a, completions_b) -> tuple:
-        """(p_A(a, b), p_B(b, a)), float32 [N] each (see :func:`order_averaged`)."""
+    def verdicts(self, prompts, completions_a, completions_b, where=None) -> tuple:
+        """(p_A(a, b), p_B(b, a)), float32 [N] each (see :func:`order_averaged`). ``where(k)`` ->
+        (group, detail) names pair k in errors."""
         n = len(prompts)
         seqs = [self.prompt_ids(x, a, b) for x, a, b in zip(prompts, completions_a, completions_b)]
         seqs += [self.prompt_ids(x, b, a) for x, a, b in zip(prompts, completions_a, completions_b)]
+        long = [k for k, s in enumerate(seqs) if self.max_positions and len(s) > self.max_positions]
+        if long and not self.warned_context:
+            self.warned_context = True
+            k = long[0] % n
+            group, detail = where(k) if where else (k, f"pair {k}")
+            self.note(f"{self.key}={self.name}: {len(long)} of {len(seqs)} judge prompts are longer than the "
+                      f"{self.max_positions} positions the judge model reads (the first: {len(seqs[long[0]])} tokens, "
+                      f"{detail} of prompt {group}; {self.principles_tokens} are the principles); its verdicts on "
+                      "them are unreliable. Shorter principles or answers (max_new_tokens), or a judge with a longer "
+                      "context, avoid this")
         z = self.answer_logits(seqs)
         return order_averaged(z[:n], z[n:])
 
@@ -189,8 +226,12 @@ class LLMJudge(Judge):
         mats = [torch.full((K, K), 0.5) for K in sizes]
         if not idx:
             return mats, {}
+        def where(k):
+            g, i = locate(sizes, idx[k][0])
+            return g, f"completions {i} and {i + idx[k][1] - idx[k][0]}"
+
         p_first, p_second = self.verdicts([prompts[i] for i, _ in idx], [completions[i] for i, _ in idx],
-                                          [completions[j] for _, j in idx])
+                                          [completions[j] for _, j in idx], where)
         fill_pairs(mats, sizes, 0.5 * (p_first + p_second))
         return mats, {"pairs": len(idx),
                       "order_disagreement": float(((p_first > 0.5) != (p_second > 0.5)).float().mean()),

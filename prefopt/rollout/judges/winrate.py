@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from prefopt.rollout.judges.base import NonFiniteJudgment, refuse_nonfinite
+from prefopt.rollout.judges.base import JudgeRowError, refuse_nonfinite
 
 
 def consecutive_groups(keys: list) -> list:
@@ -41,14 +41,14 @@ def preference_matrices(judge, prompts: list, completions: list, sizes: list, na
                         **kw) -> tuple:
     """(one [K, K] matrix per group, the judge's stats) for flat ``prompts``/``completions`` laid out
     in consecutive groups of ``sizes``; ``kw``: per-completion lists (prompt_ids, completion_ids).
-    A NaN or ±inf from the judge is a one-line :class:`NonFiniteJudgment` naming the group by
-    ``names`` (default: "prompt g")."""
+    A group the judge cannot judge (a NaN or ±inf verdict, a judge prompt longer than its model
+    reads) is one line naming it by ``names`` (default: "prompt g")."""
     try:
         mats, stats = judge.matrices(list(prompts), list(completions), list(sizes), **kw)
         for g, P in enumerate(mats):
             K = P.shape[0]
             refuse_nonfinite(judge, P, "P(y_i ≻ y_j) =", lambda n: (g, f"completions {n // K} and {n % K}"))
-    except NonFiniteJudgment as e:
+    except JudgeRowError as e:
         raise e.at(names) from None
     return mats, stats
 
