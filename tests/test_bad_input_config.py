@@ -310,3 +310,58 @@ def test_render_does_not_rank_a_row_that_lost_a_report_seed(tmp_path):
     grpo = next(r for r in task["rows"] if r.method == "grpo")
     assert grpo.best.est["gold"].n == 2 and grpo.best.est["win"].n == 2 and grpo.best.est["kl"].n == 1
     assert grpo.vs_best == "not compared" and not any("grpo" in pair for pair in task["comparison"]["pairs"])
+
+
+def test_board_manifest_names_missing_and_changed_results_and_verify_checks_them(tmp_path, capsys):
+    # A result deleted from results/ vanished silently (the board was rebuilt from one result fewer) and nothing
+    # recorded what a committed board was built from. Now render writes MANIFEST.json (every result id with the
+    # sha256 of its file, and the code version), says what is missing or changed since the last one, and verify
+    # checks a board against results/.
+    import json
+
+    from test_leaderboard_render import fixture_results
+
+    from prefopt.core.files import sha256_file
+    from prefopt.leaderboard.cli import main
+
+    def cli(*argv):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, f"dir={tmp_path}"])
+        out, err = capsys.readouterr()
+        return e.value.code, out.strip().splitlines(), err.strip().splitlines()
+
+    res = tmp_path / "results"
+    fixture_results(str(res))
+    rc, _, err = cli("verify")
+    assert rc == 2 and len(err) == 1 and "MANIFEST.json: no board manifest; accepted: " in err[0], err
+    assert cli("render")[0] == 0
+    m = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert m["code_version"] == "c1" and list(m["results"]) == sorted(m["results"]) and len(m["results"]) == 15
+    assert all(sha256_file(res / f"{i}.json") == h for i, h in m["results"].items())
+    assert cli("verify")[0] == 0
+
+    gone, edited = sorted(m["results"])[:2]
+    os.remove(res / f"{gone}.json")
+    rec = json.loads((res / f"{edited}.json").read_text())
+    rec["wall_time_s"] = 1.0
+    (res / f"{edited}.json").write_text(json.dumps(rec))
+    rc, out, err = cli("verify")
+    assert rc == 1 and out == [f"missing: {res / gone}.json (result {gone} of the board)",
+                               next(l for l in out if l.startswith(f"changed: {res / edited}.json (sha256 "))], out
+    assert len(err) == 1 and "2 of 15 result(s) of the board" in err[0]
+    rc, out, _ = cli("render")
+    assert rc == 0 and "  Since the previous board's MANIFEST.json: 1 result(s) missing, 1 changed, 0 new." in out
+    assert f"  Missing since the previous board (deleted or now unreadable): {gone}." in out
+    notes = (tmp_path / "LEADERBOARD.md").read_text().split("## Notes")[1]
+    assert f"Changed since the previous board (rewritten: a rerun or an edit): {edited}." in notes
+    assert "Built from 14 result file(s), listed with the sha256 of each in MANIFEST.json" in notes
+    assert cli("verify")[0] == 0  # the new board is what the results now are
+
+    (tmp_path / "MANIFEST.json").write_text('{"results": [1]}')
+    rc, _, err = cli("verify")
+    assert rc == 2 and len(err) == 1 and "MANIFEST.json: not a board manifest" in err[0]
+    rc, out, _ = cli("render")  # a damaged manifest does not stop the board: it is replaced, and says so
+    assert rc == 0 and any("not a board manifest" in l and l.endswith("; replaced") for l in out)
+    assert cli("verify")[0] == 0
+    assert cli("verify", "suite=quick")[2] == ["prefopt-leaderboard: error: verify: 'suite' does not apply (it checks a "
+                                               "rendered board against its results); accepted: dir=DIR"]

@@ -18,6 +18,7 @@ import prefopt.leaderboard.plan as plan_mod
 from prefopt.core.errors import UserError
 from prefopt.leaderboard import cli, store
 from prefopt.leaderboard.jobs import Job, read_manifest
+from prefopt.leaderboard.render import render
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -58,7 +59,7 @@ def examples() -> list:
 
 def test_examples_are_found():
     argvs = [p.values[0] for p in examples()]
-    assert ["render"] in argvs and ["run", "suite=quick"] in argvs
+    assert ["render"] in argvs and ["verify"] in argvs and ["run", "suite=quick"] in argvs
     assert ["run", "suite=standard", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] in argvs
     assert any("only=[*dpo*,*-s0-*]" in a for a in argvs)  # the shell has removed the docstring's quotes
 
@@ -91,9 +92,11 @@ def cached_plan(monkeypatch):
 @pytest.mark.parametrize("argv", examples())
 def test_documented_example_runs(argv, lb_dir, tmp_path, cached_plan, capsys):
     cmd, rest = argv[0], [a for a in argv[1:] if not a.startswith("dir=")]
-    if cmd == "render":
+    if cmd in ("render", "verify"):
         fixture_results(str(tmp_path / "results"))
         d = tmp_path
+        if cmd == "verify":  # a rendered board to check
+            render(str(tmp_path))
     else:
         cmd, d = "plan", lb_dir  # `run` trains (minutes): its plan is what the example decides
     with pytest.raises(SystemExit) as e:
@@ -102,6 +105,10 @@ def test_documented_example_runs(argv, lb_dir, tmp_path, cached_plan, capsys):
     assert e.value.code == 0, err
     if cmd == "render":
         assert (tmp_path / "LEADERBOARD.md").exists() and (tmp_path / "index.html").exists()
+        assert (tmp_path / "MANIFEST.json").exists()
+        return
+    if cmd == "verify":
+        assert "matches its" in out
         return
     listed = re.findall(r"^  \[(?:done|todo)\] stage (\d) (\S+) (\S+)$", out, re.MULTILINE)
     assert listed and "jobs planned now" in out

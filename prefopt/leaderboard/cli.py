@@ -4,7 +4,8 @@
     prefopt-leaderboard run suite=standard hydra/launcher=joblib hydra.launcher.n_jobs=2   # the published board
     prefopt-leaderboard run suite=quick only='[*dpo*,*-s0-*]' stages=[1,2]   # some jobs, some stages
     prefopt-leaderboard plan suite=standard           # list the jobs and which are done, run nothing
-    prefopt-leaderboard render                        # leaderboard/LEADERBOARD.md, frontier.png, index.html
+    prefopt-leaderboard render                        # leaderboard/: LEADERBOARD.md, *.png, index.html, MANIFEST.json
+    prefopt-leaderboard verify                        # the board against its results (exit 1: one missing or changed)
 
 Options (key=value): ``suite`` (a name in conf/leaderboard/ or a YAML path), ``dir`` (default
 ``leaderboard``: results/ and the rendered files; scratch under work/), ``seeds=[0,1]`` (report seeds) and
@@ -15,6 +16,11 @@ their jobs), ``threads`` (torch threads per job; default: cores / jobs under the
 is ``[a,b]`` or a bare ``a``, read without YAML (``*dpo*`` would be a YAML alias); quotes around it or its
 items are dropped. ``hydra/…`` and ``hydra.…`` overrides go to the Hydra multirun of each stage; any other
 ``key=value`` is a conf/train.yaml override added to every run of the suite.
+
+``render`` also writes MANIFEST.json (every result it read, with the sha256 of its file) and says which results
+of the previous manifest are missing or changed; ``verify`` (option ``dir`` only) checks a committed board
+against results/: exit 0 when every result of its manifest is there with its sha256, 1 with one line per missing
+or changed result.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import sys
 from prefopt.core.errors import UserError
 from prefopt.leaderboard.suite import SEED_LIMIT, SEEDS_ACCEPTED
 
-USAGE = "usage: prefopt-leaderboard {run,plan,render} [suite=NAME] [dir=DIR] [key=value ...]"
+USAGE = "usage: prefopt-leaderboard {run,plan,render,verify} [suite=NAME] [dir=DIR] [key=value ...]"
+COMMANDS = ("run", "plan", "render", "verify")
 OWN = ("suite", "dir", "seeds", "tasks", "threads", "only", "stages")
 # What each list option accepts, for its error messages.
 LISTS = {"seeds": "a list of whole numbers 0 <= seed < 2**32, e.g. seeds=[0,1]",
@@ -41,8 +48,8 @@ def parse(argv: list) -> tuple[str, dict, list, list]:
         print(__doc__)
         raise SystemExit(0)
     cmd, rest = argv[0], argv[1:]
-    if cmd not in ("run", "plan", "render"):
-        raise UserError(f"unknown command '{cmd}'; accepted: run, plan, render")
+    if cmd not in COMMANDS:
+        raise UserError(f"unknown command '{cmd}'; accepted: {', '.join(COMMANDS)}")
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -66,6 +73,10 @@ def parse(argv: list) -> tuple[str, dict, list, list]:
         else:
             train_ovr.append(a)
     _check_own(own)
+    if cmd == "verify" and (set(own) - {"dir"} or hydra_ovr or train_ovr):
+        other = next(iter(sorted(set(own) - {"dir"})), None) or (hydra_ovr + train_ovr)[0].split("=", 1)[0]
+        raise UserError(f"verify: '{other}' does not apply (it checks a rendered board against its results); "
+                        "accepted: dir=DIR")
     return cmd, own, hydra_ovr, train_ovr
 
 
@@ -259,6 +270,16 @@ def cmd_render(own) -> int:
     return 0
 
 
+def cmd_verify(own) -> int:
+    from prefopt.leaderboard import manifest
+
+    bad, summary = manifest.verify(own.get("dir", "leaderboard"))
+    for line in bad:
+        print(line)
+    print(summary, file=sys.stderr if bad else sys.stdout)
+    return 1 if bad else 0
+
+
 def main(argv=None):
     from hydra.errors import HydraException
 
@@ -267,6 +288,8 @@ def main(argv=None):
         cmd, own, hydra_ovr, train_ovr = parse(argv)
         if cmd == "render":
             rc = cmd_render(own)
+        elif cmd == "verify":
+            rc = cmd_verify(own)
         else:
             rc = cmd_run(own, hydra_ovr, train_ovr, dry=cmd == "plan")
     except UserError as e:

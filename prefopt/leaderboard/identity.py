@@ -24,7 +24,8 @@ import os
 # one ending in "/" stands for the whole directory. Of leaderboard/, job.py and bon.py train and evaluate.
 NOT_TRAINING = ("leaderboard/__init__.py", "leaderboard/aggregate.py", "leaderboard/board.py", "leaderboard/checks.py",
                 "leaderboard/cli.py", "leaderboard/ensemble.py", "leaderboard/fits.py", "leaderboard/identity.py",
-                "leaderboard/jobs.py", "leaderboard/page.py", "leaderboard/plan.py", "leaderboard/plot.py", "leaderboard/preregistration.py",
+                "leaderboard/jobs.py", "leaderboard/manifest.py", "leaderboard/page.py", "leaderboard/plan.py",
+                "leaderboard/plot.py", "leaderboard/preregistration.py",
                 "leaderboard/protocol.py", "leaderboard/render.py", "leaderboard/section.py", "leaderboard/sections/",
                 "leaderboard/select.py", "leaderboard/stats.py", "leaderboard/store.py", "leaderboard/suite.py",
                 "leaderboard/tables.py", "leaderboard/transfer.py")

@@ -15,6 +15,7 @@ Temporary files left by a killed writer are reported as partial.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -77,15 +78,23 @@ def _check(rec, name: str):
 
 def read_result(path: str):
     """(record, None) or (None, reason)."""
+    rec, why, _ = _read(path)
+    return rec, why
+
+
+def _read(path: str):
+    """(record, None, sha256 of the bytes read) or (None, reason, None): the digest is of the very bytes parsed,
+    so a board's manifest names what it was built from even while a run rewrites the file."""
     try:
-        with open(path) as f:
-            rec = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
+        rec = json.loads(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
-        return None, f"unreadable ({e.__class__.__name__}: {e})"
+        return None, f"unreadable ({e.__class__.__name__}: {e})", None
     except json.JSONDecodeError as e:
-        return None, f"corrupt JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        return None, f"corrupt JSON ({e.msg} at line {e.lineno} column {e.colno})", None
     why = _check(rec, os.path.basename(path))
-    return (None, why) if why else (rec, None)
+    return (None, why, None) if why else (rec, None, hashlib.sha256(data).hexdigest())
 
 
 def has_result(results_dir: str, config_hash: str) -> bool:
@@ -99,6 +108,7 @@ class Loaded:
     ok: list = field(default_factory=list)  # status "ok" records
     failed: list = field(default_factory=list)  # status "failed" records (reported, not aggregated)
     problems: list = field(default_factory=list)  # (file name, reason): corrupt / partial / foreign
+    sha256: dict = field(default_factory=dict)  # result id -> sha256 of its file as read (ok and failed records)
 
 
 def load_results(results_dir: str) -> Loaded:
@@ -112,10 +122,12 @@ def load_results(results_dir: str) -> Loaded:
             continue
         if not name.endswith(".json") or not os.path.isfile(path):
             continue
-        rec, why = read_result(path)
+        rec, why, digest = _read(path)
         if rec is None:
             out.problems.append((name, why))
-        elif rec["status"] == "ok":
+            continue
+        out.sha256[record_id(rec)] = digest
+        if rec["status"] == "ok":
             out.ok.append(rec)
         else:
             out.failed.append(rec)
