@@ -338,7 +338,9 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
     if ecfg.periodic_test and ecfg.periodic_split != "test":
         periodic_evaluator = _with_test(periodic_evaluator, evaluators["test"])
-    if d.pairwise_eval is not None:  # a scalar head: held-out pairwise accuracy instead
+    if c.needs.head == "scalar":
+        # A scalar head cannot generate: held-out pairwise accuracy instead, or nothing when no pairs
+        # are held out (algo.eval_fraction=0).
         evaluator = periodic_evaluator = d.pairwise_eval
     scorer = Scorer(m.policy, m.reference, value_model=online.value_model if online else None)
     trainer = Trainer(objective=c.objective, policy=m.policy, source=source, scorer=scorer, cfg=tcfg,
@@ -439,12 +441,14 @@ def _outputs(r: _Run) -> dict:
               "peak_mem_mb_per_rank": _gather(place, round(peak_mem_mb(place.device), 1)),
               "params_bytes_per_rank": _gather(place, held["params"]),
               "optimizer_bytes_per_rank": _gather(place, held["optimizer"])}
+    # A reward model held out no pairs (algo.eval_fraction=0): no evaluation, so no split.
+    eval_split = "heldout_pairs" if d.pairwise_eval is not None else None if c.needs.head == "scalar" else c.ecfg.split
     summary = None
     if is_main:
         summary = write_summary(summarize(
             algo=c.acfg.name, params={k: v for k, v in asdict(c.acfg).items() if k != "name"}, task=c.task,
             data=c.data_name, seed=c.seed, model=c.mcfg.name, state=trainer.state, t_start=r.t_start, memory=memory,
-            ev=ev, eval_split=c.ecfg.split if d.pairwise_eval is None else "heldout_pairs", ev_periodic=ev_periodic,
+            ev=ev, eval_split=eval_split, ev_periodic=ev_periodic,
             cost={"examples": len(d.examples), "policy_tokens": trainer.state.tokens,
                   "samples_generated": r.source.samples_generated},
             config_hash=config_hash(c.cfg)), r.out_dir)
