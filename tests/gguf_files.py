@@ -40,8 +40,11 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path: str, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, architecture: str = "llama") -> None:
-    """``model`` and ``tok`` as one GGUF file (F32 tensors)."""
+def write_gguf(path: str, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, architecture: str = "llama", *,
+               drop: tuple = (), replace: dict | None = None, chat_template: str | None = None) -> None:
+    """``model`` and ``tok`` as one GGUF file (F32 tensors). Damaged files for the bad-input tests:
+    ``drop`` leaves out the GGUF tensors it names, ``replace`` writes its arrays under their GGUF
+    names instead of the model's, ``chat_template`` replaces the tokenizer's."""
     import gguf
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, get_gguf_hf_weights_map
 
@@ -69,7 +72,7 @@ def write_gguf(path: str, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast,
     w.add_bos_token_id(vocab["<|im_start|>"])
     w.add_eos_token_id(vocab["<|im_end|>"])
     w.add_pad_token_id(vocab["<|im_end|>"])
-    w.add_chat_template(tok.chat_template)
+    w.add_chat_template(chat_template if chat_template is not None else tok.chat_template)
     names = {hf: g for g, hf in get_gguf_hf_weights_map(model, LlamaTensorProcessor(config=c.to_dict())).items()}
     for hf_name, t in model.state_dict().items():
         if hf_name == "lm_head.weight" and c.tie_word_embeddings:
@@ -79,7 +82,9 @@ def write_gguf(path: str, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast,
             a = _permute(a, c.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
             a = _permute(a, c.num_key_value_heads)
-        w.add_tensor(names[hf_name], a)
+        if names[hf_name] in drop:
+            continue
+        w.add_tensor(names[hf_name], (replace or {}).get(names[hf_name], a))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
