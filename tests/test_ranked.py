@@ -68,6 +68,30 @@ def test_bad_ranked_rows_name_file_row_and_field(tmp_path, case):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+# Values datasets would cast while loading (a column's type is unified across rows): the error must
+# name row 1 and the value as written in the file, not row 0's cast value or an accepted "1".
+RAW = {
+    "a float rank": ({"ranks": [1.5, 2, 3, 4]}, "ranks[0] = 1.5"),
+    "a string rank": ({"ranks": ["1", 2, 3, 4]}, "ranks[0] = '1'"),
+    "a string score": ({"ranks": None, "scores": ["1", 2, 3, 4]}, "scores[0] = '1'"),
+    "ranks as a string": ({"ranks": "1234"}, "str ranks"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW))
+def test_ranked_errors_name_the_real_row_and_the_value_as_written(tmp_path, case):
+    change, needle = RAW[case]
+    good = {**ranked_row(), **({"ranks": None, "scores": [4, 3, 2, 1]} if "scores" in change else {})}
+    f = tmp_path / "ranked.jsonl"
+    f.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
+                         for r in [good, {**good, **change}]))
+    cfg = compose(["data=hf", f"data.path={f}", "algo=reward", "trainer.progress=false"])
+    with pytest.raises(UserError) as e:
+        run(cfg, str(tmp_path / "run"))
+    msg = str(e.value)
+    assert "row 1" in msg and needle in msg, msg
+
+
 def test_ties_are_accepted_in_both_conventions():
     for ranks in ([1, 2, 2, 4], [1, 2, 2, 3], [1, 1, 1, 1], [4, 3, 2, 1]):
         prepare_rows([ranked_row(ranks=ranks)], "ranked", cfg_for(), "data")

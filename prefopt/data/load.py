@@ -98,6 +98,8 @@ def load_rows(cfg: DataConfig, split: Optional[str] = None) -> tuple[list[dict],
                         "accepted: UTF-8 encoded files") from None
     if builder == "csv":
         rows = [{k: _decode_json_cell(v) for k, v in row.items()} for row in rows]
+    if builder == "json" and len(files) == 1 and "[" not in split:
+        _restore_raw_ranked(rows, files[0])
     return rows, source
 
 
@@ -118,6 +120,40 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[dict], Optional[li
     train = [r for i, r in enumerate(rows) if i not in held]
     evals = [r for i, r in enumerate(rows) if i in held]
     return train, evals, source
+
+
+RANKED_FIELDS = ("completions", "ranks", "scores")
+
+
+def _restore_raw_ranked(rows: list[dict], path: str) -> None:
+    """Put back the ranked fields as written in the file. datasets unifies a column's type across
+    rows (ranks [1.5, 2] in one row turn every row's ranks into floats, "1" becomes 1), so the
+    checks would name the wrong row or a value that is not in the file, or accept a string rank.
+    Left as loaded when the file does not parse row for row (datasets' rows then stand)."""
+    if not rows or not any(k in rows[0] for k in RANKED_FIELDS):
+        return
+    raw = _raw_json_rows(path)
+    if raw is None or len(raw) < len(rows):
+        return
+    for row, r in zip(rows, raw):
+        if not isinstance(r, dict):
+            return
+        for k in RANKED_FIELDS:
+            if k in row:
+                row[k] = r.get(k)
+
+
+def _raw_json_rows(path: str) -> Optional[list]:
+    """The rows of a JSON array or JSON-lines file, parsed without type inference; None if neither."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if text.lstrip().startswith("["):
+            data = json.loads(text)
+            return data if isinstance(data, list) else None
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
 
 
 def _load(fn, source: str, split: str, files=(), builder=None):
