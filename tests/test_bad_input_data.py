@@ -288,3 +288,31 @@ def test_bad_input_for_offline_methods(run_cfg, tmp_path):
     s, _ = run_cfg("algo=kto", "data=hf", f"data.path={pairs}", "data.convert=paired_to_unpaired", "trainer.max_steps=1",
                    "trainer.examples_per_step=4", "trainer.examples_per_device=4", *TRAIN_ONLY, out=tmp_path / "e")
     assert s["steps"] == 1
+
+
+# ---- words the tokenizer does not know ------------------------------------------------------------
+
+def test_unknown_words_are_counted_and_named_once():
+    tok = make_tokenizer()  # knows "the movie was good bad ..." only
+    rows = [{"prompt": "the movie was", "chosen": "splendid", "rejected": "atrocious"},
+            {"prompt": "the movie was", "chosen": "good", "rejected": "bad"}]
+    with pytest.warns(UserWarning) as w:
+        tokenize_rows(rows, "paired", tok, cfg_for(), "u.jsonl")
+    msgs = [str(x.message) for x in w if "<unk>" in str(x.message)]
+    assert len(msgs) == 1, msgs
+    assert "u.jsonl" in msgs[0] and "%" in msgs[0] and "'splendid'" in msgs[0] and "'atrocious'" in msgs[0]
+    assert "1 pair(s) of different completions became identical" in msgs[0], msgs[0]
+
+
+def test_no_unknown_word_warning_when_the_tokenizer_knows_every_word(recwarn):
+    rows = [{"prompt": "the movie was", "chosen": "good", "rejected": "bad"}]
+    tokenize_rows(rows, "paired", make_tokenizer(), cfg_for(), "u.jsonl")
+    assert not [w for w in recwarn if "<unk>" in str(w.message)]
+
+
+def test_model_tiny_on_user_data_warns_about_unknown_words(tmp_path):
+    f = write([{"prompt": "the movie was", "completions": ["zorblax quux", "fnord quux", "good"], "ranks": [1, 2, 3]}] * 4,
+              tmp_path / "ranked.jsonl")
+    with pytest.warns(UserWarning, match=r"<unk>.*'zorblax'.*became identical"):
+        run(compose(["data=hf", f"data.path={f}", "algo=reward", "model=tiny", "trainer.max_steps=1",
+                     "trainer.examples_per_step=2", "trainer.progress=false", *TRAIN_ONLY]), str(tmp_path / "run"))

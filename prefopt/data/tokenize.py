@@ -125,8 +125,73 @@ def tokenize_rows(rows: list[dict], kind: str, tokenizer, cfg: DataConfig,
         raise UserError(f"{source}: all {len(rows)} rows were dropped (prompt + completion longer than "
                         f"data.max_length={cfg.max_length}); accepted: a larger data.max_length, or "
                         "data.truncation=truncate")
+    _warn_unknown_words(examples, rows, kind, tokenizer, source)
     return examples, TokenizeReport(rows_in=len(rows), rows_kept=len(examples),
                                     dropped=dropped, truncated=truncated)
+
+
+TEXT_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages")
+
+
+def _id_lists(ex: dict) -> list:
+    return [v for k, v in ex.items() if k.endswith("_ids") and k != "completions_ids"] + ex.get("completions_ids", [])
+
+
+def _warn_unknown_words(examples: list, rows: list, kind: str, tokenizer, source: str) -> None:
+    """A word the tokenizer does not know becomes <unk> (model=tiny knows only the testbed's few
+    hundred words): the model then trains on <unk>s, and two different completions can become the
+    same input. Said once, with the share of <unk> tokens, a few of the words, and how many pairs
+    became identical."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or kind == "prompt_only":
+        return
+    n_unk = n_tok = 0
+    for ex in examples:
+        for ids in _id_lists(ex):
+            n_tok += len(ids)
+            n_unk += sum(1 for t in ids if t == unk)
+    if not n_unk:
+        return
+    same = 0
+    for ex in examples:
+        if kind == "paired":
+            same += ex["chosen_ids"] == ex["rejected_ids"]
+        elif kind == "ranked":
+            c = ex["completions_ids"]
+            same += sum(1 for a in range(len(c)) for b in range(a + 1, len(c)) if c[a] == c[b])
+    words = _unknown_words(tokenizer, examples, rows, unk)
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    msg = (f"{source}: {n_unk} of {n_tok} tokens ({100 * n_unk / n_tok:.1f}%) are <unk>, words {name!r} does not "
+           f"know" + (f" (e.g. {', '.join(repr(w) for w in words)})" if words else "") + "; "
+           + (f"{same} pair(s) of different completions became identical token sequences; " if same else "")
+           + "accepted: a model whose tokenizer covers the data (model=tiny knows only the testbed's words)")
+    import warnings
+    warnings.warn(msg, stacklevel=3)
+
+
+def _unknown_words(tokenizer, examples: list, rows: list, unk: int, limit: int = 5) -> list:
+    """Up to ``limit`` distinct words that became <unk>, read back through the fast tokenizer's offsets."""
+    found: list = []
+    for ex in examples:
+        if len(found) >= limit:
+            break
+        if not any(unk in ids for ids in _id_lists(ex)):
+            continue
+        row = rows[ex["row"]]
+        values = [row.get(k) for k in TEXT_FIELDS] + list(row.get("completions") or [])
+        texts = [v for v in values if isinstance(v, str)]
+        texts += [m.get("content") for v in values if isinstance(v, list) for m in v
+                  if isinstance(m, dict) and isinstance(m.get("content"), str)]
+        for t in texts:
+            try:
+                enc = tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)
+            except Exception:  # a slow tokenizer has no offsets: the count alone is said
+                return found
+            for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+                w = t[a:b]
+                if i == unk and w and w not in found and len(found) < limit:
+                    found.append(w)
+    return found
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
