@@ -197,3 +197,17 @@ def test_gguf_package_names_resolve_without_importing_anything(tiny, tmp_path, m
             gguf.source_file(ModelConfig(gguf_package=name, gguf_file="tiny.gguf"))
         assert "\n" not in str(e.value) and f"model.gguf_package={name}" in str(e.value) and needle in str(e.value)
     assert not marker.exists() and "pfx_gguf_pkg" not in sys.modules
+
+
+def test_verify_reads_every_byte_of_the_cache_and_names_a_changed_file(tiny, cache):
+    out = gguf.checkpoint_dir(ModelConfig(name_or_path=tiny[0]))
+    assert gguf.verify_cache() == []
+    weights = os.path.join(out, "model.safetensors")
+    data = bytearray(open(weights, "rb").read())
+    data[-1] ^= 0xFF
+    open(weights, "wb").write(bytes(data))
+    assert gguf.damaged(out) is None  # loads compare sizes only
+    assert gguf.verify_cache() == [(out, "model.safetensors has changed: its sha256 differs from its manifest's")]
+    p = subprocess.run([sys.executable, "-m", "prefopt.models.gguf", "--verify"], capture_output=True, text=True,
+                       env={**os.environ, "PREFOPT_CACHE": str(cache)})
+    assert p.returncode == 1 and f"{out}: model.safetensors has changed" in p.stdout, p.stdout + p.stderr

