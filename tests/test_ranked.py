@@ -342,3 +342,53 @@ def test_the_readme_ranked_examples_run(tmp_path, monkeypatch):
                  *(["data.testbed.pair_prompts=64"] if "data=reviews" in cmd else [])]
         s = run(compose([*cmd[1:], *short]), str(tmp_path / f"run{i}"))
         assert s["steps"] == 1
+
+
+# ---- many pairs ------------------------------------------------------------------------------------
+
+
+def _big_ranking(tmp_path, K=150):
+    g = random.Random(0)
+    row = {"prompt": "the movie was", "completions": [f"good {i}" for i in range(K)], "ranks": g.sample(range(1, K + 1), K)}
+    f = tmp_path / "big.jsonl"
+    f.write_text(json.dumps(row) + "\n")
+    return f
+
+
+def test_many_pairs_from_rankings_are_announced_before_they_are_made(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from prefopt.core.config import DataConfig, ModelConfig
+    from prefopt.run.prepare import prepare_data
+
+    buf = io.StringIO()
+    data = prepare_data(ModelConfig(), DataConfig(name="hf", path=str(_big_ranking(tmp_path))), "paired",
+                        console=Console(file=buf, width=200))
+    assert len(data.rows) == 150 * 149 // 2
+    assert "making and tokenizing 11,175 pairs" in buf.getvalue(), buf.getvalue()
+
+
+def test_pairs_beyond_memory_are_refused_naming_the_field(tmp_path, monkeypatch):
+    monkeypatch.setattr("prefopt.run.prepare.available_memory", lambda: 2**20)
+    cfg = compose(["data=hf", f"data.path={_big_ranking(tmp_path)}", "algo=dpo", "trainer.progress=false"])
+    with pytest.raises(UserError) as e:
+        run(cfg, str(tmp_path / "run"))
+    msg = str(e.value)
+    assert "\n" not in msg and "11,175 pairs" in msg and "data.ranking_to_pairs=all" in msg, msg
+    assert "data.ranking_to_pairs=best_vs_rest (149 pairs)" in msg and "algo=reward" in msg, msg
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_pair_counts_match_the_pairs_listed():
+    from prefopt.data.ranked import pair_count
+
+    for ranks in ([1, 2, 2, 4], [1, 1, 3, 4, 4], [3, 1, 2], [1, 1, 1]):
+        for mode in ("all", "best_vs_rest", "adjacent"):
+            assert pair_count(ranks, mode) == len(ordered_pairs(ranks, mode))
+
+
+def test_ensemble_members_beyond_the_bound_are_refused():
+    with pytest.raises(UserError, match=r"algo.ensemble_members=100000000000000000000; accepted: a whole number in 1..1000"):
+        RewardModel.Config(ensemble_members=10**20)

@@ -160,9 +160,8 @@ def _warn_unknown_words(examples: list, rows: list, kind: str, tokenizer, source
             c = ex["completions_ids"]
             same += sum(1 for a in range(len(c)) for b in range(a + 1, len(c)) if c[a] == c[b])
     words = _unknown_words(tokenizer, examples, rows, unk)
-    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
-    msg = (f"{source}: {n_unk} of {n_tok} tokens ({100 * n_unk / n_tok:.1f}%) are <unk>, words {name!r} does not "
-           f"know" + (f" (e.g. {', '.join(repr(w) for w in words)})" if words else "") + "; "
+    msg = (f"{source}: {n_unk} of {n_tok} tokens ({100 * n_unk / n_tok:.1f}%) are <unk>, words the tokenizer does "
+           "not know" + (f" (e.g. {', '.join(repr(w) for w in words)})" if words else "") + "; "
            + (f"{same} pair(s) of different completions became identical token sequences; " if same else "")
            + "accepted: a model whose tokenizer covers the data (model=tiny knows only the testbed's words)")
     import warnings

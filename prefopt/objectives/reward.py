@@ -61,6 +61,10 @@ from prefopt.data.resample import bootstrap
 from prefopt.objectives.registry import Needs, Objective, register
 
 LOSSES = ("bradley_terry", "plackett_luce")
+# Each member is a full run, trained one after another, and the ensemble lists every member's seed
+# up front: a bound far above any useful ensemble (a few to tens of members) keeps a typo such as
+# 1e20 from growing memory without a word.
+MAX_MEMBERS = 1000
 
 
 def is_tie(row: dict) -> bool:
@@ -93,8 +97,10 @@ class RewardModel(Objective):
                 raise UserError(f"algo.center_rewards_coefficient={c} must be >= 0 (or null)")
             if not 0.0 <= self.eval_fraction < 1.0:
                 raise UserError(f"algo.eval_fraction={self.eval_fraction} must be in [0, 1)")
-            if self.ensemble_members < 1:
-                raise UserError(f"algo.ensemble_members={self.ensemble_members}; accepted: a whole number >= 1")
+            m = self.ensemble_members
+            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_MEMBERS:
+                raise UserError(f"algo.ensemble_members={m!r}; accepted: a whole number in 1..{MAX_MEMBERS} "
+                                "(each member is a whole training run)")
             if self.ensemble_resample not in ("seed", "bootstrap"):
                 raise UserError(f"algo.ensemble_resample='{self.ensemble_resample}' is not known; accepted: seed, bootstrap")
 

@@ -21,7 +21,7 @@ from prefopt.core.config import DataConfig, ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.data.formats import detect_kind, prepare_rows
 from prefopt.data.load import load_rows
-from prefopt.data.ranked import pairing_summary
+from prefopt.data.ranked import check_pair_budget, pairing_summary
 from prefopt.models import gguf
 from prefopt.models.load import load_policy, load_tokenizer
 from prefopt.testbed import world as W
@@ -30,6 +30,22 @@ from prefopt.testbed import world as W
 # the same for every method at one seed, so the leaderboard's best-of-n baseline and a trained run's
 # evaluation sample π_SFT's side identically.
 EVAL_SEED_OFFSET = 7919
+
+
+# Pairs from rankings past this many are announced as they are made (tokenizing them takes a while).
+MANY_PAIRS = 10_000
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this machine can still give (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def data_schema(name: str) -> type:
@@ -92,8 +108,14 @@ def prepare_data(mcfg: ModelConfig, dcfg: Union[DataConfig, "W.TestbedDataConfig
     kind = "ranked" if found == "ranked" and ranked else kind
     notes = []
     if found == "ranked" and kind in ("ranked", "paired"):
-        notes.append(pairing_summary(prepare_rows(rows, "ranked", dcfg, source), dcfg.ranking_to_pairs,
-                                     as_rankings=kind == "ranked"))
+        ranked_rows = prepare_rows(rows, "ranked", dcfg, source)
+        note = pairing_summary(ranked_rows, dcfg.ranking_to_pairs, as_rankings=kind == "ranked")
+        notes.append(note)
+        if kind == "paired":
+            n_pairs = check_pair_budget(ranked_rows, dcfg.ranking_to_pairs, source, available_memory())
+            if console is not None and n_pairs >= MANY_PAIRS:
+                # Said now: making and tokenizing this many pairs takes minutes before the start-up lines.
+                console.print(f"{note}: making and tokenizing {n_pairs:,} pairs", soft_wrap=True, markup=False)
     rows = prepare_rows(rows, kind, dcfg, source)
     if base_path is None and mcfg.arch is None:
         # model=tiny on a user's data: the testbed's SFT policy and its word-level tokenizer.
