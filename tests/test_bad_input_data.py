@@ -316,3 +316,49 @@ def test_model_tiny_on_user_data_warns_about_unknown_words(tmp_path):
     with pytest.warns(UserWarning, match=r"<unk>.*'zorblax'.*became identical"):
         run(compose(["data=hf", f"data.path={f}", "algo=reward", "model=tiny", "trainer.max_steps=1",
                      "trainer.examples_per_step=2", "trainer.progress=false", *TRAIN_ONLY]), str(tmp_path / "run"))
+
+
+# ---- messages that name the real cause ------------------------------------------------------------
+
+def test_dpo_on_rankings_that_are_all_ties_says_so():
+    rows = [{"prompt": "the movie was", "completions": ["good", "bad", "fine"], "ranks": [1, 1, 1]}] * 2
+    with pytest.raises(UserError) as e:
+        prepare_rows(rows, "paired", cfg_for(), "r.jsonl")
+    msg = one_line(e)
+    assert "r.jsonl" in msg and "all 2 rankings are ties" in msg and "data.ranking_to_pairs=all" in msg, msg
+
+
+def test_kto_on_ranked_data_suggests_what_works():
+    rows = [{"prompt": "the movie was", "completions": ["good", "bad", "fine"], "ranks": [1, 2, 3]}]
+    with pytest.raises(UserError) as e:
+        prepare_rows(rows, "unpaired", cfg_for(), "r.jsonl")
+    msg = one_line(e)
+    assert "paired_to_unpaired" not in msg and "algo=reward" in msg and "dpo" in msg, msg
+
+
+@pytest.mark.parametrize("lam", ["nan", "inf", "-inf"])
+def test_ensemble_lambda_must_be_finite(tmp_path, lam):
+    from prefopt.rollout.rewards import RewardConfig, check
+
+    paths = []
+    for i in range(2):
+        d = tmp_path / "members" / str(i) / "model"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        paths.append(str(d))
+    with pytest.raises(UserError) as e:
+        check(RewardConfig(name="ensemble", kind="ensemble", paths=paths, aggregate="mean_minus_std",
+                           ensemble_lambda=float(lam)))
+    msg = str(e.value)
+    assert "\n" not in msg and "reward.ensemble_lambda" in msg and "finite" in msg, msg
+
+
+def test_a_members_folder_entry_named_superscript_two_resolves(tmp_path):
+    from prefopt.rollout.ensemble import resolve_paths
+
+    for name in ("0", "1", "²"):
+        d = tmp_path / "members" / name / "model"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    got = resolve_paths([str(tmp_path / "members")])
+    assert [os.path.basename(os.path.dirname(p)) for p in got] == ["0", "1", "²"]

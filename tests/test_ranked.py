@@ -390,5 +390,5 @@ def test_pair_counts_match_the_pairs_listed():
 
 
 def test_ensemble_members_beyond_the_bound_are_refused():
-    with pytest.raises(UserError, match=r"algo.ensemble_members=100000000000000000000; accepted: a whole number in 1..1000"):
+    with pytest.raises(UserError, match=r"algo.ensemble_members=100000000000000000000; accepted: a whole number >= 1 and <= 1000"):
         RewardModel.Config(ensemble_members=10**20)

@@ -122,13 +122,24 @@ def prepare_rows(rows: list[dict], kind: str, cfg: DataConfig, source: str) -> l
     if found == "ranked" and kind == "paired":
         # Pairs implied by the rankings (data.ranking_to_pairs); start-up prints how many.
         validate_rows(rows, found, source)
-        return ranked.ranked_to_paired(rows, cfg.ranking_to_pairs, SOURCE_ROW)
+        pairs = ranked.ranked_to_paired(rows, cfg.ranking_to_pairs, SOURCE_ROW)
+        if not pairs:
+            # Tied completions make no pair: say so, not "no rows" about a file that has rows.
+            raise UserError(f"{source}: all {len(rows)} rankings are ties (every completion of a prompt shares one "
+                            f"rank), so data.ranking_to_pairs={cfg.ranking_to_pairs} makes no pairs; accepted: "
+                            "rankings where some completion is ranked above another")
+        return pairs
     if found != kind:
         if kind == "prompt_only":
             return convert_rows(rows, found, kind, source)
-        to_kind = [c for c in CONVERSIONS if c.endswith(f"_to_{kind}")]
-        hint = (f"; or data.convert={found}_to_{kind}" if f"{found}_to_{kind}" in CONVERSIONS
-                else f"; or data.convert set to one of: {', '.join(to_kind)}" if to_kind else "")
+        # Only a conversion from the kind found can work: naming another one gets it refused next.
+        if f"{found}_to_{kind}" in CONVERSIONS:
+            hint = f"; or data.convert={found}_to_{kind}"
+        elif found == "ranked":
+            hint = ("; ranked data trains algo=reward (as rankings) or dpo, ipo, orpo, simpo (as the pairs it "
+                    f"implies), and no data.convert makes {kind} data from it")
+        else:
+            hint = ""
         missing = [c for c in _required_columns(kind, rows) if c not in rows[0]]
         loc = where(source, 0, missing[0]) if missing else source
         raise UserError(f"{loc}: this algorithm needs {kind} data but the columns found "

@@ -99,7 +99,7 @@ class RewardModel(Objective):
                 raise UserError(f"algo.eval_fraction={self.eval_fraction} must be in [0, 1)")
             m = self.ensemble_members
             if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_MEMBERS:
-                raise UserError(f"algo.ensemble_members={m!r}; accepted: a whole number in 1..{MAX_MEMBERS} "
+                raise UserError(f"algo.ensemble_members={m!r}; accepted: a whole number >= 1 and <= {MAX_MEMBERS} "
                                 "(each member is a whole training run)")
             if self.ensemble_resample not in ("seed", "bootstrap"):
                 raise UserError(f"algo.ensemble_resample='{self.ensemble_resample}' is not known; accepted: seed, bootstrap")

@@ -38,6 +38,7 @@ The rewards are scored under ``no_grad``: nothing here is differentiated.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -79,7 +80,8 @@ def _members_of(folder: str) -> list:
         d = os.path.join(folder, name)
         for cand in (os.path.join(d, "model"), d):
             if os.path.isdir(d) and _is_model_dir(cand):
-                subs.append((int(name) if name.isdigit() else float("inf"), name, cand))
+                # ASCII digits only: str.isdigit() is also true of '²', which int() refuses.
+                subs.append((int(name) if name.isascii() and name.isdigit() else float("inf"), name, cand))
                 break
     return [c for _, _, c in sorted(subs)]
 
@@ -117,8 +119,9 @@ def check(cfg) -> list:
     """The ensemble's one-line checks, before any model loads; returns the member directories."""
     if cfg.aggregate not in AGGREGATES:
         raise UserError(f"reward.aggregate='{cfg.aggregate}' is not known; accepted: {', '.join(AGGREGATES)}")
-    if cfg.ensemble_lambda < 0:
-        raise UserError(f"reward.ensemble_lambda={cfg.ensemble_lambda} must be >= 0 (the weight of the members' std "
+    lam = cfg.ensemble_lambda
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise UserError(f"reward.ensemble_lambda={lam} must be >= 0 and finite (the weight of the members' std "
                         "subtracted from their mean; 0 is the plain mean)")
     if not cfg.paths:
         raise UserError("reward=ensemble needs reward.paths=[DIR,...]: reward-model directories, or the members/ folder "
