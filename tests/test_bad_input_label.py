@@ -12,25 +12,14 @@ import uuid
 
 import pytest
 import torch
+from test_label import _refused
 
-from prefopt.cli.label import main as label_main
 from prefopt.core.errors import RunStopped, UserError
 from prefopt.label import pairs as L
 from prefopt.rollout import judges as J
 
 DATA = ["data=reviews", "num_prompts=2"]  # the cheapest real labelling run (a few seconds)
 TINY = [*DATA, "judge=gold"]
-
-
-def _refused(capsys, args, *needles) -> str:
-    with pytest.raises(SystemExit) as e:
-        label_main(args)
-    assert e.value.code == 2
-    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-    assert len(err) == 1 and err[0].startswith("prefopt-label: error:"), err
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
 
 
 def _rows(path) -> list:

@@ -11,21 +11,14 @@ import sys
 
 import numpy as np
 import pytest
-from gguf_files import bpe_tokenizer, tiny_llama, write_gguf
+from gguf_files import write_gguf
+from test_gguf import tiny  # noqa: F401  (the tiny GGUF fixture, shared)
 
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.models import gguf, gguf_template
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gguf_checks")
-    tok = bpe_tokenizer()
-    model = tiny_llama(len(tok))
-    path = str(d / "tiny.gguf")
-    write_gguf(path, model, tok)
-    return path, model, tok
 
 
 @pytest.fixture

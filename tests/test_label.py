@@ -148,7 +148,7 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _refused(capsys, args, *needles):
+def _refused(capsys, args, *needles) -> str:
     with pytest.raises(SystemExit) as e:
         label_main(args)
     assert e.value.code == 2
@@ -156,6 +156,7 @@ def _refused(capsys, args, *needles):
     assert len(err) == 1 and err[0].startswith("prefopt-label: error:"), err
     for n in needles:
         assert n in err[0], err[0]
+    return err[0]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
