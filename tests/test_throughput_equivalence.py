@@ -110,11 +110,29 @@ def test_different_prompts_fall_back_to_separate_forwards():
     assert pair_token_stats(tiny(), a, b) is None
 
 
-def _decode(model, prompts, seed, use_cache, cfg):
+def _decode(model, prompts, seed, use_cache, cfg, group=1):
     s = HFSampler(PAD, EOS)
     out = Samples(completions=[], finished=[], logprobs=[])
-    s._batch(model, prompts, cfg, torch.device("cpu"), out, "loop", torch.Generator().manual_seed(seed), use_cache)
+    s._batch(model, prompts, cfg, torch.device("cpu"), out, "loop", torch.Generator().manual_seed(seed), use_cache,
+             group=group)
     return out
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_shared_prefill_samples_what_each_row_would(kv_heads):
+    """A prompt prefilled once for its group of samples: the same tokens and log-probs as every row
+    prefilled on its own (left padding differs between the groups)."""
+    model = tiny(kv_heads=kv_heads)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+    K = 3
+    flat = [p for p in prompts for _ in range(K)]
+    cfg = SamplingConfig(temperature=0.9, max_new_tokens=10, samples_per_prompt=K)
+    for seed in (0, 1):
+        shared = _decode(model, flat, seed, True, cfg, group=K)
+        alone = _decode(model, flat, seed, True, cfg, group=1)
+        assert shared.completions == alone.completions and shared.finished == alone.finished
+        for x, y in zip(shared.logprobs, alone.logprobs):
+            torch.testing.assert_close(torch.tensor(x), torch.tensor(y), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])

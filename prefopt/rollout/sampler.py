@@ -221,10 +221,28 @@ class DecodeLoop:
             x = self._layer(layer, fused, x, cos, sin, kc, vc, start, bias)
         return self.base.lm_head(self._norm(self.inner.norm, x[:, -1]))
 
+    def _prefill(self, ids, pos, caches, valid, group: int):
+        """Last-position logits of the prompts [N, V], their keys and values written into ``caches``
+        positions [0, T); with ``group`` > 1 computed for every ``group``-th row and copied."""
+        if group <= 1:
+            return self._forward(ids, pos, caches, 0, valid)
+        T = ids.shape[1]
+        first = slice(None, None, group)
+        small = [(torch.empty_like(kc[first, :, :T]), torch.empty_like(vc[first, :, :T])) for kc, vc in caches]
+        logits = self._forward(ids[first], pos[first], small, 0, valid[first])
+        for (kc, vc), (ks, vs) in zip(caches, small):
+            kc[:, :, :T] = ks.repeat_interleave(group, 0)
+            vc[:, :, :T] = vs.repeat_interleave(group, 0)
+        return logits.repeat_interleave(group, 0)
+
     @torch.no_grad()
     def run(self, ids, am, cfg: SamplingConfig, eos: int, pad: int, gen: torch.Generator, use_cache: bool = True,
-            want_logprobs: bool = False):
-        """Left-padded prompts ``ids``/``am`` [N, T] → (new tokens [N, ≤ max_new], sampler log-probs or None)."""
+            want_logprobs: bool = False, group: int = 1):
+        """Left-padded prompts ``ids``/``am`` [N, T] → (new tokens [N, ≤ max_new], sampler log-probs or None).
+
+        ``group``: rows come in runs of ``group`` identical prompts (a prompt's samples). Their prompt is
+        then prefilled once and its keys, values and last logits are copied to the other rows: the
+        prefill costs N/group sequences instead of N, and the copies equal what each row would compute."""
         N, T = ids.shape
         M = cfg.max_new_tokens
         dev = ids.device
@@ -243,7 +261,7 @@ class DecodeLoop:
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         lps = []
         if use_cache:
-            logits = self._forward(ids, pos_all[:, :T], caches, 0, valid)
+            logits = self._prefill(ids, pos_all[:, :T], caches, valid, group if N % max(group, 1) == 0 else 1)
         for t in range(M):
             if not use_cache:
                 logits = self.base(input_ids=seq[:, : T + t], attention_mask=valid[:, : T + t].long(),
@@ -300,11 +318,16 @@ class HFSampler:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-            for i in range(0, len(flat), cfg.prompts_per_batch):
-                self._batch(model, flat[i : i + cfg.prompts_per_batch], cfg, device, out, engine, gen)
+            K, per = cfg.samples_per_prompt, cfg.prompts_per_batch
+            if engine == "loop" and K > 1:
+                per = max(K, per // K * K)  # whole groups per batch: each prompt's prefill is shared by its samples
+            for i in range(0, len(flat), per):
+                self._batch(model, flat[i : i + per], cfg, device, out, engine, gen,
+                            group=K if engine == "loop" else 1)
         return out
 
-    def _batch(self, model, prompts, cfg, device, out: Samples, engine: str = "hf", gen=None, use_cache: bool = True):
+    def _batch(self, model, prompts, cfg, device, out: Samples, engine: str = "hf", gen=None, use_cache: bool = True,
+               group: int = 1):
         T = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), T), self.pad, dtype=torch.long)
         am = torch.zeros((len(prompts), T), dtype=torch.long)
@@ -317,7 +340,7 @@ class HFSampler:
             g = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             try:
                 new, lp = DecodeLoop(model).run(ids.to(device), am.to(device), cfg, self.eos, self.pad, g,
-                                                use_cache=use_cache, want_logprobs=want_lp)
+                                                use_cache=use_cache, want_logprobs=want_lp, group=group)
             finally:
                 dropout_restore(flipped)
             self._collect(new, lp.cpu() if lp is not None else None, out)
