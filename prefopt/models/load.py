@@ -4,6 +4,7 @@ save standard HF artifacts."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -15,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from prefopt.core.config import ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.core.modules import dropout_off
+from prefopt.models import precision
 from prefopt.models.logprobs import Reference
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -86,6 +88,8 @@ def _load_trainable(cfg: ModelConfig, auto_cls, path, vocab_size, seed, *, task_
     ``meta``: the same model without reading any weights, on the meta device (the ranks other than
     0 under fsdp2, which receive their shards from rank 0; see prefopt.distributed.placement)."""
     path = path or cfg.name_or_path
+    if cfg.dtype == "auto":  # a caller that did not go through the run's config stage
+        cfg = dataclasses.replace(cfg, dtype=precision.resolve(cfg, cuda=torch.cuda.is_available()).dtype)
     tmp = None
     if meta:
         if cfg.arch is not None:

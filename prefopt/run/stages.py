@@ -32,7 +32,7 @@ from prefopt.core.config import DataConfig
 from prefopt.models import reference_cache
 from prefopt.data.tokenize import TokenizeReport, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
-from prefopt.models import gguf
+from prefopt.models import gguf, precision
 from prefopt.models.logprobs import Scorer
 from prefopt.models.load import (FrozenReference, consolidated, lazy_reference, load_policy, load_reward_model,
                                  make_reference, save_model, torch_dtype)
@@ -84,6 +84,7 @@ class _Configs:
     gguf_path: Optional[str] = None  # the GGUF file model.* names, checked here and dequantized in _data
     micro_per_step: int = 0  # set with the process count (_placement)
     plan: Optional[BatchPlan] = None  # an online objective's rollout split, checked in _placement
+    precision: str = ""  # how model.dtype was chosen (prefopt.models.precision), for the banner
 
 
 @dataclass
@@ -179,6 +180,8 @@ def configs(cfg: DictConfig) -> _Configs:
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
     check_eval(ecfg)
     check_model(mcfg)
+    prec = precision.resolve(mcfg, cuda=torch.cuda.is_available() and not tcfg.cpu)
+    mcfg.dtype = prec.dtype
     gguf_path = gguf.source_file(mcfg)
     if gguf_path is not None:
         gguf.check(gguf_path)
@@ -190,7 +193,7 @@ def configs(cfg: DictConfig) -> _Configs:
         check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
                     rcfg=rcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
-                    task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path)
+                    task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path, precision=prec.reason)
 
 
 def _placement(c: _Configs) -> Placement:
@@ -364,7 +367,8 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
             + "".join(f"  {line}\n" for line in d.notes) +
             f"{batch_line}"
             f"  params: {n_params:,} ({n_train:,} trainable); reference: "
-            f"{type(ref).__name__ if ref else ('precomputed' if c.needs.reference else 'none')}; device: {place.device}"
+            f"{type(ref).__name__ if ref else ('precomputed' if c.needs.reference else 'none')}; device: {place.device}\n"
+            f"  precision: {c.precision}"
         )
     _print_placement(place, m.policy, trainer, tcfg, console)
     return trainer, evaluator
