@@ -304,7 +304,7 @@ def test_rollout_is_off_and_equal_logprobs_change_nothing():
     with pytest.raises(UserError, match="rollout_is_min"):
         PGConfig(rollout_is="token_mask", rollout_is_min=2.0, rollout_is_max=1.0)
     with pytest.raises(UserError, match="policy_loss"):
-        PGConfig(policy_loss="sapo")
+        PGConfig(policy_loss="nope")
 
 
 # ---- on the testbed ----------------------------------------------------------------------------

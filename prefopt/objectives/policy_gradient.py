@@ -18,14 +18,21 @@ reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al
                the rollout (ReMax, Li et al. 2023, arXiv:2310.10505, Algorithm 1; ȳ's own KL term is
                not subtracted: a baseline that does not depend on y_i keeps the estimate unbiased).
 
-Policy loss, per completion token t of sequence i (Schulman et al. 2017, arXiv:1707.06347, eq. 7;
-asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 10):
+Policy loss (``policy_loss``; one file per family in :mod:`prefopt.objectives.pg.losses`, each with its
+equations): pg_t, the per-token policy-gradient loss, from log π, log π_old and A_t, with the importance
+ratio ρ_t at ``ratio_level`` token | sequence (GSPO) | sequence_token (GSPO-token) | sequence_sum (RLOO):
 
-    ρ_t = π(y_t | ·) / π_old(y_t | ·)                                ratio_level=token
-    ρ_t = sg[s_i] · π(y_t) / sg[π(y_t)],  s_i = exp((1/|y_i|) Σ_t log(π/π_old))     ratio_level=sequence
-          (GSPO, Zheng et al. 2025, arXiv:2507.18071: the value is the sequence ratio s_i)
-    pg_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)
-    ℓ_t = pg_t
+    clip       pg_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)   (PPO, GRPO, DAPO, GSPO, LUSPO)
+    cispo      pg_t = −sg[clip(ρ_t, 1 − ε_low, 1 + ε_high)] · A_t · log π(y_t)         (MiniMax-M1)
+    sapo       pg_t = −σ(τ_t (ρ_t − 1)) · 4/τ_t · A_t,  τ_t = τ_pos | τ_neg by the sign of A_t (Qwen SAPO)
+    gmpo       pg_t = −exp((1/|y_i|) Σ_u clip_sgn(log ρ_u)) · A_i     (geometric mean, log-space clip)
+    dppo_tv    pg_t = −A_t · sg[min(ρ_t, C)] · log π(y_t) · [p_t − q_t inside ±δ on A_t's side]
+    dppo_kl    the same with the binary KL of the token's probability as the divergence
+    vespo      pg_t = −sg[φ(w_i)] · A_t · log π(y_t),  φ(w) = e^λ w^k e^{−λw}, w_i the sequence ratio
+
+The per-token loss (Schulman et al. 2017; GRPO's KL in the loss, Shao et al. 2024, arXiv:2402.03300):
+
+    ℓ_t = c_t · pg_t                        c_t: the sampler correction below; pg_t after the entropy control
         + β k(t)                           when kl_in=loss; k = k1 | k2 | k3 (:mod:`prefopt.objectives.pg.kl`)
                                            (GRPO's β·k3 as in its paper, eq. 3; TRL 1.16's GRPOTrainer
                                            defaults to use_bias_correction_kl=True, β·ρ_t·k3: the
@@ -34,42 +41,21 @@ asymmetric clip ε_low/ε_high from DAPO, Yu et al. 2025, arXiv:2503.14476, eq. 
         − c_H H_t                          entropy bonus, c_H = ``entropy_coef``
         + c_V · ½ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, ±ε_V) − R_t)²)   (gae only)
 
-ratio_level=sequence_sum treats the whole completion as one action (RLOO, Ahmadian et al. 2024,
-arXiv:2402.14740, eq. 7; REINFORCE's likelihood ratio of the sequence). A_i is the sequence's
-advantage (every estimator but gae), and the surrogate is one number pg_i per sequence, spread evenly
-over its |y_i| tokens so that Σ_t pg_t of the sequence is pg_i (ℓ_t adds β k(t) and − c_H H_t as above):
+With seq-mean-token-sum below and ratio_level=sequence_sum, the policy term of L is (1/N) Σ_i pg_i, whose
+gradient at ρ = 1 is −(1/N) Σ_i A_i ∇ log π(y_i|x): the RLOO paper's estimator and exactly TRL's
+``RLOOTrainer`` loss (``per_sequence_loss.mean()``). A token ratio with token-mean weighs each sequence by
+|y_i| / Σ_j |y_j| (long completions weigh more); seq-mean-token-mean divides each sequence's gradient by
+|y_i| (short completions weigh more).
 
-    ρ_i = π(y_i|x) / π_old(y_i|x) = exp(Σ_t log(π(y_t)/π_old(y_t)))
-    pg_i = −min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i)       pg_t = pg_i / |y_i|   (t ∈ y_i)
+Entropy control (``entropy_control``; :mod:`prefopt.objectives.pg.entropy_controls`): none | clip_cov |
+kl_cov (Cui et al. 2025, arXiv:2505.22617) | top_entropy_quantile (only the top-q highest-entropy
+tokens keep pg_t; Wang et al. 2025, arXiv:2506.01939).
 
-With seq-mean-token-sum below, the policy term of L is (1/N) Σ_i pg_i, whose gradient at ρ = 1 is
-−(1/N) Σ_i A_i ∇ log π(y_i|x), log π(y_i|x) = Σ_t log π(y_t): the paper's estimator and exactly TRL's
-``RLOOTrainer`` loss (``per_sequence_loss.mean()``). The other options differ from it: a token ratio
-with token-mean weighs each sequence by |y_i| / Σ_j |y_j| (gradient N / Σ_j |y_j| times the
-paper's, long completions weigh more) and clips tokens one by one over several epochs;
-seq-mean-token-mean divides each sequence's gradient by |y_i| (short completions weigh more).
-
-``policy_loss=cispo`` replaces the clipped surrogate by CISPO's clipped-IS-weight REINFORCE term
-(MiniMax-M1, arXiv:2506.13585, eq. 4–5): every token keeps its gradient, only the weight is clipped,
-
-    pg_t = −sg[clip(ρ_t, 1 − ε_low, 1 + ε_high)] · A_t · log π(y_t | ·)
-
-(ε_low = 1: no lower bound, as the paper; TRL's ``loss_type="cispo"`` clamps ρ_t at
-``epsilon_high`` itself, the ratio bound ε_max = 1 + prefopt's ε_high; ScaleRL's ε_max = 5).
-
-Sampler correction (``rollout_is``): when the sampler's log-probs log μ(y_t) differ from the
-trainer's log π_old(y_t) (a faster inference engine, other kernels, quantized weights), the
-policy-gradient term pg_t is reweighted by w = π_old / μ, per token or per sequence (Yao et al. 2025,
-"Your efficient RL framework secretly brings you off-policy RL training": truncated IS; masked IS
-as in verl and TRL's ``vllm_importance_sampling_mode``), with C_max = ``rollout_is_max``,
-C_min = ``rollout_is_min``:
-
-    token_truncate     pg_t ← min(max(w_t, C_min), C_max) · pg_t         w_t = π_old(y_t) / μ(y_t)
-    token_mask         pg_t ← w_t · [C_min ≤ w_t ≤ C_max] · pg_t
-    sequence_truncate  pg_t ← min(max(w_i, C_min), C_max) · pg_t         w_i = Π_t w_t
-    sequence_mask      pg_t ← w_i · [C_min ≤ w_i ≤ C_max] · pg_t
-
-(w is a constant, sg[·]; the KL, entropy and value terms of ℓ_t are not reweighted.)
+Sampler correction (``rollout_is``; :mod:`prefopt.objectives.pg.rollout_is`): c_t = sg[w] from
+w = π_old / μ when the sampler's log-probs μ differ from the trainer's, C_min = ``rollout_is_min``,
+C_max = ``rollout_is_max``: token_truncate, token_mask, sequence_truncate, sequence_mask, icepop
+(IcePop's both-sided token mask), geometric_mask (whole sequences whose exp(mean_t log w_t) leaves
+[C_min, C_max]).
 
 Aggregation (``loss_agg``; the trainer divides the summed loss by ``units`` summed over the
 optimizer step, so each mode is exact and independent of the micro-batch split):
@@ -97,6 +83,14 @@ conf/algo/base/pg.yaml, which holds :class:`PGConfig`'s defaults (grpo's):
              the reward (Li et al. 2023: ∇ = Σ_t ∇log π(y_t) · (r(x, y) − r(x, ȳ)))
     cispo    group (÷std), policy_loss=cispo with ρ ≤ 5 (ε_high = 4, no lower bound), token-mean, no KL
              (MiniMax 2025; ScaleRL's ε_max)
+    gspo     group (÷std), ratio_level=sequence, ε = (3e-4, 4e-4), seq-mean-token-mean, no KL (Zheng et al. 2025)
+    gspo_token  the same with ratio_level=sequence_token (GSPO-token: token advantages weigh their token)
+    luspo    GSPO's ratio with seq-mean-token-sum: each sequence's loss × |y_i| (arXiv:2602.05261; TRL's luspo)
+    sapo     group (÷std), policy_loss=sapo, τ = (1.0, 1.05), seq-mean-token-mean, no KL (Qwen 2025)
+    gmpo     group (÷std), policy_loss=gmpo, log-space clip ±0.4, seq-mean-token-mean, no KL (GMPO 2025)
+    dppo     group (÷std), policy_loss=dppo_kl, δ = 0.05, token-mean, no KL (DPPO 2026)
+    dppo_tv  the same with policy_loss=dppo_tv, δ = 0.2
+    vespo    group (÷std), policy_loss=vespo, (k, λ) = (2, 3) / (3, 2), token-mean, no KL (VESPO 2026)
 """
 
 from __future__ import annotations
@@ -109,15 +103,16 @@ import torch
 
 from prefopt.objectives.pg import advantages as adv
 from prefopt.core.errors import UserError
+from prefopt.objectives.pg.entropy_controls import ENTROPY_CONTROLS
+from prefopt.objectives.pg.losses import POLICY_LOSSES
+from prefopt.objectives.pg.rollout_is import SAMPLER_CORRECTIONS
 from prefopt.objectives.pg.kl import ESTIMATORS as KL_ESTIMATORS
 from prefopt.objectives.pg.kl import KLController, kl_estimate
 from prefopt.rollout.source import RolloutFields
 from prefopt.objectives.registry import Needs, OnlineObjective, preset
 
 LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
-RATIO_LEVELS = ("token", "sequence", "sequence_sum")
-POLICY_LOSSES = ("clip", "cispo")
-ROLLOUT_IS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+RATIO_LEVELS = ("token", "sequence", "sequence_token", "sequence_sum")
 ADVANTAGES = (*adv.ESTIMATORS, "reinforce", "greedy")
 CRITICS = ("separate", "shared")
 
@@ -140,12 +135,30 @@ class PGConfig(RolloutFields):
     # policy loss
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
-    ratio_level: str = "token"  # token | sequence (GSPO) | sequence_sum (RLOO: the completion is one action)
+    # token | sequence (GSPO) | sequence_token (GSPO-token) | sequence_sum (RLOO: the completion is one action)
+    ratio_level: str = "token"
     loss_agg: str = "seq-mean-token-mean"
-    policy_loss: str = "clip"  # clip (PPO's surrogate) | cispo (clipped IS weight × log π)
+    policy_loss: str = "clip"  # a family of prefopt.objectives.pg.losses: clip | cispo | sapo | gmpo | dppo_tv | ...
+    sapo_tau_pos: float = 1.0  # sapo: gate temperature for A > 0
+    sapo_tau_neg: float = 1.05  # sapo: gate temperature for A <= 0
+    is_ratio_max: float = 20.0  # dppo: C, the truncation of the IS weight sg[min(ρ, C)]
+    vespo_k_pos: float = 2.0  # vespo: φ(w) = e^λ w^k e^{−λw}, (k, λ) for A >= 0 ...
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0  # ... and for A < 0
+    vespo_lambda_neg: float = 2.0
     entropy_coef: float = 0.0
-    # sampler correction: reweight by π_old/μ when the sampler's log-probs μ differ from the trainer's
-    rollout_is: str = "none"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
+    # entropy control (prefopt.objectives.pg.entropy_controls): none | clip_cov | kl_cov | top_entropy_quantile
+    entropy_control: str = "none"
+    clip_cov_ratio: float = 2e-4  # clip_cov: share of the tokens that lose their gradient
+    clip_cov_lb: float = 1.0  # clip_cov: covariance window (lb, ub) of the candidates
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4  # kl_cov: share of the tokens (largest covariance) that get the penalty
+    kl_cov_coef: float = 1.0  # kl_cov: β_cov of β_cov·|log π − log π_old|
+    top_entropy_quantile: float = 0.2  # top_entropy_quantile: q, the share of tokens that keep pg_t
+    # sampler correction (prefopt.objectives.pg.rollout_is): reweight by π_old/μ when the sampler's log-probs
+    # μ differ from the trainer's: none | token_truncate | token_mask | sequence_truncate | sequence_mask |
+    # icepop | geometric_mask
+    rollout_is: str = "none"
     rollout_is_max: float = 2.0  # C_max
     rollout_is_min: float = 0.0  # C_min
     # KL to the reference
@@ -162,22 +175,19 @@ class PGConfig(RolloutFields):
 
     def __post_init__(self):
         _choice("advantage", self.advantage, ADVANTAGES)
-        _choice("policy_loss", self.policy_loss, POLICY_LOSSES)
-        _choice("rollout_is", self.rollout_is, ROLLOUT_IS)
+        _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
+        POLICY_LOSSES.lookup(self.policy_loss).check(self)
+        SAMPLER_CORRECTIONS.lookup(self.rollout_is)
+        ENTROPY_CONTROLS.lookup(self.entropy_control)
+        if not (0 < self.clip_cov_ratio <= 1 and 0 < self.kl_cov_ratio <= 1 and 0 < self.top_entropy_quantile <= 1):
+            raise UserError("algo.clip_cov_ratio, kl_cov_ratio and top_entropy_quantile must be in (0, 1]")
         if not 0 <= self.rollout_is_min < self.rollout_is_max:
             raise UserError(f"algo.rollout_is_min={self.rollout_is_min} and rollout_is_max={self.rollout_is_max}: "
                             "accepted: 0 <= rollout_is_min < rollout_is_max")
         _choice("loss_agg", self.loss_agg, LOSS_AGG)
-        _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_in", self.kl_in, ("loss", "reward"))
         _choice("critic", self.critic, CRITICS)
-        low_max_ok = self.clip_eps_low <= 1 if self.policy_loss == "cispo" else self.clip_eps_low < 1
-        if not (0 <= self.clip_eps_low and low_max_ok and self.clip_eps_high >= 0):
-            raise UserError(f"algo.clip_eps_low={self.clip_eps_low} must be in [0, 1) ([0, 1] for cispo: 1 is no lower "
-                            "bound) and clip_eps_high >= 0")
-        if self.policy_loss == "cispo" and self.ratio_level == "sequence_sum":
-            raise UserError("algo.policy_loss=cispo weights each token; accepted: ratio_level=token|sequence")
         if self.kl_coef < 0:
             raise UserError(f"algo.kl_coef={self.kl_coef} must be >= 0")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef <= 0):
@@ -209,6 +219,9 @@ class PolicyGradient(OnlineObjective):
                                          sampler_logps=cfg.rollout_is != "none",
                                          greedy_baseline=cfg.advantage == "greedy")
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.policy_loss = POLICY_LOSSES.lookup(cfg.policy_loss)(cfg)
+        self.correction = SAMPLER_CORRECTIONS.lookup(cfg.rollout_is)(cfg.rollout_is_min, cfg.rollout_is_max)
+        self.entropy_control = ENTROPY_CONTROLS.lookup(cfg.entropy_control)(cfg)
         self.baseline = adv.MovingBaseline(cfg.baseline_decay)
 
     # ---- state carried from rollout to rollout (checkpointed by the trainer) --------------------
@@ -297,24 +310,16 @@ class PolicyGradient(OnlineObjective):
         return self._agg(x, mask)
 
     def _sampler_weight(self, old, sampler_logps, mask, metrics, T_max):
-        """sg[w]: the truncated / masked importance weight π_old / μ of the module docstring."""
-        c = self.cfg
-        log_w = (old.detach() - sampler_logps) * mask
-        if c.rollout_is.startswith("sequence"):
-            log_w = log_w.sum(-1, keepdim=True).expand_as(mask)
-        w = torch.exp(log_w.clamp(max=20.0))
-        if c.rollout_is.endswith("truncate"):
-            out = w.clamp(c.rollout_is_min, c.rollout_is_max)
-        else:
-            keep = (w >= c.rollout_is_min) & (w <= c.rollout_is_max)
-            out = w * keep
-            metrics["rollout_is/masked_frac"] = self._metric((~keep).float(), mask, T_max)
-        metrics["rollout_is/weight"] = self._metric(out, mask, T_max)
-        return out * mask
+        """sg[w]: the sampler correction's weight of pg_t (:mod:`prefopt.objectives.pg.rollout_is`)."""
+        w, kept = self.correction.weight((old.detach() - sampler_logps) * mask, mask)
+        if kept is not None:
+            metrics["rollout_is/masked_frac"] = self._metric((~kept).float(), mask, T_max)
+        metrics["rollout_is/weight"] = self._metric(w, mask, T_max)
+        return w * mask
 
     def loss(self, batch, scorer):
         c = self.cfg
-        want_entropy = c.entropy_coef > 0
+        want_entropy = c.entropy_coef > 0 or self.entropy_control.needs_entropy
         stats = scorer.logps(batch, entropy=want_entropy)
         V = scorer.values(batch) if "returns" in batch else None
         logp, mask = stats.logps, stats.mask.float()
@@ -323,28 +328,12 @@ class PolicyGradient(OnlineObjective):
         A = batch["advantages"]
         T_max = int(batch.get("norm_tokens", 1))  # max_new_tokens
 
-        n_tok = mask.sum(-1).clamp(min=1)
-        if c.ratio_level == "sequence_sum":
-            # One action per completion: ρ_i = π(y_i|x)/π_old(y_i|x); A_i is constant over y_i.
-            log_ρ_i = ((logp - old) * mask).sum(-1)
-            A_i = (A * mask).sum(-1) / n_tok
-            ρ_i = torch.exp(log_ρ_i.clamp(max=20.0))
-            pg_i = torch.maximum(-A_i * ρ_i, -A_i * ρ_i.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high))
-            pg = (pg_i / n_tok)[:, None] * mask  # Σ_t over the sequence = pg_i
-            ρ = ρ_i.detach()[:, None] * mask  # for the metrics below
-        else:
-            if c.ratio_level == "token":
-                log_ρ = logp - old
-            else:
-                seq = ((logp - old) * mask).sum(-1) / n_tok
-                log_ρ = seq.detach()[:, None] + logp - logp.detach()
-            ρ = torch.exp(log_ρ.clamp(max=20.0)) * mask
-            ρ_clip = ρ.clamp(1 - c.clip_eps_low, 1 + c.clip_eps_high)
-            if c.policy_loss == "cispo":
-                pg = -ρ_clip.detach() * A * logp * mask
-            else:
-                pg = torch.maximum(-A * ρ, -A * ρ_clip)
+        terms = self.policy_loss(logp, old, A, mask)
+        pg, ρ = terms.pg, terms.ratio
+        pg, controlled = self.entropy_control.apply(pg, logp, old, A, mask, terms.clipped, stats.entropy)
         metrics = {}
+        if controlled is not None:
+            metrics["entropy_control_frac"] = self._metric(controlled.float(), mask, T_max)
         if c.rollout_is != "none":
             pg = pg * self._sampler_weight(old, batch["sampler_logps"], mask, metrics, T_max)
         ℓ = pg
@@ -364,9 +353,8 @@ class PolicyGradient(OnlineObjective):
             ℓ = ℓ + c.vf_coef * 0.5 * vl
             metrics["value_loss"] = self._metric(0.5 * vl.detach(), mask, T_max)
         with torch.no_grad():
-            clipped = ((ρ < 1 - c.clip_eps_low) & (A < 0)) | ((ρ > 1 + c.clip_eps_high) & (A > 0))
             metrics["policy_loss"] = self._metric(pg.detach(), mask, T_max)
-            metrics["clip_frac"] = self._metric(clipped.float(), mask, T_max)
+            metrics["clip_frac"] = self._metric(terms.clipped.float(), mask, T_max)
             metrics["ratio"] = self._metric(ρ.detach(), mask, T_max)
             d = logp.detach() - old
             metrics["approx_kl_old"] = self._metric(torch.exp(-d) - 1 + d, mask, T_max)  # k3 of KL(π‖π_old)
@@ -394,7 +382,27 @@ REMAX = preset("remax", PolicyGradient, "ReMax: the greedy completion's reward a
 CISPO = preset("cispo", PolicyGradient, "CISPO: clipped IS weight × log π for every token (MiniMax 2025).",
                policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=4.0, loss_agg="token-mean", kl_coef=0.0)
 
+GSPO = preset("gspo", PolicyGradient, "GSPO: the clipped sequence ratio s_i, tiny clip range (Zheng et al. 2025).",
+              ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-mean", kl_coef=0.0)
+GSPO_TOKEN = preset("gspo_token", PolicyGradient, "GSPO-token: sg[s_i]·π/sg[π], token advantages (Zheng et al. 2025).",
+                    ratio_level="sequence_token", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-mean",
+                    kl_coef=0.0)
+LUSPO = preset("luspo", PolicyGradient, "LUSPO: GSPO's ratio, each sequence's loss × its length (arXiv:2602.05261).",
+               ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-sum", kl_coef=0.0)
+SAPO = preset("sapo", PolicyGradient, "SAPO: a sigmoid soft gate instead of the clip (Qwen 2025, arXiv:2511.20347).",
+              policy_loss="sapo", loss_agg="seq-mean-token-mean", kl_coef=0.0)
+GMPO = preset("gmpo", PolicyGradient, "GMPO: the geometric mean of log-space-clipped token ratios (arXiv:2507.20673).",
+              policy_loss="gmpo", clip_eps_low=0.4, clip_eps_high=0.4, loss_agg="seq-mean-token-mean", kl_coef=0.0)
+DPPO = preset("dppo", PolicyGradient, "DPPO: a binary-KL trust region on each token's probability (arXiv:2602.04879).",
+              policy_loss="dppo_kl", clip_eps_low=0.05, clip_eps_high=0.05, loss_agg="token-mean", kl_coef=0.0)
+DPPO_TV = preset("dppo_tv", PolicyGradient, "DPPO-TV: a total-variation trust region on each token's probability.",
+                 policy_loss="dppo_tv", clip_eps_low=0.2, clip_eps_high=0.2, loss_agg="token-mean", kl_coef=0.0)
+VESPO = preset("vespo", PolicyGradient, "VESPO: a Gamma weight of the sequence ratio instead of a clip (arXiv:2602.10693).",
+               policy_loss="vespo", loss_agg="token-mean", kl_coef=0.0)
+
 # The main coefficient the leaderboard's tuning grid tries (× its learning rates): β of the KL term; a
-# preset without one (kl_coef 0: DAPO, Dr. GRPO, CISPO) is tuned over the learning rate alone.
-for _p in (PPO, RLOO, GRPO, DR_GRPO, DAPO, REINFORCE_PP, REMAX, CISPO):
+# preset without one (kl_coef 0: DAPO, Dr. GRPO, CISPO, and the 2025–26 losses) is tuned over the learning
+# rate alone.
+for _p in (PPO, RLOO, GRPO, DR_GRPO, DAPO, REINFORCE_PP, REMAX, CISPO, GSPO, GSPO_TOKEN, LUSPO, SAPO, GMPO, DPPO,
+           DPPO_TV, VESPO):
     _p.tuning = {"kl_coef": (0.01, 0.1)} if _p.Config().kl_coef > 0 else {}
