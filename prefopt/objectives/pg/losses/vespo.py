@@ -35,8 +35,8 @@ class VESPO(PolicyLoss):
             log_w = ((logp - old).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX) * mask).sum(-1, keepdim=True)
             log_w = log_w.clamp(_LOG_W_MIN, LOG_RATIO_MAX)
             nonneg = A >= 0
-            k = torch.where(nonneg, c.vespo_k_pos, c.vespo_k_neg)
-            λ = torch.where(nonneg, c.vespo_lambda_pos, c.vespo_lambda_neg).clamp(min=1e-4)
+            k = torch.where(nonneg, A.new_tensor(c.vespo_k_pos), A.new_tensor(c.vespo_k_neg))  # A's dtype
+            λ = torch.where(nonneg, A.new_tensor(c.vespo_lambda_pos), A.new_tensor(c.vespo_lambda_neg)).clamp(min=1e-4)
             φ = torch.exp(λ + k * log_w - λ * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
             w = torch.exp(log_w).expand_as(mask) * mask
         pg = -φ * A * logp * mask
