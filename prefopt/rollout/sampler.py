@@ -31,6 +31,7 @@ from typing import Optional, Protocol
 import torch
 
 from prefopt.core.modules import dropout_disable, dropout_restore
+from prefopt.rollout.engine import ENGINES, Engine
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Samples:
 
 
 class Sampler(Protocol):
+    exact_logprobs: bool  # the sampled tokens' log-probs are the trainer's own (up to rounding)
+
     def sample(self, model, prompts: list, cfg: SamplingConfig, seed: int = 0, *, return_logprobs: bool = False) -> Samples: ...
 
     def generate(self, model, prompts: list, cfg: SamplingConfig, seed: int = 0) -> list: ...
@@ -285,14 +288,25 @@ class DecodeLoop:
         return new, (torch.stack(lps, 1) if want_logprobs else None)
 
 
-class HFSampler:
-    """Batched sampling (left-padded prompts, KV cache, stop at EOS): :class:`DecodeLoop` where the
-    architecture allows (``engine="auto"``), else ``model.generate`` (``engine="hf"`` forces it)."""
+@ENGINES.register("torch")
+class HFSampler(Engine):
+    """The ``torch`` rollout engine. Batched sampling (left-padded prompts, KV cache, stop at EOS):
+    :class:`DecodeLoop` where the architecture allows (``engine="auto"``), else ``model.generate``
+    (``engine="hf"`` forces it)."""
+
+    exact_logprobs = True  # it decodes the live policy
 
     def __init__(self, pad_token_id: int, eos_token_id: int, engine: str = "auto"):
         self.pad = pad_token_id
         self.eos = eos_token_id
         self.engine = engine
+
+    @classmethod
+    def build(cls, cfg, *, tokenizer, policy, model_cfg, console=None) -> "HFSampler":
+        return cls(tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+    def describe(self) -> str:
+        return "torch (prefopt's decode loop on the live policy)"
 
     def sync_weights(self, model) -> None:
         pass  # generate() runs on the live policy

@@ -185,6 +185,10 @@ class RolloutSource(BatchSource):
         self._order = EpochOrder(len(examples), seed)
         # π_old == π_θ at the loss when nothing updates the policy in between (module docstring, 4.).
         self.old_is_current = self.plan.steps_per_rollout == 1 and value_model is None
+        # The sampler's log-probs stand for π_old only where they are the trainer's own up to rounding
+        # (the torch engine); another engine's are μ, and π_old is recomputed.
+        self.sampler_is_policy = sampler.exact_logprobs
+        self.logp_abs_diff: Optional[float] = None  # mean |log π_old − log μ| of the last rollout, when both exist
         # An objective that corrects for the sampler (importance weights π_old/μ) keeps μ's own log-probs.
         self.keep_sampler_logps = objective.needs.sampler_logps
 
@@ -271,7 +275,8 @@ class RolloutSource(BatchSource):
             self.sampler.sync_weights(self.policy)
             s = self.sampler.sample(self.policy, prompt_ids, self.scfg,
                                     seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank,
-                                    return_logprobs=self.old_is_current or self.keep_sampler_logps)
+                                    return_logprobs=self.old_is_current or self.keep_sampler_logps
+                                    or not self.sampler_is_policy)
             gen_s += time.perf_counter() - t0
             self.samples_generated += len(s.completions)
             p_ids = [p for p in prompt_ids for _ in range(K)]
@@ -319,6 +324,8 @@ class RolloutSource(BatchSource):
         m = {"rollout/reward_mean": float(sc.mean()) if sc.numel() else 0.0,
              "rollout/reward_std": float(sc.std()) if sc.numel() > 1 else 0.0,
              "rollout/gen_time_s": gen_s}
+        if self.logp_abs_diff is not None:
+            m["rollout/logp_abs_diff_sampler"] = self.logp_abs_diff  # mean |log π_old − log μ| per token
         for k, vs in reward_metrics.items():
             v = torch.cat(vs)
             m[f"rollout/{k}"] = float(v.mean()) if v.numel() else 0.0
@@ -354,11 +361,12 @@ class RolloutSource(BatchSource):
         # π_old, π_ref and V_old of the whole rollout, in chunks of the micro-batch size.
         needs_ref = self.reference is not None and self.obj.needs.reference
         old, ref, val = [], [], []
-        if self.old_is_current or self.keep_sampler_logps:
+        lp = None
+        if parts and parts[0]["lp"] is not None:
             # The sampler's log-probs, at the completion positions (where loss_mask is set, in order).
             lp = torch.zeros(roll["loss_mask"].shape)
             lp[roll["loss_mask"]] = torch.tensor([v for p in parts for x in p["lp"] for v in x])
-            if self.old_is_current:
+            if self.old_is_current and self.sampler_is_policy:
                 roll["old_logps"] = lp
             if self.keep_sampler_logps:
                 roll["sampler_logps"] = lp
@@ -368,7 +376,7 @@ class RolloutSource(BatchSource):
         for i in range(0, n, self.c.sequences_per_device):
             sl = slice(i, i + self.c.sequences_per_device)
             ids, am, lm = (roll[k][sl].to(self.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-            if not self.old_is_current and self.obj.needs.old_logps:
+            if not (self.old_is_current and self.sampler_is_policy) and self.obj.needs.old_logps:
                 old.append(token_stats(self.policy, ids, am, lm, temperature=self.c.temperature).logps.cpu())
             if self.value_model is not None:
                 # Right after the policy's forward: a value head on the policy reuses its hidden states.
@@ -378,6 +386,9 @@ class RolloutSource(BatchSource):
         dropout_restore(flipped)
         if old:
             roll["old_logps"] = torch.cat(old)
+            if lp is not None:
+                m = roll["loss_mask"]
+                self.logp_abs_diff = float((roll["old_logps"][m] - lp[m]).abs().mean()) if m.any() else None
         if val:
             roll["old_values"] = torch.cat(val)
         if ref:

@@ -40,6 +40,8 @@ from prefopt.objectives.pg.value import build_value_model
 from prefopt.objectives.registry import Needs, get_objective
 from prefopt.rollout.evaluate import Evaluator, PairwiseEvaluator, chat_prompt_ids, heldout_pairs
 from prefopt.rollout.rewards import RewardConfig, build_reward, check, reward_config
+from prefopt.rollout.engine import RolloutConfig, build_engine
+from prefopt.rollout.engine import check as check_engine
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
 from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries
@@ -85,6 +87,8 @@ class _Configs:
     micro_per_step: int = 0  # set with the process count (_placement)
     plan: Optional[BatchPlan] = None  # an online objective's rollout split, checked in _placement
     precision: str = ""  # how model.dtype was chosen (prefopt.models.precision), for the banner
+    rocfg: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: str = "torch"  # the rollout engine rollout.engine resolved to (_placement)
 
 
 @dataclass
@@ -157,7 +161,7 @@ def _run(cfg: DictConfig, out_dir: str, console, on_start, ctx: RunContext) -> d
     seed_everything(c.seed)
     d = _data(c, place, console)
     m = _models(c, d, place, console)
-    online = _online_parts(c, d, m, place)
+    online = _online_parts(c, d, m, place, console if place.is_main else None)
     _place_models(place, m.policy, m.reference)
     source, total_steps = _batch_source(c, d, m, online, place)
     trainer, evaluator = _trainer(c, d, m, online, source, total_steps, place, out_dir, console)
@@ -176,6 +180,7 @@ def configs(cfg: DictConfig) -> _Configs:
     mcfg = typed(ModelConfig, cfg.get("model"), "model")
     tcfg = typed(TrainerConfig, cfg.get("trainer"), "trainer")
     ecfg = typed(EvalConfig, cfg.get("eval"), "eval")
+    rocfg = typed(RolloutConfig, cfg.get("rollout"), "rollout")
     data_name = cfg.data.get("name", "hf")
     dcfg = typed(data_schema(data_name), cfg.get("data"), "data")
     check_eval(ecfg)
@@ -193,7 +198,8 @@ def configs(cfg: DictConfig) -> _Configs:
         check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
                     rcfg=rcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
-                    task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path, precision=prec.reason)
+                    task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path, precision=prec.reason,
+                    rocfg=rocfg)
 
 
 def _placement(c: _Configs) -> Placement:
@@ -206,6 +212,7 @@ def _placement(c: _Configs) -> Placement:
     c.micro_per_step = check_trainer(c.tcfg, place.world)
     if c.needs.rollouts:
         c.plan = plan_batches(c.acfg, place.world, c.needs.groups)
+        c.engine = check_engine(c.rocfg, c.mcfg, place.world)
     return place
 
 
@@ -272,7 +279,7 @@ def _models(c: _Configs, d: _Data, place: Placement, console) -> _Models:
                    precompute_ref=precompute_ref)
 
 
-def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement) -> Optional[_Online]:
+def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement, console=None) -> Optional[_Online]:
     """Online methods (objective declares rollouts / reward / value head): the reward source, the
     value head or critic (attached to the policy, so placed with it) and the rollout source."""
     needs, acfg, tok = c.needs, c.acfg, d.tok
@@ -296,8 +303,10 @@ def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement) -> Option
     if not needs.rollouts:
         return _Online(None, None, reward, proxy_fn, value_model, lines)
     max_new = acfg.max_new_tokens or (c.dcfg.max_length - c.dcfg.max_prompt_length)
+    engine = build_engine(c.engine, c.rocfg, tokenizer=tok, policy=m.policy, model_cfg=c.mcfg, console=console)
+    lines.append(f"rollout engine: {engine.describe()}")
     source = RolloutSource(examples=d.examples, objective=c.objective, policy=m.policy, reward=reward,
-                           sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), tokenizer=tok, max_new_tokens=max_new,
+                           sampler=engine, tokenizer=tok, max_new_tokens=max_new,
                            seed=c.seed, reference=m.reference, value_model=value_model, rank=place.rank,
                            world_size=place.world, device=place.device, placement=place)
     plan, tcfg = c.plan, c.tcfg
