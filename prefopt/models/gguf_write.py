@@ -39,8 +39,9 @@ The format facts, and the rule each choice follows:
   hashing the tokenizer's output on a fixed text) is written as ``default``: this module knows no
   table of those hashes, so llama.cpp's own text tokenization of such a file may split text
   differently from the HF tokenizer; token ids in and out are exact. A tokenizer that is not BPE
-  (the testbed's word-level one) is written with its tokens and no merges: llama.cpp runs the model
-  on token ids (as prefopt's rollout engine does) but cannot tokenize text for it.
+  (the testbed's word-level one) is written with its tokens and one inert merge (llama.cpp refuses a
+  gpt2 vocabulary without merges): llama.cpp runs the model on token ids (as prefopt's rollout engine
+  does) but cannot tokenize text for it.
 - **GGUF LoRA** (llama.cpp's convert_lora_to_gguf.py): ``general.type=adapter``,
   ``adapter.type=lora``, ``adapter.lora.alpha``, and per adapted weight ``<base name>.lora_a`` =
   peft's lora_A (r, in), stored ne = [in, r], and ``.lora_b`` = lora_B (out, r), ne = [r, out];
@@ -137,7 +138,7 @@ def plain_weights(model, merge_lora: bool = True) -> dict:
     """HF parameter name -> float32 tensor of the plain model: under peft the base weights, plus
     every active adapter's delta when ``merge_lora``. New tensors; ``model`` is not changed."""
     if not is_peft(model):
-        return {k: v.detach().float() for k, v in model.state_dict().items()}
+        return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     base = model.get_base_model()
     out = {}
     for key, value in base.state_dict().items():
@@ -150,7 +151,7 @@ def plain_weights(model, merge_lora: bool = True) -> dict:
             name = name.replace(f".modules_to_save.{adapter}.", ".")
         if ".modules_to_save." in name:
             continue  # an inactive adapter's copy
-        out[name] = value.detach().float()
+        out[name] = value.detach().float().cpu()
     if merge_lora:
         with torch.no_grad():
             for name, layer in _lora_layers(base):
@@ -158,7 +159,7 @@ def plain_weights(model, merge_lora: bool = True) -> dict:
                     raise UserError(f"GGUF export: {name} is a DoRA layer; accepted: plain LoRA adapters")
                 for adapter in layer.active_adapters:
                     if adapter in layer.lora_A:
-                        out[name + ".weight"] = out[name + ".weight"] + layer.get_delta_weight(adapter).float()
+                        out[name + ".weight"] = out[name + ".weight"] + layer.get_delta_weight(adapter).float().cpu()
     return out
 
 
@@ -221,13 +222,20 @@ def _copy_tokenizer(writer, source_gguf: str, vocab_size: int) -> None:
         raise UserError(f"GGUF export: {source_gguf} has no tokenizer.* keys; accepted: a GGUF with its tokenizer")
 
 
-def _hf_merges(tokenizer) -> list:
+def _hf_merges(tokenizer, tokens: list) -> list:
     import json
 
     model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
-    if model.get("type") != "BPE":
-        return []  # word-level and other non-BPE vocabularies: tokens only (see the module docstring)
-    return [" ".join(m) if isinstance(m, (list, tuple)) else m for m in model.get("merges", [])]
+    if model.get("type") == "BPE":
+        return [" ".join(m) if isinstance(m, (list, tuple)) else m for m in model.get("merges", [])]
+    # A vocabulary that is not BPE (word-level): llama.cpp refuses a gpt2 vocabulary without a merges
+    # key, and gguf cannot write an empty array, so one merge of two multi-character tokens is written.
+    # BPE starts from single characters and no other merge builds either token, so it never applies.
+    pair = [t for t in tokens if len(t) > 1 and " " not in t][:2]
+    if len(pair) < 2:
+        raise UserError("GGUF export: the tokenizer is not BPE and has too few multi-character tokens to write; "
+                        "accepted: a BPE tokenizer, or source_gguf=THE_BASE.gguf")
+    return [" ".join(pair)]
 
 
 def _write_hf_tokenizer(writer, tokenizer, vocab_size: int) -> None:
@@ -256,7 +264,7 @@ def _write_hf_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(_hf_merges(tokenizer))
+    writer.add_token_merges(_hf_merges(tokenizer, tokens))
     for kind in ("bos", "eos", "pad", "unk"):
         i = getattr(tokenizer, f"{kind}_token_id", None)
         if i is not None:
@@ -390,8 +398,8 @@ def write_lora(model, path: str, *, alpha: Optional[float] = None) -> str:
                 raise UserError(f"GGUF LoRA export: LoRA on {name} is not supported; accepted target modules: "
                                 f"{', '.join(LORA_TARGETS)}")
             block = int(parts[parts.index("layers") + 1])
-            a = layer.lora_A[adapter].weight.detach().float().numpy()
-            b = layer.lora_B[adapter].weight.detach().float().numpy()
+            a = layer.lora_A[adapter].weight.detach().float().cpu().numpy()
+            b = layer.lora_B[adapter].weight.detach().float().cpu().numpy()
             scales.append(float(layer.scaling[adapter]) * a.shape[0])  # the alpha llama.cpp would need: scaling · r
             tensors.append((f"blk.{block}.{target}.weight", parts[-1], a, b))
     if not tensors:
