@@ -1,10 +1,11 @@
-"""``python -m prefopt.bench``: the throughput benchmark; ``gpu-check``, ``memory`` and ``kernels`` pick the others."""
+"""``python -m prefopt.bench``: the throughput benchmark; ``gpu-check``, ``memory``, ``kernels`` and ``roofline`` (the
+machine's GEMM rates and bandwidth alone) pick the others."""
 
 import sys
 
-from prefopt.bench import gpu, kernels, memory, throughput
+from prefopt.bench import gpu, kernels, memory, roofline, throughput
 
-COMMANDS = {"gpu-check": gpu.main, "memory": memory.main, "kernels": kernels.main}
+COMMANDS = {"gpu-check": gpu.main, "memory": memory.main, "kernels": kernels.main, "roofline": roofline.main}
 
 
 def main(argv=None):
