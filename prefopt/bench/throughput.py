@@ -21,6 +21,12 @@ on the same first batch from the same weights, so the two numbers can be compare
 materialized logits (``PREFOPT_LOGPROBS_IMPL=naive``): the training step without and with the fused
 kernel.
 
+On the real-model workloads (``smol``, ``real``) the run also measures the machine's fp32 and bf16 GEMM
+rates and its copy bandwidth, before and after the workloads at the workers' thread count, and prints
+each prefopt workload's roofline after the TRL table: every phase of the step (generation, log-prob
+passes, loss forward + backward, optimizer, other; timed by :mod:`prefopt.bench.phases`) with its
+share of the step and the fraction of its bound it reaches (:mod:`prefopt.bench.roofline`).
+
 TRL is the optional ``bench`` extra (``pip install prefopt[bench]``), imported lazily: without it
 the table says "not installed". Timings are never asserted by tests.
 
@@ -41,12 +47,14 @@ import sys
 import tempfile
 import time
 
+from prefopt.bench import roofline
 from prefopt.bench.workers import WORKLOADS, workload_spec
 from prefopt.bench.world import LORA, MODEL_ARCH, N_ROWS, REAL_ARCH, REAL_VOCAB, build_world
 from prefopt.core import files
 
 ALIASES = {"real": "real-dpo-lora,real-grpo-lora,real-dpo-full", "smol": "smol-dpo-lora,smol-grpo-lora"}
 MEMORY_BUDGET_GIB = 16.0  # the "largest DPO batch that fits" column
+ROOFLINE_SHAPES = ("smol", "real")  # worlds of a real checkpoint's shape: their workloads get a roofline
 
 
 # ---- the parent: machine, alternation, table ---------------------------------------------------
@@ -172,7 +180,9 @@ def main(argv=None):
                                  epilog="python -m prefopt.bench gpu-check [--dry]: the GPU check (see prefopt/bench/gpu.py); "
                                         "python -m prefopt.bench memory: fsdp2 memory per rank, 1 vs 2 processes "
                                         "(prefopt/bench/memory.py); python -m prefopt.bench kernels: the fused "
-                                        "log-prob kernel against its alternatives (prefopt/bench/kernels.py)")
+                                        "log-prob kernel against its alternatives (prefopt/bench/kernels.py); python -m "
+                                        "prefopt.bench roofline: the machine's GEMM rates and copy bandwidth "
+                                        "(prefopt/bench/roofline.py)")
     ap.add_argument("--workloads", default="dpo,grpo",
                     help=f"comma-separated, from {', '.join(WORKLOADS)}; 'real' = {ALIASES['real']}")
     ap.add_argument("--providers", default="prefopt,trl",
@@ -188,6 +198,10 @@ def main(argv=None):
                     help="WORKLOAD:PROV+PROV,... restricts a workload to some providers (e.g. "
                          "real-dpo-full:prefopt+trl)")
     ap.add_argument("--out", default="prefopt_bench.json")
+    ap.add_argument("--roofline", choices=("auto", "on", "off"), default="auto",
+                    help="measure the machine's GEMM rates and copy bandwidth before and after the workloads and "
+                         "print each prefopt workload's per-phase roofline (prefopt/bench/roofline.py); auto: for "
+                         f"the real-model workloads ({', '.join(ROOFLINE_SHAPES)} worlds) only")
     ap.add_argument("--threads", default="auto",
                     help="torch threads per worker (both providers alike); auto: 1 when the 1-minute load average "
                          "exceeds the core count (oversubscribed OpenMP threads stall each other), else torch's default")
@@ -209,6 +223,16 @@ def main(argv=None):
     if threads == "auto":
         threads = "1" if load_before and load_before[0] > (os.cpu_count() or 1) else "0"
     os.environ["PREFOPT_BENCH_THREADS"] = threads
+    with_roofline = [w for w in workloads if "prefopt" in providers and args.roofline != "off"
+                     and (args.roofline == "on" or WORKLOADS[w]["shape"] in ROOFLINE_SHAPES)]
+    rates_before = rates_after = None
+    if with_roofline:
+        import torch
+
+        if int(threads) > 0:
+            torch.set_num_threads(int(threads))  # the rates at the workers' thread count
+        print("[bench] measuring the machine's GEMM rates and copy bandwidth ...", file=sys.stderr, flush=True)
+        rates_before = roofline.measure_rates()
     results, scans = {}, {}
     with tempfile.TemporaryDirectory() as root:
         worlds = {}
@@ -244,7 +268,12 @@ def main(argv=None):
                         if "error" not in res:
                             pts.append((k, res.get(key) or res["peak_rss_mb"]))
                     scans[wl][p] = {**fit_largest_batch(pts, MEMORY_BUDGET_GIB * 1024), "scan_runs": extra}
+    if with_roofline:
+        print("[bench] measuring the machine's rates again ...", file=sys.stderr, flush=True)
+        rates_after = roofline.measure_rates()
     load_after = load_average()
+    rates = roofline.best_rates(rates_before, rates_after) if with_roofline else None
+    rooflines = roofline.workload_rooflines({w: results[w] for w in with_roofline}, rates) if with_roofline else {}
     report = {"machine": machine(), "load_average_before": load_before, "load_average_after": load_after,
               "versions": package_versions(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
               "workloads": {w: WORKLOADS[w] for w in workloads},
@@ -254,10 +283,13 @@ def main(argv=None):
                            "torch_threads": int(threads) or "default"}, "results": results,
               "largest_dpo_batch": scans,
               "ratios": ratios(results), "ratios_vs_naive_logprobs": ratios(results, "prefopt-naive"),
-              "ratios_vs_recompute": ratios(results, "prefopt-recompute")}
+              "ratios_vs_recompute": ratios(results, "prefopt-recompute"),
+              "rates": {"before": rates_before, "after": rates_after, "bounds": rates}, "roofline": rooflines}
     with files.atomic_open(args.out) as f:
         json.dump(report, f, indent=1)
     print(table(report))
+    if rates is not None:
+        print("\n" + roofline.report_tables(rates, rooflines))
     print(f"\nwrote {args.out}")
 
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from prefopt.bench.phases import PhaseClock
 from prefopt.bench.world import cheap_reward, load_world, lora_config, perturb, perturb_lora, tokenize_pairs
 
 DPO = dict(pairs_per_step=16, max_length=128, beta=0.1, lr=1e-5)
@@ -95,25 +96,66 @@ def _torch_setup():
 
 # ---- prefopt workers ---------------------------------------------------------------------------
 
-def _timed_steps(tr, warmup: int, steps: int, device: str = "cpu") -> dict:
+def _timed_steps(tr, warmup: int, steps: int, device: str = "cpu", clock: PhaseClock = None) -> dict:
     """Wall and CPU time, real tokens and (online workloads) generation time of each step after
-    ``warmup``, each step timed end to end (batch building, generation, forward, backward, optimizer)."""
+    ``warmup``, each step timed end to end (batch building, generation, forward, backward, optimizer);
+    with ``clock`` (an instrumented run, :mod:`prefopt.bench.phases`) also each step's phases."""
     out = {"step_s": [], "cpu_s": [], "tokens": [], "gen_s": []}
+    phase_steps = []
     for k in range(warmup + steps):
+        if clock is not None:
+            clock.begin_step()
         t0, c0 = time.perf_counter(), time.process_time()
         row = tr.train_step()
         _cuda_sync(device)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if clock is not None:
+            # generation's time is the pipeline's own timer (it includes sync_weights)
+            st = clock.end_step(row.get("rollout/gen_time_s"))
+            if k >= warmup:
+                phase_steps.append(st)
         if k >= warmup:
             out["step_s"].append(dt)
             out["cpu_s"].append(dc)
             out["tokens"].append(row["tokens"])
             out["gen_s"].append(row.get("rollout/gen_time_s"))
+    if clock is not None:
+        out["phase_steps"] = phase_steps
     if all(g is None for g in out["gen_s"]):
         del out["gen_s"]  # an offline workload: nothing generated
     else:
         out["gen_s"] = [g or 0.0 for g in out["gen_s"]]
     return out
+
+
+def _instrument(tr, scorer, obj, sampler=None) -> PhaseClock:
+    """A :class:`PhaseClock` around a trainer's scorer, objective, optimizer, backward and sampler."""
+    clock = PhaseClock()
+    clock.instrument_scorer(scorer)
+    clock.instrument_objective(obj)
+    clock.instrument_optimizer(tr.optimizer)
+    clock.instrument_backward()  # process-wide until clock.restore(): a worker may run inside a test's process
+    if sampler is not None:
+        clock.instrument_sampler(sampler)
+    return clock
+
+
+def _phase_info(clock: PhaseClock, res: dict, config: dict, model, spec: dict) -> dict:
+    """What the roofline needs beside the phases: the model's shape, LoRA, dtypes, trainable parameters."""
+    import torch
+
+    from prefopt.bench.world import LORA
+
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size", "tie_word_embeddings", "model_type")
+    params = [p for p in model.parameters() if p.requires_grad]
+    w_dtype = next(model.parameters()).dtype
+    compute = clock.autocast_dtype or str(w_dtype).replace("torch.", "")
+    return {"steps": res.pop("phase_steps"), "model": {k: config.get(k) for k in keys if k in config},
+            "lora": {"r": LORA["r"], "target_modules": LORA["target_modules"]} if spec["lora"] else None,
+            "trainable_params": sum(p.numel() for p in params),
+            "weight_bytes_per_element": w_dtype.itemsize,
+            "compute_dtype": compute, "compute_bytes_per_element": getattr(torch, compute).itemsize}
 
 
 def _trainer_cfg(lr: float, steps: int, per_step: int = DPO["pairs_per_step"], bf16: bool = False):
@@ -144,6 +186,7 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
 
     hp, dev = spec["hp"], spec.get("device", "cpu")
     tok, model, rows = load_world(world, spec.get("dtype", "float32"), dev)
+    config = model.config.to_dict()
     examples = tokenize_pairs(tok, rows)
     if spec["lora"]:
         from peft import get_peft_model
@@ -163,14 +206,20 @@ def prefopt_dpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     first_loss = float(loss0) / n
     src = OfflineSource(examples, coll, n, n, seed=0)
     with tempfile.TemporaryDirectory() as out:
-        tr = Trainer(objective=obj, policy=model, source=src, scorer=Scorer(model, reference),
+        scorer = Scorer(model, reference)
+        tr = Trainer(objective=obj, policy=model, source=src, scorer=scorer,
                      cfg=_trainer_cfg(hp["lr"], warmup + steps, n), out_dir=out, total_steps=warmup + steps,
                      device=torch.device(dev))
+        clock = _instrument(tr, scorer, obj)
         _cuda_sync(dev)
         rss0 = _rss_now_mb()
         reset = _reset_peak_rss()
-        res = _timed_steps(tr, warmup, steps, dev)
+        try:
+            res = _timed_steps(tr, warmup, steps, dev, clock)
+        finally:
+            clock.restore()
         res["step_peak_rss_mb"] = _hwm_mb() if reset else float("nan")
+    res["phases"] = _phase_info(clock, res, config, model, spec)
     return {**res, "completions": [2 * n] * steps, "first_loss": first_loss, "rss_before_first_step_mb": rss0}
 
 
@@ -207,6 +256,7 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
 
     G, dev = spec["hp"], spec.get("device", "cpu")
     tok, model, rows = load_world(world, spec.get("dtype", "float32"), dev)
+    config = model.config.to_dict()
     if spec["lora"]:
         from peft import get_peft_model
 
@@ -216,18 +266,24 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     obj = cls(cls.Config(prompts_per_step=G["prompts_per_step"], samples_per_prompt=G["samples_per_prompt"],
                          sequences_per_device=n, max_new_tokens=G["max_new_tokens"], temperature=G["temperature"],
                          kl_coef=0.0, loss_agg="token-mean"))
+    sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     src = RolloutSource(examples=_prompt_examples(tok, rows), objective=obj, policy=model, reward=_BenchReward(),
-                        sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), tokenizer=tok,
-                        max_new_tokens=G["max_new_tokens"], seed=0)
+                        sampler=sampler, tokenizer=tok, max_new_tokens=G["max_new_tokens"], seed=0)
     with tempfile.TemporaryDirectory() as out:
-        tr = Trainer(objective=obj, policy=model, source=src, scorer=Scorer(model, temperature=G["temperature"]),
+        scorer = Scorer(model, temperature=G["temperature"])
+        tr = Trainer(objective=obj, policy=model, source=src, scorer=scorer,
                      cfg=_trainer_cfg(G["lr"], warmup + steps, G["prompts_per_step"]), out_dir=out,
                      total_steps=warmup + steps, device=torch.device(dev))
+        clock = _instrument(tr, scorer, obj, sampler)
         _cuda_sync(dev)
         rss0 = _rss_now_mb()
         reset = _reset_peak_rss()
-        res = _timed_steps(tr, warmup, steps, dev)
+        try:
+            res = _timed_steps(tr, warmup, steps, dev, clock)
+        finally:
+            clock.restore()
         res["step_peak_rss_mb"] = _hwm_mb() if reset else float("nan")
+    res["phases"] = _phase_info(clock, res, config, model, spec)
     return {**res, "completions": [n] * steps, "rss_before_first_step_mb": rss0}
 
 
