@@ -259,6 +259,25 @@ def test_prefopt_export_writes_the_runs_policy_merged_or_separate(lora_run, tmp_
     assert any(np.abs(b[2]).max() > 0 for n, b in lora.items() if n.endswith(".lora_b"))  # a trained adapter
 
 
+def test_prefopt_export_copies_the_tokenizer_of_the_gguf_the_runs_base_came_from(tmp_path, tok, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from prefopt.core.config import ModelConfig
+    from prefopt.models import gguf as gguf_in
+
+    src = str(tmp_path / "base.gguf")
+    write_gguf(src, llama(tok, tied=True, seed=5), tok, chat_template="{{ 'the source template' }}")
+    base_dir = gguf_in.checkpoint_dir(ModelConfig(name_or_path=src))  # what a run with model.name_or_path=FILE.gguf uses
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules="all-linear"))
+    pm.save_pretrained(tmp_path / "run" / "model")
+    tok.save_pretrained(tmp_path / "run" / "model")
+    out = str(tmp_path / "out.gguf")
+    assert export_main([str(tmp_path / "run"), f"out={out}"]) is None
+    assert f"tokenizer and chat template from {src}" in capsys.readouterr().out
+    fields = _gguf().GGUFReader(out).fields
+    assert bytes(fields["tokenizer.chat_template"].parts[-1]).decode() == "{{ 'the source template' }}"
+
+
 def _refused(capsys, args, *needles) -> str:
     with pytest.raises(SystemExit) as e:
         export_main(args)
