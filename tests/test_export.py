@@ -249,7 +249,8 @@ def test_prefopt_export_writes_the_runs_policy_merged_or_separate(lora_run, tmp_
     assert f"→ {out}" in capsys.readouterr().out
     close(logits(read_back(out), ids), want, "f16")
     fields = _gguf().GGUFReader(out).fields  # the testbed's word-level vocabulary: tokens and one inert merge
-    assert len(fields["tokenizer.ggml.merges"].data) == 1 and len(fields["tokenizer.ggml.tokens"].data) == want.shape[-1]
+    assert len(fields["tokenizer.ggml.merges"].data) == 1
+    assert len(fields["tokenizer.ggml.tokens"].data) == want.shape[-1]
     sep = str(tmp_path / "sep.gguf")
     assert export_main([lora_run, f"out={sep}", "type=f32", "lora=separate"]) is None
     assert os.path.isfile(str(tmp_path / "sep.lora.gguf"))
@@ -267,7 +268,8 @@ def test_prefopt_export_copies_the_tokenizer_of_the_gguf_the_runs_base_came_from
 
     src = str(tmp_path / "base.gguf")
     write_gguf(src, llama(tok, tied=True, seed=5), tok, chat_template="{{ 'the source template' }}")
-    base_dir = gguf_in.checkpoint_dir(ModelConfig(name_or_path=src))  # what a run with model.name_or_path=FILE.gguf uses
+    # the cached HF directory a run with model.name_or_path=FILE.gguf trains from
+    base_dir = gguf_in.checkpoint_dir(ModelConfig(name_or_path=src))
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules="all-linear"))
     pm.save_pretrained(tmp_path / "run" / "model")
     tok.save_pretrained(tmp_path / "run" / "model")
