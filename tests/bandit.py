@@ -127,10 +127,10 @@ def group_rollout(probs, group_size: int, scores) -> tuple:
     return roll, torch.tensor(w, dtype=F64)
 
 
-def descend(params, loss_fn, lr: float, max_steps: int, tol: float = 1e-10) -> int:
+def descend(params, loss_fn, lr: float, max_steps: int, tol: float = 1e-10, decay: float = 1.0) -> int:
     """Full-batch gradient descent on ``params`` until every gradient entry is below ``tol``;
-    ``loss_fn(step)`` returns a loss whose gradient is the update's (exact) expected gradient.
-    Returns the number of steps taken."""
+    ``loss_fn(step)`` returns a loss whose gradient is the update's (exact) expected gradient; the
+    step size is lr · decay^step. Returns the number of steps taken."""
     for step in range(max_steps):
         for p in params:
             p.grad = None
@@ -139,5 +139,5 @@ def descend(params, loss_fn, lr: float, max_steps: int, tol: float = 1e-10) -> i
             return step
         with torch.no_grad():
             for p in params:
-                p -= lr * p.grad
+                p -= lr * decay**step * p.grad
     return max_steps

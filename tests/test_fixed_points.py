@@ -252,3 +252,153 @@ def test_kto_converges_to_its_stationary_point():
     descend([θ], lambda _: obj.loss(batch, TabularScorer(θ, ref))[0], lr=100.0, max_steps=2000)
     q_d, q_u = KTO_DESIRABLE / (X * V), (1 - KTO_DESIRABLE) / (X * V)
     assert max_abs(probs(θ), kto_optimum(REF_PROBS, q_d, q_u, beta)) < 1e-6
+
+
+# ---- online DPO: pairs of the current policy's samples ---------------------------------------
+
+
+def online_pairs(obj, logits, ref, reward):
+    """The objective's pairs from an enumerated rollout of the current policy: every ordered pair of
+    samples (y, y') of each prompt, scored by a reward with standard Gumbel noise, so that y wins with
+    probability σ(r(y) − r(y')) (the difference of two Gumbels is logistic): each pair of samples
+    enters once per outcome, with scores (1, 0) or (0, 1). Pairs of two equal samples tie and are
+    dropped by ``prepare``. Returns the loss's batch, each pair weighted by its probability."""
+    pi = torch.softmax(logits.detach(), -1)
+    p = bt_pref(reward)
+    xs, ys, scores, w = [], [], [], []
+    for x in range(X):
+        for a in range(V):
+            for b in range(V):
+                outcomes = [((0.0, 0.0), 1.0)] if a == b else [((1.0, 0.0), p[x, a, b]), ((0.0, 1.0), 1 - p[x, a, b])]
+                for s, q in outcomes:
+                    xs += [x, x]
+                    ys += [a, b]
+                    scores += list(s)
+                    if a != b:  # a kept pair: its probability, on both of its rows
+                        w += [float(pi[x, a] * pi[x, b]) * q / X] * 2
+    roll = sequences(xs, ys)
+    ref_lp = torch.log_softmax(ref, -1)[roll["input_ids"][:, 0], roll["input_ids"][:, 1]]
+    roll.update(scores=t64(scores), group_size=2, group=torch.arange(len(xs)) // 2,
+                ref_logps=torch.stack([torch.zeros_like(ref_lp), ref_lp], 1))
+    out, _ = obj.prepare(roll)
+    assert out["input_ids"].shape[0] == len(w)
+    return dict(out, weight=t64(w))
+
+
+@pytest.mark.parametrize("name", ["online_dpo", "iterative_dpo"])
+def test_online_dpo_converges_to_the_kl_optimum(name):
+    """Fixed point: π*(y|x) ∝ π_ref(y|x) · exp(r(x, y)/β). Pairs come from the current policy and
+    are labelled by BT(r): every pair's loss is least at β(ρ(y) − ρ(y')) = r(y) − r(y'), the same point
+    whatever the pair weights π(y)π(y'), so the on-policy (and the R-steps-per-rollout, iterative)
+    update has the fixed point of offline DPO. Tolerance: max |π − π*| < 1e-6."""
+    beta = 0.5
+    obj, θ = build(name, beta=beta), policy_from()
+    ref = torch.log(t64(REF_PROBS))
+    steps_per_rollout = obj.cfg.epochs_per_rollout * obj.cfg.minibatches_per_rollout  # 1 online, 4 iterative
+    state = {}
+
+    def loss(step):
+        if step % steps_per_rollout == 0:
+            state["batch"] = online_pairs(obj, θ, ref, REWARD)
+        return obj.loss(state["batch"], TabularScorer(θ, ref))[0]
+
+    descend([θ], loss, lr=60.0, max_steps=3000)
+    assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
+
+
+# ---- rejection sampling ---------------------------------------------------------------------
+
+
+def best_of_n(ref, reward, n):
+    """The distribution of the highest-reward sample among n from π_ref (distinct rewards):
+    P(best = y) = F(y)^n − F⁻(y)^n, F(y) = π_ref(r ≤ r(y)), F⁻(y) = π_ref(r < r(y))."""
+    below_or_eq = (ref[:, None, :] * (reward[:, None, :] <= reward[:, :, None])).sum(-1)
+    below = (ref[:, None, :] * (reward[:, None, :] < reward[:, :, None])).sum(-1)
+    return below_or_eq**n - below**n
+
+
+def test_rejection_sampling_round_converges_to_best_of_n():
+    """Fixed point of one round (the rollout from π_ref, trained to convergence): the best-of-N
+    distribution of π_ref, P(y) = F(y)^N − F⁻(y)^N (SFT's fixed point is its data, here the winners).
+    Iterated, each round's fixed point is best-of-N of the last, which concentrates on the best
+    completion. Tolerance: max |π − BoN_N(π_ref)| < 1e-6."""
+    n = 4
+    obj, θ = build("rejection_sampling", samples_per_prompt=n, keep_per_prompt=1), policy_from()
+    roll, w = group_rollout(t64(REF_PROBS), n, t64(REWARD))
+    batch, _ = obj.prepare(roll)
+    batch["weight"] = w[::n]  # one winner per group, in group order, with its group's probability
+    assert batch["input_ids"].shape[0] == w.shape[0] // n
+    descend([θ], lambda _: obj.loss(batch, TabularScorer(θ))[0], lr=6.0, max_steps=8000)
+    assert max_abs(probs(θ), best_of_n(REF_PROBS, REWARD, n)) < 1e-6
+
+
+# ---- policy gradient: PPO, RLOO, GRPO, Dr. GRPO, DAPO, REINFORCE++, ReMax, CISPO ----------------
+
+
+def pg_batch(obj, logits, ref, values=None):
+    """The objective's batch from an enumerated rollout of the current policy: every ordered group of
+    ``samples_per_prompt`` samples of each prompt with its probability, scored by REWARD, with what
+    the online pipeline attaches (log π_old, log π_ref, the critic's V_old, ReMax's greedy reward),
+    passed through the objective's own ``prepare``."""
+    K = obj.cfg.samples_per_prompt
+    roll, w = group_rollout(torch.softmax(logits.detach(), -1), K, t64(REWARD))
+    roll["scores"] = roll["scores"].float()  # a reward source's scores are float32
+    x, y = roll["input_ids"][:, 0], roll["input_ids"][:, 1]
+    on_token = lambda v: torch.stack([torch.zeros_like(v), v], 1)  # noqa: E731  (position 1: the completion)
+    roll["old_logps"] = on_token(torch.log_softmax(logits.detach(), -1)[x, y])
+    roll["ref_logps"] = on_token(torch.log_softmax(ref, -1)[x, y])
+    if obj.needs.value_head:
+        roll["old_values"] = on_token(values.detach()[x])
+    if obj.needs.greedy_baseline:
+        roll["baseline_scores"] = t64(REWARD)[x, logits.detach().argmax(-1)[x]]
+    roll, _ = obj.prepare(roll)
+    return dict(roll, weight=w, norm_tokens=1)
+
+
+def train_pg(obj, lr, max_steps, steps_per_rollout=1, on_step=None, decay=1.0):
+    """Full-batch training of a policy-gradient objective: a fresh enumerated rollout every
+    ``steps_per_rollout`` optimizer steps (1: π_old is the current policy), the critic (GAE) trained
+    with the policy. Returns the policy logits."""
+    θ, ref = policy_from(), torch.log(t64(REF_PROBS))
+    values = torch.zeros(X, dtype=F64, requires_grad=True)
+    state = {}
+
+    def loss(step):
+        if on_step is not None:
+            on_step(θ)
+        if step % steps_per_rollout == 0:
+            state["batch"] = pg_batch(obj, θ, ref, values)
+        batch = dict(state["batch"], old_is_current=steps_per_rollout == 1)
+        return obj.loss(batch, TabularScorer(θ, ref, values=values))[0]
+
+    descend([θ, values] if obj.needs.value_head else [θ], loss, lr=lr, max_steps=max_steps, decay=decay)
+    return θ
+
+
+KL_OPTIMUM_PRESETS = {
+    # preset: (overrides, lr, lr decay per step, steps). β = 0.5 everywhere (the presets' β of 0.01–0.05
+    # put π* in a corner of the simplex); PPO's adaptive β (kl_target) is off: a moving β moves the
+    # fixed point. Whitening (ppo, reinforce_pp) divides the advantages by their std, which shrinks
+    # towards 0 (PPO: the critic learns V(x) = E_π[r − β log π/π_ref]) or towards the spread of that
+    # value across prompts (REINFORCE++): the step no longer shrinks with the gradient, so a fixed
+    # learning rate hovers at a distance ∝ lr from π*; a decaying one settles.
+    "rloo": (dict(samples_per_prompt=2), 10.0, 1.0, 400),
+    "remax": (dict(), 10.0, 1.0, 400),
+    "ppo": (dict(kl_target=None), 0.5, 0.99, 600),
+    "reinforce_pp": (dict(), 0.5, 0.99, 600),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KL_OPTIMUM_PRESETS))
+def test_pg_with_kl_in_the_reward_converges_to_the_kl_optimum(name):
+    """Fixed point: π*(y|x) ∝ π_ref(y|x) · exp(r(x, y)/β). With the k1 KL in the reward, the sample's
+    return is r − β log(π/π_ref); every baseline these presets subtract (leave-one-out, the greedy
+    completion's reward, the critic's V(x), the batch mean of whitening) does not depend on the sample,
+    so the expected update is ∇_θ (E_π[r] − β KL(π ‖ π_ref)) times a positive factor (whitening's
+    1/std), zero only at π*. One optimizer step per rollout (ratio 1, clipping inactive).
+    Tolerance: max |π − π*| < 1e-6 (advantages are float32 in prepare: the floor is ~1e-8)."""
+    beta = 0.5
+    overrides, lr, decay, steps = KL_OPTIMUM_PRESETS[name]
+    obj = build(name, kl_coef=beta, **overrides)
+    θ = train_pg(obj, lr=lr, max_steps=steps, decay=decay)
+    assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
