@@ -60,6 +60,7 @@ import contextlib
 import os
 from typing import Optional
 
+import gguf
 import numpy as np
 import torch
 
@@ -75,12 +76,6 @@ LORA_TARGETS = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_p
 Q8_0_BLOCK = 32
 
 
-def _gguf():
-    import gguf  # optional dependency: only GGUF export and import need it
-
-    return gguf
-
-
 def check_config(config) -> None:
     """Refuse, in one line, a model this writer cannot write as a llama GGUF."""
     kind = getattr(config, "model_type", None)
@@ -93,9 +88,6 @@ def check_config(config) -> None:
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", "linear"):
         raise UserError(f"GGUF export: rope scaling '{rope.get('rope_type', rope.get('type'))}' is not supported; "
                         "accepted: no rope scaling, or linear")
-    if getattr(config, "quantization_config", None) is not None:
-        raise UserError("GGUF export: the model is quantized (bitsandbytes); accepted: float weights (load the base in "
-                        "float32 and apply the adapter; prefopt-export does)")
 
 
 def _rope(config) -> dict:
@@ -136,9 +128,9 @@ def _lora_layers(base):
 
 def plain_weights(model, merge_lora: bool = True) -> dict:
     """HF parameter name -> float32 tensor of the plain model: under peft the base weights, plus
-    every active adapter's delta when ``merge_lora``. New tensors; ``model`` is not changed."""
+    every active adapter's delta when ``merge_lora`` (into new tensors: ``model`` is only read)."""
     if not is_peft(model):
-        return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        return {k: _float(k, v) for k, v in model.state_dict().items()}
     base = model.get_base_model()
     out = {}
     for key, value in base.state_dict().items():
@@ -151,7 +143,7 @@ def plain_weights(model, merge_lora: bool = True) -> dict:
             name = name.replace(f".modules_to_save.{adapter}.", ".")
         if ".modules_to_save." in name:
             continue  # an inactive adapter's copy
-        out[name] = value.detach().float().cpu()
+        out[name] = _float(key, value)
     if merge_lora:
         with torch.no_grad():
             for name, layer in _lora_layers(base):
@@ -163,9 +155,15 @@ def plain_weights(model, merge_lora: bool = True) -> dict:
     return out
 
 
+def _float(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not t.is_floating_point():
+        raise UserError(f"GGUF export: {name} holds quantized weights ({t.dtype}, e.g. a 4-bit base); accepted: float "
+                        "weights (load the base in float32 and apply the adapter, as prefopt-export does)")
+    return t.detach().float().cpu()
+
+
 def _tensor_names(weights: dict, config) -> dict:
     """HF name -> GGUF name; ``output`` left out when tied; an unknown tensor is refused."""
-    gguf = _gguf()
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     out = {}
@@ -179,9 +177,8 @@ def _tensor_names(weights: dict, config) -> dict:
     return out
 
 
-def _encode(name: str, w: np.ndarray, ftype: str):
+def _encode(w: np.ndarray, ftype: str):
     """(array, raw ggml type or None) for the writer, by the module docstring's type rule."""
-    gguf = _gguf()
     if ftype == "f32" or w.ndim < 2:
         return w.astype(np.float32, copy=False), None
     if ftype == "q8_0" and w.shape[-1] % Q8_0_BLOCK == 0:
@@ -194,7 +191,6 @@ def _encode(name: str, w: np.ndarray, ftype: str):
 
 def _copy_tokenizer(writer, source_gguf: str, vocab_size: int) -> None:
     """Every tokenizer.* key of ``source_gguf``, with its GGUF types (strings as raw bytes)."""
-    gguf = _gguf()
     try:
         reader = gguf.GGUFReader(source_gguf)
     except Exception as e:  # noqa: BLE001 — any failure to parse is a damaged or foreign file
@@ -239,7 +235,6 @@ def _hf_merges(tokenizer, tokens: list) -> list:
 
 
 def _write_hf_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    gguf = _gguf()
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("GGUF export: the tokenizer is not a fast (tokenizers) tokenizer; accepted: a fast HF "
                         "tokenizer, or source_gguf=THE_BASE.gguf")
@@ -309,10 +304,11 @@ def write_model(model, tokenizer, path: str, ftype: str = "f16", *, source_gguf:
     ``path`` (see the module docstring for every rule); returns the absolute path."""
     if ftype not in FTYPES:
         raise UserError(f"GGUF export: type={ftype} is not known; accepted: {', '.join(FTYPES)}")
+    if tokenizer is None and source_gguf is None:
+        raise UserError("GGUF export: no tokenizer; accepted: the model's HF tokenizer, or source_gguf=THE_BASE.gguf")
     base = model.get_base_model() if is_peft(model) else model
     config = base.config
     check_config(config)
-    gguf = _gguf()
     weights = plain_weights(model, merge_lora)
     names = _tensor_names(weights, config)
     vocab_size = int(weights["model.embed_tokens.weight"].shape[0])
@@ -348,7 +344,7 @@ def write_model(model, tokenizer, path: str, ftype: str = "f16", *, source_gguf:
         else:
             _write_hf_tokenizer(w, tokenizer, vocab_size)
         for hf, g in names.items():
-            data, raw = _encode(g, _permuted(hf, weights[hf].numpy(), config), ftype)
+            data, raw = _encode(_permuted(hf, weights[hf].numpy(), config), ftype)
             w.add_tensor(g, data, raw_dtype=raw)
         return w
 
@@ -385,7 +381,6 @@ def write_lora(model, path: str, *, alpha: Optional[float] = None) -> str:
     base = model.get_base_model()
     config = base.config
     check_config(config)
-    gguf = _gguf()
     tensors = []
     scales = []
     with torch.no_grad():
