@@ -21,7 +21,8 @@ size h, vocabulary V; LoRA rank r on target linears ℓ: in_ℓ → out_ℓ):
   A = Σ [P(P+1)/2 + Σ_j (b_j·P + b_j(b_j+1)/2)] causal (query, key) pairs; the head runs only at the
   S scored positions (the fused log-prob op). Forward FLOPs
   F_fwd = 2·(N_dec + N_lora)·T + 4·H·h·L·A + 2·d·V·S   (QKᵀ and AV: 2·H·h each per pair and layer).
-  Useful work only: padding, a repeated prompt and masked attention pairs are not counted.
+  Useful work only: padding and masked attention pairs are not counted, nor a DPO pair's second copy
+  of its prompt (the scorer packs it once); a group's K samples are K sequences, as the scorer runs them.
 - Backward rule. Full fine-tuning: F_bwd = 2·F_fwd (input and weight gradients), so fwd+bwd = 3·F_fwd.
   LoRA (base and head frozen): a frozen linear's backward is its input gradient only, 1× its forward;
   LoRA's linears and attention's two products (no weights: both operands need gradients) are 2×:
@@ -101,8 +102,9 @@ def l3_bytes() -> Optional[int]:
         return None
 
 
-def gemm_gflop_per_s(dtype: str = "float32", shapes=SMOL_SHAPES, repeats: int = 3) -> dict:
-    """Best-of-``repeats`` rate 2·m·k·n / t of ``torch.matmul`` per [m, k]·[k, n] shape, GFLOP/s."""
+def gemm_gflop_per_s(dtype: str = "float32", shapes=SMOL_SHAPES, repeats: int = 3, budget_s: float = 2.0) -> dict:
+    """Best-of-``repeats`` rate 2·m·k·n / t of ``torch.matmul`` per [m, k]·[k, n] shape, GFLOP/s; a shape
+    stops repeating once it has spent ``budget_s`` (a slow machine still answers in seconds)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -110,13 +112,15 @@ def gemm_gflop_per_s(dtype: str = "float32", shapes=SMOL_SHAPES, repeats: int = 
     for m, k, n in shapes:
         a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
         out = torch.empty(m, n, dtype=dt)
+        start = time.perf_counter()
         torch.matmul(a, b, out=out)  # warm-up: the library's first call allocates and picks kernels
-        best = math.inf
-        for _ in range(max(1, repeats)):
+        best, done = math.inf, 0
+        while done < max(1, repeats) and (done == 0 or time.perf_counter() - start < budget_s):
             t0 = time.perf_counter()
             torch.matmul(a, b, out=out)
             best = min(best, time.perf_counter() - t0)
-        rows.append({"m": m, "k": k, "n": n, "gflop_per_s": 2 * m * k * n / best / 1e9})
+            done += 1
+        rows.append({"m": m, "k": k, "n": n, "gflop_per_s": 2 * m * k * n / best / 1e9, "repeats": done})
     return {"dtype": dtype, "shapes": rows, "best_gflop_per_s": max(r["gflop_per_s"] for r in rows)}
 
 
