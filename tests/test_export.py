@@ -301,6 +301,8 @@ def test_bad_input_is_one_line(lora_run, tmp_path, capsys, tok):
     full_run = tmp_path / "full"
     llama(tok, True).save_pretrained(full_run / "model")
     tok.save_pretrained(full_run / "model")
+    no_tokenizer_run = tmp_path / "no_tokenizer"
+    llama(tok, True).save_pretrained(no_tokenizer_run / "model")
     (tmp_path / "exists.gguf").write_text("")
     _refused(capsys, [str(tmp_path / "nope"), out], "does not exist", "accepted: a finished run directory")
     _refused(capsys, [str(tmp_path / "empty"), out], "has no model/", "accepted")
@@ -311,8 +313,9 @@ def test_bad_input_is_one_line(lora_run, tmp_path, capsys, tok):
     _refused(capsys, [lora_run, out, "typo=1"], "unknown option typo", "accepted: out, type, lora")
     _refused(capsys, [str(gpt2_run), out], "model type 'gpt2' is not supported", "accepted: llama")
     _refused(capsys, [str(full_run), out, "lora=separate"], "full model", "accepted: lora=merge")
+    _refused(capsys, [str(no_tokenizer_run), out], "no loadable tokenizer", "accepted")
     _refused(capsys, [lora_run, f"out={tmp_path / 'exists.gguf'}"], "exists", "overwrite=true")
-    assert sorted(os.listdir(tmp_path)) == ["empty", "exists.gguf", "full", "gpt2"]
+    assert sorted(os.listdir(tmp_path)) == ["empty", "exists.gguf", "full", "gpt2", "no_tokenizer"]
     assert export_main(["--help"]) is None and "prefopt-export RUN out=FILE.gguf" in capsys.readouterr().out
 
 

@@ -94,7 +94,8 @@ def adapter_base(model_dir: str) -> Optional[str]:
         with open(path, encoding="utf-8") as f:
             base = json.load(f).get("base_model_name_or_path")
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({first_line(e)}); accepted: the adapter_config.json peft writes") from None
+        raise UserError(f"{path} is unreadable ({first_line(e)}); accepted: the adapter_config.json "
+                        "peft writes") from None
     if not base or not os.path.isdir(base):
         raise UserError(f"{path}: the adapter's base model '{base}' is not there any more (a cleared PREFOPT_CACHE?); "
                         "accepted: a run whose base checkpoint still exists (rerun the same model=... once to rebuild "
@@ -153,14 +154,24 @@ def export(argv: list, stream=None) -> dict:
 
     quiet_libraries()
     t0 = time.perf_counter()
-    gguf_write.check_config(AutoConfig.from_pretrained(base or model_dir))  # refused before any weights load
+    try:
+        config = AutoConfig.from_pretrained(base or model_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{base or model_dir}: unreadable config.json ({first_line(e)}); accepted: the model/ a "
+                        "finished prefopt run writes") from None
+    gguf_write.check_config(config)  # refused before any weights load
     source = source_gguf(run, base)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_dir}: no loadable tokenizer ({first_line(e)}); accepted: the model/ a finished "
+                        "prefopt run writes (it saves the tokenizer beside the model)") from None
     try:
         if base is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), model_dir)
+            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            model = PeftModel.from_pretrained(base_model, model_dir)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     except (OSError, ValueError) as e:
