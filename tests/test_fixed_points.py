@@ -402,3 +402,100 @@ def test_pg_with_kl_in_the_reward_converges_to_the_kl_optimum(name):
     obj = build(name, kl_coef=beta, **overrides)
     θ = train_pg(obj, lr=lr, max_steps=steps, decay=decay)
     assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
+
+
+def grpo_group_advantage(reward, eps=1e-6):
+    """A(y; y') of a group of two samples: (r − mean)/(std + ε), std the unbiased std of the two,
+    |r − r'|/√2, so A = ((r − r')/2)/(|r − r'|/√2 + ε): ±1/√2, the sign of the comparison. [X, V, V]."""
+    d = reward[:, :, None] - reward[:, None, :]
+    return (d / 2) / (np.abs(d) / np.sqrt(2) + eps)
+
+
+def grpo_optimum(ref, reward, beta):
+    """GRPO's fixed point (K = 2 samples per group, k3 KL in the loss), derived by hand: the expected
+    advantage of y is â(y) = E_{y'~π}[A(y; y')] (E_π[â] = 0, A being odd), and ∇ of E_π[k3] at
+    π_old = π is ∇ KL(π_ref ‖ π) (E_π[(1 − π_ref/π) ∇log π] = −Σ π_ref ∇log π). The logits' update
+    is ∝ π(y) â(y) − β (π(y) − π_ref(y)), zero where π(y) = β π_ref(y) / (β − â_π(y)): an implicit,
+    rank-based point (â depends on π, and on r only through comparisons), not π* ∝ π_ref e^{r/β}."""
+    A = grpo_group_advantage(reward)
+
+    def eq(free):
+        th = np.concatenate([np.zeros((X, 1)), free.reshape(X, -1)], 1)
+        pi = normalize(np.exp(th))
+        a_hat = (A * pi[:, None, :]).sum(-1)
+        return (pi * a_hat - beta * (pi - ref))[:, 1:].ravel()
+
+    start = kl_optimum(ref, reward, beta)  # from π_ref, scipy's hybr stalls on this system
+    sol = root(eq, (np.log(start) - np.log(start[:, :1]))[:, 1:].ravel(), tol=1e-13)
+    assert np.abs(eq(sol.x)).max() < 1e-14, sol.message
+    return normalize(np.exp(np.concatenate([np.zeros((X, 1)), sol.x.reshape(X, -1)], 1)))
+
+
+def test_grpo_converges_to_its_group_normalized_fixed_point():
+    """Fixed point: π(y|x) = β π_ref(y|x) / (β − â_π(y|x)), â_π(y) = E_{y'~π}[sign(r(y) − r(y'))]/√2
+    (groups of two, ÷std, k3 KL in the loss; see :func:`grpo_optimum`), which differs from π* (checked
+    too, so the test would notice GRPO reaching π*). Tolerance: max |π − π_GRPO| < 1e-6."""
+    beta = 0.3
+    obj = build("grpo", kl_coef=beta, samples_per_prompt=2)
+    θ = train_pg(obj, lr=3.0, max_steps=3000)
+    assert max_abs(probs(θ), grpo_optimum(REF_PROBS, REWARD, beta)) < 1e-6
+    assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) > 0.05
+
+
+def expected_reward(logits) -> float:
+    return float((probs(logits) * REWARD).sum(-1).mean())
+
+
+NO_FIXED_POINT_PRESETS = {
+    # preset: (overrides, lr, optimizer steps per rollout). Several steps per rollout for DAPO and
+    # CISPO, so that the ratio leaves [1 − ε_low, 1 + ε_high] and their clipping acts.
+    "dr_grpo": (dict(samples_per_prompt=2), 2.0, 1),
+    "dapo": (dict(samples_per_prompt=2), 2.0, 4),
+    "cispo": (dict(samples_per_prompt=2), 2.0, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_FIXED_POINT_PRESETS))
+def test_pg_without_kl_improves_the_expected_reward_every_rollout(name):
+    """No finite fixed point: without a KL term the only stationary points are the vertices of the
+    simplex (the expected update vanishes where π puts all its mass on one completion), and the
+    attracting one is the best completion. Checked instead: E_π[r] rises from every rollout to the
+    next (the steps inside one rollout follow stale advantages and a clipped ratio: there a step can
+    lower E_π[r], e.g. DAPO at this lr), and ends within 0.05 of max_y r."""
+    overrides, lr, steps_per_rollout = NO_FIXED_POINT_PRESETS[name]
+    obj = build(name, **overrides)
+    curve = []
+    θ = train_pg(obj, lr=lr, max_steps=300, steps_per_rollout=steps_per_rollout,
+                 on_step=lambda th: curve.append(expected_reward(th)))
+    per_rollout = np.array(curve[::steps_per_rollout] + [expected_reward(θ)])
+    assert np.diff(per_rollout).min() > 0, np.diff(per_rollout).min()
+    assert per_rollout[-1] > REWARD.max(-1).mean() - 0.05, per_rollout[-1]
+
+
+# ---- coverage ---------------------------------------------------------------------------------
+
+COVERED = {
+    "sft": "test_sft_converges_to_the_data_distribution",
+    "reward": "test_reward_model_recovers_the_bradley_terry_reward_up_to_a_constant",
+    "dpo": "test_dpo_converges_to_the_kl_optimum_of_the_bt_reward",
+    "ipo": "test_ipo_converges_to_its_regression_target",
+    "simpo": "test_simpo_converges_to_its_margin_shifted_bt_point",
+    "orpo": "test_orpo_converges_to_its_odds_ratio_stationary_point",
+    "kto": "test_kto_converges_to_its_stationary_point",
+    "online_dpo": "test_online_dpo_converges_to_the_kl_optimum",
+    "iterative_dpo": "test_online_dpo_converges_to_the_kl_optimum",
+    "rejection_sampling": "test_rejection_sampling_round_converges_to_best_of_n",
+    "grpo": "test_grpo_converges_to_its_group_normalized_fixed_point",
+    **{n: "test_pg_with_kl_in_the_reward_converges_to_the_kl_optimum" for n in KL_OPTIMUM_PRESETS},
+    **{n: "test_pg_without_kl_improves_the_expected_reward_every_rollout" for n in NO_FIXED_POINT_PRESETS},
+}
+
+
+def test_every_registered_objective_has_a_fixed_point_test():
+    """Each name in the objective registry is trained here against its fixed point (or, without one,
+    for monotone improvement): a new objective or preset needs its entry in COVERED."""
+    from prefopt.objectives.registry import available
+
+    missing = sorted(set(available()) - set(COVERED))
+    assert not missing, f"objectives without a fixed-point test in {__file__}: {missing}"
+    assert all(name in globals() for name in COVERED.values())
