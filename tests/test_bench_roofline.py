@@ -310,3 +310,28 @@ def test_workers_record_phases_the_roofline_reads(tmp_path, workload):
         assert loss["scored"] == sum(calls[0]["completions"])
     rf = roofline.phase_roofline(ph, res["step_s"], _rates())
     assert rf["train"] == "lora" and rf["rows"][-1]["phase"] == "step"
+
+
+def test_throughput_run_prints_the_roofline_after_its_table(tmp_path, monkeypatch, capsys):
+    # the wiring of ``python -m prefopt.bench`` with the world, the workers and the rates stubbed
+    import prefopt.bench.throughput as bench
+
+    def run_one(world, provider, workload, warmup, steps, spec=None, timeout=None):
+        return {"step_s": [3.0, 3.0], "cpu_s": [3.0, 3.0], "tokens": [100, 100], "completions": [8, 8],
+                "gen_s": [1.0, 1.0], "peak_rss_mb": 1000.0, "step_mem_mb": 100.0, "rss_before_first_step_mb": 900.0,
+                "phases": _synthetic_phases()}
+
+    monkeypatch.setattr(bench, "build_world", lambda root, shape: {"shape": shape})
+    monkeypatch.setattr(bench, "run_one", run_one)
+    monkeypatch.setattr(bench.roofline, "measure_rates", lambda: _rates())
+    out = tmp_path / "b.json"
+    bench.main(["--workloads", "smol-grpo-lora,dpo", "--providers", "prefopt", "--rounds", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert text.index("| smol-grpo-lora | prefopt |") < text.index("float32 GEMM bound") < text.index(
+        "roofline of smol-grpo-lora")
+    assert "roofline of dpo" not in text  # auto: the real-model workloads only
+    rep = json.loads(out.read_text())
+    assert set(rep["roofline"]) == {"smol-grpo-lora"} and rep["rates"]["bounds"]["copy"]["bytes_per_s"] == 20e9
+    bench.main(["--workloads", "smol-grpo-lora", "--providers", "prefopt", "--rounds", "1", "--roofline", "off",
+                "--out", str(out)])
+    assert "roofline of" not in capsys.readouterr().out and json.loads(out.read_text())["roofline"] == {}
