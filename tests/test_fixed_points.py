@@ -447,11 +447,12 @@ def expected_reward(logits) -> float:
 
 
 NO_FIXED_POINT_PRESETS = {
-    # preset: (overrides, lr, optimizer steps per rollout). Several steps per rollout for DAPO and
-    # CISPO, so that the ratio leaves [1 − ε_low, 1 + ε_high] and their clipping acts.
+    # preset: (overrides, lr, optimizer steps per rollout). Several steps per rollout for every policy
+    # loss with a trust region (clip, soft gate, geometric-mean clip, binary-KL / TV region, Gamma
+    # weight), so that π moves away from π_old within a rollout and the region acts.
     "dr_grpo": (dict(samples_per_prompt=2), 2.0, 1),
-    "dapo": (dict(samples_per_prompt=2), 2.0, 4),
-    "cispo": (dict(samples_per_prompt=2), 2.0, 4),
+    **{name: (dict(samples_per_prompt=2), 2.0, 4)
+       for name in ("dapo", "cispo", "gspo", "gspo_token", "luspo", "sapo", "gmpo", "dppo", "dppo_tv", "vespo")},
 }
 
 
