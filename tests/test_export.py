@@ -273,6 +273,8 @@ def test_prefopt_export_copies_the_tokenizer_of_the_gguf_the_runs_base_came_from
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules="all-linear"))
     pm.save_pretrained(tmp_path / "run" / "model")
     tok.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / ".hydra").mkdir()
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(f"model:\n  name_or_path: {src}\n")
     out = str(tmp_path / "out.gguf")
     assert export_main([str(tmp_path / "run"), f"out={out}"]) is None
     assert f"tokenizer and chat template from {src}" in capsys.readouterr().out

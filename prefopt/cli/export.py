@@ -104,30 +104,36 @@ def adapter_base(model_dir: str) -> Optional[str]:
 
 
 def source_gguf(run: str, base: Optional[str]) -> Optional[str]:
-    """The GGUF file the run's base was read from, where it still exists: the GGUF cache entry's
-    record (a LoRA run's base), else the run's model config."""
+    """The GGUF file the run's base was read from, where a copy still exists: the file the run's
+    config names, else the one the GGUF cache entry recorded. A LoRA run's base is that cache entry,
+    keyed by the file's sha256, so a candidate counts only when its sha256 is the entry's."""
+    from prefopt.core import files
     from prefopt.models import gguf
 
-    if base is not None:
-        marker = os.path.join(base, gguf.MARKER)
-        if os.path.isfile(marker):
-            try:
-                with open(marker, encoding="utf-8") as f:
-                    path = json.load(f).get("file")
-            except (OSError, ValueError):
-                path = None
-            return path if path and os.path.isfile(path) else None
+    candidates, digest = [], None
     config = os.path.join(run, ".hydra", "config.yaml")
-    if not os.path.isfile(config):
-        return None
-    from omegaconf import OmegaConf
+    if os.path.isfile(config):
+        from omegaconf import OmegaConf
 
-    from prefopt.core.config import ModelConfig, typed
+        from prefopt.core.config import ModelConfig, typed
 
-    try:
-        return gguf.source_file(typed(ModelConfig, OmegaConf.load(config).get("model"), "model"))
-    except (UserError, ValueError, OSError):
-        return None  # a moved file: the tokenizer is built from model/ instead
+        try:
+            candidates.append(gguf.source_file(typed(ModelConfig, OmegaConf.load(config).get("model"), "model")))
+        except (UserError, ValueError, OSError):
+            pass  # a moved or renamed file: the cache entry's record, or model/'s tokenizer, instead
+    marker = os.path.join(base, gguf.MARKER) if base is not None else None
+    if marker is not None and os.path.isfile(marker):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                record = json.load(f)
+            candidates.append(record.get("file"))
+            digest = record.get("sha256")
+        except (OSError, ValueError, AttributeError):
+            pass
+    for path in candidates:
+        if path and os.path.isfile(path) and (digest is None or files.sha256_file(path) == digest):
+            return path
+    return None
 
 
 def export(argv: list, stream=None) -> dict:
