@@ -4,9 +4,9 @@ from outside the trainer by wrapping the objects a bench worker hands it.
 Phases (the roofline's rows, :mod:`prefopt.bench.roofline`):
 
 - ``generation``: the rollout's sampling, prefill and decode. Its time is the pipeline's own timer
-  (the trainer row's ``rollout/gen_time_s``, the sampler's ``sync_weights`` included); its work is read from the wrapped sampler's
-  ``sample(model, prompts, cfg)`` → ``Samples``: the prompts' lengths, samples per prompt and every
-  completion's length.
+  (the trainer row's ``rollout/gen_time_s``, the sampler's ``sync_weights`` included); its work is
+  read from the wrapped sampler's ``sample(model, prompts, cfg)`` → ``Samples``: the prompts'
+  lengths, samples per prompt and every completion's length.
 - ``logprob``: log-prob passes without gradient: the scorer's reference passes, and a rollout
   reference's ``token_stats``. (A rollout that recomputes π_old calls the policy directly; that pass
   is not wrapped and lands in ``other``: the bench's GRPO takes π_old from the sampler.)

@@ -302,13 +302,13 @@ def fraction(achieved: float, bound: float) -> float:
 
 
 def phase_roofline(ph: dict, step_s: list, rates: dict) -> dict:
-    """The roofline of one workload from its phases (a worker's ``phases``: ``totals`` over the measured
-    steps, the model's config, LoRA, dtypes, trainable parameters) and its steps' wall times."""
+    """The roofline of one workload from its phases (a worker's ``phases``: the measured steps' phase
+    times and work, the model's config, LoRA, dtypes, trainable parameters) and its steps' wall times."""
     from prefopt.bench.phases import totals
 
     shape = ModelShape.from_config(ph["model"], ph.get("lora"))
     train = "lora" if ph.get("lora") else "full"
-    tot = ph["totals"] if "totals" in ph else totals(ph["steps"])
+    tot = totals(ph["steps"])
     s, work = tot["s"], tot["work"]
     n, step_total = len(step_s), sum(step_s)
     dtype = ph.get("compute_dtype", "float32")
@@ -322,10 +322,11 @@ def phase_roofline(ph: dict, step_s: list, rates: dict) -> dict:
         F, B = sum(f for f, _ in passes), sum(b for _, b in passes)
         mem_s = sum(b / bw for f, b in passes if b / bw >= f / gemm_rate)
         bound = sum(max(f / gemm_rate, b / bw) for f, b in passes)
-        seqs = sum(len(c["completions"]) for c in gen)
+        calls = max(1, len(gen))
         rows.append(_row("generation", s["generation"], n, step_total, F, B, bound, gemm_rate, bw,
                          bound_by="bandwidth" if mem_s >= bound / 2 else "GEMM",
-                         decode_steps_per_call=(len(passes) - len(gen)) / max(1, len(gen)), sequences_per_call=seqs / max(1, len(gen))))
+                         decode_steps_per_call=(len(passes) - len(gen)) / calls,
+                         sequences_per_call=sum(len(c["completions"]) for c in gen) / calls))
     lp = work.get("logprob")
     if lp or s.get("logprob", 0.0) > 0:
         F = pass_flops(shape, lp["items"], lp["scored"])["forward"] if lp else 0
@@ -411,12 +412,12 @@ def roofline_table(name: str, rf: dict) -> str:
              "bound s/step | fraction of bound (by) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rf["rows"]:
-        by = f" ({r['bound_by']})" if "bound_by" in r else ""
+        by = f" ({r['bound_by']})" if "bound_by" in r and "bound_fraction" in r else ""
         lines.append(f"| {PHASE_LABELS.get(r['phase'], r['phase'])} | {r['s_per_step']:.3f} | {_pct(r['share'])} | "
                      f"{_num(r.get('gflop_per_step'), '.2f')} | {_num(r.get('gflop_per_s'), '.1f')} | "
                      f"{_pct(r.get('gemm_fraction'))} | {_num(r.get('gbyte_per_step'), '.3f')} | "
                      f"{_num(r.get('gbyte_per_s'), '.1f')} | {_pct(r.get('bandwidth_fraction'))} | "
-                     f"{_num(r.get('bound_s_per_step'), '.3f')} | {_pct(r.get('bound_fraction'))}{by if 'bound_fraction' in r else ''} |")
+                     f"{_num(r.get('bound_s_per_step'), '.3f')} | {_pct(r.get('bound_fraction'))}{by} |")
     return "\n".join(lines)
 
 
