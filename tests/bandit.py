@@ -65,7 +65,8 @@ class TabularScorer:
         logps, mask = self._stats(table, batch, side)
         H = None
         if entropy:
-            h = weighted(-(table.exp() * table).sum(-1)[batch[_key(side, "input_ids")][:, 0]], batch.get(_key(side, "weight")))
+            per_prompt = -(table.exp() * table).sum(-1)
+            h = weighted(per_prompt[batch[_key(side, "input_ids")][:, 0]], batch.get(_key(side, "weight")))
             H = torch.stack([torch.zeros_like(h), h], 1) * mask
         return TokenStats(logps=logps, mask=mask, entropy=H)
 

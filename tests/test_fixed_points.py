@@ -500,3 +500,21 @@ def test_every_registered_objective_has_a_fixed_point_test():
     missing = sorted(set(available()) - set(COVERED))
     assert not missing, f"objectives without a fixed-point test in {__file__}: {missing}"
     assert all(name in globals() for name in COVERED.values())
+
+
+def _objective_modules():
+    from prefopt.objectives.registry import available, get_objective
+
+    return sorted({get_objective(n).__module__ for n in available()})
+
+
+@pytest.mark.parametrize("module", _objective_modules())
+def test_every_objective_docstring_names_its_fixed_point(module, request):
+    """Each objective's module docstring has a line starting "Fixed point", naming what the tests here
+    check (or saying that there is none)."""
+    import importlib
+
+    if module.endswith("policy_gradient"):
+        request.applymarker(pytest.mark.xfail(reason="policy_gradient.py's docstring has no 'Fixed point' lines yet"))
+    doc = importlib.import_module(module).__doc__ or ""
+    assert any(line.startswith("Fixed point") for line in doc.splitlines()), module

@@ -79,6 +79,10 @@ adds the chosen completion's NLL:  L ← L + α · (−(1/|y_w|) log π(y_w | x)
 
 The loss is summed over pairs here; the trainer divides by the number of pairs in the optimizer step.
 A ``margin`` column in the data is ignored by DPO (it is used by the reward model).
+
+Fixed point (sigmoid; preferences p(y ≻ y'|x) = σ(r(x, y) − r(x, y'))):
+π*(y|x) ∝ π_ref(y|x) · exp(r(x, y)/β), i.e. π*(y)/π*(y') = π_ref(y)/π_ref(y') · (p/(1 − p))^{1/β};
+``robust`` on labels flipped at its rate ε: the same clean π* (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

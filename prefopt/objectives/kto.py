@@ -29,6 +29,11 @@ contrast to learn from). Preference pairs need an explicit ``data.convert=paired
 
 Loss summed over examples; the trainer divides by the step's example count (TRL: the mean over
 the batch, the same thing).
+
+Fixed point: no closed form; the stationary point a(x, y) · σ'(β(r(x, y) − z)) = C(x) · π(y|x), with
+a = λ_D q_D(x, y) − λ_U q_U(x, y) the net desirable weight of (x, y) in the data and z the reference
+point at the same π; a completion with a < 0 is driven to probability 0 (solved and checked in
+tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ then the mean over pairs), so no gradient reaches the prompt tokens, a long chos
 not weigh more than a short one, and the loss does not depend on how the batch is split. log(1 − exp ℓ) is computed stably (log(−expm1 ℓ) near 0, log1p(−exp ℓ) below −ln 2).
 
 The loss is summed over pairs; the trainer divides by the step's pair count.
+
+Fixed point (one pair {y_0, y_1} per prompt, y_0 preferred with probability p): s = logit π(y_0|x)
+with σ(s) + 2λ σ(2s) = (1 + 2λ) p (λ = 0: π(y_0|x) = p, SFT on the chosen); no closed form with more
+completions (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ then trains ``epochs_per_rollout`` passes on W before sampling again from the up
 Best-of-N at inference (:func:`best_of_n`; CLI ``python -m prefopt.cli.best_of_n``): the gold reward
 of the completion the reward picks among n samples, for several n, with the analytic
 KL(π_best-of-n ‖ π) = log n − (n−1)/n (Stiennon et al. 2020, Appendix; Hilton & Gao 2022).
+
+Fixed point: one round (rollout from π_0, trained to convergence) reaches the best-of-N distribution
+of π_0, P(y) = F(y)^N − F⁻(y)^N with F, F⁻ the π_0-probability of a reward ≤, < r(y); iterated rounds
+concentrate on the highest-reward completion in the support (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ reward's ordering on the testbed. ``model/`` is a standard ``AutoModelForSequenc
 (num_labels=1, pad_token_id set) that the online methods can use as their reward.
 
 The loss is summed over pairs (ranked data: prompts); the trainer divides by the step's count.
+
+Fixed point (Bradley–Terry loss, no centring term, pairs labelled by σ(r(x, y) − r(x, y'))):
+r_θ(x, y) = r(x, y) + c(x); only differences within a prompt are identified (checked in
+tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ final assistant turn (prefopt.data.formats splits it off), so earlier turns are 
 This is also the stage that makes the testbed's reference policy (``testbed.world.sft_policy_path``
 runs this objective on the task's demonstrations): the SFT stage of RLHF (Ouyang et al., 2022,
 arXiv:2203.02155).
+
+Fixed point: π(y|x) = d(y|x), the demonstrations' distribution (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations

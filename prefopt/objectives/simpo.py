@@ -20,6 +20,10 @@ doubles the margin (γ = 1.0). TRL's ``CPOTrainer`` also adds a behaviour-clonin
 ``cpo_alpha=0``; prefopt's SimPO is the paper's loss alone.
 
 The loss is summed over pairs; the trainer divides by the step's pair count.
+
+Fixed point (one pair {y_0, y_1} per prompt, y_0 preferred with probability p):
+log π(y_0|x)/π(y_1|x) = (1/β) log u, u the positive root of (1 − p) u² + e^γ (1 − 2p) u − p = 0
+(γ = 0: logit(p)/β); no reference, so no π_ref in it (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations
