@@ -14,6 +14,8 @@ reward is  r_t = −β k(t) + [t = last] r_i  (Ziegler et al. 2019; Ouyang et al
     reinforce: A_t = Σ_{s≥t} γ^{s−t} r_s, the return-to-go of the per-token rewards above, no critic
                (REINFORCE++, Hu 2025, arXiv:2501.03262, eq. 4–6; with whiten_advantages, the
                global-batch normalization of eq. 7);
+    gdpo: several reward terms (``reward=list``), each normalized in its group, then their weighted sum
+          over the rollout (GDPO, Liu et al. 2026, arXiv:2601.05242; TRL's normalize_then_sum);
     greedy: A_i = r_i − r(x, ȳ),  ȳ = the greedy (top-1) completion of the same prompt, sampled with
                the rollout (ReMax, Li et al. 2023, arXiv:2310.10505, Algorithm 1; ȳ's own KL term is
                not subtracted: a baseline that does not depend on y_i keeps the estimate unbiased).
@@ -126,7 +128,7 @@ def _choice(key, value, accepted):
 class PGConfig(RolloutFields):
     name: str = "grpo"
     # advantage
-    advantage: str = "group"  # gae | leave_one_out | group | baseline | reinforce | greedy (ReMax)
+    advantage: str = "group"  # gae | leave_one_out | group | baseline | reinforce | greedy (ReMax) | gdpo
     scale_by_std: bool = True  # group: divide by the group's std (false: Dr. GRPO)
     whiten_advantages: bool = False
     gamma: float = 1.0  # gae
@@ -192,9 +194,12 @@ class PGConfig(RolloutFields):
             raise UserError(f"algo.kl_coef={self.kl_coef} must be >= 0")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef <= 0):
             raise UserError("algo.kl_target (adaptive KL) needs kl_target > 0 and an initial kl_coef > 0")
-        if self.advantage in ("group", "leave_one_out") and self.samples_per_prompt < 2:
+        if self.advantage in ("group", "leave_one_out", "gdpo") and self.samples_per_prompt < 2:
             raise UserError(f"algo.samples_per_prompt={self.samples_per_prompt}: advantage={self.advantage} compares "
                             "samples of the same prompt; accepted: samples_per_prompt >= 2")
+        if self.advantage == "gdpo" and self.kl_in == "reward" and self.kl_coef > 0:
+            raise UserError("algo.advantage=gdpo normalises the reward terms themselves, so a KL in the reward would "
+                            "be lost; accepted: algo.kl_in=loss, or algo.kl_coef=0")
         if self.dynamic_sampling and self.samples_per_prompt < 2:
             raise UserError("algo.dynamic_sampling drops groups whose rewards are all equal; accepted: samples_per_prompt >= 2")
         if self.ratio_level == "sequence_sum" and self.advantage in ("gae", "reinforce"):
@@ -215,7 +220,9 @@ class PolicyGradient(OnlineObjective):
         # The declarations follow the config: no reference without a KL term, a value head for GAE.
         self.needs = dataclasses.replace(type(self).needs, reference=cfg.kl_coef > 0,
                                          value_head=cfg.advantage == "gae",
-                                         groups=cfg.advantage in ("group", "leave_one_out") or cfg.dynamic_sampling,
+                                         groups=cfg.advantage in ("group", "leave_one_out", "gdpo")
+                                         or cfg.dynamic_sampling,
+                                         reward_terms=cfg.advantage == "gdpo",
                                          sampler_logps=cfg.rollout_is != "none",
                                          greedy_baseline=cfg.advantage == "greedy")
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -273,6 +280,8 @@ class PolicyGradient(OnlineObjective):
                 a = adv.group_normalized(scores, K, c.scale_by_std)
             elif c.advantage == "greedy":
                 a = scores - roll["baseline_scores"]
+            elif c.advantage == "gdpo":
+                a = adv.gdpo(roll["reward_terms"], roll["reward_weights"], K)
             else:
                 a = self.baseline(scores)
             A = adv.broadcast(a, mask)

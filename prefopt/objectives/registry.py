@@ -61,6 +61,7 @@ class Needs:
     sampler_logps: bool = False  # keeps the sampler's own log-probs μ (importance correction)
     greedy_baseline: bool = False  # also decodes each prompt greedily and scores it (ReMax)
     old_logps: bool = True  # reads log π_old (an importance ratio); False skips that pass
+    reward_terms: bool = False  # reads each reward term apart (roll["reward_terms"] [N, R], "reward_weights"; GDPO)
 
     def __post_init__(self):
         if self.data not in KINDS:

@@ -148,7 +148,8 @@ class RolloutSource(BatchSource):
     """Micro-batches for online methods; see the module docstring. ``reward`` is a
     :class:`prefopt.rollout.rewards.Reward`: called as ``reward(prompts, completions, prompt_ids=,
     completion_ids=, finished=, with_terms=True) -> (scores, {metric: values})``, checkpointed through
-    its ``state_dict()`` / ``load_state_dict()``."""
+    its ``state_dict()`` / ``load_state_dict()``; for an objective with ``needs.reward_terms`` also read
+    are ``last_term_values`` (each term's values of the last call, [N, R]) and ``weights`` ([R])."""
 
     def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
                  seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None,
@@ -287,6 +288,8 @@ class RolloutSource(BatchSource):
                                         finished=finished, with_terms=True)
             for k, v in terms.items():
                 reward_metrics.setdefault(k, []).append(v)
+            # Each reward term apart [N, R], for an objective that normalises them one by one (GDPO).
+            term_values = self.reward.last_term_values if self.obj.needs.reward_terms else scores[:, None]
             greedy = None
             if self.obj.needs.greedy_baseline:
                 # ReMax's baseline: the reward of each prompt's greedy completion (top-1 decoding).
@@ -308,6 +311,7 @@ class RolloutSource(BatchSource):
                 sl = slice(gi * K, (gi + 1) * K)
                 parts.append(dict(p=p_ids[sl], pt=p_txt[sl], c=s.completions[sl], t=texts[sl], s=scores[sl],
                                   f=finished[sl], lp=s.logprobs[sl] if s.logprobs is not None else None,
+                                  v=term_values[sl],
                                   b=greedy[gi].repeat(K) if greedy is not None else None))
             if len(parts) >= want:
                 break
@@ -351,6 +355,9 @@ class RolloutSource(BatchSource):
         comps = [x for p in parts for x in p["c"]]
         roll = pad_batch(p_ids, comps, self.tok.pad_token_id)
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
+        if self.obj.needs.reward_terms:  # [N, R] and [R], read by prepare (GDPO)
+            roll["reward_terms"] = torch.cat([p["v"] for p in parts]).float()
+            roll["reward_weights"] = torch.tensor(self.reward.weights, dtype=torch.float32)
         if parts[0]["b"] is not None:
             roll["baseline_scores"] = torch.cat([p["b"] for p in parts]).float()
         roll["finished"] = torch.cat([p["f"] for p in parts])

@@ -14,6 +14,14 @@ every completion token.
                     2025, arXiv:2503.20783)
     baseline        A_i = r_i − b,  b ← d·b + (1−d)·mean(r) after each rollout  (REINFORCE with a
                     moving-average baseline; Williams 1992. The first rollout uses its own mean.)
+    gdpo            several reward terms r_{i,k} with weights w_k (``reward=list``): each term normalised in
+                    its group, the weighted sum normalised over the rollout (GDPO, Liu et al. 2026,
+                    arXiv:2601.05242, eq. 4–6; TRL's ``multi_objective_aggregation="normalize_then_sum"``):
+                        z_{i,k} = (r_{i,k} − mean_group(r_k)) / (std_group(r_k) + ε)
+                        s_i = Σ_k w_k z_{i,k}
+                        A_i = (s_i − mean_rollout(s)) / (std_rollout(s) + ε)
+                    (unbiased stds; ε = 1e-6 as ``group``, TRL's 1e-4; TRL's rollout is gathered
+                    from every process, prefopt's is the process's own)
     gae             δ_t = r_t + γ V_{t+1} − V_t,   A_t = Σ_l (γλ)^l δ_{t+l},   R_t = A_t + V_t
                     per token, V past the last token = 0 (Schulman et al. 2016, arXiv:1506.02438)
 
@@ -26,7 +34,7 @@ from typing import Optional
 
 import torch
 
-ESTIMATORS = ("gae", "leave_one_out", "group", "baseline")
+ESTIMATORS = ("gae", "leave_one_out", "group", "baseline", "gdpo")
 
 
 def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -44,6 +52,17 @@ def group_normalized(scores: torch.Tensor, group_size: int, scale_by_std: bool =
     if scale_by_std:
         A = A / (r.std(-1, keepdim=True) + eps)
     return A.view(-1)
+
+
+def gdpo(terms: torch.Tensor, weights: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """[N, R] reward terms, [R] weights → [N]; N = G·K with groups contiguous."""
+    N, R = terms.shape
+    r = terms.view(-1, group_size, R)
+    z = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
+    s = (z * weights.to(terms.dtype)).sum(-1).view(-1)
+    if s.numel() < 2:
+        return s - s.mean()
+    return (s - s.mean()) / (s.std() + eps)
 
 
 class MovingBaseline:

@@ -15,6 +15,9 @@ kind, each registering itself (:mod:`~prefopt.rollout.rewards.base`):
     reward=judge reward.judge.name=smollm2|model|function|gold
                                      a pairwise judge (prefopt.rollout.judges): each sample's win rate
                                      against the other samples of its prompt
+    reward=list reward.rewards=[NAME, ...] reward.weights=[w, ...]
+                                     several sources of any kind (conf/reward names or inline sections),
+                                     weighted; each term kept apart for GDPO (algo.advantage=gdpo)
 
 The total is Σ weight · term over the terms of the source, then ``missing_eos_penalty`` is
 subtracted from completions that hit max_new_tokens without EOS (TRL's option of the same name),
@@ -36,6 +39,7 @@ from prefopt.rollout.rewards.model import ModelRewardConfig, ModelSource  # noqa
 from prefopt.rollout.rewards.sum import RewardTerm, SumReward, SumRewardConfig  # noqa: F401
 from prefopt.rollout.rewards.ensemble import EnsembleRewardConfig, EnsembleSource  # noqa: F401
 from prefopt.rollout.rewards.judge import JudgeReward, JudgeRewardConfig  # noqa: F401
+from prefopt.rollout.rewards.reward_list import ListReward, ListRewardConfig  # noqa: F401
 from prefopt.rollout.scoring import FunctionReward, GoldReward, ModelReward, Scorer, load_function  # noqa: F401
 
 
@@ -55,15 +59,24 @@ class Reward:
     def uses_model(self) -> bool:
         return any(src.uses_model for _, src in self.terms)
 
+    @property
+    def weights(self) -> list:
+        """w_k of the terms, in order (GDPO's reward weights)."""
+        return [float(w) for w, _ in self.terms]
+
     def __call__(self, prompts, completions, *, prompt_ids=None, completion_ids=None, finished=None, with_terms=False):
+        """The total; with ``with_terms`` also the metrics of the terms. ``last_term_values`` [N, R]: every
+        term's raw value r_k of this call (before the weights), for per-term normalisation (GDPO)."""
         total = torch.zeros(len(completions))
-        parts = {}
+        parts, values = {}, []
         for w, src in self.terms:
             v = src(prompts, completions, prompt_ids=prompt_ids, completion_ids=completion_ids,
                     finished=None if finished is None else finished.tolist())
             parts[f"reward/{src.name}"] = v
             parts.update(src.last_parts)  # e.g. an ensemble's members and their std
+            values.append(v.float())
             total = total + w * v
+        self.last_term_values = torch.stack(values, -1) if values else torch.zeros(len(completions), 0)
         if self.cfg.missing_eos_penalty is not None and finished is not None:
             total = total - self.cfg.missing_eos_penalty * (~finished).float()
         if self.cfg.clip is not None:
