@@ -123,9 +123,11 @@ def test_robust_dpo_on_flipped_labels_converges_to_the_clean_optimum():
     π* ∝ π_ref · exp(r/β) (the loss is an unbiased estimate of the clean one). Tolerance: 1e-6."""
     beta, eps = 0.5, 0.2
     p = bt_pref(REWARD)
-    got = _train_pairs("dpo", (1 - eps) * p + eps * (1 - p), lr=60.0, steps=8000, beta=beta,
-                       loss_type="robust", label_smoothing=eps)
+    p_obs = (1 - eps) * p + eps * (1 - p)
+    got = _train_pairs("dpo", p_obs, lr=60.0, steps=8000, beta=beta, loss_type="robust", label_smoothing=eps)
     assert max_abs(got, kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
+    # The plain sigmoid loss on the same labels fits the flattened p_obs instead: a different point.
+    assert max_abs(_train_pairs("dpo", p_obs, lr=60.0, steps=8000, beta=beta), kl_optimum(REF_PROBS, REWARD, beta)) > 0.01
 
 
 def ipo_optimum(ref, mu, pref, tau):
@@ -404,20 +406,22 @@ def test_pg_with_kl_in_the_reward_converges_to_the_kl_optimum(name):
     assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
 
 
-def grpo_group_advantage(reward, eps=1e-6):
+def grpo_group_advantage(reward, scale_by_std=True, eps=1e-6):
     """A(y; y') of a group of two samples: (r − mean)/(std + ε), std the unbiased std of the two,
-    |r − r'|/√2, so A = ((r − r')/2)/(|r − r'|/√2 + ε): ±1/√2, the sign of the comparison. [X, V, V]."""
+    |r − r'|/√2, so A = ((r − r')/2)/(|r − r'|/√2 + ε): ±1/√2, the sign of the comparison; without
+    ÷std (Dr. GRPO) A = (r − r')/2. [X, V, V]."""
     d = reward[:, :, None] - reward[:, None, :]
-    return (d / 2) / (np.abs(d) / np.sqrt(2) + eps)
+    return (d / 2) / (np.abs(d) / np.sqrt(2) + eps) if scale_by_std else d / 2
 
 
-def grpo_optimum(ref, reward, beta):
+def grpo_optimum(ref, reward, beta, scale_by_std=True):
     """GRPO's fixed point (K = 2 samples per group, k3 KL in the loss), derived by hand: the expected
     advantage of y is â(y) = E_{y'~π}[A(y; y')] (E_π[â] = 0, A being odd), and ∇ of E_π[k3] at
     π_old = π is ∇ KL(π_ref ‖ π) (E_π[(1 − π_ref/π) ∇log π] = −Σ π_ref ∇log π). The logits' update
     is ∝ π(y) â(y) − β (π(y) − π_ref(y)), zero where π(y) = β π_ref(y) / (β − â_π(y)): an implicit,
-    rank-based point (â depends on π, and on r only through comparisons), not π* ∝ π_ref e^{r/β}."""
-    A = grpo_group_advantage(reward)
+    rank-based point (â depends on π, and on r only through comparisons), not π* ∝ π_ref e^{r/β}.
+    Without ÷std, â_π(y) = (r(y) − E_π[r])/2: still implicit, and still not π*."""
+    A = grpo_group_advantage(reward, scale_by_std)
 
     def eq(free):
         th = np.concatenate([np.zeros((X, 1)), free.reshape(X, -1)], 1)
@@ -440,6 +444,32 @@ def test_grpo_converges_to_its_group_normalized_fixed_point():
     θ = train_pg(obj, lr=3.0, max_steps=3000)
     assert max_abs(probs(θ), grpo_optimum(REF_PROBS, REWARD, beta)) < 1e-6
     assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) > 0.05
+
+
+def _group_presets():
+    import dataclasses
+
+    from prefopt.objectives.registry import available, get_objective
+
+    out = []
+    for name in available():
+        fields = {f.name: f.default for f in dataclasses.fields(get_objective(name).Config)}
+        if fields.get("advantage") == "group":
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _group_presets())
+def test_group_presets_with_a_k3_kl_share_grpos_fixed_point(name):
+    """Fixed point: GRPO's, π(y|x) = β π_ref(y|x) / (β − â_π(y|x)) (Dr. GRPO: â without ÷std), for
+    every group-advantage preset given GRPO's k3 KL in the loss: at one step per rollout the ratio is
+    1, where every policy loss (clip, CISPO, GSPO's sequence ratio, SAPO's gate, GMPO, DPPO, VESPO)
+    has the gradient −A ∇log π. Tolerance: max |π − π_GRPO| < 1e-6."""
+    beta = 0.3
+    obj = build(name, kl_coef=beta, kl_in="loss", kl_estimator="k3", samples_per_prompt=2)
+    θ = train_pg(obj, lr=3.0, max_steps=3000)
+    expect = grpo_optimum(REF_PROBS, REWARD, beta, scale_by_std=obj.cfg.scale_by_std)
+    assert max_abs(probs(θ), expect) < 1e-6
 
 
 def expected_reward(logits) -> float:
