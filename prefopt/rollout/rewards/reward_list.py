@@ -10,8 +10,8 @@ DIR}``). ``weights``: one per entry (default: all 1), as TRL's ``reward_weights`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
@@ -20,10 +20,8 @@ from prefopt.core.errors import UserError
 from prefopt.rollout.rewards.base import RewardConfig, RewardContext, RewardSource, get_reward_kind, register
 
 
-def _conf_reward_dir() -> str:
-    import prefopt.conf
-
-    return os.path.join(os.path.dirname(prefopt.conf.__file__), "reward")
+def _conf_reward_dir():
+    return files("prefopt.conf") / "reward"
 
 
 def entry_config(entry, key: str) -> RewardConfig:
@@ -31,12 +29,13 @@ def entry_config(entry, key: str) -> RewardConfig:
     from prefopt.core.config import typed
 
     if isinstance(entry, str):
-        path = os.path.join(_conf_reward_dir(), f"{entry}.yaml")
-        if not os.path.isfile(path):
-            names = sorted(f[:-5] for f in os.listdir(_conf_reward_dir()) if f.endswith(".yaml") and f != "list.yaml")
+        path = _conf_reward_dir() / f"{entry}.yaml"
+        if not path.is_file():
+            names = sorted(f.name[:-5] for f in _conf_reward_dir().iterdir() if f.name.endswith(".yaml")
+                           and f.name != "list.yaml")
             raise UserError(f"{key}='{entry}' is not a conf/reward option; accepted: {', '.join(names)}, "
                             "or an inline section {kind: ..., ...}")
-        entry = OmegaConf.load(path)
+        entry = OmegaConf.create(path.read_text())
     node = OmegaConf.create(entry) if not OmegaConf.is_config(entry) else entry
     kind = node.get("kind", RewardConfig._default_kind)
     if kind == "list":
