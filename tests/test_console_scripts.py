@@ -37,7 +37,7 @@ def _returned(name: str, args: list, monkeypatch):
 
 
 def test_every_console_script_is_checked():
-    assert set(SCRIPTS) == {"prefopt-train", "prefopt-leaderboard", "prefopt-label"}, (
+    assert set(SCRIPTS) == {"prefopt-train", "prefopt-leaderboard", "prefopt-label", "prefopt-export"}, (
         "a new console script: add its cheapest successful invocation to this file")
 
 
@@ -58,3 +58,15 @@ def test_a_successful_labelling_run_exits_zero(tmp_path, monkeypatch):
     # in process: main() returns None, not the summary the wrapper would print and exit 1 on
     assert _returned("prefopt-label", [*LABEL_RUN, f"out={tmp_path / 'again.jsonl'}"], monkeypatch) in (None, 0)
     assert (tmp_path / "again.jsonl").exists()
+
+
+def test_a_successful_export_exits_zero(tmp_path, monkeypatch):
+    from short_runs import run_in_process
+
+    run = tmp_path / "run"
+    run_in_process(run, "model.lora.r=4", "trainer.max_steps=1")
+    p = _wrapper("prefopt-export", [str(run), f"out={tmp_path / 'a.gguf'}"], tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, (p.returncode, p.stderr[-2000:])
+    assert (tmp_path / "a.gguf").stat().st_size > 0
+    assert _returned("prefopt-export", [str(run), f"out={tmp_path / 'b.gguf'}"], monkeypatch) in (None, 0)
+    assert (tmp_path / "b.gguf").exists()

@@ -1,11 +1,12 @@
-"""``python -m prefopt.bench``: the throughput benchmark; ``gpu-check``, ``memory``, ``kernels`` and ``roofline`` (the
-machine's GEMM rates and bandwidth alone) pick the others."""
+"""``python -m prefopt.bench``: the throughput benchmark; ``gpu-check``, ``memory``, ``kernels``, ``roofline`` (the
+machine's GEMM rates and bandwidth alone) and ``decode`` (the rollout engines side by side) pick the others."""
 
 import sys
 
-from prefopt.bench import gpu, kernels, memory, roofline, throughput
+from prefopt.bench import decode, gpu, kernels, memory, roofline, throughput
 
-COMMANDS = {"gpu-check": gpu.main, "memory": memory.main, "kernels": kernels.main, "roofline": roofline.main}
+COMMANDS = {"gpu-check": gpu.main, "memory": memory.main, "kernels": kernels.main, "roofline": roofline.main,
+            "decode": decode.main}
 
 
 def main(argv=None):
