@@ -27,6 +27,16 @@ REF_PROBS = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])  # the best c
 REWARD = np.array([[0.0, 0.4, 0.7, 1.0], [1.0, 0.1, 0.5, 0.3]])  # distinct within a prompt: no ties
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tensors here hold a few dozen numbers: a second intra-op thread buys nothing, and on a busy
+    machine every parallel region waits for it to be scheduled (seconds per test instead of tenths)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def sigmoid(u):
     return 1 / (1 + np.exp(-u))
 
