@@ -209,6 +209,8 @@ def test_kl_cov_penalises_the_largest_covariance_tokens():
 @pytest.mark.parametrize("ratio,expect_all", [(1.0, True), (1e-6, False)])
 def test_clip_cov_drops_the_gradient_of_unclipped_high_covariance_tokens(ratio, expect_all):
     lp, old, A, mask = batch_inputs(12, noise=0.4)
+    A[3] = 0.8 * mask[3]  # no zero-advantage row: every candidate has a gradient to lose
+    torch.manual_seed(0)  # the draw among the candidates
     obj = PolicyGradient(PGConfig(kl_coef=0.0, entropy_control="clip_cov", clip_cov_ratio=ratio, clip_cov_lb=0.05,
                                   clip_cov_ub=5.0, loss_agg="token-mean"))
     cov = _cov(lp, A, mask)

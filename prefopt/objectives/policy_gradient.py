@@ -392,21 +392,23 @@ CISPO = preset("cispo", PolicyGradient, "CISPO: clipped IS weight × log π for 
                policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=4.0, loss_agg="token-mean", kl_coef=0.0)
 
 GSPO = preset("gspo", PolicyGradient, "GSPO: the clipped sequence ratio s_i, tiny clip range (Zheng et al. 2025).",
-              ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-mean", kl_coef=0.0)
+              ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-mean",
+              kl_coef=0.0)
 GSPO_TOKEN = preset("gspo_token", PolicyGradient, "GSPO-token: sg[s_i]·π/sg[π], token advantages (Zheng et al. 2025).",
                     ratio_level="sequence_token", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-mean",
                     kl_coef=0.0)
 LUSPO = preset("luspo", PolicyGradient, "LUSPO: GSPO's ratio, each sequence's loss × its length (arXiv:2602.05261).",
-               ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-sum", kl_coef=0.0)
+               ratio_level="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq-mean-token-sum",
+               kl_coef=0.0)
 SAPO = preset("sapo", PolicyGradient, "SAPO: a sigmoid soft gate instead of the clip (Qwen 2025, arXiv:2511.20347).",
               policy_loss="sapo", loss_agg="seq-mean-token-mean", kl_coef=0.0)
-GMPO = preset("gmpo", PolicyGradient, "GMPO: the geometric mean of log-space-clipped token ratios (arXiv:2507.20673).",
+GMPO = preset("gmpo", PolicyGradient, "GMPO: the geometric mean of log-space-clipped token ratios (arXiv:2507.20673)",
               policy_loss="gmpo", clip_eps_low=0.4, clip_eps_high=0.4, loss_agg="seq-mean-token-mean", kl_coef=0.0)
-DPPO = preset("dppo", PolicyGradient, "DPPO: a binary-KL trust region on each token's probability (arXiv:2602.04879).",
+DPPO = preset("dppo", PolicyGradient, "DPPO: a binary-KL trust region on each token's probability (arXiv:2602.04879)",
               policy_loss="dppo_kl", clip_eps_low=0.05, clip_eps_high=0.05, loss_agg="token-mean", kl_coef=0.0)
 DPPO_TV = preset("dppo_tv", PolicyGradient, "DPPO-TV: a total-variation trust region on each token's probability.",
                  policy_loss="dppo_tv", clip_eps_low=0.2, clip_eps_high=0.2, loss_agg="token-mean", kl_coef=0.0)
-VESPO = preset("vespo", PolicyGradient, "VESPO: a Gamma weight of the sequence ratio instead of a clip (arXiv:2602.10693).",
+VESPO = preset("vespo", PolicyGradient, "VESPO: a Gamma weight of the sequence ratio, not a clip (arXiv:2602.10693).",
                policy_loss="vespo", loss_agg="token-mean", kl_coef=0.0)
 
 # The main coefficient the leaderboard's tuning grid tries (× its learning rates): β of the KL term; a

@@ -9,8 +9,8 @@ each token's log-probability and advantage is
     Cov_t = (log π(y_t) − mean_u log π(y_u)) · (A_t − mean_u A_u)        (no gradient through Cov_t)
 
     clip_cov   r = ``clip_cov_ratio``: among the tokens the policy loss did not clip whose
-               ω_low < Cov_t < ω_high (``clip_cov_lb``, ``clip_cov_ub``), max(⌊r·N⌋, 1) drawn uniformly at
-               random lose their gradient:  pg_t ← 0
+               ω_low < Cov_t < ω_high (``clip_cov_lb``, ``clip_cov_ub``), max(⌊r·N⌋, 1) drawn uniformly
+               at random lose their gradient:  pg_t ← 0
     kl_cov     k = max(⌊``kl_cov_ratio``·N⌋, 1): the k tokens of largest Cov_t get a penalty on the
                distance to π_old:  pg_t ← pg_t + β_cov · |log π(y_t) − log π_old(y_t)|,  β_cov = ``kl_cov_coef``
 

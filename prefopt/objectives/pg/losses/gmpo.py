@@ -11,7 +11,9 @@ sgn = sign(A_i):
 
 The paper's range is ε_low = ε_high = 0.4, i.e. ratios in (e^−0.4, e^0.4) (the preset's default). The
 family writes pg_t = pg_i on every token of y_i, so seq-mean-token-mean gives the paper's
-(1/N) Σ_i pg_i (the preset's aggregation).
+(1/N) Σ_i pg_i (the preset's aggregation). An entropy control acts on pg_t after the family, so
+top_entropy_quantile scales each sequence's loss by its kept share of tokens; TRL's GMPOTrainer instead
+drops the low-entropy tokens from the geometric mean.
 """
 
 from __future__ import annotations

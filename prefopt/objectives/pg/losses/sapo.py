@@ -35,7 +35,7 @@ class SAPO(PolicyLoss):
     def __call__(self, logp, old, A, mask):
         c = self.cfg
         ρ = torch.exp(log_ratio(logp, old, mask, c.ratio_level).clamp(max=LOG_RATIO_MAX)) * mask
-        τ = torch.where(A > 0, A.new_tensor(c.sapo_tau_pos), A.new_tensor(c.sapo_tau_neg))  # A's dtype
+        τ = torch.where(A > 0, A.new_tensor(c.sapo_tau_pos), A.new_tensor(c.sapo_tau_neg))  # in A's dtype
         f = torch.sigmoid(τ * (ρ - 1)) * 4 / τ
         pg = -f * A * mask
         # Nothing is cut; "clipped" counts the tokens whose soft weight fell below one half.
