@@ -1,5 +1,5 @@
-r"""Policy-gradient objectives: PPO, RLOO, GRPO, Dr. GRPO, DAPO, REINFORCE++, ReMax, CISPO: one loss,
-presets over its axes.
+r"""Policy-gradient objectives: PPO, RLOO, GRPO, Dr. GRPO, DAPO, REINFORCE++, ReMax, CISPO, GSPO, GSPO-token,
+LUSPO, SAPO, GMPO, DPPO, VESPO: one loss, presets over its axes.
 
 The online pipeline (:mod:`prefopt.rollout.source`) samples G prompts × K completions y_i from π_old,
 scores them (r_i, :mod:`prefopt.rollout.rewards`), and keeps log π_old, log π_ref and V_old per token.
