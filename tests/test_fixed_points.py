@@ -21,7 +21,8 @@ import torch
 from scipy.optimize import brentq, root
 from scipy.special import expit
 
-from bandit import F64, TabularScorer, descend, group_rollout, pair_population, sequences
+from bandit import (F64, TabularScorer, completion_probs, descend, group_rollout, one_token, pair_population, sequences,
+                    two_tokens)
 
 X, V = 2, 4
 REF_PROBS = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])  # the best completion is the rarest
@@ -64,8 +65,16 @@ def policy_from(ref=REF_PROBS):
     return torch.log(t64(ref)).requires_grad_(True)
 
 
-def probs(logits) -> np.ndarray:
-    return torch.softmax(logits.detach(), -1).numpy()
+def tables_like(ref):
+    """A trainable copy of π_ref's tables (one tensor, or the two-token pair): training starts at π_ref."""
+    if isinstance(ref, torch.Tensor):
+        return ref.detach().clone().requires_grad_(True)
+    return tuple(t.detach().clone().requires_grad_(True) for t in ref)
+
+
+def probs(tables, completions=None) -> np.ndarray:
+    """π(c|x), [X, C]."""
+    return completion_probs(tables, one_token(tables.shape[-1]) if completions is None else completions).numpy()
 
 
 def build(name, **overrides):
@@ -373,44 +382,50 @@ def test_rejection_sampling_round_converges_to_best_of_n():
 # ---- policy gradient: PPO, RLOO, GRPO, Dr. GRPO, DAPO, REINFORCE++, ReMax, CISPO ----------------
 
 
-def pg_batch(obj, logits, ref, values=None):
+def pg_batch(obj, policy, ref, values=None, reward=REWARD, completions=None):
     """The objective's batch from an enumerated rollout of the current policy: every ordered group of
-    ``samples_per_prompt`` samples of each prompt with its probability, scored by REWARD, with what
-    the online pipeline attaches (log π_old, log π_ref, the critic's V_old, ReMax's greedy reward),
-    passed through the objective's own ``prepare``."""
-    K = obj.cfg.samples_per_prompt
-    roll, w = group_rollout(torch.softmax(logits.detach(), -1), K, t64(REWARD))
+    ``samples_per_prompt`` samples of each prompt with its probability, scored by ``reward`` [X, C],
+    with what the online pipeline attaches (log π_old, log π_ref, the critic's V_old, ReMax's greedy
+    reward), passed through the objective's own ``prepare``."""
+    pi = completion_probs(policy, one_token(V) if completions is None else completions)
+    roll, w = group_rollout(pi, obj.cfg.samples_per_prompt, t64(reward), completions)
     roll["scores"] = roll["scores"].float()  # a reward source's scores are float32
-    x, y = roll["input_ids"][:, 0], roll["input_ids"][:, 1]
-    on_token = lambda v: torch.stack([torch.zeros_like(v), v], 1)  # noqa: E731  (position 1: the completion)
-    roll["old_logps"] = on_token(torch.log_softmax(logits.detach(), -1)[x, y])
-    roll["ref_logps"] = on_token(torch.log_softmax(ref, -1)[x, y])
+    now = TabularScorer(policy, ref, values=values)
+    roll["old_logps"] = now.logps(roll).logps.detach()
+    roll["ref_logps"] = now.ref_logps(roll).logps
     if obj.needs.value_head:
-        roll["old_values"] = on_token(values.detach()[x])
-    if obj.needs.greedy_baseline:
-        roll["baseline_scores"] = t64(REWARD)[x, logits.detach().argmax(-1)[x]]
+        roll["old_values"] = now.values(roll).detach()
+    if obj.needs.greedy_baseline:  # one-token completions: the greedy completion is π's mode
+        x = roll["input_ids"][:, 0]
+        roll["baseline_scores"] = t64(reward)[x, pi.argmax(-1)[x]].float()
     roll, _ = obj.prepare(roll)
-    return dict(roll, weight=w, norm_tokens=1)
+    return dict(roll, weight=w, norm_tokens=roll["input_ids"].shape[1] - 1)
 
 
-def train_pg(obj, lr, max_steps, steps_per_rollout=1, on_step=None, decay=1.0):
+def train_pg(obj, lr, max_steps, steps_per_rollout=1, on_step=None, decay=1.0, world=None):
     """Full-batch training of a policy-gradient objective: a fresh enumerated rollout every
     ``steps_per_rollout`` optimizer steps (1: π_old is the current policy), the critic (GAE) trained
-    with the policy. Returns the policy logits."""
-    θ, ref = policy_from(), torch.log(t64(REF_PROBS))
-    values = torch.zeros(X, dtype=F64, requires_grad=True)
+    with the policy. ``world``: (π_ref's tables, reward [X, C], completions); default: one token.
+    Returns the policy's tables."""
+    ref, reward, completions = world or (torch.log(t64(REF_PROBS)), REWARD, None)
+    policy = tables_like(ref)
+    values = (torch.zeros(X, dtype=F64, requires_grad=True) if completions is None else
+              (torch.zeros(X, dtype=F64, requires_grad=True), torch.zeros(X, V, dtype=F64, requires_grad=True)))
     state = {}
 
     def loss(step):
         if on_step is not None:
-            on_step(θ)
+            on_step(policy)
         if step % steps_per_rollout == 0:
-            state["batch"] = pg_batch(obj, θ, ref, values)
+            state["batch"] = pg_batch(obj, policy, ref, values, reward, completions)
         batch = dict(state["batch"], old_is_current=steps_per_rollout == 1)
-        return obj.loss(batch, TabularScorer(θ, ref, values=values))[0]
+        return obj.loss(batch, TabularScorer(policy, ref, values=values))[0]
 
-    descend([θ, values] if obj.needs.value_head else [θ], loss, lr=lr, max_steps=max_steps, decay=decay)
-    return θ
+    params = [policy] if isinstance(policy, torch.Tensor) else list(policy)
+    if obj.needs.value_head:
+        params += [values] if isinstance(values, torch.Tensor) else list(values)
+    descend(params, loss, lr=lr, max_steps=max_steps, decay=decay)
+    return policy
 
 
 KL_OPTIMUM_PRESETS = {
