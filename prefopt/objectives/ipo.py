@@ -20,9 +20,9 @@ formula to summed log-probs, where a good τ is ~|y| times smaller.
 
 The loss is summed over pairs; the trainer divides by the step's pair count.
 
-Fixed point: π(y|x) ∝ π_ref(y|x) · exp(p(y ≻ μ|x)/τ), μ the pairs' sampling policy and
-p(y ≻ μ) = E_{y'~μ} p(y ≻ y') (each pair's target gap is (p(y ≻ y') − ½)/τ; the log-ratios are its
-least-squares fit) (checked in tests/test_fixed_points.py).
+Fixed point (completions of one length |y|): π(y|x) ∝ π_ref(y|x) · exp(|y| · p(y ≻ μ|x)/τ), μ the pairs'
+sampling policy and p(y ≻ μ) = E_{y'~μ} p(y ≻ y') (each pair's target for the averaged gap h is
+(p(y ≻ y') − ½)/τ; the log-ratios are its least-squares fit) (checked in tests/test_fixed_points.py).
 """
 
 from __future__ import annotations
