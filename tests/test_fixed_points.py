@@ -116,6 +116,40 @@ def test_reward_model_recovers_the_bradley_terry_reward_up_to_a_constant():
     assert max_abs(got - got.mean(-1, keepdims=True), REWARD - REWARD.mean(-1, keepdims=True)) < 1e-6
 
 
+def plackett_luce_rankings(reward):
+    """Every full ranking of the V completions of each prompt with its Plackett–Luce probability
+    Π_k e^{r(y_(k))} / Σ_{j ≥ k} e^{r(y_(j))} (best first), prompts uniform: [(x, order, prob)]."""
+    import itertools
+
+    out = []
+    for x in range(X):
+        for order in itertools.permutations(range(V)):
+            e = np.exp(reward[x, list(order)])
+            out.append((x, order, float(np.prod(e / np.cumsum(e[::-1])[::-1])) / X))
+    return out
+
+
+@pytest.mark.parametrize("loss", ["plackett_luce", "bradley_terry"])
+def test_reward_model_on_rankings_recovers_the_reward_up_to_a_constant(loss):
+    """Fixed point: s(x, y) = r(x, y) + c(x) from full rankings drawn by Plackett–Luce(r): the
+    listwise likelihood is the model's own, and the all-pairs BT loss sees each pair ordered with
+    probability e^{r(y)}/(e^{r(y)} + e^{r(y')}) = σ(r(y) − r(y')) (PL's pairwise marginals are BT's),
+    so both are least at s = r + c(x). Tolerance: max error of the centred s < 1e-6."""
+    rankings = plackett_luce_rankings(REWARD)
+    xs = [x for x, _, _ in rankings for _ in range(V)]
+    ys = [y for _, order, _ in rankings for y in order]
+    batch = {f"completions_{k}": v for k, v in sequences(xs, ys).items()}
+    batch.update(completions_weight=t64([w for _, _, w in rankings for _ in range(V)]),
+                 group=torch.arange(len(rankings)).repeat_interleave(V), rank=torch.arange(1, V + 1).repeat(len(rankings)),
+                 row=torch.arange(len(rankings)))
+    obj = build("reward", loss=loss)
+    s = torch.zeros(X, V, dtype=F64, requires_grad=True)
+    lr = {"plackett_luce": 4.0, "bradley_terry": 20.0}[loss]  # the listwise sum over levels is ~3× steeper
+    descend([s], lambda _: obj.loss(batch, TabularScorer(scores=s))[0], lr=lr, max_steps=200)
+    got = s.detach().numpy()
+    assert max_abs(got - got.mean(-1, keepdims=True), REWARD - REWARD.mean(-1, keepdims=True)) < 1e-6
+
+
 # ---- offline pairs: DPO, IPO ------------------------------------------------------------------
 
 
@@ -364,19 +398,37 @@ def best_of_n(ref, reward, n):
     return below_or_eq**n - below**n
 
 
-def test_rejection_sampling_round_converges_to_best_of_n():
-    """Fixed point of one round (the rollout from π_ref, trained to convergence): the best-of-N
-    distribution of π_ref, P(y) = F(y)^N − F⁻(y)^N (SFT's fixed point is its data, here the winners).
-    Iterated, each round's fixed point is best-of-N of the last, which concentrates on the best
-    completion. Tolerance: max |π − BoN_N(π_ref)| < 1e-6."""
-    n = 4
-    obj, θ = build("rejection_sampling", samples_per_prompt=n, keep_per_prompt=1), policy_from()
+def top_k_of_n(ref, reward, n, k):
+    """The distribution of a uniformly drawn member of the k highest-reward samples among n from
+    π_ref, by enumerating every n-tuple of samples (a cross-check of the closed form for k = 1)."""
+    import itertools
+
+    out = np.zeros_like(ref)
+    for x in range(ref.shape[0]):
+        for tup in itertools.product(range(ref.shape[1]), repeat=n):
+            p = np.prod(ref[x, list(tup)])
+            for y in sorted(tup, key=lambda y: -reward[x, y])[:k]:
+                out[x, y] += p / k
+    return out
+
+
+@pytest.mark.parametrize("n,keep", [(4, 1), (3, 2)])
+def test_rejection_sampling_round_converges_to_best_of_n(n, keep):
+    """Fixed point of one round (the rollout from π_ref, trained to convergence): the distribution of
+    the kept samples, SFT's fixed point being its data: keep 1 of N, the best-of-N distribution of π_ref,
+    P(y) = F(y)^N − F⁻(y)^N; keep k, a uniform member of the top k (by enumeration). Iterated, each
+    round's fixed point is this map of the last, which concentrates on the best completion.
+    Tolerance: max |π − expected| < 1e-6."""
+    obj, θ = build("rejection_sampling", samples_per_prompt=n, keep_per_prompt=keep), policy_from()
     roll, w = group_rollout(t64(REF_PROBS), n, t64(REWARD))
     batch, _ = obj.prepare(roll)
-    batch["weight"] = w[::n]  # one winner per group, in group order, with its group's probability
-    assert batch["input_ids"].shape[0] == w.shape[0] // n
-    descend([θ], lambda _: obj.loss(batch, TabularScorer(θ))[0], lr=6.0, max_steps=8000)
-    assert max_abs(probs(θ), best_of_n(REF_PROBS, REWARD, n)) < 1e-6
+    batch["weight"] = w.view(-1, n)[:, :keep].reshape(-1)  # k kept per group, in group order: its probability
+    assert batch["input_ids"].shape[0] == w.shape[0] // n * keep
+    descend([θ], lambda _: obj.loss(batch, TabularScorer(θ))[0], lr=6.0 / keep, max_steps=8000)
+    expect = best_of_n(REF_PROBS, REWARD, n) if keep == 1 else top_k_of_n(REF_PROBS, REWARD, n, keep)
+    if keep == 1:
+        assert max_abs(expect, top_k_of_n(REF_PROBS, REWARD, n, 1)) < 1e-12
+    assert max_abs(probs(θ), expect) < 1e-6
 
 
 # ---- policy gradient: PPO, RLOO, GRPO, Dr. GRPO, DAPO, REINFORCE++, ReMax, CISPO ----------------
