@@ -1,8 +1,9 @@
 """Every registered objective trained to convergence on a tabular bandit, against the fixed point its
 theory gives (issue 35).
 
-The world (tests/bandit.py): two prompts, four one-token completions, π_ref and a reward r(x, y)
-given as tables; the policy is a float64 table of logits started at π_ref. Each objective's own
+The world (tests/bandit.py): two prompts, four one-token completions (nine two-token ones for the
+per-token code paths), π_ref and a reward r(x, y) given as tables; the policy is a float64 table of
+logits started at π_ref. Each objective's own
 ``loss`` (and ``prepare``, for the online ones) runs on the whole enumerated population (every pair,
 every group of samples, each with its probability), so each step is the exact expected update and a
 run is deterministic. Each expected point below is derived by hand from the method's paper, in
@@ -10,7 +11,7 @@ float64 numpy, without prefopt's code; where it is a root of an equation (no clo
 equation is derived here and solved with scipy.
 
 Where a method has no finite fixed point (no KL term: the policy goes to the best completion), the
-test checks that the expected reward rises at every step instead.
+test checks that the expected reward rises from every rollout to the next instead.
 """
 
 from __future__ import annotations
