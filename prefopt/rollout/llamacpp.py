@@ -162,6 +162,9 @@ class LlamaCppEngine(Engine):
         cp.n_seq_max = sequences
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.kv_unified = True  # a prompt's cells are shared by its samples' sequences
+        if self.cfg.base_type == "f32" and not self.cfg.base_file:
+            # llama.cpp's KV cache is F16 by default: an F32 base asks for exactness, so its cache is F32 too.
+            cp.type_k = cp.type_v = self.ll.GGML_TYPE_F32
         cp.no_perf = True
         self.ctx = ll.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -293,16 +296,22 @@ class LlamaCppEngine(Engine):
         x = torch.tensor([ids])
         dev = next(policy.parameters()).device
         theirs = token_stats(policy, x.to(dev), torch.ones_like(x).to(dev), torch.ones_like(x).to(dev)).logps[0, 1:].cpu()
-        d = (mine - theirs.double()).abs()
+        d = (mine - theirs.detach().double()).abs()
         return (float(d.mean()), float(d.max()), len(ids) - 1)
 
-    def __del__(self):
+    def close(self) -> None:
+        """Free llama.cpp's context, adapter and model (also done when the engine is collected)."""
         ll = getattr(self, "ll", None)
         if ll is None:
             return
-        if getattr(self, "ctx", None):
-            ll.llama_free(self.ctx)
-        if getattr(self, "adapter", None):
-            ll.llama_adapter_lora_free(self.adapter)
-        if getattr(self, "model", None):
-            ll.llama_model_free(self.model)
+        for attr, free in (("ctx", "llama_free"), ("adapter", "llama_adapter_lora_free"), ("model", "llama_model_free")):
+            handle = getattr(self, attr, None)
+            if handle:
+                getattr(ll, free)(handle)
+            setattr(self, attr, None)
+
+    def __del__(self):
+        try:
+            self.close()
+        except (TypeError, AttributeError):
+            pass  # interpreter shutdown: the ctypes bindings may already be gone
