@@ -162,13 +162,21 @@ def _train_pairs(name, pref, lr, steps, mu=REF_PROBS, **cfg):
     return probs(θ)
 
 
-def test_dpo_converges_to_the_kl_optimum_of_the_bt_reward():
+UNIFORM = np.full((X, V), 1 / V)
+PAIR_SAMPLERS = {"pairs_from_ref": REF_PROBS, "pairs_uniform": UNIFORM}  # μ: what the pairs were sampled from
+
+
+@pytest.mark.parametrize("sampler", sorted(PAIR_SAMPLERS))
+def test_dpo_converges_to_the_kl_optimum_of_the_bt_reward(sampler):
     """Fixed point (DPO eq. 7 at the population optimum): σ(β(ρ(y) − ρ(y'))) = p(y ≻ y') for every
     pair, ρ = log π/π_ref; with p = σ(r(y) − r(y')) this is β ρ(y) = r(y) + c(x), i.e.
     π*(y|x) ∝ π_ref(y|x) · exp(r(x, y)/β) — equivalently π*(y)/π*(y') = π_ref(y)/π_ref(y') ·
-    (p/(1 − p))^{1/β}. Tolerance: max |π − π*| < 1e-6."""
+    (p/(1 − p))^{1/β}; whatever policy μ the pairs were sampled from (every pair is fitted exactly).
+    Tolerance: max |π − π*| < 1e-6."""
     beta = 0.5
-    got = _train_pairs("dpo", bt_pref(REWARD), lr=60.0, steps=6000, beta=beta)
+    mu = PAIR_SAMPLERS[sampler]
+    got = _train_pairs("dpo", bt_pref(REWARD), lr=60.0 * (mu * mu).sum() / (REF_PROBS**2).sum(), steps=6000, mu=mu,
+                       beta=beta)
     assert max_abs(got, kl_optimum(REF_PROBS, REWARD, beta)) < 1e-6
 
 
@@ -198,26 +206,30 @@ def ipo_optimum(ref, mu, pref, tau):
     return normalize(ref * np.exp(p_vs_mu / tau))
 
 
-def test_ipo_converges_to_its_regression_target():
-    """Fixed point: π_IPO(y|x) ∝ π_ref(y|x) · exp(p(y ≻ μ|x)/τ), μ = the pairs' sampling policy
-    (π_ref here); log-ratio gaps h(y, y') = (p(y ≻ μ) − p(y' ≻ μ))/τ. Tolerance: max |π − π_IPO| < 1e-6."""
+@pytest.mark.parametrize("sampler", sorted(PAIR_SAMPLERS))
+def test_ipo_converges_to_its_regression_target(sampler):
+    """Fixed point: π_IPO(y|x) ∝ π_ref(y|x) · exp(p(y ≻ μ|x)/τ), μ = the pairs' sampling policy;
+    log-ratio gaps h(y, y') = (p(y ≻ μ) − p(y' ≻ μ))/τ. Unlike DPO's, the point moves with μ (the
+    other sampler's point is 7.6e-4 away here, ≫ the tolerance). Tolerance: max |π − π_IPO| < 1e-6."""
     tau = 0.5
-    pref = bt_pref(REWARD)
-    got = _train_pairs("ipo", pref, lr=3.0, steps=4000, beta=tau)
-    assert max_abs(got, ipo_optimum(REF_PROBS, REF_PROBS, pref, tau)) < 1e-6
+    pref, mu = bt_pref(REWARD), PAIR_SAMPLERS[sampler]
+    got = _train_pairs("ipo", pref, lr=3.0, steps=4000, mu=mu, beta=tau)
+    assert max_abs(got, ipo_optimum(REF_PROBS, mu, pref, tau)) < 1e-6
+    other = UNIFORM if mu is REF_PROBS else REF_PROBS
+    assert max_abs(got, ipo_optimum(REF_PROBS, other, pref, tau)) > 1e-4
 
 
 # ---- offline pairs without a reference: SimPO, ORPO (two completions per prompt) ------------
 
-REF2 = np.array([[0.5, 0.5], [0.7, 0.3]])
-PREF2 = np.array([0.8, 0.35])  # p(y_0 ≻ y_1 | x)
+REF_PAIR = np.array([[0.5, 0.5], [0.7, 0.3]])
+PREF_PAIR = np.array([0.8, 0.35])  # p(y_0 ≻ y_1 | x)
 
 
 def _train_two(name, lr, steps, **cfg):
     pref = np.zeros((X, 2, 2))
-    pref[:, 0, 1], pref[:, 1, 0] = PREF2, 1 - PREF2
+    pref[:, 0, 1], pref[:, 1, 0] = PREF_PAIR, 1 - PREF_PAIR
     batch = pair_population(t64(np.full((X, 2), 0.5)), t64(pref))
-    obj, θ = build(name, **cfg), policy_from(REF2)
+    obj, θ = build(name, **cfg), policy_from(REF_PAIR)
     descend([θ], lambda _: obj.loss(batch, TabularScorer(θ))[0], lr=lr, max_steps=steps)
     return probs(θ)
 
@@ -237,7 +249,7 @@ def test_simpo_converges_to_its_margin_shifted_bt_point(beta, gamma_beta_ratio):
     (1 − p) u² + e^γ (1 − 2p) u − p = 0 (γ = 0: the BT point p/(1 − p), tempered by 1/β).
     No reference: the target depends on β and γ only. Tolerance: |log-odds error| < 1e-6."""
     got = _train_two("simpo", lr=4.0, steps=4000, beta=beta, gamma_beta_ratio=gamma_beta_ratio)
-    expect = simpo_log_odds(PREF2, beta, gamma_beta_ratio * beta)
+    expect = simpo_log_odds(PREF_PAIR, beta, gamma_beta_ratio * beta)
     assert max_abs(np.log(got[:, 0] / got[:, 1]), expect) < 1e-6
 
 
@@ -256,7 +268,7 @@ def test_orpo_converges_to_its_odds_ratio_stationary_point(lam):
     """Fixed point: logit π(y_0|x) = s with σ(s) + 2λ σ(2s) = (1 + 2λ) p (odds ratio pushes past the
     SFT point π = p, more for larger λ). Tolerance: |logit error| < 1e-6."""
     got = _train_two("orpo", lr=4.0, steps=4000, beta=lam)
-    assert max_abs(np.log(got[:, 0] / got[:, 1]), orpo_logit(PREF2, lam)) < 1e-6
+    assert max_abs(np.log(got[:, 0] / got[:, 1]), orpo_logit(PREF_PAIR, lam)) < 1e-6
 
 
 # ---- offline unpaired: KTO --------------------------------------------------------------------
