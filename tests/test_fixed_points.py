@@ -530,19 +530,35 @@ def grpo_group_advantage(reward, scale_by_std=True, eps=1e-6):
     return (d / 2) / (np.abs(d) / np.sqrt(2) + eps) if scale_by_std else d / 2
 
 
-def grpo_optimum(ref, reward, beta, scale_by_std=True):
-    """GRPO's fixed point (K = 2 samples per group, k3 KL in the loss), derived by hand: the expected
-    advantage of y is â(y) = E_{y'~π}[A(y; y')] (E_π[â] = 0, A being odd), and ∇ of E_π[k3] at
+def expected_group_advantage(pi, reward, group_size, scale_by_std=True, eps=1e-6):
+    """â_π(y) = E[A of a sample y in a group with K − 1 other samples from π], [X, V]: K = 2 from
+    :func:`grpo_group_advantage`, larger K by enumerating the others (A = (r − mean)/(std + ε))."""
+    if group_size == 2:
+        return (grpo_group_advantage(reward, scale_by_std, eps) * pi[:, None, :]).sum(-1)
+    import itertools
+
+    out = np.zeros_like(pi)
+    for others in itertools.product(range(pi.shape[1]), repeat=group_size - 1):
+        p = np.prod(pi[:, list(others)], -1)  # [X]
+        for y in range(pi.shape[1]):
+            g = reward[:, [y, *others]]  # [X, K]
+            a = g[:, 0] - g.mean(-1)
+            out[:, y] += p * (a / (g.std(-1, ddof=1) + eps) if scale_by_std else a)
+    return out
+
+
+def grpo_optimum(ref, reward, beta, scale_by_std=True, group_size=2):
+    """GRPO's fixed point (K samples per group, k3 KL in the loss), derived by hand: the expected
+    advantage of y is â_π(y) (E_π[â] = 0: a group's advantages sum to 0), and ∇ of E_π[k3] at
     π_old = π is ∇ KL(π_ref ‖ π) (E_π[(1 − π_ref/π) ∇log π] = −Σ π_ref ∇log π). The logits' update
     is ∝ π(y) â(y) − β (π(y) − π_ref(y)), zero where π(y) = β π_ref(y) / (β − â_π(y)): an implicit,
-    rank-based point (â depends on π, and on r only through comparisons), not π* ∝ π_ref e^{r/β}.
-    Without ÷std, â_π(y) = (r(y) − E_π[r])/2: still implicit, and still not π*."""
-    A = grpo_group_advantage(reward, scale_by_std)
+    rank-based point (â depends on π, and for K = 2 on r only through comparisons), not
+    π* ∝ π_ref e^{r/β}. Without ÷std, â_π(y) = (K − 1)/K · (r(y) − E_π[r]): still implicit, still not π*."""
 
     def eq(free):
         th = np.concatenate([np.zeros((X, 1)), free.reshape(X, -1)], 1)
         pi = normalize(np.exp(th))
-        a_hat = (A * pi[:, None, :]).sum(-1)
+        a_hat = expected_group_advantage(pi, reward, group_size, scale_by_std)
         return (pi * a_hat - beta * (pi - ref))[:, 1:].ravel()
 
     start = kl_optimum(ref, reward, beta)  # from π_ref, scipy's hybr stalls on this system
@@ -551,14 +567,16 @@ def grpo_optimum(ref, reward, beta, scale_by_std=True):
     return normalize(np.exp(np.concatenate([np.zeros((X, 1)), sol.x.reshape(X, -1)], 1)))
 
 
-def test_grpo_converges_to_its_group_normalized_fixed_point():
-    """Fixed point: π(y|x) = β π_ref(y|x) / (β − â_π(y|x)), â_π(y) = E_{y'~π}[sign(r(y) − r(y'))]/√2
-    (groups of two, ÷std, k3 KL in the loss; see :func:`grpo_optimum`), which differs from π* (checked
-    too, so the test would notice GRPO reaching π*). Tolerance: max |π − π_GRPO| < 1e-6."""
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_grpo_converges_to_its_group_normalized_fixed_point(group_size):
+    """Fixed point: π(y|x) = β π_ref(y|x) / (β − â_π(y|x)), â_π(y) the expected group-normalized
+    advantage of y among K − 1 other samples of π (K = 2: E_{y'~π}[sign(r(y) − r(y'))]/√2; ÷std, k3 KL
+    in the loss; see :func:`grpo_optimum`), which differs from π* (checked too, so the test would
+    notice GRPO reaching π*). Tolerance: max |π − π_GRPO| < 1e-6."""
     beta = 0.3
-    obj = build("grpo", kl_coef=beta, samples_per_prompt=2)
+    obj = build("grpo", kl_coef=beta, samples_per_prompt=group_size)
     θ = train_pg(obj, lr=3.0, max_steps=3000)
-    assert max_abs(probs(θ), grpo_optimum(REF_PROBS, REWARD, beta)) < 1e-6
+    assert max_abs(probs(θ), grpo_optimum(REF_PROBS, REWARD, beta, group_size=group_size)) < 1e-6
     assert max_abs(probs(θ), kl_optimum(REF_PROBS, REWARD, beta)) > 0.05
 
 
