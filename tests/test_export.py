@@ -336,7 +336,7 @@ def test_the_module_runs_from_the_command_line_and_refuses_without_a_traceback(t
 def llamacpp_greedy(path, prompts, new_tokens):
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, logits_all=True, verbose=False)
     answers = []
     for prompt in prompts:
         llm.reset()
@@ -377,5 +377,5 @@ def test_llama_cpp_gives_the_trained_runs_greedy_answers(lora_run, tmp_path):
     tok = AutoTokenizer.from_pretrained(os.path.join(lora_run, "model"))
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
                for p in ("the movie was", "i think the plot", "this film")]
-    prompts = [p["input_ids"] if isinstance(p, dict) else p for p in prompts]
+    prompts = [p["input_ids"] if hasattr(p, "keys") else p for p in prompts]  # a BatchEncoding in transformers 5
     assert llamacpp_greedy(out, prompts, 8) == torch_greedy(run_policy(lora_run), prompts, 8)
