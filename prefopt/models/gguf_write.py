@@ -57,6 +57,7 @@ The format facts, and the rule each choice follows:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Optional
 
@@ -282,6 +283,10 @@ def _atomic_write(writer_factory, path: str) -> str:
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = files.tmp_path(path)
+    # gguf's writer logs two INFO lines per file; an adapter is written before every rollout.
+    log = logging.getLogger("gguf.gguf_writer")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
     try:
         writer = writer_factory(tmp)
         writer.write_header_to_file()
@@ -294,6 +299,8 @@ def _atomic_write(writer_factory, path: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        log.setLevel(level)
     files.fsync_dir(os.path.dirname(path))
     return path
 
