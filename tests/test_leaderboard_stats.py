@@ -88,9 +88,23 @@ def test_compare_all_best_and_indistinguishable():
     per = {"a": {s: 2.0 + 0.1 * s for s in range(5)}, "b": {s: 2.0 + 0.1 * s - wobble[s] for s in range(5)},
            "c": {s: 0.0 + 0.1 * s + 0.01 * s * s for s in range(5)}}
     res = compare_all(per)
-    assert res["best"] == "a" and res["indistinguishable"] == ["a", "b"]
+    assert res["best"] == ["a"] and res["indistinguishable"] == ["a", "b"]
     assert res["pairs"][("a", "c")]["separated"] and res["pairs"][("c", "a")]["diff"].mean < 0
     assert res["tested"] == 3
+
+
+def test_equal_means_are_all_best_and_a_row_close_to_either_is_indistinguishable():
+    """Two rows tied on mean are both "best" (naming one would depend on the order rows come in), and a
+    row separated from one of them but not from the other is indistinguishable from a best row."""
+    a = [1.0, 2.0, 3.0, 4.0, 5.0]
+    b = [3.0, 1.0, 5.0, 2.0, 4.0]  # the same mean as a, seed by seed unrelated
+    c = [x - 0.5 + 0.01 * i for i, x in enumerate(a)]  # a minus a near-constant: separated from a only
+    for order in (("a", "b", "c"), ("c", "b", "a"), ("b", "c", "a")):
+        vals = {"a": a, "b": b, "c": c}
+        res = compare_all({k: dict(enumerate(vals[k])) for k in order})
+        assert sorted(res["best"]) == ["a", "b"]
+        assert res["pairs"][("a", "c")]["separated"] and not res["pairs"][("b", "c")]["separated"]
+        assert sorted(res["indistinguishable"]) == ["a", "b", "c"]
 
 
 def test_tau_b_permutation_p_and_smallest_tau_by_enumeration():

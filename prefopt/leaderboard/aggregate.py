@@ -348,7 +348,7 @@ def aggregate(records: list, kl_budgets=(), boot_seed: int = 0, pick_kl_budget: 
         seed_notes = mark_short(rows, report_seeds)
         comparison = compare_rows(rows)
         for r in rows:
-            r.vs_best = ("not compared" if r.short else "best" if r.label == comparison["best"] else "indistinguishable"
+            r.vs_best = ("not compared" if r.short else "best" if r.label in comparison["best"] else "indistinguishable"
                          if r.label in comparison["indistinguishable"] else "below" if r.label in comparison["means"]
                          else None)
         abl = _ablation_now(T, rows)

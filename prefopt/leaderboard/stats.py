@@ -121,12 +121,13 @@ def adjust(pvalues: Sequence[float]) -> list:
 def compare_all(per_seed: dict, alpha: float = ALPHA) -> dict:
     """Every pair of ``per_seed`` ({name: {seed: value}}) compared, paired over their common seeds, with the
     p-values adjusted over all pairs. Returns {"pairs": {(a, b): {"diff", "p", "p_adj", "n", "separated"}}
-    (both orders; diff of a − b), "best": the highest mean, "means": {name: mean},
-    "indistinguishable": the names whose pair with the best is not separated (the best included),
-    "tested": the number of pairs in the family}."""
+    (both orders; diff of a − b), "best": the names with the highest mean (several where means tie within
+    TIE_TOLERANCE: which of them is "the" best would be arbitrary), "means": {name: mean},
+    "indistinguishable": the names not separated from some best name (the best included), "tested": the
+    number of pairs in the family}."""
     names = [m for m in per_seed if per_seed[m]]
     means = {m: float(np.mean(list(per_seed[m].values()))) for m in names}
-    out = {"pairs": {}, "best": None, "means": means, "indistinguishable": [], "tested": 0}
+    out = {"pairs": {}, "best": [], "means": means, "indistinguishable": [], "tested": 0}
     if not names:
         return out
     # pairs over the same common seeds are tested in one call (the usual case: every row has every report seed)
@@ -147,10 +148,10 @@ def compare_all(per_seed: dict, alpha: float = ALPHA) -> dict:
         out["pairs"][(a, b)] = {**r, "p_adj": qa, "separated": sep}
         out["pairs"][(b, a)] = {**r, "diff": Estimate(-d.mean, -d.hi, -d.lo, d.n, d.method), "p_adj": qa, "separated": sep}
     top = max(means.values())
-    # equal means (up to the tolerance) are all "the best"; the first listed names it
-    best = next(m for m in names if means[m] >= top - TIE_TOLERANCE)
+    best = [m for m in names if means[m] >= top - TIE_TOLERANCE]
     out["best"] = best
-    out["indistinguishable"] = [m for m in names if m == best or not out["pairs"].get((best, m), {}).get("separated")]
+    out["indistinguishable"] = [m for m in names if m in best
+                                or any(not out["pairs"].get((b, m), {}).get("separated") for b in best)]
     out["tested"] = len(tests)
     return out
 

@@ -286,15 +286,16 @@ def headline(T) -> str:
         return "No method has report results yet."
     g = lambda r: headline_point(r)[0].est.get("gold")  # noqa: E731
     cost = lambda r: _cost(headline_point(r)[0])  # noqa: E731
-    best = next((r for r in rows if r.vs_best == "best"), None)
-    if best is None:
+    bests = [r for r in rows if r.vs_best == "best"]
+    if not bests:
         return "No method is compared: every row is short of a report seed (see the Notes)."
-    e = g(best)
-    out = [f"**Best by mean test gold**: {best.label} {fmt_est(e, 2)} ({e.label}; {cost(best)})."]
+    tied = " (tied: equal means)" if len(bests) > 1 else ""
+    out = ["**Best by mean test gold**" + tied + ": "
+           + "; ".join(f"{b.label} {fmt_est(g(b), 2)} ({g(b).label}; {cost(b)})" for b in bests) + "."]
     same = [r for r in rows if r.vs_best == "indistinguishable"]
     n = (T.get("comparison") or {}).get("tested", 0)
     test = f"paired t-tests, {CORRECTION}-adjusted over {n} pairs, p ≥ {ALPHA:g}"
-    out.append(f"**Statistically indistinguishable from it** ({test}): "
+    out.append(f"**Statistically indistinguishable from {'one of them' if tied else 'it'}** ({test}): "
                + ("; ".join(f"{r.label} {fmt_est(g(r), 2, ci=False)}" for r in same) if same else "none") + ".")
     off = [r for r in rows if r.category == "offline"]
     if off:

@@ -25,6 +25,22 @@ def _tasks(b) -> list:
     return lines
 
 
+def provenance(board, b) -> str:
+    """Where a tier's numbers differ in origin from the main suite's: another code version, or report
+    seeds outside the main suite's pre-registered block (a reader must not take them for one run)."""
+    if b is board.main:
+        return ""
+    parts = []
+    code, main_code = b.agg["version"][0], board.main.agg["version"][0]
+    if code != main_code:
+        parts.append(f"code version `{code}`, not `{main_code}`")
+    block, main_block = (b.spec.seed_block if b.spec else None), (board.main.spec.seed_block if board.main.spec else None)
+    if block != main_block:
+        seeds = ", ".join(str(x) for x in b.spec.seeds) if b.spec else "?"
+        parts.append(f"report seeds {seeds}, " + (f"block {block}" if block else "not a pre-registered block"))
+    return "; " + "; ".join(parts) if parts else ""
+
+
 @register("main")
 class MainTable(Section):
     order = 10
@@ -33,7 +49,7 @@ class MainTable(Section):
         protocol.plan_jobs(plan)
 
     def headlines(self, board) -> list:
-        return [f"**{task}** (suite `{b.suite}`): {headline(b.agg['tasks'][task])}"
+        return [f"**{task}** (suite `{b.suite}`{provenance(board, b)}): {headline(b.agg['tasks'][task])}"
                 for b in board.boards() for task in b.task_order()]
 
     def markdown(self, board) -> list:
