@@ -101,6 +101,17 @@ def package_versions() -> dict:
     return out
 
 
+def dtype_of(workload: str, wanted: str) -> str:
+    """The weights' dtype of ``workload`` under ``--dtype`` (``auto``: the rule of model.dtype=auto)."""
+    if wanted != "auto":
+        return wanted
+    from prefopt.core.config import LoraConfig, ModelConfig
+    from prefopt.models import precision
+
+    lora = LoraConfig(r=16 if WORKLOADS[workload]["lora"] else 0)
+    return precision.resolve(ModelConfig(dtype="auto", lora=lora)).dtype
+
+
 def run_one(world: dict, provider: str, workload: str, warmup: int, steps: int, spec: dict = None,
             timeout: float = None) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
@@ -205,6 +216,9 @@ def main(argv=None):
     ap.add_argument("--threads", default="auto",
                     help="torch threads per worker (both providers alike); auto: 1 when the 1-minute load average "
                          "exceeds the core count (oversubscribed OpenMP threads stall each other), else torch's default")
+    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="model weights of both providers; auto: model.dtype=auto's rule (bf16 base weights for the LoRA "
+                         "workloads where the CPU computes bf16 natively, else float32; prefopt/models/precision.py)")
     args = ap.parse_args(argv)
     steps = max(5, args.steps)
     providers = [p for p in args.providers.split(",") if p]
@@ -249,7 +263,7 @@ def main(argv=None):
                     if p in missing:
                         continue
                     print(f"[bench] {wl} {p} round {r + 1}/{args.rounds} ...", file=sys.stderr, flush=True)
-                    runs[p].append(run_one(world, p, wl, args.warmup, steps))
+                    runs[p].append(run_one(world, p, wl, args.warmup, steps, workload_spec(wl, dtype=dtype_of(wl, args.dtype))))
             results[wl] = {p: ({"error": missing[p]} if p in missing else {**summarize(runs[p]), "runs": runs[p]})
                            for p in provs}
             if scan and WORKLOADS[wl]["kind"] == "dpo" and WORKLOADS[wl]["shape"] == "real":
@@ -277,6 +291,7 @@ def main(argv=None):
     report = {"machine": machine(), "load_average_before": load_before, "load_average_after": load_after,
               "versions": package_versions(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
               "workloads": {w: WORKLOADS[w] for w in workloads},
+              "dtypes": {w: dtype_of(w, args.dtype) for w in workloads},  # the weights of both providers
               "models": {"small": MODEL_ARCH, "real": dict(REAL_ARCH, vocab_size=REAL_VOCAB)}, "lora": LORA,
               "rows": N_ROWS,
               "settings": {"rounds": args.rounds, "warmup": args.warmup, "steps": steps,
@@ -316,7 +331,8 @@ def table(rep: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch CPU capability {m.get('cpu_capability')} (torch threads "
              f"per worker: {rep['settings']['torch_threads']}), no GPU; "
              f"load average before {rep['load_average_before']} after {rep['load_average_after']}",
-             f"versions: {rep['versions']}", "",
+             f"versions: {rep['versions']}",
+             "weights (both providers): " + ", ".join(f"{w} {d}" for w, d in (rep.get("dtypes") or {}).items()), "",
              "| workload | provider | s/step (median) | of which generation | CPU s/step | real tokens/s | completions/s | "
              "peak RSS MB | step memory MB | first-step loss |",
              "|---|---|---|---|---|---|---|---|---|---|"]
