@@ -119,6 +119,9 @@ def run_one(world: dict, provider: str, workload: str, warmup: int, steps: int, 
     if provider == "prefopt-naive":
         # prefopt with log-probs from materialized logits: the trainer without the fused op
         provider, env["PREFOPT_LOGPROBS_IMPL"] = "prefopt", "naive"
+    elif provider == "prefopt-llamacpp":
+        # GRPO's rollouts sampled by llama.cpp (rollout.engine=llamacpp) with the token_truncate correction
+        provider, env["PREFOPT_BENCH_ENGINE"] = "prefopt", "llamacpp"
     elif provider == "prefopt-recompute":
         # the fused op without the Jacobian-in-forward route: its backward recomputes the logit tiles
         provider, env["PREFOPT_KERNELS_HIDDEN_GRAD"] = "prefopt", "recompute"

