@@ -49,7 +49,10 @@ seeds share π_SFT, pairs and reward model across methods, so every pair of rows
 t-test over seeds, and the p-values of all pairs of a task are adjusted together by Benjamini–Hochberg
 (scipy.stats.false_discovery_control; under the global null, the chance of any separated pair is ≤ 5%).
 Rows are in order of mean test gold; "vs best" says whether a row is the best by mean, statistically
-indistinguishable from it (adjusted p ≥ 0.05), or separated below it. **Bold**: the best mean of an
+indistinguishable from it (adjusted p ≥ 0.05), or separated below it; a small loss on every seed can be
+separated where a larger, noisier one is not, so "≈ best" states the evidence, not an order (a row named
+as indistinguishable because a report seed diverged says so). Means equal within 1e-9 are all "best",
+and a row is ≈ best when any of them leaves it unseparated. **Bold**: the best mean of an
 outcome column (test gold, win rate) among methods; diagnostics and the oracle carry no marker."""
 
 REPRO = """\

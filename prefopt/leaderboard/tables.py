@@ -277,6 +277,13 @@ def _cost(p) -> str:
     return ", ".join(parts)
 
 
+def _diverged_note(r) -> str:
+    """A row statistically indistinguishable from the best only because a report seed collapsed (a wide
+    interval, not a good method) says so where it is named."""
+    k = diverged_count(r.best) if r.best is not None else 0
+    return f" ({k}/{len(r.best.diverged)} diverged)" if k else ""
+
+
 def headline(T) -> str:
     """The task in one paragraph: the best method by mean test gold with its interval, the methods
     statistically indistinguishable from it, the best offline method, π_SFT, and the seeds that diverged or
@@ -296,7 +303,8 @@ def headline(T) -> str:
     n = (T.get("comparison") or {}).get("tested", 0)
     test = f"paired t-tests, {CORRECTION}-adjusted over {n} pairs, p ≥ {ALPHA:g}"
     out.append(f"**Statistically indistinguishable from {'one of them' if tied else 'it'}** ({test}): "
-               + ("; ".join(f"{r.label} {fmt_est(g(r), 2, ci=False)}" for r in same) if same else "none") + ".")
+               + ("; ".join(f"{r.label} {fmt_est(g(r), 2, ci=False)}{_diverged_note(r)}" for r in same) if same else "none")
+               + ".")
     off = [r for r in rows if r.category == "offline"]
     if off:
         b = off[0]
