@@ -121,5 +121,5 @@ def test_unsupported_models_are_one_line(monkeypatch, cfg, world, what):
 def test_bad_rollout_keys_are_one_line():
     with pytest.raises(UserError, match="rollout.engine='vllm' is not known; accepted: auto, llamacpp, torch"):
         engines.check(RolloutConfig(engine="vllm"), LORA)
-    with pytest.raises(UserError, match="rollout.base_type='q4'; accepted: f16, f32"):
+    with pytest.raises(UserError, match="rollout.base_type='q4'; accepted: auto, f16, bf16, f32"):
         engines.check(RolloutConfig(base_type="q4"), LORA)

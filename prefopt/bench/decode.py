@@ -29,7 +29,7 @@ import time
 
 from prefopt.core import files
 
-ENGINES = ("torch-fp32", "torch-bf16", "llamacpp-f16")
+ENGINES = ("torch-fp32", "torch-bf16", "llamacpp-f16", "llamacpp-bf16")
 
 
 def _policy(dtype):

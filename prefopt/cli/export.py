@@ -1,7 +1,7 @@
 """``prefopt-export``: a finished run's policy as a GGUF file for llama.cpp (same as
 ``python -m prefopt.cli.export``).
 
-    prefopt-export RUN out=FILE.gguf [type=f16|q8_0|f32] [lora=merge|separate] [overwrite=false]
+    prefopt-export RUN out=FILE.gguf [type=f16|bf16|q8_0|f32] [lora=merge|separate] [overwrite=false]
 
 RUN is a run directory (the run-output contract: ``model/`` holds the final policy, the full
 model or the LoRA adapter, plus the tokenizer; ``.hydra/config.yaml`` the composed config).
@@ -32,7 +32,7 @@ from prefopt.core.errors import UserError, first_line
 
 KEYS = {"out": None, "type": "f16", "lora": "merge", "overwrite": "false"}
 LORA_MODES = ("merge", "separate")
-USAGE = "prefopt-export RUN out=FILE.gguf [type=f16|q8_0|f32] [lora=merge|separate] [overwrite=true]"
+USAGE = "prefopt-export RUN out=FILE.gguf [type=f16|bf16|q8_0|f32] [lora=merge|separate] [overwrite=true]"
 
 
 def parse(argv: list) -> tuple:

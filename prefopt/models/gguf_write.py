@@ -21,10 +21,11 @@ The format facts, and the rule each choice follows:
   of a head (rotate_half); llama.cpp's ``rope`` rotates adjacent pairs, so the same weights need
   their rows interleaved. transformers' GGUF loader applies the inverse when it reads the file.
 - **Types** (``ftype``): ``f32``; ``f16`` (2-D tensors float16, 1-D ones — the norms — float32, as
-  llama.cpp's converter keeps them); ``q8_0`` (2-D tensors in Q8_0: blocks of 32 values along a row,
+  llama.cpp's converter keeps them); ``bf16`` (the same with bfloat16, round-to-nearest-even by
+  ``gguf.quants``: what a CPU with native bf16 decodes fastest); ``q8_0`` (2-D tensors in Q8_0: blocks of 32 values along a row,
   one float16 scale d = max|x| / 127 and 32 int8 q = round(x / d), quantized by ``gguf.quants``
   which follows ggml's reference; a tensor whose rows are not a multiple of 32 falls back to F16,
-  as the converter does; norms float32). ``general.file_type`` says which (0, 1, 7).
+  as the converter does; norms float32). ``general.file_type`` says which (0, 1, 32, 7).
 - **LoRA.** A peft model is exported with its active adapters merged (W + scaling · B · A, peft's
   own ``get_delta_weight``), computed into new arrays: the caller's model is never changed.
   ``merge_lora=False`` writes the base weights alone (for ``write_lora``'s file beside it).
@@ -70,7 +71,7 @@ from prefopt.core.errors import UserError, first_line
 from prefopt.models.load import is_peft
 
 ACCEPTED = "llama (LlamaForCausalLM, e.g. SmolLM2 or the testbed's policy)"
-FTYPES = ("f32", "f16", "q8_0")
+FTYPES = ("f32", "f16", "bf16", "q8_0")
 # peft target module -> llama.cpp tensor name inside blk.N
 LORA_TARGETS = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
                 "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
@@ -184,6 +185,9 @@ def _encode(w: np.ndarray, ftype: str):
         return w.astype(np.float32, copy=False), None
     if ftype == "q8_0" and w.shape[-1] % Q8_0_BLOCK == 0:
         return gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    if ftype == "bf16":
+        return gguf.quants.quantize(w.astype(np.float32, copy=False), gguf.GGMLQuantizationType.BF16), \
+            gguf.GGMLQuantizationType.BF16
     return w.astype(np.float16), None
 
 
@@ -321,6 +325,7 @@ def write_model(model, tokenizer, path: str, ftype: str = "f16", *, source_gguf:
     vocab_size = int(weights["model.embed_tokens.weight"].shape[0])
     head_dim = _head_dim(config)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
 
     def build(tmp: str):

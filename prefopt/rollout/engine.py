@@ -34,8 +34,10 @@ class RolloutConfig:
     """The ``rollout`` section of conf/train.yaml."""
 
     engine: str = "torch"  # torch | llamacpp | auto
-    threads: Optional[int] = None  # llama.cpp decode threads; None: 1, measured fastest on 2 shared cores
-    base_type: str = "f16"  # llama.cpp's copy of the trainer's base weights: f16 | f32
+    threads: Optional[int] = None  # llama.cpp decode threads; None: every core the process may use
+    # llama.cpp's copy of the trainer's base weights: auto (bf16 when the trainer's base is bf16, so the copy
+    # is exact, else f16) | f16 | bf16 | f32
+    base_type: str = "auto"
     # A GGUF served instead of the trainer's weights (a quantized Q4/Q8 file, say): faster decoding,
     # more mismatch; the measured mismatch is printed at start-up.
     base_file: Optional[str] = None
@@ -83,8 +85,8 @@ def check(cfg: RolloutConfig, model_cfg: ModelConfig, world_size: int = 1) -> st
     """The engine name ``cfg`` resolves to (``auto`` chosen here); one line where it cannot run.
     Loads nothing: run with the other config checks."""
     _builtin()
-    if cfg.base_type not in ("f16", "f32"):
-        raise UserError(f"rollout.base_type={cfg.base_type!r}; accepted: f16, f32")
+    if cfg.base_type not in ("auto", "f16", "bf16", "f32"):
+        raise UserError(f"rollout.base_type={cfg.base_type!r}; accepted: auto, f16, bf16, f32")
     if cfg.threads is not None and cfg.threads <= 0:
         raise UserError(f"rollout.threads={cfg.threads}; accepted: a positive integer, or null")
     if cfg.engine == "auto":
