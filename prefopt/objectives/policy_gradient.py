@@ -93,6 +93,25 @@ conf/algo/base/pg.yaml, which holds :class:`PGConfig`'s defaults (grpo's):
     dppo     group (÷std), policy_loss=dppo_kl, δ = 0.05, token-mean, no KL (DPPO 2026)
     dppo_tv  the same with policy_loss=dppo_tv, δ = 0.2
     vespo    group (÷std), policy_loss=vespo, (k, λ) = (2, 3) / (3, 2), token-mean, no KL (VESPO 2026)
+
+Fixed point (KL in the reward: ppo with a fixed β, rloo, remax, reinforce_pp): π*(y|x) ∝ π_ref(y|x) ·
+exp(r(x, y)/β), the maximizer of E_π[r] − β KL(π ‖ π_ref): the per-token k1 terms sum to the sequence's
+−β log π/π_ref and every baseline (leave-one-out, the greedy reward, the critic, whitening's mean) is
+independent of the sample; on multi-token completions it is the sequence-level π*. Whitening rescales
+the step by 1/std(A), which shrinks near π*, so a fixed learning rate hovers ∝ lr away; PPO's adaptive
+β (kl_target) moves the point.
+
+Fixed point (grpo and every group-advantage preset with kl_coef > 0, k3 KL in the loss, groups of K = 2,
+one step per rollout): π(y|x) = β π_ref(y|x) / (β − â_π(y|x)), â_π(y) = E_{y'~π}[A(y; y')] with
+A = sign(r(y) − r(y'))/√2 (÷std) or (r(y) − r(y'))/2 (dr_grpo); the ∇ of E_π[k3] at π_old = π is
+∇ KL(π_ref ‖ π). Implicit and rank-based, not π*: it can rank a worse completion above a better one
+that π_ref makes rarer. At ratio 1 every policy loss (clip, cispo, gspo/gspo_token/luspo, sapo, gmpo,
+dppo/dppo_tv, vespo) has the gradient −A ∇log π, so all share this point.
+
+Fixed point: none for the presets as shipped without a KL term (dr_grpo, dapo, cispo, gspo, gspo_token,
+luspo, sapo, gmpo, dppo, dppo_tv, vespo): the stationary points are the vertices of the simplex and π
+goes to the best completion; the tests check that E_π[r] rises every rollout (inside one rollout a
+clipped step on stale advantages can lower it: dapo, gmpo, gspo/gspo_token/luspo at the tests' lr).
 """
 
 from __future__ import annotations
