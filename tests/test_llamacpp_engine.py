@@ -12,7 +12,7 @@ from gguf_files import bpe_tokenizer, tiny_llama
 from prefopt.core.config import LoraConfig, ModelConfig
 from prefopt.core.errors import UserError
 from prefopt.models.logprobs import token_stats
-from prefopt.rollout import engine as engines
+from prefopt.rollout import engines
 from prefopt.rollout.engine import RolloutConfig
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 

@@ -59,7 +59,8 @@ def _make(engine: str, torch_threads: int, llama_threads: int):
     import torch
 
     from prefopt.core.config import LoraConfig, ModelConfig
-    from prefopt.rollout.engine import RolloutConfig, build_engine
+    from prefopt.rollout.engine import RolloutConfig
+    from prefopt.rollout.engines import build_engine
     from prefopt.rollout.sampler import HFSampler
 
     kind, dtype = engine.split("-")
@@ -80,7 +81,7 @@ def _make(engine: str, torch_threads: int, llama_threads: int):
 def main(argv=None):
     import torch
 
-    from prefopt.bench.throughput import load_average, machine, package_versions
+    from prefopt.bench.host import load_average, machine, package_versions
     from prefopt.rollout.sampler import SamplingConfig
 
     ap = argparse.ArgumentParser(prog="python -m prefopt.bench decode", description=__doc__.split("\n\n")[0])

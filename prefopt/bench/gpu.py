@@ -66,7 +66,7 @@ def device_name(dev) -> str:
 
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from prefopt.bench.throughput import machine
+    from prefopt.bench.host import machine
 
     m = machine()
     return f"CPU: {m['cpu']}, {m['cores']} cores, {m['cpu_capability']} (dry run, not a GPU)"
@@ -401,7 +401,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from prefopt.bench.throughput import package_versions
+    from prefopt.bench.host import package_versions
     from prefopt_kernels import api
 
     if not args.dry and not torch.cuda.is_available():

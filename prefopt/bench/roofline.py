@@ -434,7 +434,7 @@ def _shape(s: str) -> tuple:
 
 
 def main(argv=None):
-    from prefopt.bench.throughput import load_average, machine
+    from prefopt.bench.host import load_average, machine
     from prefopt.core import files
 
     argv = list(sys.argv[1:] if argv is None else argv)

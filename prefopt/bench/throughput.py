@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import tempfile
 import time
 
 from prefopt.bench import roofline
+from prefopt.bench.host import load_average, machine, package_versions
 from prefopt.bench.workers import WORKLOADS, workload_spec
 from prefopt.bench.world import LORA, MODEL_ARCH, N_ROWS, REAL_ARCH, REAL_VOCAB, build_world
 from prefopt.core import files
@@ -63,42 +63,6 @@ def trl_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("trl") is not None
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "platform": platform.platform(), "python": platform.python_version(), "gpu": None}
-
-
-def load_average() -> list:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for p in ("prefopt", "torch", "transformers", "trl", "liger-kernel"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = None
-    return out
 
 
 def dtype_of(workload: str, wanted: str) -> str:

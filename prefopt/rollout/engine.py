@@ -14,7 +14,8 @@ enter a loss; what an engine's own log-probs differ by is the importance-samplin
 absorb (``algo.rollout_is``). Only rollouts use the engine: evaluation always samples with the torch
 engine, so a run's held-out numbers do not depend on which engine trained it.
 
-A kind subclasses :class:`Engine` and may override its hooks: :meth:`Engine.unavailable` (why it
+:mod:`prefopt.rollout.engines` imports the built-in kinds and resolves ``rollout.engine``. A kind
+subclasses :class:`Engine` and may override its hooks: :meth:`Engine.unavailable` (why it
 cannot run here: a missing extra; None when it can), :meth:`Engine.unsupported` (why it cannot serve
 this model: an architecture, full fine-tuning, 4-bit; None when it can), :meth:`Engine.build`.
 """
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from prefopt.core.config import ModelConfig
-from prefopt.core.errors import UserError
 from prefopt.core.registry import Registry
 
 
@@ -74,34 +74,3 @@ class Engine:
 
 ENGINES = Registry("rollout engine", base=Engine, key="rollout.engine",
                    unknown="rollout.engine='{name}' is not known; accepted: auto, {names}")
-
-
-def _builtin():
-    # Importing the files registers their engines; lazily, since the sampler imports this module.
-    from prefopt.rollout import llamacpp, sampler  # noqa: F401
-
-
-def check(cfg: RolloutConfig, model_cfg: ModelConfig, world_size: int = 1) -> str:
-    """The engine name ``cfg`` resolves to (``auto`` chosen here); one line where it cannot run.
-    Loads nothing: run with the other config checks."""
-    _builtin()
-    if cfg.base_type not in ("auto", "f16", "bf16", "f32"):
-        raise UserError(f"rollout.base_type={cfg.base_type!r}; accepted: auto, f16, bf16, f32")
-    if cfg.threads is not None and cfg.threads <= 0:
-        raise UserError(f"rollout.threads={cfg.threads}; accepted: a positive integer, or null")
-    if cfg.engine == "auto":
-        for name in ("llamacpp", "torch"):
-            kind = ENGINES[name]
-            if kind.unavailable() is None and kind.unsupported(model_cfg, world_size) is None:
-                return name
-    kind = ENGINES.lookup(cfg.engine)
-    why = kind.unavailable() or kind.unsupported(model_cfg, world_size)
-    if why:
-        raise UserError(f"rollout.engine={cfg.engine}: {why}")
-    return cfg.engine
-
-
-def build_engine(name: str, cfg: RolloutConfig, *, tokenizer, policy, model_cfg: ModelConfig, console=None) -> Engine:
-    """The engine ``name`` (as :func:`check` resolved it) for ``policy``."""
-    _builtin()
-    return ENGINES.lookup(name).build(cfg, tokenizer=tokenizer, policy=policy, model_cfg=model_cfg, console=console)

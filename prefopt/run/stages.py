@@ -40,8 +40,9 @@ from prefopt.objectives.pg.value import build_value_model
 from prefopt.objectives.registry import Needs, get_objective
 from prefopt.rollout.evaluate import Evaluator, PairwiseEvaluator, chat_prompt_ids, heldout_pairs
 from prefopt.rollout.rewards import RewardConfig, build_reward, check, reward_config
-from prefopt.rollout.engine import RolloutConfig, build_engine
-from prefopt.rollout.engine import check as check_engine
+from prefopt.rollout.engine import RolloutConfig
+from prefopt.rollout.engines import build_engine
+from prefopt.rollout.engines import check as check_engine
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
 from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries

@@ -1,0 +1,43 @@
+"""The machine a benchmark ran on: CPU, cores, torch's CPU capability and threads, load average, and
+the versions of the packages measured. Every benchmark's JSON records these next to its numbers."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "platform": platform.platform(), "python": platform.python_version(), "gpu": None}
+
+
+def load_average() -> list:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("prefopt", "torch", "transformers", "trl", "liger-kernel"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
