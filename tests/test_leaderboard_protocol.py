@@ -175,3 +175,32 @@ def test_fits_recover_known_parameters(form):
 def test_fit_without_a_peak():
     f = fits.fit([0.5, 1, 2, 4], [0.2 * math.sqrt(k) * (1 + 0.1 * math.sqrt(k)) for k in [0.5, 1, 2, 4]], "bon")
     assert f.beta < 0 and f.peak_kl is None and f.peak_gain is None
+
+
+@pytest.mark.parametrize("suite", ["quick", "smol", "ensemble", "standard"])
+def test_planned_jobs_hash_as_a_full_hydra_compose(suite, tmp_path, monkeypatch):
+    """Planning reuses the composed config of a job's group choices and sets its values on a copy
+    (jobs.compose_fast); every job's config hash must be the one a full Hydra compose gives, or results
+    would not be recognised as done. The standard suite's ~900 jobs: a seeded sample of 30."""
+    from prefopt.leaderboard import jobs
+    from prefopt.run.resume import config_hash
+
+    seen = []
+    fast = jobs.compose_hash
+    monkeypatch.setattr(jobs, "compose_hash", lambda ov: seen.append(list(ov)) or fast(ov))
+    plan(load_suite(suite), str(tmp_path / "work"), str(tmp_path / "results"))
+    sample = random.Random(0).sample(seen, min(30, len(seen)))
+    assert len(seen) > 10
+    assert [fast(ov) for ov in sample] == [config_hash(jobs.compose(ov)) for ov in sample]
+
+
+def test_fast_compose_sets_values_as_hydra_does():
+    from prefopt.leaderboard import jobs
+    from prefopt.run.resume import config_hash
+
+    for ov in (["algo=dpo", "trainer.lr=1e-3", "algo.beta=0.5", "seed=3"],
+               ["algo=grpo", "data=arith", "algo.samples_per_prompt=4", "eval.num_prompts=64", "trainer.progress=false"],
+               ["algo=dpo", "model.lora.target_modules=[q_proj,v_proj]", "data.max_length=null"]):
+        assert config_hash(jobs.compose_fast(ov)) == config_hash(jobs.compose(ov))
+    with pytest.raises(Exception):
+        jobs.compose_fast(["algo=dpo", "trainer.not_a_key=1"])  # Hydra's own refusal, not a silent key

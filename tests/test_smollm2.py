@@ -65,6 +65,7 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_the_same_logprobs(smol_di
     assert torch.allclose(a, b, atol=1e-5) and a[lm].abs().sum() > 0
 
 
+@pytest.mark.real  # trains the real checkpoint (tens of seconds): .ci/run runs it after the default suite
 def test_lora_dpo_and_grpo_steps_on_smollm2(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {a}+{b}?"}],
