@@ -75,8 +75,8 @@ def check_outcome(where, name, value, op, threshold, info=None):
     import json
     import operator
 
-    value = float(value)
-    ok = {">": operator.gt, "<": operator.lt}[op](value, threshold)
+    value, threshold = float(value), float(threshold)  # numpy / torch scalars would not serialize below
+    ok = bool({">": operator.gt, "<": operator.lt}[op](value, threshold))
     path = os.environ.get("PREFOPT_OUTCOMES")
     if path:
         import torch
