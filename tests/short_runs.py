@@ -49,3 +49,17 @@ def one_line_error(p, *needles):
     for n in needles:
         assert n in err[0], err[0]
     return err[0]
+
+
+def refused(capsys, main, prog: str, args, *needles) -> str:
+    """``main(args)`` exits 2 with one stderr line ``PROG: error: ...`` containing every needle; returns it."""
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error:"), err
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from gguf_files import bpe_tokenizer, tiny_llama, write_gguf
-from short_runs import ENV, run_in_process
+from short_runs import ENV, refused, run_in_process
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefopt.cli.export import main as export_main
@@ -283,14 +283,7 @@ def test_prefopt_export_copies_the_tokenizer_of_the_gguf_the_runs_base_came_from
 
 
 def _refused(capsys, args, *needles) -> str:
-    with pytest.raises(SystemExit) as e:
-        export_main(args)
-    assert e.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("prefopt-export: error:"), err
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
+    return refused(capsys, export_main, "prefopt-export", args, *needles)
 
 
 def test_bad_input_is_one_line(lora_run, tmp_path, capsys, tok):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from conftest import ROOT, compose
-from short_runs import ENV, one_line_error
+from short_runs import ENV, one_line_error, refused
 
 from prefopt.cli.label import main as label_main
 from prefopt.cli.label import run as label_run
@@ -150,14 +150,7 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
 
 
 def _refused(capsys, args, *needles) -> str:
-    with pytest.raises(SystemExit) as e:
-        label_main(args)
-    assert e.value.code == 2
-    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-    assert len(err) == 1 and err[0].startswith("prefopt-label: error:"), err
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
+    return refused(capsys, label_main, "prefopt-label", args, *needles)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -7,16 +7,20 @@ import os
 import platform
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
+def cpu_model(default: str = "") -> str:
+    """The CPU's model name from /proc/cpuinfo (``default`` where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return default
+
+
+def machine() -> dict:
+    cpu = cpu_model(platform.processor() or "")
     import torch
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

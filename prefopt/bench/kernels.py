@@ -244,16 +244,9 @@ def device_name(device: str) -> str:
     if device == "cuda":
         import torch
         return torch.cuda.get_device_name()
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {os.cpu_count()} cores, {model}"
+    from prefopt.bench.host import cpu_model
+
+    return f"CPU: {os.cpu_count()} cores, {cpu_model('unknown CPU')}"
 
 
 def main(argv=None):
