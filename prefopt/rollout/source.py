@@ -53,7 +53,8 @@ from prefopt.core.modules import dropout_disable, dropout_restore
 from prefopt.core.sources import BatchSource, EpochOrder
 from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
-from prefopt.rollout.sampler import SamplingConfig
+from prefopt.rollout.episodes import episode_metrics, run_episodes
+from prefopt.rollout.sampler import Samples, SamplingConfig
 
 
 @dataclass
@@ -153,7 +154,7 @@ class RolloutSource(BatchSource):
 
     def __init__(self, *, examples: list, objective, policy, reward, sampler, tokenizer, max_new_tokens: int,
                  seed: int, reference=None, value_model=None, rank: int = 0, world_size: int = 1, device=None,
-                 placement=None):
+                 placement=None, env=None):
         self.examples = examples
         self.obj = objective
         self.c: RolloutFields = objective.cfg
@@ -169,6 +170,11 @@ class RolloutSource(BatchSource):
         self.place = placement
         self.plan = plan_batches(self.c, world_size, objective.needs.groups)
         self.max_new_tokens = max_new_tokens
+        # A multi-turn environment (prefopt.rollout.envs) makes each sample an episode scored by it.
+        self.env = env
+        # seq-mean-token-sum-norm's constant: the most policy tokens a sequence can hold.
+        self.norm_tokens = max_new_tokens if env is None else \
+            min(env.cfg.max_turns * max_new_tokens, env.cfg.max_episode_tokens)
         self.scfg = SamplingConfig(temperature=self.c.temperature, top_p=self.c.top_p, top_k=self.c.top_k,
                                    max_new_tokens=max_new_tokens, samples_per_prompt=self.c.samples_per_prompt,
                                    prompts_per_batch=self.c.sequences_per_generate)
@@ -248,7 +254,7 @@ class RolloutSource(BatchSource):
         for k, v in b.items():
             if v.dim() == 2:
                 b[k] = v[:, :T]
-        b["norm_tokens"] = self.max_new_tokens  # seq-mean-token-sum-norm's constant
+        b["norm_tokens"] = self.norm_tokens  # seq-mean-token-sum-norm's constant
         b["old_is_current"] = self.old_is_current
         return b
 
@@ -274,24 +280,43 @@ class RolloutSource(BatchSource):
             prompt_ids = [list(e["prompt_ids"]) for e in exs]
             t0 = time.perf_counter()
             self.sampler.sync_weights(self.policy)
-            s = self.sampler.sample(self.policy, prompt_ids, self.scfg,
-                                    seed=(self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank,
-                                    return_logprobs=self.old_is_current or self.keep_sampler_logps
-                                    or not self.sampler_is_policy)
+            seed = (self.seed * 1_000_003 + r * 1_009 + q) * 31 + self.rank
+            eps = None
+            if self.env is not None:
+                eps = run_episodes(self.env, exs, sampler=self.sampler, policy=self.policy, tokenizer=self.tok,
+                                   cfg=self.scfg, seed=seed, rollout=r)
+                s = Samples(completions=[e.ids for e in eps], finished=[e.done for e in eps],
+                            logprobs=[e.logprobs for e in eps])
+            else:
+                s = self.sampler.sample(self.policy, prompt_ids, self.scfg, seed=seed,
+                                        return_logprobs=self.old_is_current or self.keep_sampler_logps
+                                        or not self.sampler_is_policy)
             gen_s += time.perf_counter() - t0
             self.samples_generated += len(s.completions)
-            p_ids = [p for p in prompt_ids for _ in range(K)]
+            p_ids = [p for p in prompt_ids for _ in range(K)] if eps is None else [e.prompt_ids for e in eps]
             p_txt = [e["prompt_text"] for e in exs for _ in range(K)]
             texts = [self.tok.decode(x, skip_special_tokens=True) for x in s.completions]
             finished = torch.tensor(s.finished, dtype=torch.bool)
-            scores, terms = self.reward(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions,
-                                        finished=finished, with_terms=True)
+            if eps is None:
+                scores, terms = self.reward(p_txt, texts, prompt_ids=p_ids, completion_ids=s.completions,
+                                            finished=finished, with_terms=True)
+            else:  # the environment's episode rewards replace the reward source's
+                scores, terms = torch.tensor([e.reward for e in eps], dtype=torch.float32), episode_metrics(eps)
             for k, v in terms.items():
                 reward_metrics.setdefault(k, []).append(v)
             # Each reward term apart [N, R], for an objective that normalises them one by one (GDPO).
-            term_values = self.reward.last_term_values if self.obj.needs.reward_terms else scores[:, None]
+            term_values = self.reward.last_term_values if self.obj.needs.reward_terms and eps is None \
+                else scores[:, None]
             greedy = None
-            if self.obj.needs.greedy_baseline:
+            if self.obj.needs.greedy_baseline and eps is not None:
+                # ReMax's baseline with an environment: each prompt's greedy episode's reward.
+                t1 = time.perf_counter()
+                ge = run_episodes(self.env, exs, sampler=self.sampler, policy=self.policy, tokenizer=self.tok,
+                                  cfg=dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1), seed=0, rollout=r)
+                gen_s += time.perf_counter() - t1
+                self.samples_generated += len(ge)
+                greedy = torch.tensor([e.reward for e in ge], dtype=torch.float32)
+            elif self.obj.needs.greedy_baseline:
                 # ReMax's baseline: the reward of each prompt's greedy completion (top-1 decoding).
                 t1 = time.perf_counter()
                 gs = self.sampler.sample(self.policy, prompt_ids, dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1),
@@ -311,7 +336,7 @@ class RolloutSource(BatchSource):
                 sl = slice(gi * K, (gi + 1) * K)
                 parts.append(dict(p=p_ids[sl], pt=p_txt[sl], c=s.completions[sl], t=texts[sl], s=scores[sl],
                                   f=finished[sl], lp=s.logprobs[sl] if s.logprobs is not None else None,
-                                  v=term_values[sl],
+                                  v=term_values[sl], m=[e.policy_mask for e in eps[sl]] if eps is not None else None,
                                   b=greedy[gi].repeat(K) if greedy is not None else None))
             if len(parts) >= want:
                 break
@@ -354,6 +379,11 @@ class RolloutSource(BatchSource):
         p_ids = [x for p in parts for x in p["p"]]
         comps = [x for p in parts for x in p["c"]]
         roll = pad_batch(p_ids, comps, self.tok.pad_token_id)
+        if parts[0]["m"] is not None:
+            # Episodes: of the trajectory after the prompt, only the policy's own tokens carry loss,
+            # ratios, advantages, KL and entropy; the environment's are context.
+            lm = roll["loss_mask"]
+            lm[lm.clone()] = torch.tensor([v for p in parts for x in p["m"] for v in x], dtype=torch.bool)
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
         if self.obj.needs.reward_terms:  # [N, R] and [R], read by prepare (GDPO)
             roll["reward_terms"] = torch.cat([p["v"] for p in parts]).float()

@@ -27,6 +27,10 @@ def hashed_config(cfg: DictConfig) -> dict:
     for k in NOT_HASHED:
         tr.pop(k, None)
     c.pop("output_dir", None)
+    if (c.get("env") or {}).get("name", "none") == "none":
+        # env=none computes what a config without the env group computes, so both hash alike
+        # (results and checkpoints of single-turn runs keep their identity).
+        c.pop("env", None)
     return c
 
 

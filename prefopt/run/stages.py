@@ -43,6 +43,7 @@ from prefopt.rollout.rewards import RewardConfig, build_reward, check, reward_co
 from prefopt.rollout.engine import RolloutConfig
 from prefopt.rollout.engines import build_engine
 from prefopt.rollout.engines import check as check_engine
+from prefopt.rollout.envs import EnvConfig, build_env, env_config
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
 from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries
@@ -90,6 +91,7 @@ class _Configs:
     precision: str = ""  # how model.dtype was chosen (prefopt.models.precision), for the banner
     rocfg: RolloutConfig = field(default_factory=RolloutConfig)
     engine: str = "torch"  # the rollout engine rollout.engine resolved to (_placement)
+    envcfg: EnvConfig = field(default_factory=EnvConfig)  # env=none: single-turn rollouts
 
 
 @dataclass
@@ -197,10 +199,14 @@ def configs(cfg: DictConfig) -> _Configs:
     rcfg = reward_config(cfg.get("reward"))
     if needs.reward:
         check(rcfg)
+    envcfg = env_config(cfg.get("env"))
+    if envcfg.name != "none" and not needs.rollouts:
+        raise UserError(f"env={envcfg.name} runs multi-turn episodes as rollouts, and algo={cfg.algo.name} samples "
+                        "none; accepted: env=none, or an online algo (grpo, rloo, ppo, online_dpo, …)")
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
                     rcfg=rcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
                     task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path, precision=prec.reason,
-                    rocfg=rocfg)
+                    rocfg=rocfg, envcfg=envcfg)
 
 
 def _placement(c: _Configs) -> Placement:
@@ -306,10 +312,13 @@ def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement, console=N
     max_new = acfg.max_new_tokens or (c.dcfg.max_length - c.dcfg.max_prompt_length)
     engine = build_engine(c.engine, c.rocfg, tokenizer=tok, policy=m.policy, model_cfg=c.mcfg, console=console)
     lines.append(f"rollout engine: {engine.describe()}")
+    env = build_env(c.envcfg)
+    if env is not None:
+        lines.append(f"environment: {env.describe()}; the episode's reward replaces the reward source's")
     source = RolloutSource(examples=d.examples, objective=c.objective, policy=m.policy, reward=reward,
                            sampler=engine, tokenizer=tok, max_new_tokens=max_new,
                            seed=c.seed, reference=m.reference, value_model=value_model, rank=place.rank,
-                           world_size=place.world, device=place.device, placement=place)
+                           world_size=place.world, device=place.device, placement=place, env=env)
     plan, tcfg = c.plan, c.tcfg
     rollouts_per_epoch = max(1, len(d.examples) // acfg.prompts_per_step)
     total = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.epochs * rollouts_per_epoch * plan.steps_per_rollout

@@ -83,17 +83,25 @@ class MovingBaseline:
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95):
     """Per-token rewards and values [B, T] (zero outside ``mask``) → (advantages, returns) [B, T].
 
-    Completion tokens of a row are contiguous; the value after the last one is 0 (terminal)."""
+    The recursion runs over the masked tokens of a row only: t + 1 below is the row's next masked
+    position, so a multi-turn episode's policy turns form one chain across the environment's tokens
+    between them (single-turn completions are contiguous, where it is the plain recursion). The value
+    after the last masked token is 0 (terminal):
+
+        δ_t = r_t + γ V_{t+1} − V_t,    A_t = δ_t + γ λ A_{t+1}"""
     mask = mask.to(rewards.dtype)
     r, v = rewards * mask, values * mask
     B, T = r.shape
     A = torch.zeros_like(r)
-    last = torch.zeros(B, dtype=r.dtype, device=r.device)
+    last = torch.zeros(B, dtype=r.dtype, device=r.device)  # A at the next masked position
+    v_next = torch.zeros_like(last)  # V at the next masked position
     for t in reversed(range(T)):
-        v_next = v[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        on = mask[:, t].bool()
         δ = r[:, t] + gamma * v_next - v[:, t]
-        last = (δ + gamma * lam * last) * mask[:, t]
-        A[:, t] = last
+        a = (δ + gamma * lam * last) * mask[:, t]
+        A[:, t] = a
+        last = torch.where(on, a, last)
+        v_next = torch.where(on, v[:, t], v_next)
     return A, (A + v) * mask
 
 

@@ -1,0 +1,179 @@
+"""Batched multi-turn episodes: every live episode decodes together through the rollout engine.
+
+For B episodes (``samples_per_prompt`` per data row, prompt-major, as single-turn samples are):
+
+    prompt_i = chat_template(env.reset(row_i), add_generation_prompt)       the episode's prompt ids
+    turn k:  the live episodes' contexts prompt_i ⧺ y_i go through ``sampler.sample`` as one batch
+             y_i ⧺= the sampled turn (cut at the token budget)               policy: mask = True
+             r = env.step(messages_i);  R_i += r.reward
+             y_i ⧺= template(messages ⧺ r.messages) − template(messages)     environment: mask = False
+    an episode leaves the batch when the environment ends it, after ``max_turns`` turns, when |y_i|
+    reaches ``max_episode_tokens`` (it may end mid-turn), or when a turn ends without EOS (the
+    per-turn ``max_new_tokens``: the template could not render an unclosed turn)
+
+Contract of an :class:`Episode`: ``ids`` = y_i (the whole trajectory after the prompt,
+|y_i| ≤ max_episode_tokens), ``policy_mask[t]`` True exactly where y_i[t] was sampled by the policy,
+``logprobs`` the sampler's log p(y_i[t]) (temperature only) at those positions in order.
+The environment's tokens are the text the chat template adds for its messages, tokenized on their own:
+the template must render a conversation as a prefix of its continuation (every template does that
+for whole turns); one that does not is a UserError naming the environment.
+
+An environment that raises is one UserError line naming it, the call (reset / step), the rollout,
+the turn and the data row; the run stops as on any user error, its checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from prefopt.core.errors import UserError, first_line
+from prefopt.rollout.envs.base import Environment, StepResult
+from prefopt.rollout.sampler import SamplingConfig
+
+
+@dataclass
+class Episode:
+    prompt_ids: list
+    ids: list = field(default_factory=list)  # the trajectory after the prompt
+    policy_mask: list = field(default_factory=list)  # True on the policy's sampled tokens
+    logprobs: list = field(default_factory=list)  # the sampler's, on the policy's tokens in order
+    reward: float = 0.0  # Σ of the steps' rewards
+    turns: int = 0  # assistant turns sampled
+    stop: str = ""  # done | max_turns | max_episode_tokens | no_eos
+    messages: list = field(default_factory=list)
+    info: list = field(default_factory=list)  # each step's info
+
+    @property
+    def done(self) -> bool:
+        """The environment ended the episode (not a limit)."""
+        return self.stop == "done"
+
+    @property
+    def policy_tokens(self) -> int:
+        return sum(self.policy_mask)
+
+
+def _render(tok, messages: list, generation_prompt: bool) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _prompt_ids(tok, messages: list) -> list:
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def env_tokens(tok, messages: list, new: list, env_name: str) -> list:
+    """Token ids the chat template adds for the environment's messages ``new`` after ``messages``,
+    up to and including the next assistant header."""
+    before = _render(tok, messages, False)
+    after = _render(tok, messages + new, True)
+    if not after.startswith(before):
+        raise UserError(f"env '{env_name}': the tokenizer's chat template does not render the conversation as a "
+                        "prefix of its continuation, so the environment's turns cannot be appended as tokens; "
+                        "accepted: a chat template that renders whole turns in order")
+    return list(tok(after[len(before):], add_special_tokens=False)["input_ids"])
+
+
+class _Guard:
+    """Calls into the environment; anything it raises becomes one UserError line saying where."""
+
+    def __init__(self, env: Environment, rollout: int):
+        self.env, self.rollout = env, rollout
+
+    def _fail(self, call: str, turn: int, row, e: Exception):
+        where = f"rollout {self.rollout}, turn {turn}" + (f", data row {row}" if row is not None else "")
+        return UserError(f"env '{self.env.name}' raised in {call}() at {where}: {first_line(e)}")
+
+    def reset(self, row: dict) -> list:
+        try:
+            msgs = self.env.reset(row)
+        except UserError:
+            raise
+        except Exception as e:
+            raise self._fail("reset", 0, row.get("row"), e) from None
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError(f"env '{self.env.name}': reset() returned {type(msgs).__name__}; accepted: a non-empty "
+                            "list of chat messages ({'role': ..., 'content': ...})")
+        return msgs
+
+    def step(self, messages: list, turn: int, row) -> StepResult:
+        try:
+            r = self.env.step(messages)
+        except UserError:
+            raise
+        except Exception as e:
+            raise self._fail("step", turn, row, e) from None
+        if not isinstance(r, StepResult):
+            raise UserError(f"env '{self.env.name}': step() returned {type(r).__name__}; accepted: a StepResult")
+        return r
+
+
+def run_episodes(env: Environment, rows: list, *, sampler, policy, tokenizer, cfg: SamplingConfig, seed: int,
+                 rollout: int = 0) -> list:
+    """``cfg.samples_per_prompt`` episodes per row (prompt-major), run to the end; see the module
+    docstring. ``cfg.max_new_tokens`` caps one turn; the environment's config caps turns and tokens."""
+    K, max_turns, max_tokens = cfg.samples_per_prompt, env.cfg.max_turns, env.cfg.max_episode_tokens
+    guard = _Guard(env, rollout)
+    opening = [guard.reset(row) for row in rows]
+    eps, row_of = [], []
+    for row, msgs in zip(rows, opening):
+        p = _prompt_ids(tokenizer, msgs)
+        for _ in range(K):
+            eps.append(Episode(prompt_ids=p, messages=[dict(m) for m in msgs]))
+            row_of.append(row.get("row"))
+    live = list(range(len(eps)))
+    turn = 0
+    while live:
+        budgets = [max_tokens - len(eps[i].ids) for i in live]
+        scfg = dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, max(budgets)), samples_per_prompt=1)
+        turn_seed = seed * 1_000_003 + turn
+        if turn == 0:  # identical contexts within a row: each prompt is prefilled once for its K samples
+            s = sampler.sample(policy, [eps[i * K].prompt_ids for i in range(len(rows))],
+                               dataclasses.replace(scfg, samples_per_prompt=K), seed=turn_seed, return_logprobs=True)
+        else:
+            s = sampler.sample(policy, [eps[i].prompt_ids + eps[i].ids for i in live], scfg, seed=turn_seed,
+                               return_logprobs=True)
+        still = []
+        for j, i in enumerate(live):
+            ep, b = eps[i], budgets[j]
+            c, lp = list(s.completions[j][:b]), list(s.logprobs[j][:b])
+            finished = bool(s.finished[j]) and len(s.completions[j]) <= b
+            ep.ids += c
+            ep.policy_mask += [True] * len(c)
+            ep.logprobs += lp
+            ep.turns += 1
+            ep.messages.append({"role": "assistant", "content": tokenizer.decode(c, skip_special_tokens=True)})
+            r = guard.step(ep.messages, turn, row_of[i])
+            ep.reward += float(r.reward)
+            ep.info.append(r.info)
+            if r.messages is None:
+                ep.stop = "done"
+            elif not finished:
+                ep.stop = "max_episode_tokens" if len(ep.ids) >= max_tokens else "no_eos"
+            elif ep.turns >= max_turns:
+                ep.stop = "max_turns"
+            else:
+                new = env_tokens(tokenizer, ep.messages, list(r.messages), env.name)
+                if len(ep.ids) + len(new) >= max_tokens:  # no room left for one more policy token
+                    ep.stop = "max_episode_tokens"
+                else:
+                    ep.ids += new
+                    ep.policy_mask += [False] * len(new)
+                    ep.messages += [dict(m) for m in r.messages]
+                    still.append(i)
+        live = still
+        turn += 1
+    return eps
+
+
+def episode_metrics(eps: list) -> dict:
+    """Per-episode values logged as ``rollout/env_*`` means: turns, the policy's tokens, the
+    environment's, and the fraction the environment ended (not a limit)."""
+    f = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
+    return {"env_turns": f([e.turns for e in eps]), "env_policy_tokens": f([e.policy_tokens for e in eps]),
+            "env_tokens": f([len(e.ids) - e.policy_tokens for e in eps]), "env_done": f([e.done for e in eps])}
