@@ -19,7 +19,7 @@ the template must render a conversation as a prefix of its continuation (every t
 for whole turns); one that does not is a UserError naming the environment.
 
 An environment that raises is one UserError line naming it, the call (reset / step), the rollout,
-the turn and the data row; the run stops as on any user error, its checkpoints intact.
+the optimizer step, the turn and the data row; the run stops as on any user error, its checkpoints intact.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def env_tokens(tok, messages: list, new: list, env_name: str) -> list:
 class _Guard:
     """Calls into the environment; anything it raises becomes one UserError line saying where."""
 
-    def __init__(self, env: Environment, rollout: int):
-        self.env, self.rollout = env, rollout
+    def __init__(self, env: Environment, where: str):
+        self.env, self.where = env, where
 
     def _fail(self, call: str, turn: int, row, e: Exception):
-        where = f"rollout {self.rollout}, turn {turn}" + (f", data row {row}" if row is not None else "")
+        where = ", ".join(x for x in (self.where, f"turn {turn}", f"data row {row}" if row is not None else "") if x)
         return UserError(f"env '{self.env.name}' raised in {call}() at {where}: {first_line(e)}")
 
     def reset(self, row: dict) -> list:
@@ -114,11 +114,12 @@ class _Guard:
 
 
 def run_episodes(env: Environment, rows: list, *, sampler, policy, tokenizer, cfg: SamplingConfig, seed: int,
-                 rollout: int = 0) -> list:
+                 where: str = "") -> list:
     """``cfg.samples_per_prompt`` episodes per row (prompt-major), run to the end; see the module
-    docstring. ``cfg.max_new_tokens`` caps one turn; the environment's config caps turns and tokens."""
+    docstring. ``cfg.max_new_tokens`` caps one turn; the environment's config caps turns and tokens.
+    ``where`` names the run's position in an environment's error (``optimizer step 3 (rollout 2)``)."""
     K, max_turns, max_tokens = cfg.samples_per_prompt, env.cfg.max_turns, env.cfg.max_episode_tokens
-    guard = _Guard(env, rollout)
+    guard = _Guard(env, where)
     opening = [guard.reset(row) for row in rows]
     eps, row_of = [], []
     for row, msgs in zip(rows, opening):
@@ -177,3 +178,11 @@ def episode_metrics(eps: list) -> dict:
     f = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
     return {"env_turns": f([e.turns for e in eps]), "env_policy_tokens": f([e.policy_tokens for e in eps]),
             "env_tokens": f([len(e.ids) - e.policy_tokens for e in eps]), "env_done": f([e.done for e in eps])}
+
+
+def mask_policy_tokens(loss_mask: torch.Tensor, policy_masks: list) -> torch.Tensor:
+    """``loss_mask`` [B, T] of ``pad_batch(prompts, trajectories)`` (True on every trajectory token)
+    with each row's trajectory positions set to its episode's ``policy_mask``, in place: only the
+    policy's own tokens carry loss, ratios, advantages, KL and entropy; the environment's are context."""
+    loss_mask[loss_mask.clone()] = torch.tensor([v for m in policy_masks for v in m], dtype=torch.bool)
+    return loss_mask

@@ -53,7 +53,7 @@ from prefopt.core.modules import dropout_disable, dropout_restore
 from prefopt.core.sources import BatchSource, EpochOrder
 from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
-from prefopt.rollout.episodes import episode_metrics, run_episodes
+from prefopt.rollout.episodes import episode_metrics, mask_policy_tokens, run_episodes
 from prefopt.rollout.sampler import Samples, SamplingConfig
 
 
@@ -259,6 +259,10 @@ class RolloutSource(BatchSource):
         return b
 
     # ---- one rollout ---------------------------------------------------------------------------
+    def _where(self, r: int) -> str:
+        """Rollout ``r``'s position as a user reads it: the optimizer step it feeds first (1-based)."""
+        return f"optimizer step {r * self.plan.steps_per_rollout + 1} (rollout {r})"
+
     @torch.no_grad()
     def make_rollout(self, r: int) -> dict:
         """One rollout. Under fsdp2 every model it reads (policy, reference, reward model) is gathered
@@ -284,7 +288,7 @@ class RolloutSource(BatchSource):
             eps = None
             if self.env is not None:
                 eps = run_episodes(self.env, exs, sampler=self.sampler, policy=self.policy, tokenizer=self.tok,
-                                   cfg=self.scfg, seed=seed, rollout=r)
+                                   cfg=self.scfg, seed=seed, where=self._where(r))
                 s = Samples(completions=[e.ids for e in eps], finished=[e.done for e in eps],
                             logprobs=[e.logprobs for e in eps])
             else:
@@ -312,7 +316,8 @@ class RolloutSource(BatchSource):
                 # ReMax's baseline with an environment: each prompt's greedy episode's reward.
                 t1 = time.perf_counter()
                 ge = run_episodes(self.env, exs, sampler=self.sampler, policy=self.policy, tokenizer=self.tok,
-                                  cfg=dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1), seed=0, rollout=r)
+                                  cfg=dataclasses.replace(self.scfg, top_k=1, samples_per_prompt=1), seed=0,
+                                  where=self._where(r))
                 gen_s += time.perf_counter() - t1
                 self.samples_generated += len(ge)
                 greedy = torch.tensor([e.reward for e in ge], dtype=torch.float32)
@@ -379,11 +384,8 @@ class RolloutSource(BatchSource):
         p_ids = [x for p in parts for x in p["p"]]
         comps = [x for p in parts for x in p["c"]]
         roll = pad_batch(p_ids, comps, self.tok.pad_token_id)
-        if parts[0]["m"] is not None:
-            # Episodes: of the trajectory after the prompt, only the policy's own tokens carry loss,
-            # ratios, advantages, KL and entropy; the environment's are context.
-            lm = roll["loss_mask"]
-            lm[lm.clone()] = torch.tensor([v for p in parts for x in p["m"] for v in x], dtype=torch.bool)
+        if parts[0]["m"] is not None:  # episodes: the environment's tokens are context
+            mask_policy_tokens(roll["loss_mask"], [x for p in parts for x in p["m"]])
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
         if self.obj.needs.reward_terms:  # [N, R] and [R], read by prepare (GDPO)
             roll["reward_terms"] = torch.cat([p["v"] for p in parts]).float()
