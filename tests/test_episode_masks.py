@@ -136,3 +136,70 @@ def test_mask_and_logprobs_match_float64_reference(world, seed, max_tokens):
     if max_tokens == 9:
         assert any(e.stop == "max_episode_tokens" and e.ids[-1] != eos for e in eps)  # one ends mid-turn
 
+
+
+class Endless(Environment):
+    """Never ends an episode: always one more word."""
+
+    name = "endless"
+
+    def reset(self, row):
+        return [{"role": "user", "content": row["prompt_text"]}]
+
+    def step(self, messages):
+        return StepResult([{"role": "user", "content": "bab"}], 1.0)
+
+
+@pytest.mark.parametrize("max_turns,max_tokens", [(3, 200), (1, 200), (6, 11), (4, 1)])
+def test_turn_and_token_limits(world, max_turns, max_tokens):
+    tok, model = world
+    env = Endless(EnvConfig(name="endless", max_turns=max_turns, max_episode_tokens=max_tokens))
+    eps = run_episodes(env, _rows(8, 3), sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), policy=model,
+                       tokenizer=tok, cfg=SamplingConfig(temperature=1.0, max_new_tokens=24, samples_per_prompt=2),
+                       seed=3)
+    assert len(eps) == 16
+    for ep in eps:
+        assert ep.stop in ("max_turns", "max_episode_tokens", "no_eos") and not ep.done
+        assert 1 <= ep.turns <= max_turns and len(ep.ids) <= max_tokens
+        assert ep.reward == ep.turns  # one step, one reward, per turn
+        if ep.stop == "max_turns":
+            assert ep.turns == max_turns and ep.ids[-1] == tok.eos_token_id
+        if ep.stop == "no_eos":
+            assert len(ep.ids) < max_tokens and ep.ids[-1] != tok.eos_token_id
+    stops = {ep.stop for ep in eps}
+    if max_tokens == 200:
+        assert "max_turns" in stops
+    else:
+        assert "max_episode_tokens" in stops
+    if max_tokens == 1:
+        assert all(len(ep.ids) == 1 and ep.turns == 1 for ep in eps)
+
+
+def test_rollout_source_trains_on_policy_tokens_only(world):
+    """Through the online pipeline: loss_mask, the sampler's and the recomputed π_old log-probs, and
+    the advantages live on the policy's tokens only; the episode reward is the score."""
+    from prefopt.objectives.policy_gradient import PGConfig
+    from prefopt.objectives.registry import get_objective
+    from prefopt.rollout.source import RolloutSource
+
+    tok, model = world
+    env = Scripted(EnvConfig(name="scripted", max_turns=3, max_episode_tokens=20), seed=5)
+    ex = [{"row": r["row"], "prompt_text": r["prompt_text"], "prompt_ids": [0]} for r in _rows(8, 5)]
+    obj = get_objective("grpo")(PGConfig(prompts_per_step=4, samples_per_prompt=2, epochs_per_rollout=2))
+    src = RolloutSource(examples=ex, objective=obj, policy=model, reward=None, tokenizer=tok, max_new_tokens=6, seed=0,
+                        sampler=HFSampler(tok.pad_token_id, tok.eos_token_id), env=env)
+    assert src.norm_tokens == 18  # min(3 turns × 6, 20)
+    roll = src.make_rollout(0)
+    lm = roll["loss_mask"]
+    assert roll["input_ids"].shape[0] == 8 and not src.old_is_current
+    n_env = src.last_metrics["rollout/env_tokens"] * 8
+    n_policy = src.last_metrics["rollout/env_policy_tokens"] * 8
+    assert n_env > 0 and int(lm.sum()) == round(n_policy)
+    n_prompt = sum(len(tok(f"<|user|> {t} <|assistant|>", add_special_tokens=False)["input_ids"])
+                   for t in roll["prompt_text"])
+    assert int((roll["attention_mask"].bool() & ~lm).sum()) == n_prompt + round(n_env)  # context: prompt + env
+    m = src.last_metrics
+    assert m["rollout/reward_mean"] == pytest.approx(0.5 * m["rollout/env_turns"])  # the episodes' rewards
+    assert (roll["old_logps"][~lm] == 0).all() and (roll["old_logps"][lm] < 0).all()
+    assert (roll["advantages"][~lm] == 0).all()
+    assert src.logp_abs_diff is not None and src.logp_abs_diff < 1e-4
