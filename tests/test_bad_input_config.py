@@ -195,6 +195,7 @@ def _suite_file(tmp_path, change: dict, extra: str = ""):
     ({"lr_grid": {"default": [1.0e-4, "fast"]}}, "", "lr_grid.default[1]: 'fast' is not a number"),
     ({"lr_grid": {"default": [-1.0e-4]}}, "", "lr_grid.default[0]: -0.0001 is not a learning rate; accepted: numbers > 0"),
     ({"online_task": {"reviews": 3}}, "", "online_task.reviews: 3 is not a list of strings"),
+    ({"common_task": {"arith": ["model=tiny"]}}, "", "common_task.arith: not one of the suite's tasks; accepted: reviews"),
     ({"algo": {"ppo": "algo.kl_target=null"}}, "", "algo.ppo: 'algo.kl_target=null' is not a list of strings"),
     ({"common": [5]}, "", "common[0]: 5 is not a string"),
     ({"exact_reward": {"arith": 3}}, "", "exact_reward.arith: 3 is not a string"),

@@ -94,3 +94,29 @@ def test_multirun_sweep_writes_one_directory_per_job(tmp_path):
         s = json.load(open(tmp_path / "sweep" / j / "summary.json"))
         seen.add((s["params"]["beta"], s["seed"]))
     assert seen == {(0.05, 0), (0.05, 1), (0.5, 0), (0.5, 1)}
+
+
+def test_greedy_evaluation_is_a_second_view_of_the_same_prompts(run_cfg, tmp_path):
+    """eval.greedy: one top-1 completion per prompt of π and π_ref; π_ref's does not depend on the seed (no sampling)."""
+    common = ("data=arith", "trainer.max_steps=1", "eval.num_prompts=16", "eval.samples_per_prompt=2", "eval.greedy=true")
+    a, _ = run_cfg(*common, "seed=0", out=tmp_path / "a")
+    b, _ = run_cfg(*common, "seed=1", out=tmp_path / "b")
+    for ev in (a["eval"], b["eval"]):
+        assert 0.0 <= ev["gold_reward_greedy"] <= 1.0 and 0.0 <= ev["gold_reward_greedy_ref"] <= 1.0
+    assert a["eval"]["gold_reward_greedy_ref"] == b["eval"]["gold_reward_greedy_ref"]
+    assert a["eval"]["gold_reward_ref"] != b["eval"]["gold_reward_ref"] or a["eval"]["kl_to_ref"] != b["eval"]["kl_to_ref"]
+    off, _ = run_cfg("data=arith", "trainer.max_steps=1", "eval.num_prompts=16", out=tmp_path / "c")
+    assert off["eval"]["gold_reward_greedy"] is None and off["eval"]["gold_reward_greedy_ref"] is None
+
+
+def test_eval_greedy_off_hashes_as_a_config_without_the_key():
+    from omegaconf import OmegaConf
+
+    from prefopt.run.resume import config_hash
+    from tests.conftest import compose
+
+    cfg = compose(["data=arith"])
+    bare = OmegaConf.to_container(cfg)
+    del bare["eval"]["greedy"]
+    assert cfg.eval.greedy is False and config_hash(cfg) == config_hash(OmegaConf.create(bare))
+    assert config_hash(compose(["data=arith", "eval.greedy=true"])) != config_hash(cfg)

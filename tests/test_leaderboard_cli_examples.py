@@ -235,3 +235,20 @@ def test_run_trains_a_report_runs_reward_model_first(stages, tmp_path, monkeypat
     else:
         assert launches == [["reviews-s100-rloo"]]
         assert "reviews-s0-rloo-pick skipped: its reward model (rm0) has no result; stages= leaves out stage 1" in out
+
+
+def test_common_task_overrides_every_run_of_its_task_only(tmp_path):
+    """A suite's common_task.TASK is added to every run of TASK (after common), and to no other task's runs."""
+    import yaml
+
+    from prefopt.leaderboard.jobs import Planner
+    from prefopt.leaderboard.suite import load_suite
+
+    data = {"name": "ct", "seeds": [0], "tasks": ["reviews", "arith"], "lr_grid": {"default": [1.0e-4]},
+            "methods": ["dpo"], "tune_coefficients": False, "best_of_n": None, "proxy_tasks": [],
+            "common": ["trainer.max_steps=3"], "common_task": {"arith": ["eval.greedy=true"]}}
+    p = tmp_path / "ct.yaml"
+    p.write_text(yaml.safe_dump(data))
+    planner = Planner(load_suite(str(p)), str(tmp_path / "board"), None, "code", "AVX2")
+    assert planner.base("arith", 0)[-2:] == ["trainer.max_steps=3", "eval.greedy=true"]
+    assert "eval.greedy=true" not in planner.base("reviews", 0)

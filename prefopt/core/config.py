@@ -114,6 +114,9 @@ class EvalConfig:
     temperature: float = 1.0
     samples_per_prompt: int = 1
     prompts_per_batch: int = 128
+    # Also one greedy (top-1) completion per prompt, of π and of π_ref: gold_reward_greedy(_ref), a second view
+    # of the same prompts without sampling noise.
+    greedy: bool = False
 
 
 # model.dtype names; prefopt.models.load maps them to torch dtypes.

@@ -188,7 +188,8 @@ class Planner:
 
     def base(self, task: str, seed: int) -> list:
         """The overrides every run of ``task`` and ``seed`` starts from."""
-        return [f"data={task}", *[f"{k}={seed}" for k in self.suite.seed_keys], *self.suite.common]
+        return [f"data={task}", *[f"{k}={seed}" for k in self.suite.seed_keys], *self.suite.common,
+                *self.suite.common_task.get(task, [])]
 
     def run_dir(self, job: Job) -> str:
         return os.path.join(self.work_dir, "runs", job.hash)

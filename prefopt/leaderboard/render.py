@@ -75,6 +75,7 @@ def suite_lines(spec) -> list:
            f"every run: {' '.join(c.common)}",
            f"reward model ({c.reward_model}) on {c.proxy_tasks}: {' '.join(c.stage1)}",
            f"offline: {' '.join(c.offline)}", f"online: {' '.join(c.online)}"]
+    out += [f"every run on {t}: {' '.join(v)}" for t, v in c.common_task.items()]
     out += [f"online on {t}: {' '.join(v)}" for t, v in c.online_task.items()]
     out += [f"{k}: {' '.join(v)}" for k, v in c.algo.items()]
     if c.best_of_n:

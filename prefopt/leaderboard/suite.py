@@ -117,6 +117,7 @@ class Suite:
     pick_kl_budget: Optional[float] = None
     divergence: Divergence = field(default_factory=Divergence)
     common: list[str] = field(default_factory=list)
+    common_task: dict[str, list[str]] = field(default_factory=dict)  # every run of one task, after common
     stage1: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
     online: list[str] = field(default_factory=list)
@@ -268,6 +269,10 @@ def load_suite(name_or_path: str) -> Suite:
         raise UserError(f"suite {src}: seeds {sorted(overlap)} are both tuning and report seeds; accepted: "
                         "disjoint lists (a number that chose a configuration is never reported as its result)")
     check_tasks(suite.tasks, f"suite {src}: tasks")
+    for task in suite.common_task:
+        if task not in suite.tasks:
+            raise UserError(f"suite {src}: common_task.{task}: not one of the suite's tasks; accepted: "
+                            f"{', '.join(suite.tasks)}")
     seeds = [("seeds", suite.seeds), ("tuning_seeds", suite.tuning_seeds),
              ("ablation.seeds", suite.ablation.seeds if suite.ablation else [])]
     for key, values in seeds:

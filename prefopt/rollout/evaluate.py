@@ -1,7 +1,8 @@
 """Evaluation on held-out prompts: gold reward of π and π_ref, win rate, KL(π‖π_ref), length,
 repetition.
 
-- gold reward: the task's reward of one sampled completion per prompt, averaged;
+- gold reward: the task's reward of ``samples_per_prompt`` sampled completions per prompt, averaged; with
+  ``greedy``, also of one greedy (top-1) completion per prompt (``gold_reward_greedy``, and π_ref's);
 - win rate vs π_ref: per prompt, π's completion against π_ref's by gold reward, wins + ties/2;
 - KL(π‖π_ref): mean over π's sampled completions of Σ_t KL(π(·|x,y_<t) ‖ π_ref(·|x,y_<t)), the exact
   per-token KL over the whole vocabulary (no sampling noise inside a position);
@@ -14,6 +15,7 @@ held-out preference pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, Optional
 
@@ -68,7 +70,8 @@ class Evaluator:
     the gold fields are null. The reference's completions and rewards are computed once."""
 
     def __init__(self, *, tokenizer, reference, prompts_text: list, prompts_ids: list, sampler, cfg: SamplingConfig,
-                 gold_fn: Optional[Callable] = None, proxy_fn: Optional[Callable] = None, seed: int = 0):
+                 gold_fn: Optional[Callable] = None, proxy_fn: Optional[Callable] = None, seed: int = 0,
+                 greedy: bool = False):
         self.tok = tokenizer
         self.reference = reference
         self.prompts_text = prompts_text
@@ -78,6 +81,7 @@ class Evaluator:
         self.gold_fn = gold_fn
         self.proxy_fn = proxy_fn
         self.seed = seed
+        self.greedy = greedy and gold_fn is not None
         self._ref = None
 
     def _sample(self, model):
@@ -86,6 +90,12 @@ class Evaluator:
         prompts = [p for p in self.prompts_text for _ in range(self.cfg.samples_per_prompt)]
         return comps, texts, prompts
 
+    def _greedy_gold(self, model) -> float:
+        cfg = dataclasses.replace(self.cfg, top_k=1, samples_per_prompt=1)
+        comps = self.sampler.generate(model, self.prompts_ids, cfg, seed=self.seed)
+        gold = self.gold_fn(self.prompts_text, [self.tok.decode(c, skip_special_tokens=True) for c in comps])
+        return sum(gold) / len(gold)
+
     def _ref_stats(self):
         if self._ref is None:
             with self.reference.active() as ref_model:
@@ -93,6 +103,9 @@ class Evaluator:
             gold = self.gold_fn(prompts, texts) if self.gold_fn else None
             proxy = self.proxy_fn(prompts, texts) if self.proxy_fn else None
             self._ref = dict(comps=comps, texts=texts, gold=gold, proxy=proxy)
+            if self.greedy:
+                with self.reference.active() as ref_model:
+                    self._ref["greedy"] = self._greedy_gold(ref_model)
         return self._ref
 
     def __call__(self, policy) -> dict:
@@ -109,6 +122,8 @@ class Evaluator:
             "mean_length": sum(len(c) for c in comps) / len(comps),
             "mean_length_ref": sum(len(c) for c in ref["comps"]) / len(ref["comps"]),
             "repetition_rate": sum(repetition_rate(t.split()) for t in texts) / len(texts),
+            "gold_reward_greedy": None,
+            "gold_reward_greedy_ref": None,
         }
         if self.gold_fn is not None:
             gold = self.gold_fn(prompts, texts)
@@ -117,6 +132,9 @@ class Evaluator:
             res["gold_reward_ref"] = sum(g_ref) / len(g_ref)
             wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold, g_ref))
             res["win_rate_vs_ref"] = wins / len(gold)
+        if self.greedy:
+            res["gold_reward_greedy"] = self._greedy_gold(policy)
+            res["gold_reward_greedy_ref"] = ref["greedy"]
         if self.proxy_fn is not None:
             proxy = self.proxy_fn(prompts, texts)
             res["proxy_reward"] = sum(proxy) / len(proxy)
@@ -140,7 +158,7 @@ class PairwiseEvaluator:
     The generative fields of the summary's eval block are null."""
 
     GENERATIVE = ("gold_reward", "gold_reward_ref", "win_rate_vs_ref", "kl_to_ref", "proxy_reward", "mean_length",
-                  "mean_length_ref", "repetition_rate")
+                  "mean_length_ref", "repetition_rate", "gold_reward_greedy", "gold_reward_greedy_ref")
 
     def __init__(self, examples: list, collate: Callable, gold: Optional[list] = None, batch_size: int = 64):
         self.examples = examples

@@ -27,10 +27,12 @@ def hashed_config(cfg: DictConfig) -> dict:
     for k in NOT_HASHED:
         tr.pop(k, None)
     c.pop("output_dir", None)
+    # Keys at a value that computes what a config without them computes hash as their absence, so results and
+    # checkpoints made before the key existed keep their identity: env=none (single-turn runs), eval.greedy=false.
     if (c.get("env") or {}).get("name", "none") == "none":
-        # env=none computes what a config without the env group computes, so both hash alike
-        # (results and checkpoints of single-turn runs keep their identity).
         c.pop("env", None)
+    if (c.get("eval") or {}).get("greedy") is False:
+        c["eval"].pop("greedy")
     return c
 
 

@@ -355,7 +355,8 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
     # eval.periodic_split (the training curve, and selection by the leaderboard), which never reads test prompts.
     evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
                                 prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
-                                seed=c.seed + EVAL_SEED_OFFSET, proxy_fn=online.proxy_fn if online else None)
+                                seed=c.seed + EVAL_SEED_OFFSET, proxy_fn=online.proxy_fn if online else None,
+                                greedy=ecfg.greedy)
                   for sp in {ecfg.split, ecfg.periodic_split} | ({"test"} if ecfg.periodic_test else set())}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
     if ecfg.periodic_test and ecfg.periodic_split != "test":

@@ -44,6 +44,8 @@ def print_summary(s: dict, console):
     t.add_column("reference π_ref", justify="right")
     f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     t.add_row("gold reward", f(ev.get("gold_reward")), f(ev.get("gold_reward_ref")))
+    if ev.get("gold_reward_greedy") is not None:
+        t.add_row("gold reward, greedy", f(ev.get("gold_reward_greedy")), f(ev.get("gold_reward_greedy_ref")))
     t.add_row("win rate vs π_ref", f(ev.get("win_rate_vs_ref")), "0.500" if ev.get("win_rate_vs_ref") is not None else "—")
     t.add_row("KL(π‖π_ref)", f(ev.get("kl_to_ref")), "0.000")
     t.add_row("mean length (tokens)", f(ev.get("mean_length")), f(ev.get("mean_length_ref")))
