@@ -25,6 +25,7 @@ the optimizer step, the turn and the data row; the run stops as on any user erro
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +111,8 @@ class _Guard:
             raise self._fail("step", turn, row, e) from None
         if not isinstance(r, StepResult):
             raise UserError(f"env '{self.env.name}': step() returned {type(r).__name__}; accepted: a StepResult")
+        if not isinstance(r.reward, numbers.Real):
+            raise UserError(f"env '{self.env.name}': step() returned reward={r.reward!r}; accepted: a number")
         return r
 
 

@@ -7,7 +7,11 @@
 2. samples ``samples_per_prompt`` completions per prompt from the *current* policy (adapters on
    under LoRA) through a sampler (:mod:`prefopt.rollout.sampler`), timing generation separately,
 3. scores them with the reward source (:mod:`prefopt.rollout.rewards`); with ``dynamic_sampling`` drops
-   groups whose rewards are all equal and samples more prompts to refill (DAPO),
+   groups whose rewards are all equal and samples more prompts to refill (DAPO). With an environment
+   (``env=NAME``, :mod:`prefopt.rollout.envs`) steps 2–3 are multi-turn episodes instead
+   (:mod:`prefopt.rollout.episodes`): a sample is the whole trajectory after the prompt, its score the
+   episode's reward, and ``loss_mask`` is True on the policy's own tokens only, so ratios, advantages,
+   KL, entropy and length normalisation never see the environment's tokens,
 4. recomputes, without gradient, log π_old (through the fused kernel, same temperature), log π_ref
    when the objective needs a reference, and V_old when it has a value head. With one optimizer
    step per rollout and no value head, the policy has not moved between sampling and the loss, so
