@@ -10,7 +10,7 @@ import torch
 
 from prefopt.core.errors import UserError
 from prefopt.objectives.registry import OBJECTIVES
-from prefopt.rollout.envs import ENVS, EnvConfig, Environment, StepResult, build_env, env_config
+from prefopt.rollout.envs import build_env, env_config
 from prefopt.run.resume import config_hash
 
 ONLINE = sorted(n for n, cls in OBJECTIVES.items() if cls.needs.rollouts)
@@ -76,14 +76,15 @@ def test_gae_chains_across_the_environments_tokens():
         assert (A[b, ~m] == 0).all()
 
 
+# Registered in the subprocess before prefopt-train's main(): an environment whose step raises once
+# the first rollout (4 prompts) is over, i.e. at optimizer step 2.
+FLAKY = """
+from prefopt.rollout.envs import ENVS, EnvConfig, Environment, StepResult
+
+@ENVS.register("flaky")
 class Flaky(Environment):
-    """arith_retry's questions; its step raises once the first rollout (4 prompts) is over."""
-
     Config = EnvConfig
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.resets = 0
+    resets = 0
 
     def reset(self, row):
         self.resets += 1
@@ -91,33 +92,32 @@ class Flaky(Environment):
 
     def step(self, messages):
         if self.resets > 4:
-            raise ZeroDivisionError("the simulator fell over\nsecond line of its message")
+            raise ZeroDivisionError("the simulator fell over\\nsecond line of its message")
         return StepResult(None, 1.0)
+"""
 
 
-@pytest.fixture
-def flaky_env():
-    ENVS.register("flaky")(Flaky)
-    yield
-    del ENVS["flaky"]
+def test_an_environment_that_raises_stops_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    from short_runs import cli_main, one_line_error
+
+    out = tmp_path / "run"
+    p = cli_main("algo=grpo", *ONE_STEP, "trainer.max_steps=3", "trainer.save_every_steps=1", "env.name=flaky",
+                 f"hydra.run.dir={out}", pre=FLAKY, cwd=tmp_path)
+    assert p.returncode == 2
+    line = one_line_error(p, "env 'flaky' raised in step() at optimizer step 2 (rollout 1), turn 0, data row ",
+                          "ZeroDivisionError: the simulator fell over")
+    assert "second line" not in line
+    assert glob.glob(str(out / "checkpoints" / "*")), os.listdir(out)  # step 1's checkpoint survives
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "rollout/env_turns" in r] == [1]
 
 
-def test_an_environment_that_raises_stops_with_one_line_and_keeps_the_checkpoint(flaky_env, tmp_path):
+def test_an_environments_own_user_error_is_kept_and_located(tmp_path):
     from prefopt.run import train
 
-    out = str(tmp_path / "run")
-    cfg = _compose("algo=grpo", *ONE_STEP, "trainer.max_steps=3", "trainer.save_every_steps=1", "env=arith_retry",
-                   "env.name=flaky")
-    with pytest.raises(UserError) as e:
-        train(cfg, out)
-    line = str(e.value)
-    assert "\n" not in line
-    assert line.startswith("env 'flaky' raised in step() at optimizer step 2 (rollout 1), turn 0, data row ")
-    assert line.endswith("ZeroDivisionError: the simulator fell over")
-    ckpts = glob.glob(os.path.join(out, "checkpoints", "*"))
-    assert ckpts, os.listdir(out)  # step 1's checkpoint survives
-    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-    assert [r["step"] for r in rows if "rollout/env_turns" in r] == [1]
+    with pytest.raises(UserError, match=r"^env 'arith_retry' raised in reset\(\) at optimizer step 1 \(rollout 0\), "
+                                        r"turn 0, data row \d+: env=arith_retry needs addition prompts"):
+        train(_compose("algo=grpo", *ONE_STEP, "data=reviews"), str(tmp_path / "run"))
 
 
 def test_online_presets_are_all_listed():

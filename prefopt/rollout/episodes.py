@@ -88,13 +88,13 @@ class _Guard:
 
     def _fail(self, call: str, turn: int, row, e: Exception):
         where = ", ".join(x for x in (self.where, f"turn {turn}", f"data row {row}" if row is not None else "") if x)
-        return UserError(f"env '{self.env.name}' raised in {call}() at {where}: {first_line(e)}")
+        # The environment's own UserError is already one line for the user: kept without its type name.
+        what = str(e) if isinstance(e, UserError) else first_line(e)
+        return UserError(f"env '{self.env.name}' raised in {call}() at {where}: {what}")
 
     def reset(self, row: dict) -> list:
         try:
             msgs = self.env.reset(row)
-        except UserError:
-            raise
         except Exception as e:
             raise self._fail("reset", 0, row.get("row"), e) from None
         if not isinstance(msgs, list) or not msgs:
@@ -105,8 +105,6 @@ class _Guard:
     def step(self, messages: list, turn: int, row) -> StepResult:
         try:
             r = self.env.step(messages)
-        except UserError:
-            raise
         except Exception as e:
             raise self._fail("step", turn, row, e) from None
         if not isinstance(r, StepResult):
