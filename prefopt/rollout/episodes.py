@@ -14,7 +14,9 @@ For B episodes (``samples_per_prompt`` per data row, prompt-major, as single-tur
 Contract of an :class:`Episode`: ``ids`` = y_i (the whole trajectory after the prompt,
 |y_i| ≤ max_episode_tokens), ``policy_mask[t]`` True exactly where y_i[t] was sampled by the policy,
 ``logprobs`` the sampler's log p(y_i[t]) (temperature only) at those positions in order.
-The environment's tokens are the text the chat template adds for its messages, tokenized on their own:
+Tools (``env.tools()``) go through the template's ``tools=`` where it reads them, else into the system
+prompt (:mod:`prefopt.rollout.envs.tools`). The environment's tokens are the text the chat template adds
+for its messages, tokenized on their own:
 the template must render a conversation as a prefix of its continuation (every template does that
 for whole turns); one that does not is a UserError naming the environment.
 
@@ -27,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from prefopt.core.errors import UserError, first_line
 from prefopt.rollout.envs.base import Environment, StepResult
+from prefopt.rollout.envs.tools import template_supports_tools, tool_schema, with_tools_prompt
 from prefopt.rollout.sampler import SamplingConfig
 
 
@@ -57,22 +61,22 @@ class Episode:
         return sum(self.policy_mask)
 
 
-def _render(tok, messages: list, generation_prompt: bool) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tok, messages: list, generation_prompt: bool, tools: Optional[list] = None) -> str:
+    return tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _prompt_ids(tok, messages: list) -> list:
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def _prompt_ids(tok, messages: list, tools: Optional[list] = None) -> list:
+    ids = tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
 
 
-def env_tokens(tok, messages: list, new: list, env_name: str) -> list:
+def env_tokens(tok, messages: list, new: list, env_name: str, tools: Optional[list] = None) -> list:
     """Token ids the chat template adds for the environment's messages ``new`` after ``messages``,
     up to and including the next assistant header."""
-    before = _render(tok, messages, False)
-    after = _render(tok, messages + new, True)
+    before = _render(tok, messages, False, tools)
+    after = _render(tok, messages + new, True, tools)
     if not after.startswith(before):
         raise UserError(f"env '{env_name}': the tokenizer's chat template does not render the conversation as a "
                         "prefix of its continuation, so the environment's turns cannot be appended as tokens; "
@@ -122,9 +126,14 @@ def run_episodes(env: Environment, rows: list, *, sampler, policy, tokenizer, cf
     K, max_turns, max_tokens = cfg.samples_per_prompt, env.cfg.max_turns, env.cfg.max_episode_tokens
     guard = _Guard(env, where)
     opening = [guard.reset(row) for row in rows]
+    # Tools: through the template's tools= where it reads them, else described in the system prompt.
+    schemas = [tool_schema(f) for f in env.tools()] or None
+    native = schemas if schemas and template_supports_tools(tokenizer) else None
+    if schemas and native is None:
+        opening = [with_tools_prompt(m, schemas) for m in opening]
     eps, row_of = [], []
     for row, msgs in zip(rows, opening):
-        p = _prompt_ids(tokenizer, msgs)
+        p = _prompt_ids(tokenizer, msgs, native)
         for _ in range(K):
             eps.append(Episode(prompt_ids=p, messages=[dict(m) for m in msgs]))
             row_of.append(row.get("row"))
@@ -160,7 +169,7 @@ def run_episodes(env: Environment, rows: list, *, sampler, policy, tokenizer, cf
             elif ep.turns >= max_turns:
                 ep.stop = "max_turns"
             else:
-                new = env_tokens(tokenizer, ep.messages, list(r.messages), env.name)
+                new = env_tokens(tokenizer, ep.messages, list(r.messages), env.name, native)
                 if len(ep.ids) + len(new) >= max_tokens:  # no room left for one more policy token
                     ep.stop = "max_episode_tokens"
                 else:
@@ -175,10 +184,15 @@ def run_episodes(env: Environment, rows: list, *, sampler, policy, tokenizer, cf
 
 def episode_metrics(eps: list) -> dict:
     """Per-episode values logged as ``rollout/env_*`` means: turns, the policy's tokens, the
-    environment's, and the fraction the environment ended (not a limit)."""
+    environment's, the fraction the environment ended (not a limit), and ``env_info/KEY``: each numeric
+    (or bool) key of the steps' info summed over the episode (e.g. a tool env's calls per episode)."""
     f = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
-    return {"env_turns": f([e.turns for e in eps]), "env_policy_tokens": f([e.policy_tokens for e in eps]),
-            "env_tokens": f([len(e.ids) - e.policy_tokens for e in eps]), "env_done": f([e.done for e in eps])}
+    out = {"env_turns": f([e.turns for e in eps]), "env_policy_tokens": f([e.policy_tokens for e in eps]),
+           "env_tokens": f([len(e.ids) - e.policy_tokens for e in eps]), "env_done": f([e.done for e in eps])}
+    keys = sorted({k for e in eps for i in e.info for k, v in i.items() if isinstance(v, numbers.Real)})
+    for k in keys:
+        out[f"env_info/{k}"] = f([sum(float(i[k]) for i in e.info if isinstance(i.get(k), numbers.Real)) for e in eps])
+    return out
 
 
 def mask_policy_tokens(loss_mask: torch.Tensor, policy_masks: list) -> torch.Tensor:

@@ -16,7 +16,8 @@ An episode, run for all live episodes together by :mod:`prefopt.rollout.episodes
 
 A kind subclasses :class:`Environment` and declares ``Config`` (a dataclass deriving from
 :class:`EnvConfig`), ``reset(row)`` and ``step(messages)``; it may override the hooks, whose defaults do
-nothing: ``check(cfg)`` (one-line UserErrors before anything loads) and ``describe()``. ``row`` is a
+nothing: ``check(cfg)`` (one-line UserErrors before anything loads), ``describe()`` and ``tools()``
+(functions the policy may call; the episode runner describes them to it, :mod:`~prefopt.rollout.envs.tools`). ``row`` is a
 tokenized data row (``prompt_text``, ``prompt``, ``prompt_ids`` …); an environment reads what it
 needs from it. Nothing outside this registry maps environment names to code.
 """
@@ -64,6 +65,10 @@ class Environment:
 
     def describe(self) -> str:
         return f"{self.name} (≤ {self.cfg.max_turns} turns, ≤ {self.cfg.max_episode_tokens} tokens per episode)"
+
+    def tools(self) -> list:
+        """Tool functions offered to the policy (:mod:`prefopt.rollout.envs.tools`): typed, with docstrings."""
+        return []
 
     def reset(self, row: dict) -> list:
         """The episode's opening messages for data row ``row``."""
