@@ -73,15 +73,21 @@ def _prompt_ids(tok, messages: list, tools: Optional[list] = None) -> list:
 
 
 def env_tokens(tok, messages: list, new: list, env_name: str, tools: Optional[list] = None) -> list:
-    """Token ids the chat template adds for the environment's messages ``new`` after ``messages``,
-    up to and including the next assistant header."""
+    """Token ids the chat template adds for the environment's messages ``new`` after ``messages`` (whose
+    last turn is the policy's, ending with EOS), up to and including the next assistant header."""
     before = _render(tok, messages, False, tools)
     after = _render(tok, messages + new, True, tools)
     if not after.startswith(before):
         raise UserError(f"env '{env_name}': the tokenizer's chat template does not render the conversation as a "
                         "prefix of its continuation, so the environment's turns cannot be appended as tokens; "
                         "accepted: a chat template that renders whole turns in order")
-    return list(tok(after[len(before):], add_special_tokens=False)["input_ids"])
+    cut = len(before)
+    eos = getattr(tok, "eos_token", None)
+    if eos and eos in before:
+        # The policy's turn ended with its EOS token; what the template writes after it ("\n" in ChatML)
+        # was never sampled, so it opens the environment's tokens.
+        cut = before.rindex(eos) + len(eos)
+    return list(tok(after[cut:], add_special_tokens=False)["input_ids"])
 
 
 class _Guard:
