@@ -174,11 +174,7 @@ class RolloutSource(BatchSource):
         self.place = placement
         self.plan = plan_batches(self.c, world_size, objective.needs.groups)
         self.max_new_tokens = max_new_tokens
-        # A multi-turn environment (prefopt.rollout.envs) makes each sample an episode scored by it.
         self.env = env
-        # seq-mean-token-sum-norm's constant: the most policy tokens a sequence can hold.
-        self.norm_tokens = max_new_tokens if env is None else \
-            min(env.cfg.max_turns * max_new_tokens, env.cfg.max_episode_tokens)
         self.scfg = SamplingConfig(temperature=self.c.temperature, top_p=self.c.top_p, top_k=self.c.top_k,
                                    max_new_tokens=max_new_tokens, samples_per_prompt=self.c.samples_per_prompt,
                                    prompts_per_batch=self.c.sequences_per_generate)
@@ -202,6 +198,15 @@ class RolloutSource(BatchSource):
         self.logp_abs_diff: Optional[float] = None  # mean |log π_old − log μ| of the last rollout, when both exist
         # An objective that corrects for the sampler (importance weights π_old/μ) keeps μ's own log-probs.
         self.keep_sampler_logps = objective.needs.sampler_logps
+
+    env = None  # a multi-turn environment (prefopt.rollout.envs): each sample is an episode it scores
+
+    @property
+    def norm_tokens(self) -> int:
+        """seq-mean-token-sum-norm's constant: the most policy tokens a sequence can hold."""
+        if self.env is None:
+            return self.max_new_tokens
+        return min(self.env.cfg.max_turns * self.max_new_tokens, self.env.cfg.max_episode_tokens)
 
     @property
     def steps_per_rollout(self) -> int:
