@@ -10,7 +10,7 @@ import torch
 
 from prefopt.core.errors import UserError
 from prefopt.objectives.registry import OBJECTIVES
-from prefopt.rollout.envs import build_env, env_config
+from prefopt.rollout.envs import ENVS, build_env, env_config
 from prefopt.run.resume import config_hash
 
 ONLINE = sorted(n for n, cls in OBJECTIVES.items() if cls.needs.rollouts)
@@ -137,3 +137,18 @@ def test_every_online_preset_trains_one_step_on_episodes(algo, tmp_path):
     assert 1 <= first["rollout/env_turns"] <= 2
     assert first["rollout/env_policy_tokens"] > 0
     assert all(torch.isfinite(torch.tensor(float(v))) for k, v in first.items() if k.startswith("loss"))
+
+
+def test_every_env_yaml_states_its_configs_defaults():
+    """conf/env/NAME.yaml composes to NAME's Config() exactly, and every registered env has one."""
+    import dataclasses
+    import pathlib
+
+    from omegaconf import OmegaConf
+
+    env_names = sorted(ENVS)
+    names = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "conf" / "env").glob("*.yaml"))
+    assert names == sorted(["none", *env_names])
+    for name in env_names:
+        composed = OmegaConf.to_container(_compose(f"env={name}").env)
+        assert composed == dataclasses.asdict(ENVS[name].Config()), name
