@@ -152,3 +152,13 @@ def test_every_env_yaml_states_its_configs_defaults():
     for name in env_names:
         composed = OmegaConf.to_container(_compose(f"env={name}").env)
         assert composed == dataclasses.asdict(ENVS[name].Config()), name
+
+
+def test_an_environments_run_needs_no_reward_source():
+    """The episodes' rewards are the scores: reward= is neither checked nor built (reward=model without
+    a path would otherwise be refused)."""
+    from prefopt.run.stages import configs
+
+    with pytest.raises(UserError, match=r"reward"):
+        configs(_compose("algo=grpo", "data=arith", "reward=model"))
+    assert configs(_compose("algo=grpo", "data=arith", "reward=model", "env=arith_retry")).envcfg.name == "arith_retry"

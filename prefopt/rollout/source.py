@@ -228,11 +228,12 @@ class RolloutSource(BatchSource):
         resumes mid-rollout, and must then start it from that earlier state."""
         # The reward's own state too (an ensemble's standardisation, frozen on the first rollout; {} for most).
         return {"rollout": self._roll_idx, "objective_before_rollout": self._obj_state_before,
-                "reward": self.reward.state_dict()}
+                "reward": self.reward.state_dict() if self.reward is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state if state.get("objective_before_rollout") is not None else None
-        if state.get("reward") is not None:  # absent in checkpoints written before the reward's state was saved
+        # Absent in checkpoints written before the reward's state was saved; no reward under an environment.
+        if state.get("reward") is not None and self.reward is not None:
             self.reward.load_state_dict(state["reward"])
 
     def step_batches(self, step: int) -> list:
@@ -398,7 +399,9 @@ class RolloutSource(BatchSource):
         roll["scores"] = torch.cat([p["s"] for p in parts]).float()
         if self.obj.needs.reward_terms:  # [N, R] and [R], read by prepare (GDPO)
             roll["reward_terms"] = torch.cat([p["v"] for p in parts]).float()
-            roll["reward_weights"] = torch.tensor(self.reward.weights, dtype=torch.float32)
+            # An environment's score is one term of weight 1.
+            weights = self.reward.weights if self.env is None else [1.0]
+            roll["reward_weights"] = torch.tensor(weights, dtype=torch.float32)
         if parts[0]["b"] is not None:
             roll["baseline_scores"] = torch.cat([p["b"] for p in parts]).float()
         roll["finished"] = torch.cat([p["f"] for p in parts])

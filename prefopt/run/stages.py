@@ -197,12 +197,12 @@ def configs(cfg: DictConfig) -> _Configs:
     # needs: an objective may refine its class declaration from its config (no KL: no reference)
     needs = objective.needs
     rcfg = reward_config(cfg.get("reward"))
-    if needs.reward:
-        check(rcfg)
     envcfg = env_config(cfg.get("env"))
     if envcfg.name != "none" and not needs.rollouts:
         raise UserError(f"env={envcfg.name} runs multi-turn episodes as rollouts, and algo={cfg.algo.name} samples "
                         "none; accepted: env=none, or an online algo (grpo, rloo, ppo, online_dpo, …)")
+    if needs.reward and envcfg.name == "none":  # an environment's episodes carry their own reward
+        check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
                     rcfg=rcfg, data_name=data_name, seed=int(cfg.get("seed", 0)), run_config=hashed_config(cfg),
                     task=dcfg.testbed.task if data_name != "hf" else None, gguf_path=gguf_path, precision=prec.reason,
@@ -294,7 +294,9 @@ def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement, console=N
         return None
     reward = proxy_fn = value_model = None
     lines = []
-    if needs.reward:
+    if needs.reward and c.envcfg.name != "none":
+        lines.append(f"reward: the environment's episode rewards (env={c.envcfg.name}); reward= is not used")
+    elif needs.reward:
         reward = build_reward(c.rcfg, tokenizer=tok, device=place.device, gold_fn=d.gold_fn, task=c.task, placement=place)
         if c.rcfg.kind == "auto":
             lines.append(f"reward: auto → the testbed task's gold reward ({c.task})")
@@ -314,7 +316,7 @@ def _online_parts(c: _Configs, d: _Data, m: _Models, place: Placement, console=N
     lines.append(f"rollout engine: {engine.describe()}")
     env = build_env(c.envcfg)
     if env is not None:
-        lines.append(f"environment: {env.describe()}; the episode's reward replaces the reward source's")
+        lines.append(f"environment: {env.describe()}")
     source = RolloutSource(examples=d.examples, objective=c.objective, policy=m.policy, reward=reward,
                            sampler=engine, tokenizer=tok, max_new_tokens=max_new,
                            seed=c.seed, reference=m.reference, value_model=value_model, rank=place.rank,
