@@ -184,3 +184,15 @@ def test_smol_arith_splits_are_disjoint_problems():
     for a, b in ((7, 5), (3, 9), (2, 8)):  # a problem and its commuted form share a split
         for op in "+*":
             assert [s for s in sets if f"What is {a}{op}{b}?" in sets[s]] == [s for s in sets if f"What is {b}{op}{a}?" in sets[s]]
+
+
+def test_smol_arith19_has_room_to_measure_on_disjoint_splits():
+    task = get_task("smol_arith19")
+    sets = {s: set(task.prompts(s)) for s in ("train", "val", "test")}
+    assert sum(len(v) for v in sets.values()) == 255 + 300 + 155
+    assert len(sets["train"]) >= 100 and len(sets["val"]) >= 64 and len(sets["test"]) >= 64
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert set(get_task("smol_arith").prompts("test")) <= set().union(*sets.values())  # it grows smol_arith
+    for a, b in ((14, 5), (3, 19), (12, 17)):  # a problem and its commuted form share a split
+        assert [s for s in sets if f"What is {a}+{b}?" in sets[s]] == [s for s in sets if f"What is {b}+{a}?" in sets[s]]
+    assert task.gold_reward(["What is 14+7?", "What is 19-12?", "What is 17-3?"], ["14 + 7 = 21", "7", "15"]) == [1.0, 1.0, 0.0]

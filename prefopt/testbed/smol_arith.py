@@ -34,9 +34,9 @@ def problems() -> list[tuple[int, str, int]]:
     return out + [(a, "-", b) for a in range(10) for b in range(a + 1)]
 
 
-def _key(a: int, op: str, b: int) -> str:
+def _key(a: int, op: str, b: int, prefix: str = "smol") -> str:
     # Commuted forms share a split: evaluation measures unseen problems, not the other order.
-    return f"smol:{min(a, b)}{op}{max(a, b)}" if op in "+*" else f"smol:{a}{op}{b}"
+    return f"{prefix}:{min(a, b)}{op}{max(a, b)}" if op in "+*" else f"{prefix}:{a}{op}{b}"
 
 
 def answer_of(prompt: str) -> int:
@@ -65,10 +65,10 @@ class SmolArithTask:
     max_prompt_tokens = 64  # SmolLM2's chat template adds a system message of about 30 tokens
     max_completion_tokens = 32
 
-    def __init__(self):
-        self._sets = PromptSets()
-        for a, op, b in problems():
-            self._sets.add(_key(a, op, b), f"What is {a}{op}{b}?")
+    def __init__(self, problems_: list = None, key_prefix: str = "smol", test_percent: int = 10, val_percent: int = 10):
+        self._sets = PromptSets(test_percent, val_percent)
+        for a, op, b in problems() if problems_ is None else problems_:
+            self._sets.add(_key(a, op, b, key_prefix), f"What is {a}{op}{b}?")
 
     def vocabulary(self) -> list[str]:
         return []  # the checkpoint's own tokenizer

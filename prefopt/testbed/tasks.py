@@ -30,6 +30,7 @@ TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
 # Tasks for a real checkpoint (``real_checkpoint``): its own tokenizer, and π_ref = the checkpoint.
 _REAL_TASK_CLASSES = {
     "smol_arith": "prefopt.testbed.smol_arith:SmolArithTask",
+    "smol_arith19": "prefopt.testbed.smol_arith19:SmolArith19Task",
 }
 REAL_TASKS: tuple[str, ...] = tuple(_REAL_TASK_CLASSES)
 
@@ -90,13 +91,13 @@ def combined_vocabulary(names: Sequence[str] = TASKS) -> list[str]:
     return sorted({w for name in names for w in get_task(name).vocabulary()})
 
 
-def split_of(key: str) -> Split:
+def split_of(key: str, test_percent: int = TEST_PERCENT, val_percent: int = VAL_PERCENT) -> Split:
     """Stable train/val/test assignment of a prompt key (same on every machine and Python run,
     unlike ``hash``), so validation and test prompts are never trained on."""
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-    if h % 100 < TEST_PERCENT:
+    if h % 100 < test_percent:
         return "test"
-    return "val" if h % 100 < TEST_PERCENT + VAL_PERCENT else "train"
+    return "val" if h % 100 < test_percent + val_percent else "train"
 
 
 def check_split(split: str) -> Split:
@@ -106,13 +107,15 @@ def check_split(split: str) -> Split:
 
 
 class PromptSets:
-    """Disjoint train / val / test prompt lists: each prompt goes to the split of its key (split_of)."""
+    """Disjoint train / val / test prompt lists: each prompt goes to the split of its key (split_of); a task
+    with few problems holds out larger shares (``test_percent``, ``val_percent`` of the keys)."""
 
-    def __init__(self):
+    def __init__(self, test_percent: int = TEST_PERCENT, val_percent: int = VAL_PERCENT):
         self.by_split: dict[Split, list[str]] = {"train": [], "val": [], "test": []}
+        self.test_percent, self.val_percent = test_percent, val_percent
 
     def add(self, key: str, prompt: str) -> None:
-        self.by_split[split_of(key)].append(prompt)
+        self.by_split[split_of(key, self.test_percent, self.val_percent)].append(prompt)
 
     def prompts(self, split: Split) -> list[str]:
         return list(self.by_split[check_split(split)])
