@@ -54,7 +54,7 @@ def test_render_from_fixture_results(tmp_path):
     assert "β=0.1 lr=0.001" in lines["dpo"] and "**1.100 [0.852, 1.348]**" in lines["dpo"]
     assert lines["dpo"].startswith("| best |")
     # the pre-registration check: the fixture's results carry no finish time, so they are not counted as pre-registered
-    assert "Report seeds: block v4" in md and "not pre-registered" in md
+    assert f"Report seeds: block {load_suite('standard').seed_block}" in md and "not pre-registered" in md
     assert "π_SFT (reference)" in lines and "best-of-n" in md and "n=2" in md
     # the grid line shows validation numbers and marks the pick
     assert "dpo: β=0.1 lr=0.001: 1.000 (mean 1.000, KL 1.00)★" in md

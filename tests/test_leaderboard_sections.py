@@ -113,3 +113,34 @@ def test_the_shipped_suites_load():
         assert load_suite(name).name == name
     with pytest.raises(UserError, match="unknown suite 'nope'; available: ensemble, quick, smol, standard"):
         load_suite("nope")
+
+
+def test_transfer_shows_the_matched_budget_rows_and_the_main_boards(tmp_path):
+    """The smol tier's own arith rows (matched budgets) and the standard board's arith rows, each against the tier's
+    real-checkpoint task: two comparisons, each with its τ-b, permutation p and n."""
+    from test_leaderboard_stats import rec
+
+    from prefopt.leaderboard import store
+
+    std, smol = load_suite("standard"), load_suite("smol")
+    tr = std.transfer
+    assert tr.suite == "smol" and tr.task in smol.tasks and tr.toy in smol.tasks  # the matched rows exist by design
+    methods = ["dpo", "ipo", "orpo", "kto", "simpo"]
+    d = str(tmp_path / "results")
+    for seed in std.seeds:
+        for i, m in enumerate(methods):  # standard arith: dpo best … simpo worst
+            store.write_result(d, rec(m, seed, 0.6 - 0.05 * i + 0.001 * (seed % 10), 1.0, suite="standard", task=tr.toy,
+                                      point={"lr": 1e-3}, code="c", cpu="AVX512"))
+    for seed in smol.seeds:
+        for i, m in enumerate(methods):  # smol's arith agrees with its real task; the standard board's is reversed
+            for task, g in ((tr.toy, 0.3 + 0.05 * i), (tr.task, 0.2 + 0.04 * i)):
+                store.write_result(d, rec(m, seed, g + 0.001 * (seed % 10), 1.0, suite="smol", task=task,
+                                          point={"lr": 1e-3}, code="c", cpu="AVX512"))
+    render(str(tmp_path))
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    matched = md.split("(matched budgets: both from suite `smol`)")[1].split("\n## ")[0]
+    own = md.split(f"(`{tr.toy}` from suite `standard`, under its own budget)")[1].split("\n## ")[0]
+    assert "τ-b = +1.00 over 5 methods, permutation p = 0.017" in matched and "agree beyond chance" in matched
+    assert "τ-b = -1.00 over 5 methods, permutation p = 0.017" in own and "reversed beyond chance" in own
+    headlines = md.split("## Headlines")[1].split("\n## ")[0]
+    assert headlines.count("**Transfer**") == 2
