@@ -174,3 +174,28 @@ def test_calculator_episodes_run_with_the_fallback_prompt():
         assert ep.reward in (0.0, 1.0) and len(ep.ids) <= 12
     m = episode_metrics(eps)
     assert m["env_info/tool_call"].shape == (6,)
+
+
+@pytest.mark.slow
+def test_smollm2_chatml_episode_renders_as_the_template_does():
+    """SmolLM2's ChatML template has no tools= and no tool-call syntax: the fallback system prompt, and
+    the trajectory prompt ⧺ policy turn (ending with its EOS, <|im_end|>) ⧺ environment tokens reads
+    exactly as the template's rendering of the whole conversation (the newline after <|im_end|> included)."""
+    from test_smollm2 import SMOL
+
+    from prefopt.models import gguf
+    from prefopt.models.load import load_tokenizer
+    from prefopt.rollout.episodes import _prompt_ids, env_tokens
+
+    tok = load_tokenizer(gguf.checkpoint_dir(SMOL))
+    assert not template_supports_tools(tok) and tok.eos_token == "<|im_end|>"
+    env = Calculator(CalculatorConfig())
+    msgs = with_tools_prompt(env.reset({"row": 0, "prompt_text": "What is 47+38?"}), [tool_schema(calculate)])
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "47+38"}}</tool_call>'
+    policy = tok(call, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]  # as the policy samples it
+    turn = msgs + [{"role": "assistant", "content": call}]
+    r = env.step(turn)
+    ids = _prompt_ids(tok, msgs) + policy + env_tokens(tok, turn, r.messages, "calculator")
+    full = tok.apply_chat_template(turn + r.messages, add_generation_prompt=True, tokenize=False)
+    assert tok.decode(ids) == full
+    assert full.endswith("<|im_end|>\n<|im_start|>tool\n85<|im_end|>\n<|im_start|>assistant\n")
