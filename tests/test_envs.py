@@ -14,9 +14,10 @@ from prefopt.rollout.envs import ENVS, build_env, env_config
 from prefopt.run.resume import config_hash
 
 ONLINE = sorted(n for n, cls in OBJECTIVES.items() if cls.needs.rollouts)
-# One rollout of 4 arith prompts × 2 episodes; a 4-prompt evaluation of 4 tokens: seconds per run.
+# One rollout of 4 arith prompts × 2 episodes and no evaluation: seconds per run.
 ONE_STEP = ["trainer.progress=false", "eval.num_prompts=4", "eval.max_new_tokens=4", "data=arith", "env=arith_retry",
-            "trainer.max_steps=1", "algo.prompts_per_step=4", "algo.samples_per_prompt=2", "trainer.save_model=false"]
+            "trainer.max_steps=1", "algo.prompts_per_step=4", "algo.samples_per_prompt=2", "trainer.save_model=false",
+            "trainer.eval_at_end=false"]
 
 
 def _compose(*overrides):
