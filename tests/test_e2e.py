@@ -120,3 +120,31 @@ def test_eval_greedy_off_hashes_as_a_config_without_the_key():
     del bare["eval"]["greedy"]
     assert cfg.eval.greedy is False and config_hash(cfg) == config_hash(OmegaConf.create(bare))
     assert config_hash(compose(["data=arith", "eval.greedy=true"])) != config_hash(cfg)
+
+
+def test_reference_evaluation_is_computed_once_per_seed_and_split(run_cfg, tmp_path, monkeypatch):
+    """π_ref's held-out samples are cached per (reference, prompts, sampling, seed): a second method of the same
+    seed reads them (same numbers, no new entry); another seed adds entries; a damaged entry is computed again."""
+    import glob
+
+    from prefopt.rollout import evaluate
+
+    root = str(tmp_path / "eval_reference")
+    monkeypatch.setattr(evaluate, "ref_cache_dir", lambda: root)
+    before = set()
+    common = ("data=arith", "trainer.max_steps=1", "eval.num_prompts=8", "eval.samples_per_prompt=2", "eval.greedy=true",
+              "seed=7")
+    a, _ = run_cfg(*common, "algo=dpo", out=tmp_path / "a")
+    made = set(glob.glob(os.path.join(root, "*.json"))) - before
+    assert len(made) == 1  # this run evaluates on test only (periodic evaluations off): one split, one entry
+    b, _ = run_cfg(*common, "algo=ipo", out=tmp_path / "b")
+    assert set(glob.glob(os.path.join(root, "*.json"))) - before == made
+    for k in ("gold_reward_ref", "gold_reward_greedy_ref", "mean_length_ref"):
+        assert a["eval"][k] == b["eval"][k]
+    (path,) = made
+    with open(path, "w") as f:
+        f.write('{"comps": [[1, 2')
+    c, _ = run_cfg(*common, "algo=dpo", out=tmp_path / "c")
+    assert c["eval"]["gold_reward_ref"] == a["eval"]["gold_reward_ref"] and json.load(open(path))["comps"]
+    run_cfg(*common[:-1], "seed=8", "algo=dpo", out=tmp_path / "d")
+    assert len(set(glob.glob(os.path.join(root, "*.json"))) - before) == 2

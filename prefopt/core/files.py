@@ -26,6 +26,12 @@ from prefopt.core.records import finite_or_none
 TMP_PREFIX = ".tmp-"
 
 
+def cache_root() -> str:
+    """Where built artifacts are cached (testbed policies and pairs, dequantized GGUF files, reference log-probs,
+    π_ref's evaluation samples): ``$PREFOPT_CACHE``, default ~/.cache/prefopt."""
+    return os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt"))
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename inside directory ``path`` durable (a no-op where directories cannot be opened)."""
     try:

@@ -117,8 +117,7 @@ def check(path: str) -> str:
     return arch
 
 
-def cache_root() -> str:
-    return os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt"))
+cache_root = files.cache_root
 
 
 def cache_dir(digest: str) -> str:

@@ -45,7 +45,7 @@ VERSION = 1
 
 
 def cache_dir() -> str:
-    return os.path.join(os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt")), "reference_logps")
+    return os.path.join(files.cache_root(), "reference_logps")
 
 
 def sequence_fields(example: dict) -> list:

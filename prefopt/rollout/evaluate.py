@@ -9,6 +9,11 @@ repetition.
 - repetition rate: the fraction of a completion's words that already appeared earlier in it;
 - proxy reward (when a reward model drives training): its mean score of π's and of π_ref's completions.
 
+π_ref's numbers are computed once per evaluator, and with ``ref_key`` (what fixes π_ref's samples beyond the
+prompts, the sampling config and the seed: its weights' fingerprint and dtype, the task, the CPU kind, the
+versions) once per key on the machine: cached under ``$PREFOPT_CACHE/eval_reference`` (JSON, written
+atomically under a file lock), so every method of a seed is compared with the same π_ref draws, computed once.
+
 A reward model (scalar head) is evaluated by :class:`PairwiseEvaluator` instead: accuracy on
 held-out preference pairs.
 """
@@ -16,11 +21,15 @@ held-out preference pairs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import random
 from typing import Callable, Optional
 
 import torch
 
+from prefopt.core import files
 from prefopt.core.errors import UserError
 from prefopt.data.formats import prepare_rows
 from prefopt.data.load import load_rows
@@ -36,6 +45,10 @@ def chat_prompt_ids(tokenizer, text: str) -> list:
     if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def ref_cache_dir() -> str:
+    return os.path.join(files.cache_root(), "eval_reference")
 
 
 def repetition_rate(words: list) -> float:
@@ -71,7 +84,7 @@ class Evaluator:
 
     def __init__(self, *, tokenizer, reference, prompts_text: list, prompts_ids: list, sampler, cfg: SamplingConfig,
                  gold_fn: Optional[Callable] = None, proxy_fn: Optional[Callable] = None, seed: int = 0,
-                 greedy: bool = False):
+                 greedy: bool = False, ref_key: Optional[str] = None):
         self.tok = tokenizer
         self.reference = reference
         self.prompts_text = prompts_text
@@ -82,6 +95,8 @@ class Evaluator:
         self.proxy_fn = proxy_fn
         self.seed = seed
         self.greedy = greedy and gold_fn is not None
+        # A proxy reward model's scores are not part of the key: with one, π_ref is scored per run.
+        self.ref_key = ref_key if proxy_fn is None else None
         self._ref = None
 
     def _sample(self, model):
@@ -96,17 +111,42 @@ class Evaluator:
         gold = self.gold_fn(self.prompts_text, [self.tok.decode(c, skip_special_tokens=True) for c in comps])
         return sum(gold) / len(gold)
 
+    def _compute_ref(self) -> dict:
+        with self.reference.active() as ref_model:
+            comps, texts, prompts = self._sample(ref_model)
+            greedy = self._greedy_gold(ref_model) if self.greedy else None
+        gold = self.gold_fn(prompts, texts) if self.gold_fn else None
+        proxy = self.proxy_fn(prompts, texts) if self.proxy_fn else None
+        return dict(comps=comps, texts=texts, gold=gold, proxy=proxy, greedy=greedy)
+
     def _ref_stats(self):
         if self._ref is None:
-            with self.reference.active() as ref_model:
-                comps, texts, prompts = self._sample(ref_model)
-            gold = self.gold_fn(prompts, texts) if self.gold_fn else None
-            proxy = self.proxy_fn(prompts, texts) if self.proxy_fn else None
-            self._ref = dict(comps=comps, texts=texts, gold=gold, proxy=proxy)
-            if self.greedy:
-                with self.reference.active() as ref_model:
-                    self._ref["greedy"] = self._greedy_gold(ref_model)
+            self._ref = self._compute_ref() if self.ref_key is None else self._cached_ref()
         return self._ref
+
+    def _cached_ref(self) -> dict:
+        from filelock import FileLock
+
+        with self.reference.active() as ref_model:
+            dtype = str(next(ref_model.parameters()).dtype)
+        key = {"v": 1, "ref": self.ref_key, "dtype": dtype, "prompts": self.prompts_ids,
+               "cfg": dataclasses.asdict(self.cfg), "seed": self.seed, "greedy": self.greedy}
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        d = ref_cache_dir()
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, name + ".json")
+        with FileLock(path + ".lock"):
+            if os.path.exists(path):
+                try:
+                    with open(path) as f:
+                        got = json.load(f)
+                    if len(got["comps"]) == len(self.prompts_ids) * self.cfg.samples_per_prompt:
+                        return got
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass  # damaged: computed again and rewritten
+            ref = self._compute_ref()
+            files.write_json(path, ref)
+        return ref
 
     def __call__(self, policy) -> dict:
         ref = self._ref_stats()

@@ -11,6 +11,7 @@ the objective's declarations (``needs``) and never its name.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -355,10 +356,13 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
                           samples_per_prompt=ecfg.samples_per_prompt, prompts_per_batch=ecfg.prompts_per_batch)
     # Two evaluators: the final one on eval.split (the summary's eval block), and the periodic one on
     # eval.periodic_split (the training curve, and selection by the leaderboard), which never reads test prompts.
+    # What fixes π_ref's held-out samples beyond prompts, sampling config and seed: computed once per machine.
+    ref_key = json.dumps([reference_cache.model_fingerprint(c.mcfg, d.base_path, c.seed), d.source_name,
+                          torch.backends.cpu.get_cpu_capability(), torch.__version__, transformers.__version__])
     evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
                                 prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
                                 seed=c.seed + EVAL_SEED_OFFSET, proxy_fn=online.proxy_fn if online else None,
-                                greedy=ecfg.greedy)
+                                greedy=ecfg.greedy, ref_key=ref_key)
                   for sp in {ecfg.split, ecfg.periodic_split} | ({"test"} if ecfg.periodic_test else set())}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
     if ecfg.periodic_test and ecfg.periodic_split != "test":

@@ -80,8 +80,7 @@ class TestbedDataConfig(DataConfig):
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
 
 
-def cache_root() -> str:
-    return os.path.expanduser(os.environ.get("PREFOPT_CACHE", "~/.cache/prefopt"))
+cache_root = files.cache_root
 
 
 def _hash(obj) -> str:
