@@ -112,3 +112,18 @@ def test_a_pick_on_the_edge_of_its_learning_rate_grid_is_marked():
     assert _edge(row, {"lr": 3e-4, "beta": 0.5}) == ""
     # two learning rates: every pick is on an edge, so none is marked
     assert _edge(SimpleNamespace(grid=row.grid[:4]), {"lr": 3e-4}) == ""
+
+
+def test_cost_counts_the_stretches_a_suite_ran_in():
+    """A suite resumed across sessions: elapsed time is the time its runs ran (the union of their spans), and
+    the pauses between sessions are counted as stretches, not as time."""
+    from prefopt.leaderboard.tables import tier_cost
+
+    at = lambda h, m: f"2026-12-0{1 + h // 24}T{h % 24:02d}:{m:02d}:00+00:00"  # noqa: E731
+    # two parallel runs of 10 min ending 10:10, one of 10 min ending 10:25 (gap 5 min), then a next session at 20:00
+    recs = [{"wall_time_s": 600, "finished_at": at(10, 10)}, {"wall_time_s": 600, "finished_at": at(10, 10)},
+            {"wall_time_s": 600, "finished_at": at(10, 25)}, {"wall_time_s": 1200, "finished_at": at(20, 20)}]
+    line = tier_cost(recs)
+    assert line.startswith("4 runs, 50 min of job time, 45 min elapsed in 2 stretches") and "sessions" in line
+    assert tier_cost(recs[:3]) == "3 runs, 30 min of job time, 25 min elapsed"
+    assert tier_cost([{"wall_time_s": 60, "finished_at": None}]) == "1 runs, 1 min of job time"

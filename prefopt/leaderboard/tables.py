@@ -324,10 +324,16 @@ def point_key(point: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in point.items() if k != "chosen"))
 
 
+# Runs of one suite closer than this in time belong to one stretch of running; a longer pause is where one
+# session ended and a later one resumed the suite.
+STRETCH_GAP_S = 30 * 60
+
+
 def tier_cost(records) -> str:
-    """What a suite's results (tuning and report) cost: the sum of their job times, and the elapsed time
-    from the first job's start to the last one's end (jobs run in parallel, and other suites may have
-    shared the machine: the note says which)."""
+    """What a suite's results (tuning and report) cost: the sum of their job times, and the elapsed time while
+    they ran: the union of their [start, end] spans, in stretches separated by pauses over STRETCH_GAP_S (a suite
+    resumed across sessions: one stretch per session). Jobs run in parallel, and other suites may have shared
+    the machine: the note says which."""
     wall = sum(float(r.get("wall_time_s") or 0.0) for r in records)
     spans = []
     for r in records:
@@ -338,7 +344,17 @@ def tier_cost(records) -> str:
         spans.append((end - datetime.timedelta(seconds=float(r.get("wall_time_s") or 0.0)), end))
     out = f"{len(records)} runs, {wall / 60:.0f} min of job time"
     if spans:
-        out += f", {(max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() / 60:.0f} min elapsed"
+        stretches = []
+        for start, end in sorted(spans):
+            if stretches and (start - stretches[-1][1]).total_seconds() <= STRETCH_GAP_S:
+                stretches[-1][1] = max(stretches[-1][1], end)
+            else:
+                stretches.append([start, end])
+        elapsed = sum((e - s).total_seconds() for s, e in stretches) / 60
+        out += f", {elapsed:.0f} min elapsed"
+        if len(stretches) > 1:
+            out += (f" in {len(stretches)} stretches (pauses over {STRETCH_GAP_S // 60} min between them: the "
+                    "sessions it was resumed in)")
     return out
 
 
