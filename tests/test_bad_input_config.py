@@ -48,6 +48,10 @@ def test_unknown_key_lists_the_valid_keys_of_its_section():
             precheck_argv(argv)
         for n in needles:
             assert n in str(e.value), str(e.value)
+    # a group's own keys are checked against the chosen option, for every group of conf/train.yaml (env too)
+    precheck_argv(["algo=grpo", "data=arith", "env=arith_retry", "env.max_turns=2", "env.max_episode_tokens=24"])
+    with pytest.raises(UserError, match="env.max_turnz"):
+        precheck_argv(["env=arith_retry", "env.max_turnz=2"])
 
 
 # ---- values: every section before any model loads ------------------------------------------------

@@ -25,8 +25,6 @@ from typing import Optional
 
 from prefopt.core.errors import Interrupted, UserError
 
-GROUPS = ("model", "data", "judge")
-
 
 @dataclass
 class LabelConfig:
@@ -48,7 +46,7 @@ def compose_label(argv: list):
     from hydra import compose
     from hydra.errors import HydraException
 
-    from prefopt.run.config import check_keys_exist, conf_module, group_choices, parse_overrides
+    from prefopt.run.config import check_keys_exist, conf_module, defaults_groups, group_choices, parse_overrides
 
     for a in argv:
         if a.startswith("-"):
@@ -58,7 +56,8 @@ def compose_label(argv: list):
         if o.is_sweep_override():
             raise UserError(f"'{a}': prefopt-label writes one file per run; accepted: a single value")
     # an unknown group option or a key that is not in the config: name what is accepted
-    check_keys_exist(overrides, group_choices(overrides, GROUPS), config_name="label", groups=GROUPS)
+    groups = defaults_groups("label")  # conf/label.yaml's config groups: model, data, judge
+    check_keys_exist(overrides, group_choices(overrides, groups), config_name="label", groups=groups)
     try:
         with conf_module():
             return compose("label", overrides=list(argv))

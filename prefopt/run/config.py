@@ -24,7 +24,18 @@ from omegaconf import DictConfig
 from prefopt.core.config import unknown_key_message
 from prefopt.core.errors import UserError
 
-GROUPS = ("algo", "model", "data", "trainer", "reward")  # conf/train.yaml's config groups
+
+
+def defaults_groups(config_name: str = "train") -> tuple:
+    """The config groups a conf/ file's defaults list chooses from (train.yaml: algo, model, data, trainer,
+    reward, env), read from the file, so that a group added there is a group here too."""
+    import yaml
+
+    text = (files("prefopt.conf") / f"{config_name}.yaml").read_text()
+    return tuple(k for item in (yaml.safe_load(text) or {}).get("defaults", []) if isinstance(item, dict) for k in item)
+
+
+GROUPS = defaults_groups("train")  # conf/train.yaml's config groups
 
 
 def conf_options(group: str) -> list:
