@@ -58,14 +58,20 @@ def repetition_rate(words: list) -> float:
 
 
 @torch.no_grad()
-def sequence_kl(policy, reference, prompts_ids, completions, pad_id, temperature=1.0, batch_size=64):
-    """Σ_t exact KL per completion, [n]."""
+def sequence_kl(policy, reference, prompts_ids, completions, pad_id, temperature=1.0, batch_size=64,
+                policy_masks: Optional[list] = None):
+    """Σ_t exact KL per completion, [n]; with ``policy_masks`` (an episode's True on the policy's own tokens),
+    over those tokens only: the environment's tokens are context."""
+    from prefopt.rollout.episodes import mask_policy_tokens
+
     device = next(policy.parameters()).device
     out = []
     for i in range(0, len(prompts_ids), batch_size):
         P, C = prompts_ids[i : i + batch_size], completions[i : i + batch_size]
         b = pad_batch(P, C, pad_id)
         ids, am, lm = b["input_ids"], b["attention_mask"], b["loss_mask"]
+        if policy_masks is not None:
+            lm = mask_policy_tokens(lm, policy_masks[i : i + batch_size])
 
         def ref_hidden(kw):
             with reference.active() as ref_model:
@@ -80,11 +86,16 @@ class Evaluator:
     """Callable(policy) -> dict of evaluation numbers (the summary's ``eval`` block).
 
     ``gold_fn(prompts_text, completions_text) -> list[float]`` is None on a user's own data, where
-    the gold fields are null. The reference's completions and rewards are computed once."""
+    the gold fields are null. The reference's completions and rewards are computed once.
+
+    With ``episodes`` (an :class:`~prefopt.rollout.episode_eval.EpisodeDraws`: the run has an environment) π
+    and π_ref are drawn as episodes instead: the gold fields are the episodes' rewards, KL and lengths count
+    the policy's own tokens, and the block adds the episodes' means (``env_turns``, ``env_info/KEY``, and
+    π_ref's as ``KEY_ref``); without, those fields are absent."""
 
     def __init__(self, *, tokenizer, reference, prompts_text: list, prompts_ids: list, sampler, cfg: SamplingConfig,
                  gold_fn: Optional[Callable] = None, proxy_fn: Optional[Callable] = None, seed: int = 0,
-                 greedy: bool = False, ref_key: Optional[str] = None):
+                 greedy: bool = False, ref_key: Optional[str] = None, episodes=None):
         self.tok = tokenizer
         self.reference = reference
         self.prompts_text = prompts_text
@@ -94,30 +105,37 @@ class Evaluator:
         self.gold_fn = gold_fn
         self.proxy_fn = proxy_fn
         self.seed = seed
-        self.greedy = greedy and gold_fn is not None
+        self.episodes = episodes
+        self.greedy = greedy and (gold_fn is not None or episodes is not None)
         # A proxy reward model's scores are not part of the key: with one, π_ref is scored per run.
         self.ref_key = ref_key if proxy_fn is None else None
         self._ref = None
 
-    def _sample(self, model):
-        comps = self.sampler.generate(model, self.prompts_ids, self.cfg, seed=self.seed)
+    def _draw(self, model, cfg: SamplingConfig) -> dict:
+        """The model's held-out samples under ``cfg``: per sample its prompt (text and ids), completion ids,
+        policy-token mask (None: all of them), text, gold reward (None without a gold), policy-token length;
+        and ``fields``, the episodes' means (empty without an environment)."""
+        if self.episodes is not None:
+            return self.episodes.draw(model, cfg)
+        comps = self.sampler.generate(model, self.prompts_ids, cfg, seed=self.seed)
         texts = [self.tok.decode(c, skip_special_tokens=True) for c in comps]
-        prompts = [p for p in self.prompts_text for _ in range(self.cfg.samples_per_prompt)]
-        return comps, texts, prompts
+        K = cfg.samples_per_prompt
+        prompts = [p for p in self.prompts_text for _ in range(K)]
+        return dict(prompts=prompts, prompt_ids=[p for p in self.prompts_ids for _ in range(K)], comps=comps,
+                    masks=None, texts=texts, gold=self.gold_fn(prompts, texts) if self.gold_fn else None,
+                    lengths=[len(c) for c in comps], fields={})
 
     def _greedy_gold(self, model) -> float:
-        cfg = dataclasses.replace(self.cfg, top_k=1, samples_per_prompt=1)
-        comps = self.sampler.generate(model, self.prompts_ids, cfg, seed=self.seed)
-        gold = self.gold_fn(self.prompts_text, [self.tok.decode(c, skip_special_tokens=True) for c in comps])
+        gold = self._draw(model, dataclasses.replace(self.cfg, top_k=1, samples_per_prompt=1))["gold"]
         return sum(gold) / len(gold)
 
     def _compute_ref(self) -> dict:
         with self.reference.active() as ref_model:
-            comps, texts, prompts = self._sample(ref_model)
+            d = self._draw(ref_model, self.cfg)
             greedy = self._greedy_gold(ref_model) if self.greedy else None
-        gold = self.gold_fn(prompts, texts) if self.gold_fn else None
-        proxy = self.proxy_fn(prompts, texts) if self.proxy_fn else None
-        return dict(comps=comps, texts=texts, gold=gold, proxy=proxy, greedy=greedy)
+        proxy = self.proxy_fn(d["prompts"], d["texts"]) if self.proxy_fn else None
+        return dict(comps=d["comps"], texts=d["texts"], gold=d["gold"], proxy=proxy, greedy=greedy,
+                    lengths=d["lengths"], fields=d["fields"])
 
     def _ref_stats(self):
         if self._ref is None:
@@ -131,6 +149,8 @@ class Evaluator:
             dtype = str(next(ref_model.parameters()).dtype)
         key = {"v": 1, "ref": self.ref_key, "dtype": dtype, "prompts": self.prompts_ids,
                "cfg": dataclasses.asdict(self.cfg), "seed": self.seed, "greedy": self.greedy}
+        if self.episodes is not None:  # an env run's π_ref draws are episodes, never a single-turn run's samples
+            key["env"] = self.episodes.key()
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         d = ref_cache_dir()
         os.makedirs(d, exist_ok=True)
@@ -150,24 +170,26 @@ class Evaluator:
 
     def __call__(self, policy) -> dict:
         ref = self._ref_stats()
-        comps, texts, prompts = self._sample(policy)
-        prompt_ids = [p for p in self.prompts_ids for _ in range(self.cfg.samples_per_prompt)]
-        kl = sequence_kl(policy, self.reference, prompt_ids, comps, self.tok.pad_token_id, self.cfg.temperature)
+        d = self._draw(policy, self.cfg)
+        comps, texts, prompts = d["comps"], d["texts"], d["prompts"]
+        kl = sequence_kl(policy, self.reference, d["prompt_ids"], comps, self.tok.pad_token_id, self.cfg.temperature,
+                         policy_masks=d["masks"])
+        # Entries cached before π_ref's lengths were stored: its completions are all its own tokens.
+        ref_lengths = ref.get("lengths") or [len(c) for c in ref["comps"]]
         res = {
             "gold_reward": None,
             "gold_reward_ref": None,
             "win_rate_vs_ref": None,
             "kl_to_ref": sum(kl) / len(kl),
             "proxy_reward": None,
-            "mean_length": sum(len(c) for c in comps) / len(comps),
-            "mean_length_ref": sum(len(c) for c in ref["comps"]) / len(ref["comps"]),
+            "mean_length": sum(d["lengths"]) / len(comps),
+            "mean_length_ref": sum(ref_lengths) / len(ref["comps"]),
             "repetition_rate": sum(repetition_rate(t.split()) for t in texts) / len(texts),
             "gold_reward_greedy": None,
             "gold_reward_greedy_ref": None,
         }
-        if self.gold_fn is not None:
-            gold = self.gold_fn(prompts, texts)
-            g_ref = ref["gold"]
+        if d["gold"] is not None:
+            gold, g_ref = d["gold"], ref["gold"]
             res["gold_reward"] = sum(gold) / len(gold)
             res["gold_reward_ref"] = sum(g_ref) / len(g_ref)
             wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold, g_ref))
@@ -180,6 +202,8 @@ class Evaluator:
             res["proxy_reward"] = sum(proxy) / len(proxy)
             # π_ref's on the same prompts: the calibration point of the proxy's scale
             res["proxy_reward_ref"] = sum(ref["proxy"]) / len(ref["proxy"])
+        res.update(d["fields"])
+        res.update({f"{k}_ref": v for k, v in (ref.get("fields") or {}).items()})
         return res
 
 

@@ -45,6 +45,7 @@ from prefopt.rollout.engine import RolloutConfig
 from prefopt.rollout.engines import build_engine
 from prefopt.rollout.engines import check as check_engine
 from prefopt.rollout.envs import EnvConfig, build_env, env_config
+from prefopt.rollout.episode_eval import EpisodeDraws
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
 from prefopt.run.prepare import EVAL_SEED_OFFSET, data_schema, prepare_data, quiet_libraries
@@ -359,10 +360,15 @@ def _trainer(c: _Configs, d: _Data, m: _Models, online: Optional[_Online], sourc
     # What fixes π_ref's held-out samples beyond prompts, sampling config and seed: computed once per machine.
     ref_key = json.dumps([reference_cache.model_fingerprint(c.mcfg, d.base_path, c.seed), d.source_name,
                           torch.backends.cpu.get_cpu_capability(), torch.__version__, transformers.__version__])
+    # An env run is evaluated as it trains: held-out episodes, for π and π_ref (prefopt.rollout.episode_eval).
+    env = build_env(c.envcfg)
     evaluators = {sp: Evaluator(tokenizer=tok, reference=m.eval_reference, prompts_text=d.eval_sets[sp][0],
                                 prompts_ids=d.eval_sets[sp][1], sampler=sampler, cfg=scfg, gold_fn=d.gold_fn,
                                 seed=c.seed + EVAL_SEED_OFFSET, proxy_fn=online.proxy_fn if online else None,
-                                greedy=ecfg.greedy, ref_key=ref_key)
+                                greedy=ecfg.greedy, ref_key=ref_key,
+                                episodes=None if env is None else EpisodeDraws(
+                                    env, tokenizer=tok, sampler=sampler, prompts_text=d.eval_sets[sp][0],
+                                    prompts_ids=d.eval_sets[sp][1], seed=c.seed + EVAL_SEED_OFFSET))
                   for sp in {ecfg.split, ecfg.periodic_split} | ({"test"} if ecfg.periodic_test else set())}
     evaluator, periodic_evaluator = evaluators[ecfg.split], evaluators[ecfg.periodic_split]
     if ecfg.periodic_test and ecfg.periodic_split != "test":
