@@ -146,3 +146,21 @@ def test_env_run_summary_reports_the_episode_solve_rate(tmp_path):
     train(compose(common), str(tmp_path / "single"))
     ev = json.loads((tmp_path / "single" / "summary.json").read_text())["eval"]
     assert ev["gold_reward"] is not None and not any(k.startswith("env_") for k in ev)
+
+
+def test_summary_table_shows_the_episode_rows_for_env_runs_only():
+    from rich.console import Console
+
+    from prefopt.run.summary import print_summary
+
+    s = {"algo": "grpo", "task": "arith", "seed": 0, "steps": 1, "wall_time_s": 1.0, "tokens_per_s": 1.0, "peak_mem_mb": 1.0,
+         "eval": {"gold_reward": 0.5, "gold_reward_ref": 0.25, "env_turns": 1.5, "env_turns_ref": 1.75,
+                  "env_info/tool_call": 0.125, "env_info/tool_call_ref": 0.0}}
+    console = Console(record=True, width=100)
+    print_summary(s, console)
+    text = console.export_text()
+    assert "turns per episode" in text and "1.500" in text and "1.750" in text
+    assert "tool_call per episode" in text and "0.125" in text
+    console = Console(record=True, width=100)
+    print_summary({**s, "eval": {"gold_reward": 0.5}}, console)
+    assert "per episode" not in console.export_text()

@@ -50,6 +50,12 @@ def print_summary(s: dict, console):
     t.add_row("KL(π‖π_ref)", f(ev.get("kl_to_ref")), "0.000")
     t.add_row("mean length (tokens)", f(ev.get("mean_length")), f(ev.get("mean_length_ref")))
     t.add_row("repetition rate", f(ev.get("repetition_rate")), "")
+    # An env run's episodes (absent for single-turn runs): turns, and the environment's info keys per episode.
+    env_keys = ["env_turns"] if "env_turns" in ev else []
+    env_keys += sorted(k for k in ev if k.startswith("env_info/") and not k.endswith("_ref"))
+    for k in env_keys:
+        label = "turns per episode" if k == "env_turns" else f"{k.removeprefix('env_info/')} per episode"
+        t.add_row(label, f(ev.get(k)), f(ev.get(f"{k}_ref")))
     if ev.get("pairwise_accuracy") is not None:  # a reward model
         t.add_row("held-out pairwise accuracy", f(ev.get("pairwise_accuracy")), "")
         t.add_row("… against the gold ordering", f(ev.get("pairwise_accuracy_gold")), "")
