@@ -9,9 +9,13 @@ repetition.
 - repetition rate: the fraction of a completion's words that already appeared earlier in it;
 - proxy reward (when a reward model drives training): its mean score of π's and of π_ref's completions.
 
+With an environment (``env=NAME``) every draw, π's and π_ref's, is a set of episodes run by the training's episode
+runner (:mod:`prefopt.rollout.episode_eval`): the gold reward is the episode reward, the KL and lengths count the
+policy's own tokens, and the block adds the episodes' means (``env_turns``, ``env_info/KEY``).
+
 π_ref's numbers are computed once per evaluator, and with ``ref_key`` (what fixes π_ref's samples beyond the
 prompts, the sampling config and the seed: its weights' fingerprint and dtype, the task, the CPU kind, the
-versions) once per key on the machine: cached under ``$PREFOPT_CACHE/eval_reference`` (JSON, written
+versions; an env run's environment config) once per key on the machine: cached under ``$PREFOPT_CACHE/eval_reference`` (JSON, written
 atomically under a file lock), so every method of a seed is compared with the same π_ref draws, computed once.
 
 A reward model (scalar head) is evaluated by :class:`PairwiseEvaluator` instead: accuracy on
