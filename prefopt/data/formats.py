@@ -305,9 +305,10 @@ def _check_messages(messages: list, field: str, loc: str) -> None:
             raise UserError(f"{loc}: message {j} content is {type(m['content']).__name__} "
                             f"{_short(m['content'])}; accepted: a string")
     if field == "prompt":
-        if messages[-1]["role"] != "user":
+        # The assistant answers a user's message or, in a tool-using conversation, a tool's result.
+        if messages[-1]["role"] not in ("user", "tool"):
             raise UserError(f"{loc}: prompt ends with a '{messages[-1]['role']}' message; accepted: "
-                            "a list of messages ending with a user message")
+                            "a list of messages ending with a user message (or a tool result)")
     elif field == "messages":
         _split_messages(messages, loc)
         if not messages[-1]["content"].strip():

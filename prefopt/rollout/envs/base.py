@@ -16,8 +16,9 @@ An episode, run for all live episodes together by :mod:`prefopt.rollout.episodes
 
 A kind subclasses :class:`Environment` and declares ``Config`` (a dataclass deriving from
 :class:`EnvConfig`), ``reset(row)`` and ``step(messages)``; it may override the hooks, whose defaults do
-nothing: ``check(cfg)`` (one-line UserErrors before anything loads), ``describe()`` and ``tools()``
-(functions the policy may call; the episode runner describes them to it, :mod:`~prefopt.rollout.envs.tools`). ``row`` is a
+nothing: ``check(cfg)`` (one-line UserErrors before anything loads), ``describe()``, ``tools()``
+(functions the policy may call; the episode runner describes them to it, :mod:`~prefopt.rollout.envs.tools`)
+and ``demonstration(row)`` (a right episode, for a supervised warm start: :mod:`~prefopt.rollout.envs.demonstrations`). ``row`` is a
 tokenized data row (``prompt_text``, ``prompt``, ``prompt_ids`` …); an environment reads what it
 needs from it. Nothing outside this registry maps environment names to code.
 """
@@ -69,6 +70,12 @@ class Environment:
     def tools(self) -> list:
         """Tool functions offered to the policy (:mod:`prefopt.rollout.envs.tools`): typed, with docstrings."""
         return []
+
+    def demonstration(self, row: dict) -> Optional[list]:
+        """A right episode for ``row``, as the messages after ``reset(row)``'s (assistant turns and the
+        environment's replies), for a supervised warm start (``algo=sft`` with this env); None: no
+        demonstration (the default; SFT with this env is then refused)."""
+        return None
 
     def reset(self, row: dict) -> list:
         """The episode's opening messages for data row ``row``."""

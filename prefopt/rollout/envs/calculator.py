@@ -9,11 +9,13 @@ The first turn without a tool call is the final answer:
 
 The tool parses arithmetic itself (:mod:`prefopt.rollout.envs.arithmetic`); no model output is passed to
 eval/exec. ``info['tool_call']`` marks the turns that called it (logged as ``rollout/env_info/tool_call``,
-tool calls per episode).
+tool calls per episode). ``demonstration(row)``: the right episode (call, result, answer), for the supervised
+warm start a model that never calls the tool needs (``algo=sft env=calculator``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,16 +41,21 @@ def calculate(expression: str) -> str:
         return f"error: {e}"
 
 
-def question_value(text: str) -> Fraction:
-    """The exact value of the longest arithmetic expression in ``text`` (ValueError when none)."""
+def question_expression(text: str) -> tuple:
+    """(the longest arithmetic expression in ``text``, its exact value); ValueError when there is none."""
     found = sorted((m.group(0).strip() for m in _EXPRESSION.finditer(text)), key=len, reverse=True)
     for expr in found:
         if any(op in expr for op in "+-*/"):
             try:
-                return evaluate(expr.rstrip("?"))
+                return expr.rstrip("?"), evaluate(expr.rstrip("?"))
             except ArithmeticSyntaxError:
                 continue
     raise ValueError(f"no arithmetic expression in {text!r}")
+
+
+def question_value(text: str) -> Fraction:
+    """The exact value of the longest arithmetic expression in ``text`` (ValueError when none)."""
+    return question_expression(text)[1]
 
 
 @dataclass
@@ -82,6 +89,15 @@ class Calculator(Environment):
             raise UserError(f"env=calculator needs questions holding an arithmetic expression (data=smol_arith); "
                             f"data row {row.get('row')} has prompt {question!r}") from None
         return [{"role": "user", "content": question}]
+
+    def demonstration(self, row: dict) -> list:
+        """The right episode: call the tool on the question's expression, read its result, answer with it."""
+        expr, _ = question_expression(str(row.get("prompt_text", "")))
+        result = calculate(expr)
+        call = json.dumps({"name": "calculate", "arguments": {"expression": expr}})
+        return [{"role": "assistant", "content": f"<tool_call>{call}</tool_call>"},
+                {"role": self.cfg.result_role, "content": result},
+                {"role": "assistant", "content": f"{expr} = {result}"}]
 
     def step(self, messages: list) -> StepResult:
         text = messages[-1]["content"]
