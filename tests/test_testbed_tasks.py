@@ -196,3 +196,13 @@ def test_smol_arith19_has_room_to_measure_on_disjoint_splits():
     for a, b in ((14, 5), (3, 19), (12, 17)):  # a problem and its commuted form share a split
         assert [s for s in sets if f"What is {a}+{b}?" in sets[s]] == [s for s in sets if f"What is {b}+{a}?" in sets[s]]
     assert task.gold_reward(["What is 14+7?", "What is 19-12?", "What is 17-3?"], ["14 + 7 = 21", "7", "15"]) == [1.0, 1.0, 0.0]
+
+
+def test_smol_arith2d_is_two_digit_sums_and_differences_on_disjoint_splits():
+    task = get_task("smol_arith2d")
+    sets = {s: set(task.prompts(s)) for s in ("train", "val", "test")}
+    assert sum(len(v) for v in sets.values()) == 8100 + 4095
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert min(len(v) for v in sets.values()) >= 1000
+    assert [s for s in sets if "What is 47+38?" in sets[s]] == [s for s in sets if "What is 38+47?" in sets[s]]
+    assert task.gold_reward(["What is 47+38?", "What is 91-19?"], ["47 + 38 = 85", "It is 73."]) == [1.0, 0.0]

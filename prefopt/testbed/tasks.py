@@ -31,6 +31,7 @@ TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
 _REAL_TASK_CLASSES = {
     "smol_arith": "prefopt.testbed.smol_arith:SmolArithTask",
     "smol_arith19": "prefopt.testbed.smol_arith19:SmolArith19Task",
+    "smol_arith2d": "prefopt.testbed.smol_arith2d:SmolArith2dTask",
 }
 REAL_TASKS: tuple[str, ...] = tuple(_REAL_TASK_CLASSES)
 
