@@ -45,7 +45,7 @@ def test_smollm2_demonstration_rows_tokenize_as_the_episode_runner_renders():
     env = Calculator(CalculatorConfig())
     rows = demonstration_rows(env, [{"row": 0, "prompt_text": "What is 47+38?"}], tok)
     assert len(rows) == 2 and rows[0]["prompt"][0]["role"] == "system"  # the fallback tool description
-    examples, _ = tokenize_rows([{k: r[k] for k in ("prompt", "completion")} for r in rows], "demonstrations", tok,
+    examples, _ = tokenize_rows(rows, "demonstrations", tok,
                                 DataConfig(max_length=512, max_prompt_length=448), "demo")
     # the episode, rebuilt with the episode runner's own pieces
     msgs = rows[0]["prompt"]
@@ -55,3 +55,10 @@ def test_smollm2_demonstration_rows_tokenize_as_the_episode_runner_renders():
     assert examples[0]["prompt_ids"] + examples[0]["completion_ids"] == episode
     episode += env_tokens(tok, msgs + demo[:1], demo[1:2], "calculator") + turn(demo[2])
     assert examples[1]["prompt_ids"] + examples[1]["completion_ids"] == episode
+
+
+def test_sft_with_an_environment_is_its_warm_start_and_other_offline_methods_are_refused(run_cfg):
+    with pytest.raises(UserError, match="env=arith_retry has no demonstrations"):
+        run_cfg("algo=sft", "data=arith", "env=arith_retry", "trainer.max_steps=1")
+    with pytest.raises(UserError, match="env=arith_retry runs multi-turn episodes as rollouts, and algo=dpo"):
+        run_cfg("algo=dpo", "data=arith", "env=arith_retry", "trainer.max_steps=1")

@@ -31,6 +31,7 @@ from prefopt.core.sources import OfflineSource
 from prefopt.core.trainer import Trainer
 from prefopt.core.config import DataConfig
 from prefopt.models import reference_cache
+from prefopt.data.formats import prompt_text
 from prefopt.data.tokenize import TokenizeReport, tokenize_rows
 from prefopt.distributed.placement import Placement, setup
 from prefopt.models import gguf, precision
@@ -45,6 +46,7 @@ from prefopt.rollout.engine import RolloutConfig
 from prefopt.rollout.engines import build_engine
 from prefopt.rollout.engines import check as check_engine
 from prefopt.rollout.envs import EnvConfig, build_env, env_config
+from prefopt.rollout.envs.demonstrations import demonstration_rows
 from prefopt.rollout.episode_eval import EpisodeDraws
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 from prefopt.rollout.source import BatchPlan, RolloutSource, plan_batches
@@ -200,9 +202,10 @@ def configs(cfg: DictConfig) -> _Configs:
     needs = objective.needs
     rcfg = reward_config(cfg.get("reward"))
     envcfg = env_config(cfg.get("env"))
-    if envcfg.name != "none" and not needs.rollouts:
+    if envcfg.name != "none" and not needs.rollouts and needs.data != "demonstrations":
         raise UserError(f"env={envcfg.name} runs multi-turn episodes as rollouts, and algo={cfg.algo.name} samples "
-                        "none; accepted: env=none, or an online algo (grpo, rloo, ppo, online_dpo, …)")
+                        "none; accepted: env=none, an online algo (grpo, rloo, ppo, online_dpo, …), or algo=sft (the "
+                        "warm start on the environment's demonstrations)")
     if needs.reward and envcfg.name == "none":  # an environment's episodes carry their own reward
         check(rcfg)
     return _Configs(cfg=cfg, objective=objective, needs=needs, acfg=acfg, mcfg=mcfg, tcfg=tcfg, ecfg=ecfg, dcfg=dcfg,
@@ -229,9 +232,15 @@ def _data(c: _Configs, place: Placement, console) -> _Data:
     """Data and the tokenizer / base weights it goes with (:func:`prefopt.run.prepare.prepare_data`),
     tokenized; the held-out prompts of each split."""
     dcfg, ecfg, needs = c.dcfg, c.ecfg, c.needs
-    data = prepare_data(c.mcfg, dcfg, needs.data, ranked=needs.ranked, console=console if place.is_main else None,
-                        place=place)
+    # SFT with an environment: the warm start on its demonstrations of the data's prompts (envs/demonstrations.py).
+    warm_start = c.envcfg.name != "none" and needs.data == "demonstrations"
+    data = prepare_data(c.mcfg, dcfg, "prompt_only" if warm_start else needs.data, ranked=needs.ranked,
+                        console=console if place.is_main else None, place=place)
     tok, rows, source_name, kind = data.tokenizer, data.rows, data.source, data.kind
+    if warm_start:
+        kind, source_name = "demonstrations", f"{source_name} (env={c.envcfg.name} demonstrations)"
+        rows = demonstration_rows(build_env(c.envcfg), [{"row": i, "prompt_text": prompt_text(r["prompt"])}
+                                                        for i, r in enumerate(rows)], tok)
     examples, report = tokenize_rows(rows, kind, tok, dcfg, source_name)
     if data.heldout is None:
         # A user's own data has no held-out prompts of the testbed's kind: evaluate KL, length and
