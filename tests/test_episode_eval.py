@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from episodic import WORDS, episodic_policy
 
 from prefopt.models.load import FrozenReference
 from prefopt.rollout import evaluate
@@ -20,7 +21,6 @@ from prefopt.rollout.episodes import run_episodes
 from prefopt.rollout.evaluate import Evaluator, sequence_kl
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
-WORDS = ["bab", "dod", "fif", "gug", "hah", "jej", "kik", "lol", "mum", "nan", "pop", "rer", "sis", "tut", "vov"]
 PROMPTS = ["bab dod", "fif", "gug hah jej", "kik lol", "mum", "nan pop rer"]
 CFG = SamplingConfig(temperature=1.0, max_new_tokens=6, samples_per_prompt=3, prompts_per_batch=64)
 
@@ -41,21 +41,8 @@ class Counted(Environment):
 
 @pytest.fixture(scope="module")
 def world():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prefopt.testbed.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(WORDS)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(cfg).float()
+    tok, policy = episodic_policy(WORDS)
     with torch.no_grad():
-        # Turns end after a few tokens (the EOS row reads a direction every embedding shares).
-        u = torch.randn(cfg.hidden_size)
-        policy.model.embed_tokens.weight.add_(u)
-        policy.lm_head.weight[tok.eos_token_id] = 0.08 * u
         ref = copy.deepcopy(policy)
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))

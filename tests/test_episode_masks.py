@@ -12,6 +12,7 @@ import random
 
 import pytest
 import torch
+from episodic import WORDS, episodic_policy
 
 from prefopt.data.tokenize import pad_batch
 from prefopt.models.logprobs import token_stats
@@ -19,7 +20,6 @@ from prefopt.rollout.envs.base import EnvConfig, Environment, StepResult
 from prefopt.rollout.episodes import mask_policy_tokens, run_episodes
 from prefopt.rollout.sampler import HFSampler, SamplingConfig
 
-WORDS = ["bab", "dod", "fif", "gug", "hah", "jej", "kik", "lol", "mum", "nan", "pop", "rer", "sis", "tut", "vov"]
 
 
 class Scripted(Environment):
@@ -47,23 +47,7 @@ class Scripted(Environment):
 
 @pytest.fixture(scope="module")
 def world():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prefopt.testbed.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(WORDS)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).float()
-    with torch.no_grad():
-        # Every embedding shares a direction that the EOS row of the head reads: turns end after a few
-        # tokens (p(EOS) ≈ 0.1–0.4), so episodes have several turns.
-        u = torch.randn(cfg.hidden_size)
-        model.model.embed_tokens.weight.add_(u)
-        model.lm_head.weight[tok.eos_token_id] = 0.08 * u
-    return tok, model
+    return episodic_policy()
 
 
 def _rows(n, seed):
