@@ -7,8 +7,9 @@ each (temperature 1, the training temperature), for the final policy (``gold_rew
 reference (``gold_reward_ref``, drawn with the same evaluation seed: a paired gain per seed). Measured
 after 20 steps of 16 prompts × 8 episodes at lr 3e-4, seeds 0–2: AVX-512 at 1 and 2 threads π_SFT 0.47–0.56,
 gains +0.270, +0.156, +0.184 (median +0.184, worst +0.156); forced AVX2 (its own π_SFT, tests/cross_cpu.sh's
-setting) at 2 threads π_SFT 0.46–0.56, gains +0.211, +0.180, +0.199 (median +0.199, worst +0.180). 12 steps
-gave +0.08 to +0.12, too close to the threshold. About 25 s for the three runs on 2 cores.
+setting) at 2 threads π_SFT 0.46–0.56, gains +0.211, +0.180, +0.199 (median +0.199, worst +0.180). Fewer
+steps (12, with an evaluation of its own) gained only +0.08 to +0.12, too close to the threshold. About 25 s
+for the three runs on 2 cores.
 """
 
 import json
