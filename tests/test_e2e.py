@@ -113,7 +113,7 @@ def test_eval_greedy_off_hashes_as_a_config_without_the_key():
     from omegaconf import OmegaConf
 
     from prefopt.run.resume import config_hash
-    from tests.conftest import compose
+    from conftest import compose
 
     cfg = compose(["data=arith"])
     bare = OmegaConf.to_container(cfg)

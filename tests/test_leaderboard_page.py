@@ -251,13 +251,15 @@ def test_every_table_of_the_board_fits_a_1400_px_window(tmp_path):
     report = render(str(out))
     assert (out / "index.html").exists(), "\n".join(report)
     committed = open(os.path.join(BOARD_DIR, "LEADERBOARD.md"), encoding="utf-8").read()
-    pages = {"index.html rendered from results/": (out / "index.html").read_text(encoding="utf-8"),
-             "the committed LEADERBOARD.md": html_page(committed, "prefopt leaderboard", _images(committed, BOARD_DIR))}
-    for name, page_html in pages.items():
+    # (page, tables it must at least have): the committed board is complete; a render of results/ while a
+    # pre-registered block is still running shows its tuning grids and what is in, so fewer tables
+    pages = {"index.html rendered from results/": ((out / "index.html").read_text(encoding="utf-8"), 3),
+             "the committed LEADERBOARD.md": (html_page(committed, "prefopt leaderboard", _images(committed, BOARD_DIR)), 5)}
+    for name, (page_html, least) in pages.items():
         m = _measured(browser, page_html, tmp_path / "measured.html")
         for t in m["tables"]:
             print(f"{name}: {t['width']:5d} px of {t['client']} ({t['columns']:2d} columns) {t['heading'][:70]}")
-        assert len(m["tables"]) >= 5, name
+        assert len(m["tables"]) >= least, name
         assert not _too_wide(m), f"{name}:\n" + "\n".join(_too_wide(m))
         assert m["page"][0] <= m["page"][1], f"{name}: the page scrolls sideways ({m['page']})"
     print(f"render and two pages measured in {time.monotonic() - t0:.1f} s")
